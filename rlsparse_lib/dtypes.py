@@ -1,0 +1,151 @@
+"""Dtype names, raw word types and float formats.
+
+Dtypes are named as in torch (``"bfloat16"``, ``"float32"``, ``"int64"``). Every tensor is read
+as raw machine words of its item size (``uint16`` for bf16/fp16, ``uint32`` for fp32, ...), so the
+bitwise comparison never depends on float semantics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+#: safetensors header dtype code -> torch-style name
+SAFETENSORS_DTYPES: dict[str, str] = {
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "I16": "int16",
+    "U16": "uint16",
+    "I32": "int32",
+    "U32": "uint32",
+    "I64": "int64",
+    "U64": "uint64",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F32": "float32",
+    "F64": "float64",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+}
+
+ITEMSIZE: dict[str, int] = {
+    "bool": 1,
+    "uint8": 1,
+    "int8": 1,
+    "int16": 2,
+    "uint16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "float16": 2,
+    "bfloat16": 2,
+    "float32": 4,
+    "float64": 8,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+}
+
+WORD_DTYPES: dict[int, np.dtype] = {
+    1: np.dtype(np.uint8),
+    2: np.dtype(np.uint16),
+    4: np.dtype(np.uint32),
+    8: np.dtype(np.uint64),
+}
+
+#: dtypes accepted by ``--compare-dtype``
+COMPARE_DTYPES = ("bfloat16", "float16", "float32")
+
+
+@dataclass(frozen=True)
+class FloatFormat:
+    """An IEEE-style binary float format.
+
+    Attributes:
+        name: torch-style dtype name.
+        bits: total width in bits.
+        exp_bits: exponent field width.
+        mant_bits: explicit mantissa (fraction) bits; the ULP of x in [2^e, 2^(e+1)) is 2^(e-mant_bits).
+    """
+
+    name: str
+    bits: int
+    exp_bits: int
+    mant_bits: int
+
+    @property
+    def bias(self) -> int:
+        return (1 << (self.exp_bits - 1)) - 1
+
+    @property
+    def emin(self) -> int:
+        """Unbiased exponent of the smallest normal number."""
+        return 1 - self.bias
+
+    @property
+    def exp_max_field(self) -> int:
+        return (1 << self.exp_bits) - 1
+
+    @property
+    def word(self) -> np.dtype:
+        return WORD_DTYPES[self.bits // 8]
+
+
+FLOAT_FORMATS: dict[str, FloatFormat] = {
+    "bfloat16": FloatFormat("bfloat16", 16, 8, 7),
+    "float16": FloatFormat("float16", 16, 5, 10),
+    "float32": FloatFormat("float32", 32, 8, 23),
+}
+
+
+def is_float(dtype: str) -> bool:
+    """True for dtypes whose values get float statistics (bf16, fp16, fp32, fp64)."""
+    return dtype in FLOAT_FORMATS or dtype == "float64"
+
+
+def word_dtype(dtype: str) -> np.dtype:
+    """Unsigned integer numpy dtype with the same item size as ``dtype``."""
+    return WORD_DTYPES[ITEMSIZE[dtype]]
+
+
+def torch_dtype(name: str):
+    """The torch dtype object for a torch-style name."""
+    import torch
+
+    return getattr(torch, name)
+
+
+@cache
+def decode_tables(compare: str, stored: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lookup tables over all 65536 words of a 16-bit compare format.
+
+    Args:
+        compare: the 16-bit format the words are in (``bfloat16`` or ``float16``).
+        stored: the base tensor's stored dtype; its ULP is the unit of the |Δ| histogram.
+
+    Returns:
+        ``values`` float32[65536] (the decoded value of each word), ``exp_field`` uint8[65536]
+        (the compare-format exponent field, i.e. the binade of |value|) and ``ulp_log2`` int32[65536]
+        (log2 of the ULP of |value| in the stored format).
+    """
+    fmt = FLOAT_FORMATS[compare]
+    words = np.arange(1 << 16, dtype=np.uint16)
+    if compare == "bfloat16":
+        values = (words.astype(np.uint32) << 16).view(np.float32)
+    else:
+        values = words.view(np.float16).astype(np.float32)
+    exp_field = ((words.astype(np.uint32) >> fmt.mant_bits) & fmt.exp_max_field).astype(np.uint8)
+    return values, exp_field, ulp_log2_of(values, stored)
+
+
+def ulp_log2_of(values: np.ndarray, stored: str) -> np.ndarray:
+    """log2 of the ULP of each finite |value| in ``stored`` format (int32; 0 where not finite)."""
+    fmt = FLOAT_FORMATS[stored]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = np.abs(values.astype(np.float64))
+        e = np.floor(np.log2(np.where(mag > 0, mag, 1.0)))
+    e = np.where((mag > 0) & np.isfinite(mag), e, fmt.emin)
+    return (np.maximum(e, fmt.emin) - fmt.mant_bits).astype(np.int32)
