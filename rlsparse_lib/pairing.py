@@ -158,7 +158,7 @@ def _compile(patterns: tuple[str, ...], flag: str) -> list[re.Pattern]:
 def _filter_reason(name, inc, exc, include, exclude) -> str | None:
     if inc and not any(r.search(name) for r in inc):
         return f"not matched by --include {' '.join(include)}"
-    for r, pat in zip(exc, exclude):
+    for r, pat in zip(exc, exclude, strict=True):
         if r.search(name):
             return f"excluded by --exclude {pat}"
     return None

@@ -207,7 +207,7 @@ class DiffReport:
             row = {k: v for k, v in t.to_dict().items() if k not in ("stats", "sparsity")}
             for key in ("shape_base", "shape_tuned", "shape_compared"):
                 row[key] = "x".join(map(str, row[key]))
-            for (suffix, _), n in zip(self.rules(), self._unchanged_counts(s)):
+            for (suffix, _), n in zip(self.rules(), self._unchanged_counts(s), strict=True):
                 row[f"n_unchanged_{suffix}"] = n
                 row[f"sparsity_{suffix}"] = n / t.numel if t.numel else float("nan")
             row.update(_norms(s))

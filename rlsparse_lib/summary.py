@@ -28,7 +28,7 @@ def format_summary(report: DiffReport, by: str = "module", max_list: int = 10) -
     lines.append(f"{'rule':<42}{'unchanged':>16}{'sparsity':>12}")
     total = report.totals()
     counts = report._unchanged_counts(total)
-    for (suffix, label), n in zip(report.rules(), counts):
+    for (suffix, label), n in zip(report.rules(), counts, strict=True):
         if suffix == f"tol_{_PAPER_TOL!r}":
             label += "  (paper default)"
         pct = 100 * n / report.n_params if report.n_params else float("nan")

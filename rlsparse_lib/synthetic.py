@@ -167,7 +167,9 @@ class _ShardedWriter:
         )
         self.plan = plan
         self.dtype = dtype
-        self.weight_map = {name: f for f, group in zip(self.files, plan) for name, _ in group}
+        self.weight_map = {
+            name: f for f, group in zip(self.files, plan, strict=True) for name, _ in group
+        }
         self._iter: Iterator[int] = iter(range(n))
         self._writer: SafetensorsWriter | None = None
         self._remaining: set[str] = set()

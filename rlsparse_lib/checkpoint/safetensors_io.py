@@ -7,6 +7,7 @@ that follows the header) and an optional ``"__metadata__"`` string map, then the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
@@ -151,10 +152,9 @@ class MappedFiles:
 
     def close(self) -> None:
         for mm in self._maps.values():
-            try:
+            # a numpy view may still be alive: then the map closes when the view dies
+            with contextlib.suppress(BufferError):
                 mm.close()
-            except BufferError:  # a numpy view is still alive; the map closes when it dies
-                pass
         self._maps.clear()
 
 
@@ -261,10 +261,8 @@ class SafetensorsWriter:
             self._ctx.__exit__(None, None, None)
         else:
             exc = error or RuntimeError("aborted")
-            try:
+            with contextlib.suppress(BaseException):
                 self._ctx.__exit__(type(exc), exc, None)
-            except BaseException:
-                pass
             if error is not None:
                 raise error
 
