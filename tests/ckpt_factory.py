@@ -1,0 +1,84 @@
+"""Write small Hugging Face-format checkpoints with planted changes of known count (tests only)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from rlsparse_lib.synthetic import LlamaShape
+
+TINY = LlamaShape(vocab=64, hidden=32, intermediate=48, layers=2, heads=4, kv_heads=2)
+
+
+def random_state(
+    shape: LlamaShape = TINY, dtype: torch.dtype = torch.bfloat16, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """A Llama-shaped state dict: matrices ~ N(0, 0.02), norms ~ 1 (jittered)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, s in shape.tensors():
+        if "norm" in name:
+            t = 1 + 0.05 * torch.randn(s, generator=g)
+        else:
+            t = 0.02 * torch.randn(s, generator=g)
+        out[name] = t.to(dtype)
+    return out
+
+
+def save_hf(
+    folder: Path,
+    state: dict[str, torch.Tensor],
+    shards: int = 1,
+    fmt: str = "safetensors",
+    config: dict | None = None,
+) -> Path:
+    """Save ``state`` in HF layout: single file or ``shards`` files plus an index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(state)
+    groups = [names[i::shards] for i in range(shards)] if shards > 1 else [names]
+    stem, ext = ("model", "safetensors") if fmt == "safetensors" else ("pytorch_model", "bin")
+    weight_map = {}
+    for i, group in enumerate(groups):
+        fname = f"{stem}.{ext}" if shards == 1 else f"{stem}-{i + 1:05d}-of-{shards:05d}.{ext}"
+        part = {n: state[n].contiguous() for n in group}
+        if fmt == "safetensors":
+            save_file(part, str(folder / fname), metadata={"format": "pt"})
+        else:
+            torch.save(part, folder / fname)
+        weight_map.update(dict.fromkeys(group, fname))
+    if shards > 1:
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / f"{stem}.{ext}.index.json").write_text(json.dumps(index))
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def bump_bits(t: torch.Tensor, flat_idx: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """A copy of ``t`` whose raw bit patterns at ``flat_idx`` are increased by ``k`` (k ULPs away from 0)."""
+    word = {2: torch.int16, 4: torch.int32}[t.element_size()]
+    out = t.clone().contiguous()
+    w = out.view(word).reshape(-1)
+    w[flat_idx] += k
+    return out
+
+
+def set_values(t: torch.Tensor, flat_idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    out = t.clone().contiguous()
+    out.reshape(-1)[flat_idx] = values.to(t.dtype)
+    return out
+
+
+def pick(numel: int, k: int, seed: int) -> torch.Tensor:
+    """``k`` distinct flat indices out of ``numel``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(numel, generator=g)[:k]
+
+
+def numel(state: dict[str, torch.Tensor]) -> int:
+    return sum(math.prod(t.shape) for t in state.values())
