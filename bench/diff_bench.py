@@ -124,7 +124,7 @@ def main() -> None:
             )
         results.setdefault("checks", {})[f"{name}: floor counts equal"] = (
             floor["n_changed"] == rep["n_changed"]
-            and floor["sparsity_1e-05"] == rep["tolerances"]["1e-05"]["sparsity"]
+            and floor["n_unchanged_1e-05"] == rep["tolerances"]["1e-05"]["n_unchanged"]
         )
         for r in runs.values():
             r.pop("stdout")

@@ -24,6 +24,14 @@ from .naming import parse_param_name
 from .stats import ULP_LOG2_MIN, DiffStats
 
 SCHEMA = "rlsparse.diff/1"
+_NONFINITE_FIELDS = (
+    "n_zero_delta",
+    "n_nonfinite_delta",
+    "n_nan_base",
+    "n_inf_base",
+    "n_nan_tuned",
+    "n_inf_tuned",
+)
 
 
 def tol_key(tol: float) -> str:
@@ -197,10 +205,8 @@ class DiffReport:
         counts.append(s.n_rel_unchanged_total)
         return counts
 
-    def table(self):
-        """Per-tensor DataFrame: identity, shapes, dtypes, unchanged counts and sparsity per rule, norms."""
-        import pandas as pd
-
+    def tensor_rows(self) -> list[dict]:
+        """Per-tensor rows: identity, shapes, dtypes, unchanged counts and sparsity per rule, norms."""
         rows = []
         for t in self.tensors:
             s = t.stats
@@ -211,68 +217,74 @@ class DiffReport:
                 row[f"n_unchanged_{suffix}"] = n
                 row[f"sparsity_{suffix}"] = n / t.numel if t.numel else float("nan")
             row.update(_norms(s))
-            row.update(
-                {
-                    f: getattr(s, f)
-                    for f in (
-                        "n_zero_delta",
-                        "n_nonfinite_delta",
-                        "n_nan_base",
-                        "n_inf_base",
-                        "n_nan_tuned",
-                        "n_inf_tuned",
-                    )
-                }
-            )
+            row.update({f: getattr(s, f) for f in _NONFINITE_FIELDS})
             rows.append(row)
-        return pd.DataFrame(rows)
+        return rows
 
-    def aggregate(self, by: str):
-        """Sparsity per group (``layer``, ``module``, ``group`` or ``param``).
+    def table(self):
+        """Per-tensor DataFrame of :meth:`tensor_rows`."""
+        import pandas as pd
 
-        For each rule two columns: ``sparsity_<rule>`` is count-weighted (every element counts
+        return pd.DataFrame(self.tensor_rows())
+
+    def group_rows(self, by: str) -> list[dict]:
+        """Sparsity per group (``layer``, ``module``, ``group`` or ``param``), sorted by key.
+
+        For each rule two values: ``sparsity_<rule>`` is count-weighted (every element counts
         once); ``mean_sparsity_<rule>`` is the unweighted mean over the group's tensors, as the
-        paper's code averages per-layer values.
+        paper's code averages per-layer values. Tensors outside the blocks have layer None.
         """
-        df = self.table()
-        if df.empty:
-            return df
         keys = [s for s, _ in self.rules()]
-        agg = {"n_tensors": ("name", "size"), "numel": ("numel", "sum")}
-        for k in keys:
-            agg[f"n_unchanged_{k}"] = (f"n_unchanged_{k}", "sum")
-            agg[f"mean_sparsity_{k}"] = (f"sparsity_{k}", "mean")
-        out = df.groupby(by, dropna=False, sort=True).agg(**agg).reset_index()
-        for k in keys:
-            out.insert(
-                out.columns.get_loc(f"mean_sparsity_{k}"),
-                f"sparsity_{k}",
-                out[f"n_unchanged_{k}"] / out["numel"],
-            )
-        if by == "layer":
-            out["layer"] = out["layer"].astype("Int64")
+        groups: dict[object, dict] = {}
+        for row in self.tensor_rows():
+            g = groups.setdefault(row[by], {by: row[by], "n_tensors": 0, "numel": 0, "_sums": {}})
+            g["n_tensors"] += 1
+            g["numel"] += row["numel"]
+            for k in keys:
+                n, frac = g["_sums"].get(k, (0, 0.0))
+                g["_sums"][k] = (n + row[f"n_unchanged_{k}"], frac + row[f"sparsity_{k}"])
+        out = []
+        for key in sorted(groups, key=lambda k: (k is None, k)):
+            g = groups[key]
+            sums = g.pop("_sums")
+            for k in keys:
+                n, frac = sums[k]
+                g[f"n_unchanged_{k}"] = n
+                g[f"sparsity_{k}"] = n / g["numel"] if g["numel"] else float("nan")
+                g[f"mean_sparsity_{k}"] = frac / g["n_tensors"]
+            out.append(g)
         return out
 
-    def ulp_histogram(self):
-        """Global histogram of |Δ| / ULP(θ0): rows (log2_ratio, n) for non-empty bins.
+    def aggregate(self, by: str):
+        """DataFrame of :meth:`group_rows`."""
+        import pandas as pd
+
+        df = pd.DataFrame(self.group_rows(by))
+        if by == "layer" and len(df):
+            df["layer"] = df["layer"].astype("Int64")
+        return df
+
+    def ulp_rows(self) -> list[dict]:
+        """Global histogram of |Δ| / ULP(θ0): ``{log2_ratio, n}`` for non-empty bins.
 
         ``log2_ratio = k`` means |Δ|/ULP in [2^k, 2^(k+1)); the first and last bins are open.
         """
+        h = self.totals().ulp_hist
+        return [{"log2_ratio": int(i) + ULP_LOG2_MIN, "n": int(h[i])} for i in np.flatnonzero(h)]
+
+    def ulp_histogram(self):
+        """DataFrame of :meth:`ulp_rows`."""
         import pandas as pd
 
-        h = self.totals().ulp_hist
-        nz = np.flatnonzero(h)
-        return pd.DataFrame({"log2_ratio": nz + ULP_LOG2_MIN, "n": h[nz]})
+        return pd.DataFrame(self.ulp_rows(), columns=["log2_ratio", "n"])
 
-    def binade_table(self):
-        """Changed fraction per |θ0| binade: rows (exponent, n_total, n_changed, changed_fraction).
+    def binade_rows(self) -> list[dict]:
+        """Changed fraction per |θ0| binade: ``{exponent, n_total, n_changed, changed_fraction}``.
 
         ``exponent = e`` means |θ0| in [2^e, 2^(e+1)) in the compare dtype; ``zero/subnormal`` and
         ``inf/nan`` rows hold the exponent-field extremes. Tensors compared in different dtypes
         are pooled by unbiased exponent.
         """
-        import pandas as pd
-
         acc: dict[object, list[int]] = {}
         for t in self.tensors:
             fmt = FLOAT_FORMATS[t.compare_dtype]
@@ -287,7 +299,15 @@ class DiffReport:
         ]
         order = {"zero/subnormal": -(10**6), "inf/nan": 10**6}
         rows.sort(key=lambda r: order.get(r["exponent"], r["exponent"]))
-        return pd.DataFrame(rows)
+        return rows
+
+    def binade_table(self):
+        """DataFrame of :meth:`binade_rows`."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            self.binade_rows(), columns=["exponent", "n_total", "n_changed", "changed_fraction"]
+        )
 
     # ---- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -326,13 +346,11 @@ class DiffReport:
             },
             "n_zero_delta": total.n_zero_delta,
             "precision": {
-                "ulp_log2_hist": {
-                    str(int(r.log2_ratio)): int(r.n) for r in self.ulp_histogram().itertuples()
-                },
-                "binades": self.binade_table().to_dict("records"),
+                "ulp_log2_hist": {str(r["log2_ratio"]): r["n"] for r in self.ulp_rows()},
+                "binades": self.binade_rows(),
             },
-            "per_layer": _records(self.aggregate("layer")),
-            "per_module": _records(self.aggregate("module")),
+            "per_layer": self.group_rows("layer"),
+            "per_module": self.group_rows("module"),
             "tensors": [t.to_dict() for t in self.tensors],
             "buffers": [b.to_dict() for b in self.buffers],
             "skipped": self.skipped,
@@ -390,10 +408,6 @@ def _binade_label(field: int, bias: int, max_field: int) -> object:
     if field == max_field:
         return "inf/nan"
     return field - bias
-
-
-def _records(df) -> list[dict]:
-    return json.loads(df.to_json(orient="records")) if len(df) else []
 
 
 def _json_default(o: object) -> object:

@@ -80,15 +80,15 @@ def format_summary(report: DiffReport, by: str = "module", max_list: int = 10) -
 
 
 def _group_table(report: DiffReport, by: str) -> list[str]:
-    df = report.aggregate(by)
+    rows = report.group_rows(by)
     tol = f"tol_{_PAPER_TOL!r}"
-    has_tol = f"sparsity_{tol}" in df.columns
+    has_tol = _PAPER_TOL in report.tolerances
     head = f"{by:<34}{'tensors':>8}{'elements':>15}{'bitwise':>10}"
     head += f"{'1e-05':>10}" if has_tol else ""
     head += f"{'mean/tensor':>13}"
     out = [f"sparsity by {by} (count-weighted; 'mean/tensor' = unweighted mean, bitwise)", head]
-    for r in df.to_dict("records"):
-        key = "—" if r[by] is None or r[by] != r[by] else str(r[by])
+    for r in rows:
+        key = "—" if r[by] is None else str(r[by])
         row = f"{key:<34}{r['n_tensors']:>8}{r['numel']:>15,}{100 * r['sparsity_bitwise']:>9.2f}%"
         if has_tol:
             row += f"{100 * r[f'sparsity_{tol}']:>9.2f}%"
