@@ -101,6 +101,14 @@ FLOAT_FORMATS: dict[str, FloatFormat] = {
 }
 
 
+#: (mantissa bits, smallest normal exponent) of every float dtype a tensor may be *stored* in:
+#: the unit of the |Δ| / ULP(θ0) histogram
+ULP_FORMATS: dict[str, tuple[int, int]] = {
+    **{name: (f.mant_bits, f.emin) for name, f in FLOAT_FORMATS.items()},
+    "float64": (52, -1022),
+}
+
+
 def is_float(dtype: str) -> bool:
     """True for dtypes whose values get float statistics (bf16, fp16, fp32, fp64)."""
     return dtype in FLOAT_FORMATS or dtype == "float64"
@@ -142,10 +150,16 @@ def decode_tables(compare: str, stored: str) -> tuple[np.ndarray, np.ndarray, np
 
 
 def ulp_log2_of(values: np.ndarray, stored: str) -> np.ndarray:
-    """log2 of the ULP of each finite |value| in ``stored`` format (int32; 0 where not finite)."""
-    fmt = FLOAT_FORMATS[stored]
+    """log2 of the ULP of each |value| (float32 values) in the ``stored`` format, as int32.
+
+    The exponent is floor(log2|value|), with float32 subnormals and zero (and non-finite
+    values) at float32's smallest normal exponent -126, then raised to the stored format's
+    smallest normal exponent: ULP = 2^(max(e, emin_stored) - mant_stored). Every kernel uses
+    this rule.
+    """
+    mant_bits, emin = ULP_FORMATS[stored]
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.abs(values.astype(np.float64))
         e = np.floor(np.log2(np.where(mag > 0, mag, 1.0)))
-    e = np.where((mag > 0) & np.isfinite(mag), e, fmt.emin)
-    return (np.maximum(e, fmt.emin) - fmt.mant_bits).astype(np.int32)
+    e = np.where((mag > 0) & np.isfinite(mag), np.maximum(e, FLOAT_FORMATS["float32"].emin), emin)
+    return (np.maximum(e, emin) - mant_bits).astype(np.int32)

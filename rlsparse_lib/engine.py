@@ -45,7 +45,7 @@ class DiffConfig:
         include, exclude: regexes selecting tensors by name.
         chunk_elems: elements per chunk and side (multiple of 8).
         mask_rule: rule for ``mask_out`` bits.
-        device: kernel device (``cpu``).
+        device: kernel device: ``cpu``, ``cuda`` (Triton, streamed) or ``auto``.
         threads: CPU threads for the kernel (None: all).
     """
 
@@ -96,6 +96,8 @@ def diff_checkpoints(
     tuned_ck = tuned if isinstance(tuned, Checkpoint) else open_checkpoint(tuned)
     plan = plan_diff(base_ck, tuned_ck, config.compare_dtype, config.include, config.exclude)
     kernel = get_kernel(config.device, config.threads)
+    # the GPU kernel brings its own unit executor (pinned buffers, copy/compute overlap)
+    diff_unit = getattr(kernel, "diff_pairs", diff_pairs)
     mask = _open_mask(mask_out, plan, config) if mask_out is not None else None
     bar = progress_bar(
         total=plan.nbytes,
@@ -109,7 +111,7 @@ def diff_checkpoints(
     try:
         with base_ck.reader() as rb, tuned_ck.reader() as rt:
             for group in plan.shard_groups():
-                partials.append(diff_pairs(group, rb, rt, kernel, config, mask, bar.update))
+                partials.append(diff_unit(group, rb, rt, kernel, config, mask, bar.update))
     except BaseException:
         if mask is not None:
             mask.close(ok=False)
@@ -250,6 +252,18 @@ def _open_mask(path: str | Path, plan: DiffPlan, config: DiffConfig) -> MaskWrit
     return MaskWriter(path, shapes, rule, sources)
 
 
+def _versions() -> dict:
+    import sys
+
+    import numba
+
+    out = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__}
+    for mod in ("torch", "triton"):  # recorded when the run used them
+        if mod in sys.modules:
+            out[mod] = sys.modules[mod].__version__
+    return out
+
+
 def _provenance(
     plan: DiffPlan,
     config: DiffConfig,
@@ -293,9 +307,5 @@ def _provenance(
         "threads": config.threads or numba.get_num_threads(),
         "seconds": seconds,
         "warnings": plan.base.warnings + plan.tuned.warnings,
-        "versions": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "numba": numba.__version__,
-        },
+        "versions": _versions(),
     }

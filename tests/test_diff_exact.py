@@ -330,3 +330,17 @@ def test_partials_merge_to_the_same_report(tmp_path: Path) -> None:
     assert len(partials) > 1
     merged = build_report(plan, cfg, partials[::-1], kernel.name)
     assert [x.stats.to_dict() for x in merged.tensors] == [x.stats.to_dict() for x in whole.tensors]
+
+
+@pytest.mark.parametrize("compare", ["bfloat16", "float16", "float32"])
+def test_float64_base_is_compared_with_float64_ulps(tmp_path: Path, compare: str) -> None:
+    """A float64 checkpoint compared in a narrower dtype: ULPs are float64's (2^(e-52))."""
+    base = {"w": torch.tensor([1.0, 0.5, 3.0, -2.0], dtype=torch.float64)}
+    tuned = {"w": torch.tensor([1.5, 0.5, 3.0, -2.0], dtype=torch.float64)}
+    rep = run(tmp_path, base, tuned, compare_dtype=compare)
+    s = rep.tensors[0].stats
+    assert s.n_changed == 1
+    from rlsparse_lib.stats import ULP_LOG2_MIN
+
+    # |Δ| = 0.5 at θ0 = 1.0: log2(0.5 / 2^-52) = 51
+    assert s.ulp_hist[51 - ULP_LOG2_MIN] == 1

@@ -77,7 +77,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="module",
         help="grouping of the summary table (default: %(default)s)",
     )
-    p.add_argument("--device", default="cpu", help="kernel device (default: %(default)s)")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="cpu",
+        help="kernel device: cpu, cuda (Triton GPU kernel, streamed) or auto (cuda when "
+        "available) (default: %(default)s)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--chunk-elems", type=int, default=DEFAULT_CHUNK, help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for hub ids")

@@ -84,9 +84,17 @@ class DiffKernel(Protocol):
 
 
 def get_kernel(device: str = "cpu", threads: int | None = None) -> DiffKernel:
-    """The kernel for ``device`` (``cpu``; ``cuda`` when the GPU path is installed)."""
+    """The kernel for ``device``: ``cpu``, ``cuda`` (Triton; needs a CUDA GPU) or ``auto`` (cuda
+    when usable, else cpu). ``threads``: CPU kernel threads, or host reader threads for cuda."""
+    if device in ("cuda", "auto"):
+        from .cuda import cuda_kernel
+
+        kernel = cuda_kernel(required=device == "cuda", threads=threads)
+        if kernel is not None:
+            return kernel
+        device = "cpu"
     if device == "cpu":
         from .cpu import CpuKernel
 
         return CpuKernel(threads=threads)
-    raise ConfigError(f"no diff kernel for device {device!r} on this installation (use 'cpu')")
+    raise ConfigError(f"no diff kernel for device {device!r} (use 'cpu', 'cuda' or 'auto')")

@@ -15,7 +15,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..dtypes import FLOAT_FORMATS, decode_tables
+from ..dtypes import FLOAT_FORMATS, ULP_FORMATS, decode_tables
 from ..stats import BINADE_BINS, ULP_BINS, ULP_LOG2_MIN, DiffStats
 from . import ChunkSpec
 
@@ -295,8 +295,8 @@ class CpuKernel:
             values, efield, ulplog2 = decode_tables(spec.compare, spec.stored)
             out = _diff16(a, b, values, efield, ulplog2, *args)
         else:
-            st = FLOAT_FORMATS.get(spec.stored, fmt)
-            out = _diff32(a, b, st.emin, st.mant_bits, *args)
+            st_mant, st_emin = ULP_FORMATS[spec.stored]
+            out = _diff32(a, b, st_emin, st_mant, *args)
         ints, tcount, uh, bchg, btot, flt, base = out
         isum = ints.sum(axis=0)
         # tcount[:, j]: finite-Δ changed elements above exactly j tolerances -> |Δ| <= tol[t]

@@ -1,0 +1,91 @@
+"""On-device use: when the model lives on the GPU, update statistics and update-rank SVDs run
+there and only small results come back (CUDA only; skipped without a GPU).
+
+The in-training sparsity monitor (``rlsparse_lib.training``) did not exist when these were written;
+its building block here is :meth:`CudaKernel.diff_chunk` on parameters that never leave the device.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # must precede the first import of triton
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np
+import pytest
+
+from rlsparse_lib.kernels import ChunkSpec
+from rlsparse_lib.kernels.cpu import CpuKernel
+from rlsparse_lib.kernels.cuda import CudaKernel
+
+from .ckpt_factory import TINY, bump_bits, pick, random_state, save_hf
+from .test_gpu_kernel import ETA, INTERPRET, TOLS, assert_same
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs CUDA"),
+]
+
+
+def test_optimizer_step_stats_stay_on_device() -> None:
+    """Diff every bf16 parameter before/after an AdamW step on the GPU: equal to the CPU
+    kernel on the same words, with inputs that are device tensors (no host copy of weights)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.Linear(512, 256))
+    model = model.to("cuda", torch.bfloat16)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(
+        torch.randn(32, 256, device="cuda", dtype=torch.bfloat16)
+    ).float().square().mean().backward()
+    opt.step()
+    kernel = CudaKernel("cuda")
+    spec = ChunkSpec("bfloat16", "bfloat16", TOLS, ETA)
+    for p, p0 in zip(model.parameters(), before, strict=True):
+        a, b = p0.view(torch.int16).reshape(-1), p.detach().view(torch.int16).reshape(-1)
+        assert a.is_cuda and b.is_cuda
+        gpu = kernel.diff_chunk(a, b, spec)
+        cpu = CpuKernel().diff_chunk(
+            a.cpu().numpy().view(np.uint16), b.cpu().numpy().view(np.uint16), spec
+        )
+        assert_same(gpu, cpu)
+        assert gpu.n_changed > 0
+
+
+def test_rank_svd_runs_where_the_update_lives(monkeypatch) -> None:
+    """spectrum_stats keeps a CUDA ΔW on the GPU for the SVD and matches the CPU result."""
+    from rlsparse_lib import rank
+
+    seen: list[torch.device] = []
+    real = torch.linalg.svdvals
+
+    def spy(t, *args, **kw):
+        seen.append(t.device)
+        return real(t, *args, **kw)
+
+    monkeypatch.setattr(torch.linalg, "svdvals", spy)
+    g = torch.Generator().manual_seed(0)
+    delta = torch.randn(96, 3, generator=g) @ torch.randn(3, 64, generator=g)  # rank 3
+    on_gpu = rank.spectrum_stats(delta.cuda())
+    on_cpu = rank.spectrum_stats(delta)
+    assert seen == [torch.device("cuda", torch.cuda.current_device()), torch.device("cpu")]
+    assert on_gpu["rank"] == on_cpu["rank"] == 3
+    assert math.isclose(on_gpu["sigma_max"], on_cpu["sigma_max"], rel_tol=1e-4)
+
+
+def test_update_ranks_default_to_the_gpu(tmp_path) -> None:
+    from rlsparse_lib import rank
+
+    base = random_state(TINY, torch.bfloat16, seed=0)
+    tuned = {
+        n: bump_bits(t, pick(t.numel(), t.numel() // 4, i)) for i, (n, t) in enumerate(base.items())
+    }
+    b, t = save_hf(tmp_path / "b", base), save_hf(tmp_path / "t", tuned)
+    gpu = rank.update_ranks(b, t, progress=False)
+    cpu = rank.update_ranks(b, t, device="cpu", progress=False)
+    assert gpu.provenance["device"] == "cuda"
+    assert [m["rank"] for m in gpu.matrices] == [m["rank"] for m in cpu.matrices]
