@@ -16,6 +16,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,19 +56,28 @@ def ensure_pair(root: Path, name: str, shape: LlamaShape) -> tuple[Path, Path]:
 
 
 def measure(cmd: list[str], repeat: int, capture: bool = True) -> dict:
-    """Median wall time and the peak RSS of the child process over ``repeat`` runs."""
+    """Median wall time and peak RSS over ``repeat`` runs (RSS from GNU time).
+
+    A child forked straight from this (large) Python process would inherit its resident-set
+    high-water mark; going through /usr/bin/time gives the command's own peak.
+    """
     walls, rss, out = [], [], ""
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        stdout_to = subprocess.PIPE if capture else subprocess.DEVNULL
-        proc = subprocess.Popen(cmd, stdout=stdout_to, stderr=subprocess.DEVNULL, text=True)
-        stdout = proc.stdout.read() if proc.stdout else ""
-        _, status, usage = os.wait4(proc.pid, 0)
-        walls.append(time.perf_counter() - t0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(f"{cmd} failed with {status}")
-        rss.append(usage.ru_maxrss * 1024)
-        out = stdout
+        with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+            stdout_to = subprocess.PIPE if capture else subprocess.DEVNULL
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                ["/usr/bin/time", "-f", "%M", "-o", tf.name, *cmd],
+                stdout=stdout_to,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"{cmd} failed with exit code {proc.returncode}")
+            walls.append(time.perf_counter() - t0)
+            kib = tf.read().split()[-1]
+        rss.append(int(kib) * 1024)
+        out = proc.stdout or ""
     return {
         "wall_s": statistics.median(walls),
         "walls": walls,

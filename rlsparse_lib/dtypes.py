@@ -7,6 +7,7 @@ bitwise comparison never depends on float semantics.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import cache
 
@@ -117,6 +118,22 @@ def is_float(dtype: str) -> bool:
 def word_dtype(dtype: str) -> np.dtype:
     """Unsigned integer numpy dtype with the same item size as ``dtype``."""
     return WORD_DTYPES[ITEMSIZE[dtype]]
+
+
+def cast_words(words: np.ndarray, stored: str, compare: str) -> np.ndarray:
+    """Raw words of ``stored`` dtype -> raw words of ``compare`` dtype (torch's cast: round to
+    nearest even, NaN kept NaN). Returns ``words`` itself when the dtypes are equal."""
+    if stored == compare:
+        return words
+    import torch
+
+    signed = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+    with warnings.catch_warnings():  # mmap views are read-only; torch only reads them here
+        warnings.simplefilter("ignore", UserWarning)
+        src = torch.from_numpy(words.view(signed[words.itemsize])).view(torch_dtype(stored))
+    dst = src.to(torch_dtype(compare))
+    out_word = word_dtype(compare)
+    return dst.view({2: torch.int16, 4: torch.int32}[out_word.itemsize]).numpy().view(out_word)
 
 
 def torch_dtype(name: str):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import platform
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from .checkpoint import Checkpoint, TensorReader, open_checkpoint
-from .dtypes import torch_dtype, word_dtype
+from .dtypes import cast_words
 from .errors import ConfigError
 from .kernels import ChunkSpec, DiffKernel, MaskRule, get_kernel
 from .maskfile import MaskWriter, packed_size
@@ -158,8 +157,8 @@ def diff_pairs(
             if spec is None:
                 result.n_changed += kernel.count_changed(a, b)
             else:
-                a = _as_compare(a, pair.base.dtype, spec.compare)
-                b = _as_compare(b, pair.tuned.dtype, spec.compare)
+                a = cast_words(a, pair.base.dtype, spec.compare)
+                b = cast_words(b, pair.tuned.dtype, spec.compare)
                 packed = np.zeros(packed_size(stop - start), np.uint8) if mask is not None else None
                 stats = kernel.diff_chunk(a, b, spec, packed)
                 result.stats = result.stats.merge(stats)
@@ -225,21 +224,6 @@ def _empty_result(pair: TensorPair, n_tol: int) -> TensorResult:
         note=pair.note,
         stats=DiffStats.empty(n_tol) if pair.kind == "float" else None,
     )
-
-
-def _as_compare(words: np.ndarray, stored: str, compare: str) -> np.ndarray:
-    """Raw words of ``stored`` dtype -> raw words of ``compare`` dtype (round to nearest even)."""
-    if stored == compare:
-        return words
-    import torch
-
-    signed = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
-    with warnings.catch_warnings():  # mmap views are read-only; torch only reads them here
-        warnings.simplefilter("ignore", UserWarning)
-        src = torch.from_numpy(words.view(signed[words.itemsize])).view(torch_dtype(stored))
-    dst = src.to(torch_dtype(compare))
-    out_word = word_dtype(compare)
-    return dst.view({2: torch.int16, 4: torch.int32}[out_word.itemsize]).numpy().view(out_word)
 
 
 def _open_mask(path: str | Path, plan: DiffPlan, config: DiffConfig) -> MaskWriter:

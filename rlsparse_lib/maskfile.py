@@ -133,6 +133,11 @@ class MaskFile:
         stop = info.numel if stop_byte is None else stop_byte
         return self._files.words(info, start_byte, stop)
 
+    def release(self, name: str, start_byte: int = 0, stop_byte: int | None = None) -> None:
+        """Drop a byte range of ``name`` from this process's RSS (pages stay in the page cache)."""
+        info = self._infos[name]
+        self._files.release(info, start_byte, info.numel if stop_byte is None else stop_byte)
+
     def mask(self, name: str) -> np.ndarray:
         """The unpacked bool mask of ``name``."""
         return unpack_mask(self.packed(name), self.shapes[name])

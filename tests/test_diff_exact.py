@@ -271,7 +271,7 @@ def test_failed_diff_leaves_no_mask_file(tmp_path: Path, monkeypatch) -> None:
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(engine, "_as_compare", boom)
+    monkeypatch.setattr(engine, "cast_words", boom)
     with pytest.raises(RuntimeError):
         diff_checkpoints(b, t, mask_out=tmp_path / "out" / "m.safetensors", progress=False)
     assert list((tmp_path / "out").iterdir()) == []

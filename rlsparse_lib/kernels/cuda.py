@@ -288,7 +288,7 @@ class _Pipeline:
 
     def submit(self, result, pair, start: int, stop: int, base, tuned) -> None:
         """Read chunk ``[start, stop)`` of ``pair`` into the next slot and enqueue its work."""
-        from ..engine import _as_compare
+        from ..dtypes import cast_words
 
         slot = self.slots[self.submitted % len(self.slots)]
         self.finish(slot)
@@ -304,7 +304,7 @@ class _Pipeline:
         for side, (reader, info) in enumerate(((base, pair.base), (tuned, pair.tuned))):
             w = reader.words(pair.name, start, stop)
             if spec is not None:
-                w = _as_compare(w, info.dtype, spec.compare)
+                w = cast_words(w, info.dtype, spec.compare)
             _fill(slot.host[side], w, self.pool)
             reader.release(pair.name, start, stop)
             sizes.append((w.nbytes, w.itemsize))

@@ -1,0 +1,58 @@
+"""Execute experiment notebooks through papermill.
+
+NOTEBOOK is `all`, a number (`3`), a stem (`03_layerwise`) or a path. Executed notebooks go to
+data/runs/notebooks/, figures to figures/, small result tables to data/results/<notebook>/
+(all under --out-root when given).
+
+examples:
+  rlsparse run 00                       # the quickstart (main job)
+  rlsparse run all --smoke              # every notebook, tiny configuration (seconds to minutes)
+  rlsparse run 01 -p SOURCE=hub         # the paper's public pairs (needs hub access)
+  rlsparse run 06 -p SEED=1 --out-root /tmp/rls
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("notebook", metavar="NOTEBOOK", help="'all', a number, a stem or a path")
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a parameter of the notebooks' parameters cell (repeatable)",
+    )
+    p.add_argument("--smoke", action="store_true", help="tiny configuration (sets SMOKE=True)")
+    p.add_argument("--out-root", default=None, help="write data/ and figures/ under this folder")
+    p.add_argument(
+        "--list", action="store_true", help="list the notebooks and their parameters, run nothing"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="do not stream cell output")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..notebook_runner import notebook_parameters, parse_params, resolve, run_notebooks
+
+    if args.list:
+        for nb in resolve(args.notebook):
+            params = notebook_parameters(nb)
+            print(nb.stem)
+            for name, info in params.items():
+                print(
+                    f"  {name} = {info['default']}  ({info['inferred_type_name']}) {info['help']}"
+                )
+        return 0
+    done = run_notebooks(
+        args.notebook,
+        parse_params(args.param),
+        smoke=args.smoke,
+        out_root=args.out_root,
+        log=not args.quiet,
+    )
+    for path in done:
+        print(f"executed: {path}")
+    return 0

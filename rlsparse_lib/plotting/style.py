@@ -1,0 +1,208 @@
+"""One figure style for every rlsparse plot, and saving with provenance.
+
+:func:`paper_style` is the shared look (seaborn "ticks", paper context, colour-blind palette,
+fixed colours per module kind); :func:`save_figure` writes PNG and PDF atomically with the
+provenance (git commit, rlsparse version, inputs and parameters) in the file metadata. With
+``SOURCE_DATE_EPOCH`` set, re-rendering gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from .. import __version__
+from ..atomic import atomic_path
+
+#: single- and double-column widths in inches
+WIDTH = {"single": 3.5, "double": 7.2}
+#: module kinds in the paper's Figure 3 order
+MODULE_ORDER = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+    "input_layernorm",
+    "post_attention_layernorm",
+)
+#: parameter-fate colours (never / cancelled / final)
+FATE_COLORS = {"never": "#bbbbbb", "cancelled": "#e69f00", "final": "#0072b2"}
+_PROVENANCE_ATTR = "_rlsparse_provenance"
+
+
+def palette(n: int | None = None) -> list:
+    """The colour-blind-safe palette used everywhere."""
+    import seaborn as sns
+
+    return sns.color_palette("colorblind", n)
+
+
+def module_colors(modules: Sequence[str]) -> dict[str, tuple]:
+    """A fixed colour per module kind (the paper's kinds first, then the rest in given order)."""
+    ordered = [m for m in MODULE_ORDER if m in modules] + sorted(
+        m for m in set(modules) if m not in MODULE_ORDER
+    )
+    known = {m: i for i, m in enumerate(MODULE_ORDER)}
+    colors = palette(10) + palette(10)[::-1]
+    out, extra = {}, len(MODULE_ORDER)
+    for m in ordered:
+        if m in known:
+            out[m] = colors[known[m] % len(colors)]
+        else:
+            out[m] = colors[extra % len(colors)]
+            extra += 1
+    return out
+
+
+def style_rc() -> dict:
+    """matplotlib rc parameters of the rlsparse style."""
+    import seaborn as sns
+    from cycler import cycler
+
+    rc = {}
+    rc.update(sns.axes_style("ticks"))
+    rc.update(sns.plotting_context("paper", font_scale=1.15))
+    rc.update(
+        {
+            "axes.prop_cycle": cycler(color=palette()),
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.color": "#e6e6e6",
+            "grid.linewidth": 0.6,
+            "legend.frameon": False,
+            "figure.dpi": 100,
+            "savefig.dpi": 200,
+            "savefig.bbox": "tight",
+            "pdf.fonttype": 42,
+            "svg.hashsalt": "rlsparse",
+        }
+    )
+    return rc
+
+
+@contextlib.contextmanager
+def paper_style() -> Iterator[None]:
+    """Context in which figures get the rlsparse style."""
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context(style_rc()):
+        yield
+
+
+def new_figure(width: str | float = "single", height: float = 2.6, ncols: int = 1, **kw):
+    """(fig, axes) of the given column ``width`` (``single``/``double`` or inches)."""
+    import matplotlib.pyplot as plt
+
+    w = WIDTH.get(width, width) if isinstance(width, str) else float(width)
+    return plt.subplots(1, ncols, figsize=(w, height), layout="constrained", **kw)
+
+
+def attach_provenance(fig, **info) -> None:
+    """Record what a figure shows (merged into its file metadata by :func:`save_figure`)."""
+    prov = dict(getattr(fig, _PROVENANCE_ATTR, {}))
+    prov.update(info)
+    setattr(fig, _PROVENANCE_ATTR, prov)
+
+
+def git_revision(path: str | Path | None = None) -> dict:
+    """``{"sha", "dirty"}`` of the git checkout holding ``path`` (None values outside git).
+
+    Read-only: ``git --no-optional-locks`` takes no index lock.
+    """
+    cwd = Path(path or Path(__file__).resolve().parent)
+    try:
+        sha = subprocess.run(
+            ["git", "--no-optional-locks", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"sha": None, "dirty": None}
+    return {"sha": sha, "dirty": bool(status.strip())}
+
+
+def figure_provenance(fig, extra: dict | None = None) -> dict:
+    """Provenance stored in a saved figure: tool, git commit, SOURCE_DATE_EPOCH, inputs/params."""
+    import matplotlib
+
+    prov = {
+        "tool": f"rlsparse {__version__}",
+        "matplotlib": matplotlib.__version__,
+        "git": git_revision(),
+        "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"),
+    }
+    prov.update(getattr(fig, _PROVENANCE_ATTR, {}))
+    prov.update(extra or {})
+    return prov
+
+
+def save_figure(
+    fig,
+    path: str | Path,
+    *,
+    provenance: dict | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
+    close: bool = True,
+) -> list[Path]:
+    """Save ``fig`` as ``<path stem>.<fmt>`` for each format, with provenance metadata.
+
+    PNG: text chunks ``Title``, ``Software``, ``Source`` (git commit) and ``Description`` (the
+    provenance JSON). PDF: ``Title``, ``Creator``, ``Keywords`` (git commit) and ``Subject`` (the
+    provenance JSON); the creation date follows ``SOURCE_DATE_EPOCH`` when set.
+
+    Returns:
+        The written paths.
+    """
+    import matplotlib.pyplot as plt
+
+    stem = Path(path)
+    if stem.suffix.lstrip(".") in ("png", "pdf", "svg"):
+        stem = stem.with_suffix("")
+    prov = figure_provenance(fig, provenance)
+    text = json.dumps(prov, sort_keys=True, default=str)
+    sha = prov["git"]["sha"] or "unknown"
+    dirty = "+dirty" if prov["git"]["dirty"] else ""
+    title = str(prov.get("figure", stem.name))
+    meta = {
+        "png": {
+            "Title": title,
+            "Software": prov["tool"],
+            "Source": f"git {sha}{dirty}",
+            "Description": text,
+        },
+        "pdf": {
+            "Title": title,
+            "Creator": prov["tool"],
+            "Keywords": f"rlsparse; git {sha}{dirty}",
+            "Subject": text,
+        },
+        "svg": {"Title": title, "Creator": prov["tool"], "Description": text},
+    }
+    out = []
+    for fmt in formats:
+        target = stem.with_name(f"{stem.name}.{fmt}")
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=fmt, metadata=meta[fmt])
+        out.append(target)
+    if close:
+        plt.close(fig)
+    return out

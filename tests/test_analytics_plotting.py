@@ -1,0 +1,131 @@
+"""Figures: the numbers they draw, every figure renders, provenance metadata, reproducible bytes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rlsparse_lib import plotting
+from rlsparse_lib.dynamics import sparsity_dynamics
+from rlsparse_lib.engine import diff_checkpoints
+from rlsparse_lib.masks import build_mask, random_mask_like
+from rlsparse_lib.overlap import overlap_matrix
+from rlsparse_lib.rank import update_ranks
+from rlsparse_lib.synthetic import LlamaShape, fp32_master_update, write_pair
+
+SHAPE = LlamaShape(vocab=96, hidden=32, intermediate=64, layers=3, heads=4, kv_heads=2)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plots")
+    for name, lr in (("a", 1e-6), ("b", 3e-6)):
+        write_pair(
+            root / f"{name}0", root / f"{name}1", SHAPE.tensors(), fp32_master_update(lr, 200)
+        )
+    rep_a = diff_checkpoints(root / "a0", root / "a1", progress=False)
+    rep_b = diff_checkpoints(root / "b0", root / "b1", progress=False)
+    build_mask(root / "a0", root / "a1", root / "a.mask", progress=False)
+    build_mask(root / "b0", root / "b1", root / "b.mask", progress=False)
+    random_mask_like(root / "a.mask", root / "r.mask", seed=0, progress=False)
+    mat = overlap_matrix([root / "a.mask", root / "b.mask", root / "r.mask"], progress=False)
+    dyn = sparsity_dynamics(root / "a0", [root / "a1", root / "b1"], progress=False)
+    rank = update_ranks(root / "a0", root / "a1", progress=False)
+    return {"a": rep_a, "b": rep_b, "matrix": mat, "dyn": dyn, "rank": rank}
+
+
+def test_layer_module_table_numbers(results) -> None:
+    rep = results["a"]
+    t = plotting.layer_module_table(rep)
+    df = rep.table()
+    row = t[(t["layer"] == 1) & (t["module"] == "mlp.up_proj")].iloc[0]
+    src = df[df["name"] == "model.layers.1.mlp.up_proj.weight"].iloc[0]
+    assert row["sparsity"] == pytest.approx(100 * src["n_unchanged_bitwise"] / src["numel"])
+    mean = t[(t["layer"] == 2) & (t["module"] == "mean over tensors")].iloc[0]["sparsity"]
+    layer2 = df[df["layer"] == 2]
+    assert mean == pytest.approx(100 * (layer2["n_unchanged_bitwise"] / layer2["numel"]).mean())
+    assert set(t["layer"]) == {0, 1, 2}  # embeddings / lm_head / final norm are not layers
+
+
+def test_every_figure_renders(results, tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figs = {
+        "fig3": plotting.plot_layer_module_sparsity(
+            {"lr 1e-6": results["a"], "lr 3e-6": results["b"]}
+        ),
+        "tol": plotting.plot_tolerance_curves({"a": results["a"], "b": results["b"]}),
+        "fig1": plotting.plot_sft_vs_rl(
+            [
+                {"family": "Tulu 8B", "stage": "SFT", "sparsity": 0.068},
+                {"family": "Tulu 8B", "stage": "RL", "sparsity": 0.814},
+            ]
+        ),
+        "heat": plotting.plot_overlap_heatmap(results["matrix"]),
+        "rank": plotting.plot_rank_bars({"a": results["rank"]}),
+        "dyn": plotting.plot_dynamics(results["dyn"], accuracy={"MATH500": [0.5, 0.6]}),
+        "fate": plotting.plot_parameter_fate(results["dyn"]),
+        "ulp": plotting.plot_ulp_histogram(results["a"]),
+        "binade": plotting.plot_binade_curve({"a": results["a"]}, update_sizes=[1e-6]),
+    }
+    assert len(figs["fig3"].axes) == 2 and len(figs["dyn"].axes) == 4  # 3 panels + accuracy axis
+    heat_text = [t.get_text() for t in figs["heat"].axes[0].texts]
+    o = results["matrix"].frame("o")
+    assert (
+        f"{100 * o.iat[0, 1]:.1f}\n({100 * results['matrix'].frame('o_random').iat[0, 1]:.1f})"
+        in heat_text
+    )
+    bars = [p.get_width() for p in figs["fate"].axes[0].patches]
+    fate = results["dyn"].fate()
+    assert bars == pytest.approx([100 * fate[k] for k in ("never", "cancelled", "final")])
+    for name, fig in figs.items():
+        paths = plotting.save_figure(fig, tmp_path / name)
+        assert [p.suffix for p in paths] == [".png", ".pdf"] and all(
+            p.stat().st_size > 1000 for p in paths
+        )
+    assert plt.get_fignums() == []  # closed after saving
+
+
+def test_provenance_metadata_and_reproducible_bytes(results, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    out = []
+    for i in range(2):
+        fig = plotting.plot_binade_curve(results["a"], update_sizes=[1e-6])
+        out.append(
+            plotting.save_figure(
+                fig, tmp_path / f"run{i}" / "binade.png", provenance={"family": "tiny"}
+            )
+        )
+    (png0, pdf0), (png1, pdf1) = out
+    assert png0.read_bytes() == png1.read_bytes() and pdf0.read_bytes() == pdf1.read_bytes()
+    text = Image.open(png0).text
+    prov = json.loads(text["Description"])
+    assert prov["figure"] == "precision_binade_curve" and prov["family"] == "tiny"
+    assert prov["params"] == {"update_sizes": [1e-6]}
+    assert prov["source_date_epoch"] == "1700000000"
+    assert (
+        prov["inputs"][""]["base"]["fingerprint"]
+        == results["a"].provenance["inputs"]["base"]["fingerprint"]
+    )
+    git = plotting.git_revision()
+    assert set(prov["git"]) == {"sha", "dirty"} and prov["git"]["sha"] == git["sha"]
+    assert text["Source"].startswith("git ")
+    pdf = pdf0.read_bytes()
+    assert b"D:20231114221320" in pdf  # CreationDate from SOURCE_DATE_EPOCH
+    assert b"precision_binade_curve" in pdf
+
+
+def test_bad_plot_input(results) -> None:
+    from rlsparse_lib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="columns"):
+        plotting.plot_sft_vs_rl([{"family": "x", "sparsity": 0.5}])
+    with pytest.raises(ConfigError, match="no rule"):
+        plotting.layer_module_table(results["a"], rule="tol_0.5")
+    assert np.isfinite(
+        plotting.layer_module_table(results["a"], rule="tol_1e-05")["sparsity"]
+    ).all()
