@@ -3,8 +3,8 @@
 Every notebook in ``notebooks/`` has a ``parameters`` cell of scalars (``SOURCE``, ``SMOKE``,
 ``OUT_ROOT``, ``DEVICE``, ``SEED``, ...). The runner checks the names you pass against that cell
 (papermill itself only warns on unknown names), executes each notebook into
-``<root>/data/runs/notebooks/<name>.ipynb`` with a plain-text environment (``MPLBACKEND=Agg``,
-``TQDM_DISABLE=1``, fixed ``SOURCE_DATE_EPOCH``), and stops at the first failure, leaving the
+``<root>/data/runs/notebooks/<name>.ipynb`` with a quiet, reproducible environment
+(``TQDM_DISABLE=1``, fixed ``SOURCE_DATE_EPOCH``), and stops at the first failure, leaving the
 partly executed notebook for inspection.
 """
 

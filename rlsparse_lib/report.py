@@ -11,6 +11,7 @@ plus a per-tensor CSV or parquet table.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from dataclasses import dataclass, field
@@ -359,7 +360,13 @@ class DiffReport:
         }
 
     def save_json(self, path: str | Path) -> None:
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=1, default=_json_default) + "\n")
+        """Write the JSON report (gzip-compressed when the name ends in ``.gz``)."""
+        text = json.dumps(self.to_dict(), indent=1, default=_json_default) + "\n"
+        if str(path).endswith(".gz"):
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(gzip.compress(text.encode(), mtime=0))
+        else:
+            write_text_atomic(path, text)
 
     def save_table(self, path: str | Path) -> None:
         """Per-tensor table as CSV, or parquet when the name ends in ``.parquet``."""
@@ -387,7 +394,11 @@ class DiffReport:
 
     @classmethod
     def load(cls, path: str | Path) -> DiffReport:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        """Read a report written by :meth:`save_json` (``.json`` or ``.json.gz``)."""
+        raw = Path(path).read_bytes()
+        if str(path).endswith(".gz"):
+            raw = gzip.decompress(raw)
+        return cls.from_dict(json.loads(raw))
 
 
 def _norms(s: DiffStats) -> dict:

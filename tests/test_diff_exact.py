@@ -281,8 +281,10 @@ def test_report_json_roundtrip_and_tables(tmp_path: Path) -> None:
     base, tuned, counts = planted()
     rep = run(tmp_path, base, tuned)
     rep.save_json(tmp_path / "r.json")
-    again = DiffReport.load(tmp_path / "r.json")
-    assert again.to_dict() == rep.to_dict()
+    rep.save_json(tmp_path / "r.json.gz")
+    assert DiffReport.load(tmp_path / "r.json").to_dict() == rep.to_dict()
+    assert DiffReport.load(tmp_path / "r.json.gz").to_dict() == rep.to_dict()
+    assert (tmp_path / "r.json.gz").stat().st_size < (tmp_path / "r.json").stat().st_size / 3
     d = rep.to_dict()
     assert d["tolerances"]["1e-05"]["n_unchanged"] == rep.totals().n_unchanged_at(4)
     assert set(d["tolerances"]) == {"0.0", "1e-08", "1e-07", "1e-06", "1e-05", "0.0001"}

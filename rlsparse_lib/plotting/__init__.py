@@ -9,6 +9,14 @@
 
 from __future__ import annotations
 
+from .experiments import (
+    plot_causes,
+    plot_length,
+    plot_lr_scaling,
+    plot_monitor,
+    plot_precision_modes,
+    plot_training_curves,
+)
 from .figures import (
     layer_module_table,
     plot_binade_curve,
@@ -29,13 +37,19 @@ __all__ = [
     "layer_module_table",
     "paper_style",
     "plot_binade_curve",
+    "plot_causes",
     "plot_dynamics",
     "plot_layer_module_sparsity",
+    "plot_length",
+    "plot_lr_scaling",
+    "plot_monitor",
     "plot_overlap_heatmap",
     "plot_parameter_fate",
+    "plot_precision_modes",
     "plot_rank_bars",
     "plot_sft_vs_rl",
     "plot_tolerance_curves",
+    "plot_training_curves",
     "plot_ulp_histogram",
     "save_figure",
 ]

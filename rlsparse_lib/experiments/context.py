@@ -1,0 +1,192 @@
+"""One notebook's context: parameters, paths, cached runs and diffs, tables, figures, record."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..atomic import write_text_atomic
+from ..paths import Paths
+
+
+@dataclass
+class Experiment:
+    """The state a notebook works in; create it from the notebook's parameters.
+
+    Outputs: tables and diff reports under ``<root>/data/results/<notebook>/``, figures under
+    ``<root>/figures/``, training runs under ``<root>/data/runs/``, and ``record.json`` (the
+    numbers tests and the README read) written by :meth:`finish`.
+
+    Attributes:
+        notebook: the notebook's stem, e.g. ``03_layerwise``.
+        source: ``local`` (runs of the embedded default model) or ``hub`` (public pairs).
+        smoke: tiny model and a few steps (CI).
+        out_root: output root ("" = the repository).
+        device: ``auto``, ``cpu`` or ``cuda`` (training device; diffs stream on the CPU).
+        seed: added to every run's name and config (0 = the configs' own seeds).
+        family: config family under ``data/configs/`` (``cpu`` or ``gpu``).
+    """
+
+    notebook: str
+    source: str = "local"
+    smoke: bool = False
+    out_root: str = ""
+    device: str = "auto"
+    seed: int = 0
+    family: str = "cpu"
+    record_data: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.paths = Paths.at(self.out_root or None)
+        self.results = self.paths.results / self.notebook
+        self.record_data.update(
+            notebook=self.notebook,
+            smoke=self.smoke,
+            source=self.source,
+            seed=self.seed,
+            family=self.family,
+            figures=[],
+        )
+
+    # ---- runs and diffs ---------------------------------------------------------------------
+    def run(self, config: str, overrides: dict | None = None, name: str | None = None):
+        """The finished training run of ``config`` (reused if already done, else trained)."""
+        from .runs import ensure_run, run_config
+
+        overrides = dict(overrides or {})
+        if self.device != "auto":
+            overrides.setdefault("device", self.device)
+        suffix = ""
+        if self.seed:
+            overrides["seed"] = self.seed + int(overrides.get("seed", 0))
+            suffix = f"-seed{self.seed}"
+        cfg = run_config(
+            config, overrides, smoke=self.smoke, family=self.family, name=name, suffix=suffix
+        )
+        return ensure_run(cfg, self.paths)
+
+    def diff(self, base: str | Path, tuned: str | Path, label: str, **config):
+        """``rlsparse diff`` of two checkpoints, cached as ``diffs/<label>.json.gz``.
+
+        The cache is reused only when both checkpoints still have the fingerprints it records.
+        """
+        from ..checkpoint import open_checkpoint
+        from ..engine import DiffConfig, diff_checkpoints
+        from ..report import DiffReport
+
+        cache = self.results / "diffs" / f"{label}.json.gz"
+        b, t = open_checkpoint(base), open_checkpoint(tuned)
+        if cache.is_file():
+            report = DiffReport.load(cache)
+            inputs = report.provenance.get("inputs", {})
+            if (
+                inputs.get("base", {}).get("fingerprint") == b.fingerprint()
+                and inputs.get("tuned", {}).get("fingerprint") == t.fingerprint()
+            ):
+                return report
+        report = diff_checkpoints(b, t, DiffConfig(**config), progress=False)
+        report.save_json(cache)
+        return report
+
+    def load_diff(self, label: str):
+        """A diff report saved by :meth:`diff` (for redrawing figures without checkpoints)."""
+        from ..report import DiffReport
+
+        return DiffReport.load(self.results / "diffs" / f"{label}.json.gz")
+
+    # ---- tables, figures, record ------------------------------------------------------------
+    def table(self, name: str, data):
+        """Save rows or a DataFrame as ``<name>.csv`` in the results folder; return the DataFrame."""
+        import pandas as pd
+
+        df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+        path = self.results / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, df.to_csv(index=False))
+        return df
+
+    def load_table(self, name: str):
+        import pandas as pd
+
+        return pd.read_csv(self.results / f"{name}.csv")
+
+    def figure(self, fig_id: str, fig) -> Path:
+        """Save a figure as ``figures/<fig_id>.png`` and ``.pdf`` with provenance (closes it)."""
+        from ..plotting import save_figure
+
+        target = self.paths.figures / fig_id
+        save_figure(
+            fig,
+            target,
+            provenance={
+                "notebook": self.notebook,
+                "smoke": self.smoke,
+                "source": self.source,
+                "seed": self.seed,
+            },
+        )
+        if fig_id not in self.record_data["figures"]:
+            self.record_data["figures"].append(fig_id)
+        return target
+
+    def draw_figures(self) -> dict:
+        """Draw (and save) this notebook's figures from its stored results; see ``figures.py``."""
+        from .figures import FIGURES
+
+        figs = FIGURES[self.notebook](self) if self.notebook in FIGURES else {}
+        saved = {fig_id: self.figure(fig_id, fig) for fig_id, fig in figs.items()}
+        _display_pngs(saved.values())
+        return saved
+
+    def record(self, **values) -> None:
+        """Numbers the notebook reports (checked by tests, quoted in the README)."""
+        self.record_data.update(_plain(values))
+
+    def recorded(self, key: str, default=None):
+        """A recorded value: from this session, else from the stored ``record.json``."""
+        if key in self.record_data:
+            return self.record_data[key]
+        path = self.results / "record.json"
+        return (
+            json.loads(path.read_text(encoding="utf-8")).get(key, default)
+            if path.is_file()
+            else default
+        )
+
+    def finish(self) -> dict:
+        """Write ``record.json`` and return it."""
+        self.results.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(_plain(self.record_data), indent=1, allow_nan=False)
+        write_text_atomic(self.results / "record.json", text + "\n")
+        return self.record_data
+
+
+def _display_pngs(paths) -> None:
+    """Show saved figures inline when running under IPython/Jupyter."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:
+        return
+    if get_ipython() is None:
+        return
+    for p in paths:
+        display(Image(filename=str(p.with_suffix(".png"))))
+
+
+def _plain(obj: object) -> object:
+    """numpy/pandas scalars and containers -> strict-JSON Python objects (NaN -> None)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return None if math.isnan(obj) else float(obj)
+    return obj

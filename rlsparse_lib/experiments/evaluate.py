@@ -1,0 +1,25 @@
+"""Greedy accuracy of saved checkpoints on their run's held-out split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def checkpoint_accuracy(checkpoint: str | Path, run, max_new_tokens: int | None = None) -> float:
+    """Accuracy of ``checkpoint`` on ``run``'s evaluation split (same task, seed and sizes)."""
+    from ..evaluation import evaluate
+    from ..models import load_model
+    from ..tasks import Task
+    from ..training import config_from_dict
+
+    cfg = config_from_dict(run.manifest["config"], where=str(run.path / "run.json"))
+    model, tokenizer = load_model(str(checkpoint), "float32")
+    result = evaluate(
+        model,
+        tokenizer,
+        Task(cfg.task),
+        batch_size=cfg.eval.batch_size,
+        max_new_tokens=max_new_tokens or cfg.eval.max_new_tokens,
+        progress=False,
+    )
+    return float(result.summary()["accuracy"])

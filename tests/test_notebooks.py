@@ -1,0 +1,206 @@
+"""Every experiment notebook: committed without outputs, a scalar parameters cell, and a papermill
+smoke run (tiny random model, a few steps) whose recorded numbers are checked.
+
+The smoke runs share one output root, so a tiny training run used by several notebooks is
+trained once (runs are reused when their configuration is identical)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from rlsparse_lib.notebook_runner import list_notebooks, run_notebooks
+
+NOTEBOOKS = list_notebooks()
+COMMON_PARAMS = {"SOURCE", "SMOKE", "OUT_ROOT", "DEVICE", "SEED"}
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [p.stem for p in paths]
+
+
+@pytest.fixture(scope="module")
+def smoke_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("notebooks")
+
+
+def test_the_collection_is_complete() -> None:
+    assert [p.stem.split("_", 1)[0] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(10)]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_committed_without_outputs(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_parameters_cell_holds_scalars(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, f"{path.name}: expected one cell tagged 'parameters'"
+    names = {}
+    for node in ast.parse(cells[0].source).body:
+        assert isinstance(node, ast.AnnAssign), f"{path.name}: only typed assignments in parameters"
+        names[node.target.id] = ast.literal_eval(node.value)
+    assert set(names) >= COMMON_PARAMS, f"{path.name}: missing {COMMON_PARAMS - set(names)}"
+    assert all(isinstance(v, str | int | float | bool) for v in names.values())
+    assert names["SMOKE"] is False, "the committed configuration is the real one"
+
+
+def _record(root: Path, stem: str) -> dict:
+    return json.loads((root / "data" / "results" / stem / "record.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_smoke_run(path: Path, smoke_root: Path) -> None:
+    run_notebooks(path.stem, {}, smoke=True, out_root=str(smoke_root), log=False)
+    record = _record(smoke_root, path.stem)
+    assert record["notebook"] == path.stem and record["smoke"] is True
+    assert record["figures"], "every notebook draws figures"
+    for fig in record["figures"]:
+        for ext in ("png", "pdf"):
+            assert (smoke_root / "figures" / f"{fig}.{ext}").stat().st_size > 1000
+    CHECKS[path.stem](record)
+
+
+@pytest.mark.slow
+def test_hub_mode_offline_lists_every_pair(tmp_path: Path, monkeypatch) -> None:
+    """SOURCE=hub without hub access: every registry pair is listed with why it was not measured."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run_notebooks(
+        "01",
+        {"SOURCE": "hub", "PAIRS": "path_not_taken"},
+        smoke=True,
+        out_root=str(tmp_path),
+        log=False,
+    )
+    measured = _record(tmp_path, "01_update_sparsity")["measured"]
+    assert len(measured) == 15
+    for row in measured:
+        assert row["status"] == "no public hub id" or (
+            (
+                row["status"].startswith("unavailable")
+                and row["tuned"].split("@")[0] in row["status"]
+            )
+            or row["base"] in row["status"]
+        )
+
+
+def _frac(x) -> bool:
+    return x is not None and 0.0 <= x <= 1.0
+
+
+def _check_quickstart(r: dict) -> None:
+    for run in ("sft", "grpo"):
+        s = r["runs"][run]
+        assert _frac(s["sparsity_bitwise"]) and s["sparsity_bitwise"] <= s["sparsity_1e-05"]
+        assert s["n_changed"] == round((1 - s["sparsity_bitwise"]) * s["n_params"])
+    assert r["runs"]["sft"]["n_changed"] > 0 and r["runs"]["grpo"]["n_changed"] > 0
+
+
+def _check_update_sparsity(r: dict) -> None:
+    grid = [
+        "sparsity_bitwise",
+        "sparsity_1e-08",
+        "sparsity_1e-07",
+        "sparsity_1e-06",
+        "sparsity_1e-05",
+        "sparsity_0.0001",
+    ]
+    assert [m["run"] for m in r["measured"]] == [
+        "grpo",
+        "rloo",
+        "dpo-own",
+        "dpo-external",
+        "kto",
+        "rft",
+        "sft",
+    ]
+    for m in r["measured"]:
+        values = [m[k] for k in grid]
+        assert all(_frac(v) for v in values) and values == sorted(values), m["run"]
+
+
+def _check_sft_vs_rl(r: dict) -> None:
+    stages = {b["stage"] for b in r["bars"]}
+    assert stages == {"SFT", "GRPO", "RLOO", "DPO", "KTO"} and all(
+        _frac(b["sparsity"]) for b in r["bars"]
+    )
+
+
+def _check_layerwise(r: dict) -> None:
+    assert r["panels"] == ["GRPO", "DPO"]
+    for groups in r["by_group"].values():
+        assert {"attention", "mlp", "norm"} <= set(groups) and all(
+            _frac(v) for v in groups.values()
+        )
+
+
+def _check_rank(r: dict) -> None:
+    assert [s["run"] for s in r["summary"]] == ["grpo", "rloo", "dpo-own", "kto", "sft"]
+    sft = r["summary"][-1]
+    assert sft["n_matrices"] > 0 and 0 < sft["mean_rank_pct"] <= 100
+
+
+def _check_subnetwork(r: dict) -> None:
+    acc = {a["run"]: a for a in r["accuracy"]}
+    full = acc["full"]["n_changed"]
+    assert full > 0
+    sub = r["closeness"]["subnetwork"]["updates"]
+    assert (
+        sub["a_subset_of_b"] and sub["n_a_outside_b"] == 0
+    )  # masked run changes only masked weights
+    assert sub["n_updated_a"] == acc["subnetwork"]["n_changed"] <= full
+
+
+def _check_overlap(r: dict) -> None:
+    assert [row["axis"] for row in r["table4"]] == ["seed", "data", "seed + data + algorithm"]
+    for row in r["table4"]:
+        if row["o1"] is not None and row["o2"] is not None:  # Table 4 identity: |I1∩I2|/n both ways
+            assert math.isclose(
+                row["o1"] * (1 - row["s1"]), row["o2"] * (1 - row["s2"]), rel_tol=1e-9
+            )
+            assert math.isclose(row["o1_random"], 1 - row["s2"], rel_tol=1e-9)
+
+
+def _check_dynamics(r: dict) -> None:
+    fate = r["fate"]
+    assert fate["n_never"] + fate["n_cancelled"] + fate["n_final"] == fate["n_params"]
+    assert math.isclose(fate["final"], 1 - r["final_sparsity"], abs_tol=1e-12)
+    assert fate["n_final"] > 0
+
+
+def _check_causes(r: dict) -> None:
+    assert len(r["causes"]) == 8 and all(_frac(c["sparsity_bitwise"]) for c in r["causes"])
+    assert [row["step"] for row in r["length"]] == [1, 2]
+
+
+def _check_precision(r: dict) -> None:
+    modes = {(m["kind"], m["mode"]): m for m in r["modes"]}
+    assert len(modes) == 6 and len(r["lr"]) == 3
+    for (kind, mode), m in modes.items():
+        if mode != "bf16":  # bf16 can only hide changes of the fp32 master weights
+            assert m["fp32_master_sparsity_bitwise"] <= m["sparsity_bitwise"], (kind, mode)
+
+
+CHECKS = {
+    "00_quickstart": _check_quickstart,
+    "01_update_sparsity": _check_update_sparsity,
+    "02_sft_vs_rl": _check_sft_vs_rl,
+    "03_layerwise": _check_layerwise,
+    "04_update_rank": _check_rank,
+    "05_subnetwork_finetuning": _check_subnetwork,
+    "06_overlap": _check_overlap,
+    "07_dynamics": _check_dynamics,
+    "08_causes": _check_causes,
+    "09_precision": _check_precision,
+}
