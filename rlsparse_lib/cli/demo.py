@@ -1,9 +1,12 @@
-"""The main job on the embedded default: a generated demo pair, diffed with its summary table.
+"""The main job on the embedded default: the quickstart notebook (notebooks/00_quickstart.ipynb).
 
-The pair has SmolLM2-135M's shapes; the "finetuned" side mimics RL with fp32 master weights saved
-in bf16 (Adam-like steps of size ~lr): updates smaller than half a bf16 ULP are absorbed, so the
-diff shows update sparsity that comes from precision alone, rising with |θ0|.
-Outputs go to data/demo/ (report.json, tensors.csv).
+From one init (SmolLM2-135M-Instruct, embedded), an SFT run and a GRPO run of equal steps on easy
+arithmetic (CPU budget: about 15 minutes on 2 cores; finished runs are reused), each diffed
+against the init: the sparsity table, the layer x module figure and the precision view. The
+executed notebook, figures and tables land under the output root (the repository by default).
+
+--synthetic instead diffs a generated SmolLM2-shaped pair whose "finetuned" side mimics RL with
+fp32 master weights saved in bf16 (seconds, no training): sparsity from bf16 absorption alone.
 """
 
 from __future__ import annotations
@@ -14,21 +17,40 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--out", type=Path, default=Path("data/demo"), help="output folder (default: %(default)s)"
+        "--synthetic", action="store_true", help="diff a generated pair instead (no training)"
     )
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=1e-6,
-        help="simulated per-step update size (default: %(default)s)",
-    )
-    p.add_argument(
-        "--steps", type=int, default=200, help="simulated optimizer steps (default: %(default)s)"
-    )
+    p.add_argument("--out-root", default=None, help="output root (default: the repository)")
+    p.add_argument("--smoke", action="store_true", help="tiny random model, 2 steps (seconds)")
     p.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..paths import Paths
+
+    paths = Paths.at(args.out_root)
+    if args.synthetic:
+        return _synthetic(paths.root / "data" / "demo", args.seed)
+    import json
+
+    from ..notebook_runner import run_notebooks
+
+    params = {"SEED": args.seed} if args.seed else {}
+    (executed,) = run_notebooks("00", params, smoke=args.smoke, out_root=args.out_root, log=False)
+    record = json.loads((paths.results / "00_quickstart" / "record.json").read_text())
+    print(f"\nexecuted notebook: {executed}")
+    for run_name, r in record["runs"].items():
+        print(
+            f"  {run_name:<5} update sparsity {r['sparsity_bitwise']:.2%} bitwise, {r['sparsity_1e-05']:.2%} at 1e-5; "
+            f"accuracy {r['acc_before']:.3f} -> {r['acc_after']:.3f}"
+        )
+    print(f"tables:  {paths.results / '00_quickstart'}")
+    for fig in record["figures"]:
+        print(f"figure:  {paths.figures / fig}.png (.pdf)")
+    print("open it: jupyter lab notebooks/00_quickstart.ipynb")
+    return 0
+
+
+def _synthetic(out: Path, seed: int) -> int:
     from ..engine import diff_checkpoints
     from ..summary import format_summary
     from ..synthetic import LlamaShape, fp32_master_update, write_pair
@@ -42,24 +64,24 @@ def run(args: argparse.Namespace) -> int:
         kv_heads=3,
         tie_embeddings=True,
     )
-    base, tuned = args.out / "pair" / "base", args.out / "pair" / "tuned"
+    base, tuned = out / "pair" / "base", out / "pair" / "tuned"
     print(
-        f"writing a {shape.n_params / 1e6:.0f}M-parameter demo pair to {args.out / 'pair'} ...",
+        f"writing a {shape.n_params / 1e6:.0f}M-parameter demo pair to {out / 'pair'} ...",
         flush=True,
     )
     write_pair(
         base,
         tuned,
         shape.tensors(),
-        fp32_master_update(args.lr, args.steps, seed=args.seed),
+        fp32_master_update(1e-6, 200, seed=seed),
         shards=2,
         config=shape.config(),
     )
     report = diff_checkpoints(base, tuned)
-    report.save_json(args.out / "report.json")
-    report.save_table(args.out / "tensors.csv")
+    report.save_json(out / "report.json")
+    report.save_table(out / "tensors.csv")
     print(format_summary(report))
     print("\nchanged fraction by |θ0| binade (precision view: large weights absorb small updates)")
     print(report.binade_table().to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-    print(f"\nreport: {args.out / 'report.json'}   per-tensor table: {args.out / 'tensors.csv'}")
+    print(f"\nreport: {out / 'report.json'}   per-tensor table: {out / 'tensors.csv'}")
     return 0

@@ -1,0 +1,160 @@
+"""TRL trainers for each run kind, configured from a :class:`RunConfig`.
+
+All kinds share the optimizer, schedule, precision and logging settings (:func:`common_args`);
+checkpointing is done by :class:`~rlsparse_lib.training.checkpoints.CheckpointSaver`, so the
+trainers' own saving is off. GRPO/RLOO take the task's scorer as their reward function; DPO/KTO get
+an explicit frozen copy of the initial model as reference.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from ..tasks import Task
+from .config import RunConfig
+from .precision import Precision
+
+#: ``rl.epsilon: null`` (ratio clipping off) becomes this clip range, which never binds
+NO_CLIP = 1e9
+_OPTIM = {"adamw": "adamw_torch", "sgd": "sgd"}
+
+
+def common_args(cfg: RunConfig, output_dir: Path, use_cpu: bool) -> dict[str, Any]:
+    """TrainingArguments shared by every TRL config class."""
+    t = cfg.train
+    precision = Precision(cfg.precision)
+    return {
+        "output_dir": str(output_dir),
+        "max_steps": t.steps,
+        "learning_rate": t.lr,
+        "gradient_accumulation_steps": t.grad_accum,
+        "lr_scheduler_type": t.lr_scheduler,
+        "warmup_steps": t.warmup_ratio,  # a float < 1 is a ratio of max_steps
+        "weight_decay": t.weight_decay,
+        "adam_beta1": t.adam_beta1,
+        "adam_beta2": t.adam_beta2,
+        "adam_epsilon": t.adam_epsilon,
+        "max_grad_norm": t.max_grad_norm if t.max_grad_norm is not None else 0.0,
+        "optim": _OPTIM[t.optimizer],
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "full_determinism": cfg.deterministic,
+        "bf16": precision.autocast_bf16,
+        "fp16": False,
+        "use_cpu": use_cpu,
+        "activation_checkpointing": t.gradient_checkpointing,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+
+
+def build_trainer(
+    cfg: RunConfig,
+    model,
+    tokenizer,
+    task: Task,
+    rows: list[dict[str, Any]],
+    callbacks: list,
+    output_dir: Path,
+    use_cpu: bool,
+):
+    """The TRL trainer for ``cfg.kind`` on ``rows`` (from :func:`~.data.build_rows`)."""
+    import trl
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(rows)
+    args = common_args(cfg, output_dir, use_cpu)
+    t = cfg.train
+    max_length = t.max_prompt_length + t.max_completion_length
+    if cfg.kind in ("grpo", "rloo"):
+        r = cfg.rl
+        assert r is not None
+        rl_args = {
+            **args,
+            "per_device_train_batch_size": t.batch_size * r.num_generations,
+            "num_generations": r.num_generations,
+            "max_completion_length": t.max_completion_length,
+            "temperature": r.temperature,
+            "beta": r.beta,
+            "epsilon": r.epsilon if r.epsilon is not None else NO_CLIP,
+            "num_iterations": r.num_iterations,
+            "remove_unused_columns": False,
+            "disable_dropout": True,
+        }
+        if cfg.kind == "grpo":
+            if r.loss_type is not None:
+                rl_args["loss_type"] = r.loss_type
+            if r.scale_rewards is not None:
+                rl_args["scale_rewards"] = r.scale_rewards
+            trainer_cls, config_cls = trl.GRPOTrainer, trl.GRPOConfig
+        else:
+            trainer_cls, config_cls = trl.RLOOTrainer, trl.RLOOConfig
+        return trainer_cls(
+            model=model,
+            reward_funcs=[task.reward_function("train")],
+            args=config_cls(**rl_args),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    if cfg.kind in ("sft", "rft"):
+        sft_args = trl.SFTConfig(
+            **args,
+            per_device_train_batch_size=t.batch_size,
+            max_length=max_length,
+            packing=False,
+            completion_only_loss=True,
+        )
+        return trl.SFTTrainer(
+            model=model,
+            args=sft_args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    p = cfg.preference
+    assert p is not None
+    ref = copy.deepcopy(model).eval()
+    for q in ref.parameters():
+        q.requires_grad_(False)
+    if cfg.kind == "dpo":
+        extra = {"loss_type": [p.loss_type]} if p.loss_type is not None else {}
+        dpo_args = trl.DPOConfig(
+            **args,
+            per_device_train_batch_size=t.batch_size,
+            max_length=max_length,
+            beta=p.beta,
+            disable_dropout=True,
+            **extra,
+        )
+        return trl.DPOTrainer(
+            model=model,
+            ref_model=ref,
+            args=dpo_args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    extra = {"loss_type": p.loss_type} if p.loss_type is not None else {}
+    kto_args = trl.KTOConfig(
+        **args,
+        per_device_train_batch_size=t.batch_size,
+        max_length=max_length,
+        beta=p.beta,
+        disable_dropout=True,
+        **extra,
+    )
+    return trl.KTOTrainer(
+        model=model,
+        ref_model=ref,
+        args=kto_args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )

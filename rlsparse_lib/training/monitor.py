@@ -1,0 +1,126 @@
+"""In-training update-sparsity monitor: a bitwise compare against reference copies, on the device.
+
+Every ``every`` optimizer steps it records, over all parameters (tied ones once):
+
+* ``changed_vs_init`` — weights whose stored value differs from θ0 (update sparsity vs init,
+  the paper's §2.2 at the bitwise rule), and
+* ``changed_step`` — weights whose stored value changed in that optimizer step, θ_s vs θ_{s−1}
+  (PULSE's per-step sparsity).
+
+"Stored value" is the parameter in its own dtype (bf16 for pure-bf16 runs, the fp32 master for
+mixed / fp32 runs). For fp32 weights it also records the same counts on the bf16 cast
+(``*_bf16``), which is what the run's bf16 checkpoints show. The compare runs on integer views
+(int16 for bf16, int32 for fp32) of tensors on the parameters' own device (CPU or CUDA, no host
+copies); each record costs one device→host sync for the counts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def words(t: torch.Tensor) -> torch.Tensor:
+    """The raw words of a float tensor: a same-shape integer view (no copy)."""
+    return t.detach().view(_INT[t.element_size()])
+
+
+def bf16_words(t: torch.Tensor) -> torch.Tensor:
+    """The raw words of the bf16 cast (round to nearest even) of ``t``."""
+    return t.detach().to(torch.bfloat16).view(torch.int16)
+
+
+class SparsityMonitor(TrainerCallback):
+    """Records update sparsity vs θ0 and per-step sparsity every ``every`` steps.
+
+    Memory on the device: one copy of the weights for θ0, one for θ_{s−1}, and (for fp32
+    weights) two bf16 copies for the bf16 view.
+
+    Attributes:
+        records: one dict per recorded step (see the module docstring; ``sparsity_* = 1 −
+            changed_* / n_params``).
+    """
+
+    def __init__(self, every: int = 1, log_path: str | Path | None = None) -> None:
+        if every < 1:
+            raise ValueError("every must be >= 1")
+        self.every = every
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.records: list[dict[str, Any]] = []
+        self._params: list[torch.Tensor] = []
+
+    # ---- reference copies ------------------------------------------------------------------
+    def attach(self, model: torch.nn.Module) -> None:
+        """Take θ0 from ``model`` (called by ``on_train_begin``; call directly outside a Trainer)."""
+        self._params = [p for _, p in model.named_parameters()]
+        self.n_params = sum(p.numel() for p in self._params)
+        dtypes = {p.dtype for p in self._params}
+        self.dtype = str(next(iter(dtypes))).removeprefix("torch.") if len(dtypes) == 1 else "mixed"
+        self.bf16_view = any(p.dtype != torch.bfloat16 for p in self._params)
+        self._init = [words(p).clone() for p in self._params]
+        self._prev = [w.clone() for w in self._init]
+        if self.bf16_view:
+            self._init16 = [bf16_words(p) for p in self._params]
+            self._prev16 = [w.clone() for w in self._init16]
+
+    def _snapshot_prev(self) -> None:
+        for dst, p in zip(self._prev, self._params, strict=True):
+            dst.copy_(words(p))
+        if self.bf16_view:
+            for dst, p in zip(self._prev16, self._params, strict=True):
+                dst.copy_(bf16_words(p))
+
+    # ---- measurement -----------------------------------------------------------------------
+    def measure(self, step: int) -> dict[str, Any]:
+        """Count changed weights now (vs θ0 and vs the last snapshot) and append a record."""
+        counts = [
+            _count((words(p) for p in self._params), self._init),
+            _count((words(p) for p in self._params), self._prev),
+        ]
+        if self.bf16_view:
+            counts += [
+                _count((bf16_words(p) for p in self._params), self._init16),
+                _count((bf16_words(p) for p in self._params), self._prev16),
+            ]
+        values = torch.stack(counts).tolist()  # the one device -> host sync
+        n = self.n_params
+        rec: dict[str, Any] = {"step": step, "n_params": n, "dtype": self.dtype}
+        keys = ["vs_init", "step"] + (["vs_init_bf16", "step_bf16"] if self.bf16_view else [])
+        for key, c in zip(keys, values, strict=True):
+            rec[f"changed_{key}"] = int(c)
+            rec[f"sparsity_{key}"] = 1.0 - c / n
+        self.records.append(rec)
+        if self.log_path is not None:
+            with open(self.log_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(rec) + "\n")
+        return rec
+
+    # ---- Trainer hooks ---------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.attach(model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.after_step(state.global_step)
+
+    def after_step(self, step: int) -> None:
+        """Record at multiples of ``every``; keep θ_{s−1} for the next recorded step ``s``."""
+        if step % self.every == 0:
+            self.measure(step)
+        if (step + 1) % self.every == 0:
+            self._snapshot_prev()
+
+
+def _count(current, refs: list[torch.Tensor]) -> torch.Tensor:
+    """Σ over tensors of #(current != ref), as a 0-d int64 tensor on the device."""
+    total = None
+    for cur, ref in zip(current, refs, strict=True):
+        c = torch.count_nonzero(cur != ref)
+        total = c if total is None else total + c
+    assert total is not None
+    return total

@@ -1,0 +1,146 @@
+"""One row per finished run: accuracy before/after, rewards, update sparsity, cost.
+
+    python -m rlsparse_lib.training.results data/runs/cpu-grpo data/runs/cpu-sft \\
+        --csv data/results/engine/grpo_vs_sft.csv --md data/results/engine/grpo_vs_sft.md \\
+        --dynamics-csv data/results/engine/grpo_vs_sft_dynamics.csv
+
+Sparsity columns come from the run's ``final_diff`` (``rlsparse diff`` of θ0 and the last
+checkpoint, bf16 and fp32 files); rewards are the mean training reward over the first and last
+``k`` steps (GRPO/RLOO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from ..atomic import write_text_atomic
+from ..errors import ConfigError
+
+COLUMNS = (
+    "run",
+    "kind",
+    "precision",
+    "steps",
+    "lr",
+    "acc_before",
+    "acc_after",
+    "reward_first",
+    "reward_last",
+    "bf16_sparsity",
+    "bf16_sparsity_1e-5",
+    "fp32_sparsity",
+    "fp32_sparsity_1e-5",
+    "train_seconds",
+    "loadavg_start",
+)
+
+
+def run_summary(run_dir: str | Path, k: int = 5) -> dict[str, Any]:
+    """The summary row of one run folder (its ``run.json``)."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a finished run (no run.json)")
+    m = json.loads(path.read_text(encoding="utf-8"))
+    rewards = [h["reward"] for h in m["history"] if "reward" in h]
+    ev, fd = m["eval"], m["final_diff"]
+
+    def acc(when: str) -> float | None:
+        return ev[when]["accuracy"] if ev.get(when) else None
+
+    def sp(view: str, key: str) -> float | None:
+        return fd[view][key] if view in fd else None
+
+    return {
+        "run": m["name"],
+        "kind": m["kind"],
+        "precision": m["precision"]["mode"],
+        "steps": m["config"]["train"]["steps"],
+        "lr": m["config"]["train"]["lr"],
+        "acc_before": acc("before"),
+        "acc_after": acc("after"),
+        "reward_first": sum(rewards[:k]) / len(rewards[:k]) if rewards else None,
+        "reward_last": sum(rewards[-k:]) / len(rewards[-k:]) if rewards else None,
+        "bf16_sparsity": sp("bf16", "sparsity"),
+        "bf16_sparsity_1e-5": sp("bf16", "sparsity_1e-5"),
+        "fp32_sparsity": sp("fp32", "sparsity"),
+        "fp32_sparsity_1e-5": sp("fp32", "sparsity_1e-5"),
+        "train_seconds": round(m["timing"]["train_seconds"], 1),
+        "loadavg_start": " ".join(str(x) for x in m["timing"]["loadavg_start"] or []),
+    }
+
+
+def monitor_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The run's monitor records, one row per recorded step, tagged with run, kind and precision.
+
+    ``bf16_*`` columns are the bf16 view (the stored weights in pure-bf16 runs).
+    """
+    m = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+    rows = []
+    for r in m["monitor"] or []:
+        bf16 = "_bf16" if "changed_vs_init_bf16" in r else ""
+        fp32 = bf16 != ""
+        rows.append(
+            {
+                "run": m["name"],
+                "kind": m["kind"],
+                "precision": m["precision"]["mode"],
+                "step": r["step"],
+                "bf16_sparsity_vs_init": r[f"sparsity_vs_init{bf16}"],
+                "bf16_sparsity_step": r[f"sparsity_step{bf16}"],
+                "fp32_sparsity_vs_init": r["sparsity_vs_init"] if fp32 else None,
+                "fp32_sparsity_step": r["sparsity_step"] if fp32 else None,
+            }
+        )
+    return rows
+
+
+def to_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            if v and abs(v) < 1e-4:
+                return f"{v:.0e}"
+            return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Summarize finished training runs (one row each).")
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (data/runs/<name>)")
+    p.add_argument("--csv", type=Path, help="write CSV here")
+    p.add_argument("--md", type=Path, help="write a Markdown table here")
+    p.add_argument("--dynamics-csv", type=Path, help="write every run's monitor records here")
+    p.add_argument("-k", type=int, default=5, help="steps averaged for reward_first/last")
+    args = p.parse_args(argv)
+    rows = [run_summary(r, args.k) for r in args.runs]
+    if args.csv:
+        write_text_atomic(args.csv, to_csv(rows))
+    if args.dynamics_csv:
+        dyn = [row for r in args.runs for row in monitor_rows(r)]
+        write_text_atomic(args.dynamics_csv, to_csv(dyn, tuple(dyn[0]) if dyn else ()))
+    if args.md:
+        write_text_atomic(args.md, to_markdown(rows))
+    print(to_markdown(rows), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

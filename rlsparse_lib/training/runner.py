@@ -1,0 +1,364 @@
+"""Run one training config end to end: data, TRL trainer, checkpoints, monitor, manifest.
+
+Outputs (``data/runs/<name>/``, see ``docs/training.md``)::
+
+    run.json            manifest: config, seeds, versions, model/task provenance, precision,
+                        checkpoints, per-step history (loss, reward, …), evaluation before/after,
+                        monitor records, final update sparsity (rlsparse diff θ0 → θ_last), timing
+    config.yaml         the validated config
+    step_XXXXXX/        checkpoints (bf16; fp32/ inside when kept)
+    monitor.jsonl       monitor records, as they were taken
+    eval_before.jsonl   greedy completions and scores on the held-out split (and eval_after.jsonl)
+    random_mask.safetensors   the random control mask, when ``mask.random`` is set
+
+The run is written to ``data/runs/.<name>.partial/`` and renamed when complete. Bad input
+(:class:`~rlsparse_lib.errors.RlsparseError`) removes the partial folder; a crash keeps it for
+inspection (the next run of that name replaces it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import PrinterCallback, TrainerCallback
+
+from ..atomic import write_text_atomic
+from ..errors import ConfigError, RlsparseError
+from ..paths import Paths
+from ..progress import progress_bar
+from .config import RunConfig
+from .precision import Precision
+
+SCHEMA = "rlsparse.run/1"
+
+
+@dataclass
+class RunResult:
+    """A finished run: its folder and manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    def checkpoint(self, step: int, dtype: str = "bf16") -> Path:
+        for c in self.manifest["checkpoints"]:
+            if c["step"] == step:
+                return self.path / c[dtype]
+        raise KeyError(f"no checkpoint at step {step}")
+
+
+def resolve_path(p: str, paths: Paths) -> Path:
+    """A config path: absolute, or relative to the project root."""
+    q = Path(p).expanduser()
+    return q if q.is_absolute() else paths.root / q
+
+
+def train(
+    cfg: RunConfig,
+    *,
+    out_root: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Run ``cfg``; return the finished run.
+
+    Raises:
+        ConfigError: the run folder exists (and not ``overwrite``), a bad mask, model or task.
+        DataError: no usable training data (e.g. no correct own sample for RFT).
+    """
+    import torch
+
+    paths = Paths.at(out_root)
+    final = paths.runs / cfg.name
+    if final.exists() and not overwrite:
+        raise ConfigError(f"run folder {final} exists (choose another name or overwrite it)")
+    mask_path = resolve_path(cfg.mask.path, paths) if cfg.mask is not None else None
+    if mask_path is not None and not mask_path.is_file():
+        raise ConfigError(f"mask.path: no such mask file {mask_path}")
+    partial = paths.runs / f".{cfg.name}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        manifest = _run(cfg, partial, paths, mask_path, progress)
+    except RlsparseError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    return RunResult(final, manifest)
+
+
+def _run(
+    cfg: RunConfig, run_dir: Path, paths: Paths, mask_path: Path | None, progress: bool
+) -> dict[str, Any]:
+    import torch
+    from transformers import set_seed
+
+    from ..evaluation import evaluate
+    from ..masks import random_mask_like
+    from ..models import library_versions, load_model, model_provenance, resolve_model
+    from ..tasks import Task
+    from .builders import build_trainer
+    from .checkpoints import CheckpointSaver, save_step
+    from .data import build_rows, sample_own
+    from .monitor import SparsityMonitor
+    from .subnetwork import GradientMask
+
+    t_start = time.perf_counter()
+    load_start = _loadavg()
+    precision = Precision(cfg.precision)
+    task = Task(cfg.task)
+    set_seed(cfg.seed)
+    model_dir = resolve_model(cfg.model, paths, progress)
+    model, tokenizer = load_model(model_dir, precision.weights, paths)
+    device = _device(cfg.device)
+    model.to(device)
+    _check_prompt_lengths(cfg, task, tokenizer)
+
+    write_text_atomic(run_dir / "config.yaml", _yaml(cfg.to_dict()))
+    fp32 = precision.keeps_fp32 and cfg.checkpoints.fp32
+    init_entry = save_step(model, tokenizer, run_dir, 0, fp32)
+
+    mask_cb = None
+    mask_info: dict[str, Any] | None = None
+    if cfg.mask is not None:
+        assert mask_path is not None
+        train_mask = mask_path
+        if cfg.mask.random:
+            train_mask = random_mask_like(
+                mask_path,
+                run_dir / "random_mask.safetensors",
+                seed=cfg.mask.random_seed,
+                stratify=cfg.mask.stratify,
+                base=run_dir / init_entry["bf16"],
+                progress=progress,
+            )
+        mask_cb = GradientMask(train_mask)
+        mask_cb.attach(model)  # validates names and shapes before any training work
+        mask_info = {
+            "source": str(mask_path),
+            "random": cfg.mask.random,
+            "stratify": cfg.mask.stratify,
+            "random_seed": cfg.mask.random_seed if cfg.mask.random else None,
+        }
+
+    eval_before = None
+    if cfg.eval.before:
+        eval_before = _evaluate(
+            evaluate, model, tokenizer, task, cfg, run_dir / "eval_before.jsonl", progress
+        )
+
+    own = None
+    if cfg.uses_own_samples:
+        assert cfg.sampling is not None
+        set_seed(cfg.seed)
+        own = sample_own(
+            model, tokenizer, task, cfg.sampling, cfg.train.max_completion_length, progress
+        )
+    rows = build_rows(cfg, task, own)
+
+    saver = CheckpointSaver(run_dir, tokenizer, cfg.checkpoints.every, fp32)
+    callbacks: list = [saver]
+    monitor = None
+    if cfg.monitor.every:
+        monitor = SparsityMonitor(cfg.monitor.every, run_dir / "monitor.jsonl")
+        callbacks.append(monitor)
+    if mask_cb is not None:
+        callbacks.append(mask_cb)
+    bar = _ProgressCallback(cfg.name, cfg.train.steps, progress)
+    callbacks.append(bar)
+
+    set_seed(cfg.seed)
+    trainer_dir = run_dir / ".trainer"
+    t_train = time.perf_counter()
+    with warnings.catch_warnings():
+        # TRL 1.16 calls transformers' deprecated gradient-checkpointing names internally
+        warnings.filterwarnings(
+            "ignore", message=".*gradient_checkpointing.*", category=FutureWarning
+        )
+        trainer = build_trainer(
+            cfg, model, tokenizer, task, rows, callbacks, trainer_dir, use_cpu=device.type == "cpu"
+        )
+        trainer.remove_callback(PrinterCallback)  # our progress bar shows the latest loss / reward
+        try:
+            trainer.train()
+        finally:
+            bar.close()
+    train_seconds = time.perf_counter() - t_train
+    shutil.rmtree(trainer_dir, ignore_errors=True)
+    model = trainer.model
+
+    eval_after = None
+    if cfg.eval.after:
+        eval_after = _evaluate(
+            evaluate, model, tokenizer, task, cfg, run_dir / "eval_after.jsonl", progress
+        )
+
+    checkpoints = [init_entry, *saver.saved]
+    manifest: dict[str, Any] = {
+        "schema": SCHEMA,
+        "name": cfg.name,
+        "kind": cfg.kind,
+        "status": "complete",
+        "config": cfg.to_dict(),
+        "seeds": {
+            "run": cfg.seed,
+            "task_train": cfg.task.seed,
+            "task_eval": task.describe()["eval_seed"],
+            "mask_random": cfg.mask.random_seed if cfg.mask and cfg.mask.random else None,
+        },
+        "versions": library_versions(),
+        "platform": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "model": {
+            "spec": cfg.model,
+            "path": model_dir,
+            "provenance": model_provenance(model_dir),
+            "architecture": type(model).__name__,
+            "n_params": sum(p.numel() for p in model.parameters()),
+        },
+        "task": task.describe(),
+        "precision": precision.describe(),
+        "data": {"n_rows": len(rows), "own_samples": own.summary() if own else None},
+        "checkpoints": checkpoints,
+        "history": _history(trainer.state.log_history),
+        "eval": {"before": eval_before, "after": eval_after},
+        "monitor": monitor.records if monitor else None,
+        "mask": {**mask_info, **mask_cb.describe()} if mask_cb and mask_info else None,
+        "final_diff": _final_diff(run_dir, checkpoints),
+        "timing": {
+            "total_seconds": time.perf_counter() - t_start,
+            "train_seconds": train_seconds,
+            "loadavg_start": load_start,
+            "loadavg_end": _loadavg(),
+        },
+    }
+    write_text_atomic(run_dir / "run.json", json.dumps(manifest, indent=2, default=str) + "\n")
+    return manifest
+
+
+class _ProgressCallback(TrainerCallback):
+    """A progress bar over optimizer steps with the latest loss / reward."""
+
+    def __init__(self, name: str, steps: int, enabled: bool) -> None:
+        self.bar = progress_bar(
+            total=steps, desc=f"train {name}", unit="step", disable=None if enabled else True
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(1)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        shown = {k: f"{logs[k]:.4g}" for k in ("loss", "reward") if logs and k in logs}
+        if shown:
+            self.bar.set_postfix(shown, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _device(choice: str):
+    import torch
+
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("device: cuda was requested but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _check_prompt_lengths(cfg: RunConfig, task, tokenizer) -> None:
+    """Every training prompt and written solution must fit; never truncate silently."""
+    limit_p, limit_c = cfg.train.max_prompt_length, cfg.train.max_completion_length
+    for e in task.train:
+        text = tokenizer.apply_chat_template(
+            task.messages(e), add_generation_prompt=True, tokenize=False
+        )
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if n > limit_p:
+            raise ConfigError(
+                f"train.max_prompt_length: a {task.spec.name} prompt has {n} tokens > {limit_p}"
+            )
+        if cfg.kind in ("sft", "dpo", "kto"):
+            m = len(tokenizer(task.reference(e), add_special_tokens=False)["input_ids"])
+            if m + 2 > limit_c:
+                raise ConfigError(
+                    f"train.max_completion_length: a written {task.spec.name} solution has "
+                    f"{m} tokens (+2 for the end of turn) > {limit_c}"
+                )
+
+
+def _evaluate(evaluate, model, tokenizer, task, cfg: RunConfig, path: Path, progress: bool) -> dict:
+    result = evaluate(
+        model,
+        tokenizer,
+        task,
+        batch_size=cfg.eval.batch_size,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        progress=progress,
+    )
+    lines = "".join(json.dumps(r) + "\n" for r in result.records)
+    write_text_atomic(path, lines)
+    return {
+        **result.summary(),
+        "weights": str(next(model.parameters()).dtype).removeprefix("torch."),
+    }
+
+
+def _history(log_history: list[dict]) -> list[dict]:
+    """Per-step trainer logs (loss, reward, kl, grad_norm, learning_rate, …), final summary dropped."""
+    return [dict(h) for h in log_history if "train_runtime" not in h]
+
+
+def _final_diff(run_dir: Path, checkpoints: list[dict]) -> dict[str, Any]:
+    """Update sparsity θ0 → θ_last of the saved checkpoints (bitwise and |Δ| <= 1e-5)."""
+    from ..engine import DiffConfig, diff_checkpoints
+
+    first, last = checkpoints[0], checkpoints[-1]
+    out = {}
+    for key in ("bf16", "fp32"):
+        if key in first and key in last:
+            rep = diff_checkpoints(
+                run_dir / first[key],
+                run_dir / last[key],
+                DiffConfig(tolerances=(0.0, 1e-5)),
+                progress=False,
+            )
+            out[key] = {
+                "from_step": first["step"],
+                "to_step": last["step"],
+                "n_params": rep.n_params,
+                "n_changed": rep.n_changed,
+                "sparsity": rep.sparsity,
+                "sparsity_1e-5": rep.sparsity_at(1e-5),
+            }
+    return out
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+def _yaml(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
