@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # gigabytes of CUDA packages.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench figures notebooks clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,12 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check rlsparse_lib tests bench
 	$(BIN)/ruff format --check rlsparse_lib tests bench
+
+figures: setup
+	MPLBACKEND=Agg $(BIN)/rlsparse figures
+
+notebooks: setup
+	MPLBACKEND=Agg $(BIN)/rlsparse run all
 
 bench: setup
 	$(BIN)/python bench/diff_bench.py

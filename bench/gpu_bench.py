@@ -10,9 +10,12 @@ Measures, with warm-up, CUDA events and the median of repeated runs:
 3. end to end: ``diff_checkpoints(device="cuda")`` on a generated multi-GB bf16 pair read from the
    page cache, as checkpoint bytes per second against the pinned H2D rate (target >= 80 %), and the
    CPU path on the same pair for reference;
-4. in-training monitor: share of a training step (target < 1 %). ``rlsparse_lib.training`` had no
-   monitor when this was written, so a labelled stand-in is timed: a bitwise count of every
-   parameter against a device snapshot, and the snapshot update, after each step.
+4. in-training monitor: share of a training step taken by ``SparsityMonitor(every=1)``
+   (``rlsparse_lib.training.monitor``; a record and a snapshot after every optimizer step, its worst
+   case), target < 1 %. The model is a random-init LlamaForCausalLM built from its config with
+   TinyLlama-1.1B's shape, AdamW on one micro-batch of 8 x 512 random tokens per step, in pure bf16
+   and in mixed precision (fp32 master weights, bf16 autocast; the monitor then also counts the
+   bf16 view, its most expensive mode). Timed: a step, a step + ``after_step``, ``after_step`` alone.
 
 usage: PYTHONPATH=. python bench/gpu_bench.py [--json bench/out/gpu_bench.json] [--quick]
        [--sweep] [--e2e-layers 24] [--workdir /tmp/rlsparse_gpu_bench]
@@ -349,43 +352,85 @@ def e2e_bench(args, ceil: dict) -> dict:
 # --------------------------------------------------------------------------- monitor
 
 
-def monitor_bench(dev, quick: bool) -> dict:
-    """Step time of a bf16 stack of MLP blocks (width 2048, 8 blocks) trained with AdamW, with and
-    without the per-step monitor stand-in."""
-    import torch
+def _monitor_shape(quick: bool):
+    """The benchmark model: TinyLlama-1.1B's shape (22 layers, hidden 2048, GQA 32/4 heads,
+    vocab 32000, untied), or a small one for --quick."""
+    from rlsparse_lib.synthetic import LlamaShape
 
+    if quick:
+        return LlamaShape(vocab=4000, hidden=256, intermediate=704, layers=2, heads=8, kv_heads=4)
+    return LlamaShape(vocab=32000, hidden=2048, intermediate=5632, layers=22, heads=32, kv_heads=4)
+
+
+def _monitor_case(dev, shape, precision: str, batch: int, seq: int):
+    """A random-init LlamaForCausalLM (built from its config on ``dev``, no download), AdamW
+    (torch's default implementation, as the training runner's ``adamw_torch``), a causal-LM loss
+    on random tokens, and :class:`SparsityMonitor` ``(every=1)`` attached to it.
+
+    ``precision``: ``bf16`` (bf16 parameters and optimizer state) or ``mixed`` (fp32 master
+    parameters, forward/backward under bf16 autocast; the monitor then also counts the bf16 view).
+    Returns ``(step, monitor)``; ``step()`` is one optimizer step on one micro-batch."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlsparse_lib.training.monitor import SparsityMonitor
+
+    cfg = {
+        k: v
+        for k, v in shape.config().items()
+        if k not in ("architectures", "model_type", "torch_dtype")
+    }
+    config = LlamaConfig(**cfg)
+    config._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    width, depth, batch = (512, 2, 8) if quick else (2048, 8, 16)
-    layers = []
-    for _ in range(depth):
-        layers += [
-            torch.nn.Linear(width, 4 * width),
-            torch.nn.GELU(),
-            torch.nn.Linear(4 * width, width),
-        ]
-    model = torch.nn.Sequential(*layers).to(dev, torch.bfloat16)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 512, width, device=dev, dtype=torch.bfloat16)
+    with torch.device(dev):
+        model = LlamaForCausalLM(config)
+    model = model.to(torch.bfloat16 if precision == "bf16" else torch.float32)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    ids = torch.randint(0, shape.vocab, (batch, seq), device=dev, generator=gen)
+    mixed = precision == "mixed"
 
     def step():
         opt.zero_grad(set_to_none=True)
-        model(x).float().pow(2).mean().backward()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mixed):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
         opt.step()
 
-    monitor, label = _stand_in_monitor(model)
-    steps = 5 if quick else 20
-    plain = time_gpu(step, steps, warmup=3)
+    monitor = SparsityMonitor(every=1)
+    monitor.attach(model)
+    return step, monitor
+
+
+def _monitor_run(dev, shape, precision: str, batch: int, seq: int, steps: int) -> dict:
+    """Times one training step, a step followed by ``monitor.after_step`` (measure + snapshot,
+    as with ``every=1`` at every step), and ``after_step`` alone."""
+    import itertools
+
+    step, monitor = _monitor_case(dev, shape, precision, batch, seq)
+    counter = itertools.count(1)
+
+    def after_step():
+        monitor.after_step(next(counter))
+        monitor.records.clear()  # the records are small; keep the list from growing anyway
 
     def monitored():
         step()
-        monitor()
+        after_step()
 
+    plain = time_gpu(step, steps, warmup=3)
     with_monitor = time_gpu(monitored, steps, warmup=3)
-    alone = time_gpu(monitor, steps, warmup=2)
-    params = sum(p.numel() for p in model.parameters())
+    alone = time_gpu(after_step, steps, warmup=2)
+    refs = monitor._init + monitor._prev
+    if monitor.bf16_view:
+        refs += monitor._init16 + monitor._prev16
     return {
-        "monitor": label,
-        "params": params,
+        "precision": precision,
+        "param_dtype": monitor.dtype,
+        "bf16_view": monitor.bf16_view,
+        "monitor_reference_bytes": sum(t.numel() * t.element_size() for t in refs),
         "step": plain,
         "step_with_monitor": with_monitor,
         "monitor_alone": alone,
@@ -394,22 +439,39 @@ def monitor_bench(dev, quick: bool) -> dict:
     }
 
 
-def _stand_in_monitor(model) -> tuple[Callable[[], object], str]:
-    """A device-side monitor stand-in: changed-word counts of every parameter since the last call."""
+def monitor_bench(dev, quick: bool) -> dict:
+    """Share of a training step taken by the in-training monitor, ``SparsityMonitor(every=1)``
+    (the worst case: a record and a snapshot after every optimizer step), on a random-init Llama
+    in pure bf16 and in mixed precision (fp32 master weights + the bf16 view)."""
+    import gc
+
     import torch
 
-    from rlsparse_lib.kernels.triton_diff import count_changed
-
-    params = [p for p in model.parameters()]
-    snap = [p.detach().clone() for p in params]
-    counts = torch.zeros(len(params), dtype=torch.int64, device=params[0].device)
-
-    def stand_in():
-        for i, (p, s) in enumerate(zip(params, snap, strict=True)):
-            counts[i] += count_changed(p.detach(), s)
-            s.copy_(p.detach())
-
-    return stand_in, "stand-in: bitwise count vs a device snapshot"
+    shape = _monitor_shape(quick)
+    batch, seq = (2, 128) if quick else (8, 512)
+    steps = 5 if quick else 20
+    out: dict = {
+        "monitor": "SparsityMonitor(every=1)",
+        "model": (
+            f"random-init LlamaForCausalLM from config: {shape.layers} layers, hidden "
+            f"{shape.hidden}, intermediate {shape.intermediate}, {shape.heads}/{shape.kv_heads} "
+            f"heads, vocab {shape.vocab}" + ("" if quick else " (TinyLlama-1.1B's shape)")
+        ),
+        "params": shape.n_params,
+        "optimizer": "torch.optim.AdamW (default implementation), one micro-batch per step",
+        "batch": batch,
+        "seq_len": seq,
+        "tokens_per_step": batch * seq,
+        "runs": [],
+    }
+    for precision in ("bf16", "mixed"):
+        try:
+            out["runs"].append(_monitor_run(dev, shape, precision, batch, seq, steps))
+        except torch.cuda.OutOfMemoryError as exc:
+            out["runs"].append({"precision": precision, "error": f"out of memory: {exc}"[:300]})
+        gc.collect()
+        torch.cuda.empty_cache()
+    return out
 
 
 # --------------------------------------------------------------------------- report
@@ -424,7 +486,7 @@ def targets(r: dict) -> dict:
         ),
         key=lambda k: k["gbps"],
     )
-    return {
+    out = {
         "kernel_of_copy_bandwidth": {
             "value": best["of_copy_bandwidth"],
             "target": 0.70,
@@ -435,12 +497,13 @@ def targets(r: dict) -> dict:
             "target": 0.80,
             "met": r["e2e"]["of_h2d"] >= 0.80,
         },
-        "monitor_share_of_step": {
-            "value": r["monitor"]["share_of_step"],
-            "target": 0.01,
-            "met": r["monitor"]["share_of_step"] < 0.01,
-        },
     }
+    for run in r["monitor"]["runs"]:
+        if "share_of_step" in run:
+            share = run["share_of_step"]
+            key = "monitor_share_of_step" + ("" if run["precision"] == "bf16" else "_mixed")
+            out[key] = {"value": share, "target": 0.01, "met": share < 0.01}
+    return out
 
 
 def print_table(r: dict) -> None:
@@ -466,12 +529,19 @@ def print_table(r: dict) -> None:
     )
     m = r["monitor"]
     print(
-        f"monitor ({m['monitor']}): {m['monitor_alone']['median_ms']:.3f} ms per step of {m['step']['median_ms']:.2f} ms = {m['share_of_step']:.2%} (by difference {m['share_of_step_by_difference']:.2%})"
+        f"monitor ({m['monitor']}) on {m['model']}, {m['params'] / 1e9:.2f}B params, {m['tokens_per_step']} tokens per step:"
     )
+    for run in m["runs"]:
+        if "error" in run:
+            print(f"  {run['precision']:5}: {run['error']}")
+            continue
+        print(
+            f"  {run['precision']:5} ({run['param_dtype']} weights{', + bf16 view' if run['bf16_view'] else ''}): {run['monitor_alone']['median_ms']:.3f} ms per step of {run['step']['median_ms']:.2f} ms = {run['share_of_step']:.2%} (by difference {run['share_of_step_by_difference']:.2%}), references {run['monitor_reference_bytes'] / GB:.2f} GB"
+        )
     print("\ntargets:")
     for name, t in r["targets"].items():
         print(
-            f"  {name:26} {t['value']:.3f} (target {'<' if 'monitor' in name else '>='} {t['target']}) {'MET' if t['met'] else 'MISSED'}"
+            f"  {name:28} {t['value']:.3f} (target {'<' if 'monitor' in name else '>='} {t['target']}) {'MET' if t['met'] else 'MISSED'}"
         )
 
 

@@ -1,8 +1,10 @@
 """On-device use: when the model lives on the GPU, update statistics and update-rank SVDs run
 there and only small results come back (CUDA only; skipped without a GPU).
 
-The in-training sparsity monitor (``rlsparse_lib.training``) did not exist when these were written;
-its building block here is :meth:`CudaKernel.diff_chunk` on parameters that never leave the device.
+The in-training sparsity monitor (:class:`rlsparse_lib.training.monitor.SparsityMonitor`) keeps its
+reference copies on the parameters' device; ``test_sparsity_monitor_counts_on_the_device`` checks
+that on CUDA and compares its counts with a naive count on host copies. The diff kernel's own
+on-device use is :meth:`CudaKernel.diff_chunk` on parameters that never leave the device.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 from rlsparse_lib.kernels import ChunkSpec
 from rlsparse_lib.kernels.cpu import CpuKernel
 from rlsparse_lib.kernels.cuda import CudaKernel
+from rlsparse_lib.training.monitor import SparsityMonitor
 
 from .ckpt_factory import TINY, bump_bits, pick, random_state, save_hf
 from .test_gpu_kernel import ETA, INTERPRET, TOLS, assert_same
@@ -54,6 +57,73 @@ def test_optimizer_step_stats_stay_on_device() -> None:
         )
         assert_same(gpu, cpu)
         assert gpu.n_changed > 0
+
+
+def _host_copies(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().cpu().clone() for p in model.parameters()]
+
+
+def _naive_changed(now: list[torch.Tensor], ref: list[torch.Tensor], bf16: bool) -> int:
+    """#weights whose stored words differ (or those of their bf16 cast), counted with numpy."""
+
+    def as_words(t: torch.Tensor) -> np.ndarray:
+        if bf16:
+            return t.to(torch.bfloat16).view(torch.int16).numpy()
+        if t.dtype == torch.float32:
+            return t.numpy().view(np.uint32)
+        assert t.dtype == torch.bfloat16
+        return t.view(torch.int16).numpy()
+
+    return sum(
+        int(np.count_nonzero(as_words(a) != as_words(b))) for a, b in zip(now, ref, strict=True)
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sparsity_monitor_counts_on_the_device(dtype: torch.dtype) -> None:
+    """SparsityMonitor(every=1) on a CUDA model over AdamW steps: its references stay on the GPU
+    and every record equals a naive count on host copies of θ0 and θ_{s-1}, for the stored words
+    and (fp32 weights) for the bf16 cast."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64)
+    ).to("cuda", dtype)
+    mon = SparsityMonitor(every=1)
+    mon.attach(model)
+    fp32 = dtype == torch.float32
+    assert mon.bf16_view == fp32
+    assert mon.n_params == sum(p.numel() for p in model.parameters())
+    refs = mon._init + mon._prev + (mon._init16 + mon._prev16 if fp32 else [])
+    assert mon._init[0].is_cuda and all(t.is_cuda for t in refs)
+    theta0 = _host_copies(model)
+    prev = theta0
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(32, 64, device="cuda", dtype=dtype)
+    for s in (1, 2, 3, 4):
+        if s < 4:  # step 4: no optimizer step, so nothing changed since the snapshot of step 3
+            opt.zero_grad(set_to_none=True)
+            model(x).float().square().mean().backward()
+            opt.step()
+        mon.after_step(s)
+        now = _host_copies(model)
+        rec = mon.records[-1]
+        assert len(mon.records) == s and rec["step"] == s
+        assert rec["changed_vs_init"] == _naive_changed(now, theta0, bf16=False)
+        assert rec["changed_step"] == _naive_changed(now, prev, bf16=False)
+        if fp32:
+            assert rec["changed_vs_init_bf16"] == _naive_changed(now, theta0, bf16=True)
+            assert rec["changed_step_bf16"] == _naive_changed(now, prev, bf16=True)
+            if s < 4:  # Adam moves every fp32 weight by ~lr; in bf16 only the small ones show
+                assert 0 < rec["changed_step_bf16"] < rec["changed_step"]
+        else:
+            assert "changed_vs_init_bf16" not in rec
+        if s < 4:
+            assert rec["changed_step"] > 0
+        else:
+            assert rec["changed_step"] == 0
+            assert rec["changed_vs_init"] == mon.records[-2]["changed_vs_init"]
+        prev = now
+    assert all(t.is_cuda for t in refs)
 
 
 def test_rank_svd_runs_where_the_update_lives(monkeypatch) -> None:

@@ -73,6 +73,32 @@ def test_smoke_run(path: Path, smoke_root: Path) -> None:
 
 
 @pytest.mark.slow
+def test_demo_runs_the_quickstart_and_says_where_results_are(smoke_root: Path, capsys) -> None:
+    """`rlsparse demo` (here in smoke mode) executes 00_quickstart and prints its numbers and paths."""
+    from rlsparse_lib.cli import main
+
+    assert main(["demo", "--smoke", "--out-root", str(smoke_root)]) == 0
+    out = capsys.readouterr().out
+    record = _record(smoke_root, "00_quickstart")
+    for run, r in record["runs"].items():
+        assert f"{run:<5} update sparsity {r['sparsity_bitwise']:.2%} bitwise" in out
+    for fig in record["figures"]:
+        assert f"{smoke_root / 'figures' / fig}.png" in out
+    assert (smoke_root / "data" / "runs" / "notebooks" / "00_quickstart.ipynb").is_file()
+
+
+def test_synthetic_demo_writes_report(tmp_path: Path, capsys) -> None:
+    from rlsparse_lib.cli import main
+    from rlsparse_lib.report import DiffReport
+
+    assert main(["demo", "--synthetic", "--out-root", str(tmp_path)]) == 0
+    report = DiffReport.load(tmp_path / "data" / "demo" / "report.json")
+    assert 0.0 < report.sparsity < 1.0 and report.sparsity <= report.sparsity_at(1e-5)
+    assert report.n_params == 134_515_008  # SmolLM2-135M shapes, tied head counted once
+    assert f"report: {tmp_path / 'data' / 'demo' / 'report.json'}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_hub_mode_offline_lists_every_pair(tmp_path: Path, monkeypatch) -> None:
     """SOURCE=hub without hub access: every registry pair is listed with why it was not measured."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

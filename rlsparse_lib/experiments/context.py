@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_text_atomic
+from ..errors import ConfigError
 from ..paths import Paths
 
 
@@ -25,7 +26,8 @@ class Experiment:
         out_root: output root ("" = the repository).
         device: ``auto``, ``cpu`` or ``cuda`` (training device; diffs stream on the CPU).
         seed: added to every run's name and config (0 = the configs' own seeds).
-        family: config family under ``data/configs/`` (``cpu`` or ``gpu``).
+        family: config family under ``data/configs/``: ``cpu`` (the embedded default, minutes on
+            2 cores) or ``gpu`` (Qwen2.5-Coder-0.5B, 200 steps, CUDA).
     """
 
     notebook: str
@@ -39,6 +41,11 @@ class Experiment:
 
     def __post_init__(self) -> None:
         self.paths = Paths.at(self.out_root or None)
+        families = sorted(p.name for p in self.paths.configs.iterdir() if p.is_dir())
+        if self.family not in families:
+            raise ConfigError(
+                f"FAMILY={self.family!r}: no data/configs/{self.family}/ (have {families})"
+            )
         self.results = self.paths.results / self.notebook
         self.record_data.update(
             notebook=self.notebook,
@@ -50,20 +57,25 @@ class Experiment:
         )
 
     # ---- runs and diffs ---------------------------------------------------------------------
-    def run(self, config: str, overrides: dict | None = None, name: str | None = None):
-        """The finished training run of ``config`` (reused if already done, else trained)."""
+    def run(self, config: str, overrides: dict | None = None, variant: str | None = None):
+        """The finished training run of ``config`` (reused if already done, else trained).
+
+        Args:
+            config: a config stem of this family, e.g. ``grpo`` (``data/configs/<family>/grpo.yaml``).
+            overrides: dotted keys, e.g. ``{"seed": 1}``.
+            variant: names a run that differs from the config (``"seed1"`` gives
+                ``cpu-grpo-seed1``), so variants never reuse or replace the config's own run.
+        """
         from .runs import ensure_run, run_config
 
         overrides = dict(overrides or {})
         if self.device != "auto":
             overrides.setdefault("device", self.device)
-        suffix = ""
+        suffix = f"-{variant}" if variant else ""
         if self.seed:
             overrides["seed"] = self.seed + int(overrides.get("seed", 0))
-            suffix = f"-seed{self.seed}"
-        cfg = run_config(
-            config, overrides, smoke=self.smoke, family=self.family, name=name, suffix=suffix
-        )
+            suffix += f"-seed{self.seed}"
+        cfg = run_config(config, overrides, smoke=self.smoke, family=self.family, suffix=suffix)
         return ensure_run(cfg, self.paths)
 
     def diff(self, base: str | Path, tuned: str | Path, label: str, **config):
