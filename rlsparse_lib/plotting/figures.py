@@ -156,24 +156,29 @@ def plot_sft_vs_rl(data):
         raise ConfigError(f"SFT-vs-RL data lacks columns {sorted(missing)}")
     df = df.assign(pct=100 * df["sparsity"].astype(float))
     stages = list(dict.fromkeys(df["stage"]))
+    families = list(dict.fromkeys(df["family"]))
+    n_bars = len(stages) * len(families)
+    width = max(3.3, 1.0 + 0.32 * n_bars + 0.9)  # room for every bar's label and the legend
     with paper_style():
-        fig, ax = new_figure("single", 2.6)
+        fig, ax = new_figure(width, 2.8)
         sns.barplot(
             data=df,
             x="family",
             y="pct",
             hue="stage",
             hue_order=stages,
+            order=families,
             palette=dict(zip(stages, palette(len(stages) + 1)[1:], strict=True)),
             ax=ax,
         )
         for cont in ax.containers:
-            ax.bar_label(cont, fmt="%.1f%%", fontsize="x-small", padding=1)
+            ax.bar_label(cont, fmt="%.1f", fontsize="xx-small", padding=1, rotation=90)
         ax.set_xlabel("")
         ax.set_ylabel("update sparsity")
-        ax.set_ylim(0, 105)
+        ax.set_ylim(0, 112)
+        ax.set_xticks(range(len(families)), [f.replace(" (", "\n(") for f in families])
         _pct_axis(ax)
-        ax.legend(title=None, fontsize="small", ncols=len(stages), loc="upper left")
+        ax.legend(title=None, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     attach_provenance(fig, figure="fig1_sft_vs_rl", data=df.drop(columns="pct").to_dict("records"))
     return fig
 
