@@ -123,26 +123,13 @@ def build_trainer(
     ref = copy.deepcopy(model).eval()
     for q in ref.parameters():
         q.requires_grad_(False)
-    if cfg.kind == "dpo":
-        extra = {"loss_type": [p.loss_type]} if p.loss_type is not None else {}
-        dpo_args = trl.DPOConfig(
-            **args,
-            per_device_train_batch_size=t.batch_size,
-            max_length=max_length,
-            beta=p.beta,
-            disable_dropout=True,
-            **extra,
-        )
-        return trl.DPOTrainer(
-            model=model,
-            ref_model=ref,
-            args=dpo_args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            callbacks=callbacks,
-        )
-    extra = {"loss_type": p.loss_type} if p.loss_type is not None else {}
-    kto_args = trl.KTOConfig(
+    config_cls, trainer_cls = (
+        (trl.DPOConfig, trl.DPOTrainer) if cfg.kind == "dpo" else (trl.KTOConfig, trl.KTOTrainer)
+    )
+    extra = {}
+    if p.loss_type is not None:  # DPOConfig takes a list of losses, KTOConfig one name
+        extra["loss_type"] = [p.loss_type] if cfg.kind == "dpo" else p.loss_type
+    pref_args = config_cls(
         **args,
         per_device_train_batch_size=t.batch_size,
         max_length=max_length,
@@ -150,10 +137,10 @@ def build_trainer(
         disable_dropout=True,
         **extra,
     )
-    return trl.KTOTrainer(
+    return trainer_cls(
         model=model,
         ref_model=ref,
-        args=kto_args,
+        args=pref_args,
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=callbacks,
