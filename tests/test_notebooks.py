@@ -84,7 +84,8 @@ def test_demo_runs_the_quickstart_and_says_where_results_are(smoke_root: Path, c
         assert f"{run:<5} update sparsity {r['sparsity_bitwise']:.2%} bitwise" in out
     for fig in record["figures"]:
         assert f"{smoke_root / 'figures' / fig}.png" in out
-    assert (smoke_root / "data" / "runs" / "notebooks" / "00_quickstart.ipynb").is_file()
+    executed = smoke_root / "data" / "runs" / "notebooks" / "00_quickstart__smoke.ipynb"
+    assert executed.is_file() and f"executed notebook: {executed}" in out
 
 
 def test_synthetic_demo_writes_report(tmp_path: Path, capsys) -> None:
