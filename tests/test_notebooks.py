@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -70,6 +71,28 @@ def test_smoke_run(path: Path, smoke_root: Path) -> None:
         for ext in ("png", "pdf"):
             assert (smoke_root / "figures" / f"{fig}.{ext}").stat().st_size > 1000
     CHECKS[path.stem](record)
+
+
+@pytest.mark.slow
+def test_figures_are_redrawn_from_stored_results_alone(smoke_root: Path) -> None:
+    """`rlsparse figures` (make figures) redraws every recorded figure with runs and checkpoints
+    out of reach: only data/results/ is read."""
+    from rlsparse_lib.cli import main
+
+    stems = [p.stem for p in NOTEBOOKS if (smoke_root / "data/results" / p.stem).is_dir()]
+    if not stems:
+        pytest.skip("needs the smoke runs of this module")
+    expected = {f for s in stems for f in _record(smoke_root, s)["figures"]}
+    runs, hidden = smoke_root / "data" / "runs", smoke_root / "runs-hidden"
+    shutil.rmtree(smoke_root / "figures")
+    runs.rename(hidden)
+    try:
+        assert main(["figures", "--out-root", str(smoke_root), "--only", *stems]) == 0
+    finally:
+        hidden.rename(runs)
+    drawn = {p.stem for p in (smoke_root / "figures").glob("*.png")}
+    assert drawn == expected
+    assert all((smoke_root / "figures" / f"{f}.pdf").stat().st_size > 1000 for f in expected)
 
 
 @pytest.mark.slow
