@@ -95,7 +95,7 @@ def execute(path: Path, params: dict[str, object], output: Path, log: bool = Tru
                 kernel_name="python3",
                 language="python",
                 cwd=str(path.parent),
-                progress_bar=False,
+                progress_bar=not log,  # cell progress when the output is not streamed
                 log_output=log,
             )
         except pm.PapermillExecutionError as err:

@@ -35,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from ..notebook_runner import run_notebooks
 
     params = {"SEED": args.seed} if args.seed else {}
+    print(
+        "running notebooks/00_quickstart.ipynb: an SFT and a GRPO run from one init, each diffed "
+        "against it (about 10 min on 2 CPU cores; finished runs are reused) ...",
+        flush=True,
+    )
     (executed,) = run_notebooks("00", params, smoke=args.smoke, out_root=args.out_root, log=False)
     record = json.loads((paths.results / "00_quickstart" / "record.json").read_text())
     print(f"\nexecuted notebook: {executed}")
