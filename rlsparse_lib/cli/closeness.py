@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from ..dtypes import COMPARE_DTYPES
+from .diff import add_selection_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,8 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="tolerances besides bitwise (default: %(default)s)",
     )
     p.add_argument("--compare-dtype", choices=COMPARE_DTYPES, default=None)
-    p.add_argument("--include", nargs="+", default=[], metavar="REGEX")
-    p.add_argument("--exclude", nargs="+", default=[], metavar="REGEX")
+    add_selection_arguments(p)
     p.add_argument("--workdir", metavar="DIR", help="folder for temporary masks (with --init)")
     p.add_argument("--json", metavar="PATH", help="write the full result as JSON")
     p.add_argument("--csv", metavar="PATH", help="write the per-tensor table (CSV)")

@@ -18,6 +18,16 @@ import sys
 from ..dtypes import COMPARE_DTYPES
 
 
+def add_selection_arguments(p: argparse.ArgumentParser) -> None:
+    """``--include`` / ``--exclude`` tensor-name regexes, shared by the commands that read pairs."""
+    p.add_argument(
+        "--include", nargs="+", default=[], metavar="REGEX", help="compare only matching tensors"
+    )
+    p.add_argument(
+        "--exclude", nargs="+", default=[], metavar="REGEX", help="do not compare matching tensors"
+    )
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..engine import DEFAULT_CHUNK, DEFAULT_TOLERANCES
 
@@ -46,12 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="cast both sides to this dtype before comparing (default: base's stored dtype)",
     )
-    p.add_argument(
-        "--include", nargs="+", default=[], metavar="REGEX", help="compare only matching tensors"
-    )
-    p.add_argument(
-        "--exclude", nargs="+", default=[], metavar="REGEX", help="do not compare matching tensors"
-    )
+    add_selection_arguments(p)
     p.add_argument(
         "--mask-out", metavar="PATH", help="write bit-packed changed masks (safetensors)"
     )

@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from ..dtypes import COMPARE_DTYPES
+from .diff import add_selection_arguments
 from .mask import add_rule_arguments, rule_from_args
 
 
@@ -26,8 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", nargs="+", type=float, metavar="STEP", help="training step per CKPT")
     add_rule_arguments(p)
     p.add_argument("--compare-dtype", choices=COMPARE_DTYPES, default=None)
-    p.add_argument("--include", nargs="+", default=[], metavar="REGEX")
-    p.add_argument("--exclude", nargs="+", default=[], metavar="REGEX")
+    add_selection_arguments(p)
     p.add_argument("--final-mask", metavar="PATH", help="write the final subnetwork mask")
     p.add_argument("--union-mask", metavar="PATH", help="write the ever-updated mask")
     p.add_argument("--json", metavar="PATH", help="write the full result as JSON")

@@ -25,6 +25,7 @@ import json
 import sys
 
 from ..dtypes import COMPARE_DTYPES
+from .diff import add_selection_arguments
 
 ACTIONS = ("info", "and", "or", "xor", "andnot", "not", "random")
 
@@ -67,8 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", metavar="PATH", help="output mask file")
     add_rule_arguments(p)
     p.add_argument("--compare-dtype", choices=COMPARE_DTYPES, default=None)
-    p.add_argument("--include", nargs="+", default=[], metavar="REGEX")
-    p.add_argument("--exclude", nargs="+", default=[], metavar="REGEX")
+    add_selection_arguments(p)
     p.add_argument("--seed", type=int, default=None, help="seed of `random` (required)")
     p.add_argument(
         "--stratify", choices=("global", "tensor", "binade"), default="global", help="for `random`"

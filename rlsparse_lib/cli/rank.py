@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from ..dtypes import COMPARE_DTYPES
+from .diff import add_selection_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,8 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keep-layernorm", action="store_true", help="do not skip names containing 'layernorm'"
     )
-    p.add_argument("--include", nargs="+", default=[], metavar="REGEX")
-    p.add_argument("--exclude", nargs="+", default=[], metavar="REGEX")
+    add_selection_arguments(p)
     p.add_argument("--compare-dtype", choices=COMPARE_DTYPES, default=None)
     p.add_argument(
         "--svd-dtype",
