@@ -9,7 +9,11 @@ TORCH  ?= torch==2.13.0
 
 .PHONY: setup demo test test-fast lint bench figures notebooks clean
 
-$(STAMP): pyproject.toml
+KERNEL := setup.py rlsparse_lib/kernels/diffcore.c rlsparse_lib/kernels/diffcore.h \
+          rlsparse_lib/kernels/_diffcore.pyx
+
+# the editable install also compiles the CPU diff kernel (C + OpenMP, bound with Cython)
+$(STAMP): pyproject.toml $(KERNEL)
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[all]"
@@ -28,8 +32,8 @@ test-fast: setup
 	TQDM_DISABLE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check rlsparse_lib tests bench
-	$(BIN)/ruff format --check rlsparse_lib tests bench
+	$(BIN)/ruff check rlsparse_lib tests bench setup.py
+	$(BIN)/ruff format --check rlsparse_lib tests bench setup.py
 
 figures: setup
 	MPLBACKEND=Agg $(BIN)/rlsparse figures
@@ -41,4 +45,5 @@ bench: setup
 	$(BIN)/python bench/diff_bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache data/demo bench/out
+	rm -rf $(VENV) .pytest_cache .ruff_cache data/demo bench/out build
+	rm -f rlsparse_lib/kernels/_diffcore.c rlsparse_lib/kernels/*.so

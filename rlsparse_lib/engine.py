@@ -119,7 +119,9 @@ def diff_checkpoints(
         bar.close()
     if mask is not None:
         mask.close()
-    return build_report(plan, config, partials, kernel.name, time.perf_counter() - t0, mask_out)
+    seconds = time.perf_counter() - t0
+    threads = getattr(kernel, "num_threads", None)
+    return build_report(plan, config, partials, kernel.name, seconds, mask_out, threads)
 
 
 def diff_pairs(
@@ -182,8 +184,12 @@ def build_report(
     kernel_name: str,
     seconds: float | None = None,
     mask_out: str | Path | None = None,
+    threads: int | None = None,
 ) -> DiffReport:
-    """Merge partial results (any split of the plan's work) into a report, in plan order."""
+    """Merge partial results (any split of the plan's work) into a report, in plan order.
+
+    ``kernel_name``, ``seconds``, ``mask_out`` and ``threads`` (the kernel's) go to provenance.
+    """
     merged: dict[str, TensorResult] = {}
     for part in partials:
         for name, res in part.items():
@@ -207,7 +213,7 @@ def build_report(
             for s in plan.skipped
         ],
         tied=list(plan.tied),
-        provenance=_provenance(plan, config, kernel_name, seconds, mask_out),
+        provenance=_provenance(plan, config, kernel_name, seconds, mask_out, threads),
     )
 
 
@@ -239,9 +245,7 @@ def _open_mask(path: str | Path, plan: DiffPlan, config: DiffConfig) -> MaskWrit
 def _versions() -> dict:
     import sys
 
-    import numba
-
-    out = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__}
+    out = {"python": platform.python_version(), "numpy": np.__version__}
     for mod in ("torch", "triton"):  # recorded when the run used them
         if mod in sys.modules:
             out[mod] = sys.modules[mod].__version__
@@ -254,9 +258,8 @@ def _provenance(
     kernel: str,
     seconds: float | None,
     mask_out: str | Path | None,
+    threads: int | None,
 ) -> dict:
-    import numba
-
     stored: dict[str, int] = {}
     compare: dict[str, int] = {}
     for p in plan.pairs:
@@ -288,7 +291,7 @@ def _provenance(
         else {"path": str(mask_out), "rule": config.mask_rule.describe()},
         "kernel": kernel,
         "chunk_elems": config.chunk_elems,
-        "threads": config.threads or numba.get_num_threads(),
+        "threads": threads or config.threads,
         "seconds": seconds,
         "warnings": plan.base.warnings + plan.tuned.warnings,
         "versions": _versions(),

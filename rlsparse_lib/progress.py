@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 
+class NullBar:
+    """Stands in for a bar nobody would see (tqdm is not even imported: it costs ~50 ms)."""
+
+    def update(self, n: float = 1) -> None:
+        """Ignore progress."""
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        """Ignore the postfix."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 def progress_bar(**kwargs: Any):
-    """A tqdm bar (``tqdm.auto``: widgets in Jupyter, text on a terminal).
+    """A tqdm bar (``tqdm.auto``: widgets in Jupyter, text on a terminal), or a :class:`NullBar`
+    where tqdm would stay silent (``disable=True``, or ``disable=None`` off a terminal).
 
     Defaults can be changed from the environment, e.g. ``TQDM_DISABLE=1`` in CI.
     """
+    if _silent(kwargs.get("disable", False)):
+        return NullBar()
     from tqdm.auto import tqdm
 
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(**kwargs)
+
+
+def _silent(disable: bool | None) -> bool:
+    if disable is True:
+        return True
+    if disable is None and "TQDM_DISABLE" not in os.environ and "ipykernel" not in sys.modules:
+        return not sys.stderr.isatty()  # what tqdm itself decides for disable=None
+    return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,20 @@ def test_mask_out_count_matches_report(tmp_path: Path, pair) -> None:
         assert (
             0 < mf.meta["n_set_total"] < sum(counts.values())
         )  # one-ULP changes of tiny weights pass 1e-5
+
+
+def test_start_up_stays_light(pair) -> None:
+    """`rlsparse diff` imports no JIT, torch or tqdm (when no bar is shown): start-up is part of
+    every diff's wall time (bench/diff_bench.py)."""
+    b, t, _ = pair
+    code = (
+        "import sys; from rlsparse_lib.cli import main; "
+        f"rc = main(['diff', {str(b)!r}, {str(t)!r}]); "
+        "print(sorted(m for m in ('numba', 'torch', 'tqdm', 'pandas', 'transformers') "
+        "if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

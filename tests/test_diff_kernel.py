@@ -9,7 +9,7 @@ import pytest
 
 from rlsparse_lib.dtypes import FLOAT_FORMATS
 from rlsparse_lib.kernels import ChunkSpec, MaskRule
-from rlsparse_lib.kernels.cpu import CpuKernel
+from rlsparse_lib.kernels.cpu import CpuKernel, tolerance_table
 from rlsparse_lib.stats import ULP_BINS, ULP_LOG2_MIN
 
 TOLS = np.array([0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4])
@@ -249,3 +249,49 @@ def test_count_changed_any_width() -> None:
         b = a.copy()
         b[::7] += 1
         assert CpuKernel().count_changed(a, b) == int((a != b).sum())
+
+
+def _n_le(a: np.ndarray, b: np.ndarray, fmt: str, tols: np.ndarray) -> list[int]:
+    """Per-tolerance counts of changed, finite-Δ elements with |Δ| <= tol (naive)."""
+    with np.errstate(all="ignore"):
+        d = np.abs(decode(b, fmt) - decode(a, fmt)).astype(np.float64)
+    fin = (a != b) & np.isfinite(d)
+    return [int((fin & (d <= t)).sum()) for t in np.sort(tols)]
+
+
+def test_tolerance_table_agrees_with_a_search() -> None:
+    """Every table entry that is not -1 is the number of tolerances below every float32 of its
+    range; -1 marks only ranges holding a tolerance."""
+    tols = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
+    table = tolerance_table(tols)
+    rng = np.random.default_rng(0)
+    d = np.abs(rng.standard_normal(200_000) * 10.0 ** rng.integers(-12, 2, 200_000))
+    d = np.concatenate([d, np.array(tols[1:]), np.nextafter(np.array(tols[1:]), 1)])
+    d32 = d.astype(np.float32)
+    j = table[d32.view(np.uint32) >> 16]
+    exact = np.searchsorted(np.array(tols), d32.astype(np.float64), side="left")
+    known = j >= 0
+    np.testing.assert_array_equal(j[known], exact[known])
+    # among finite |Δ| (indices below +Inf's), only ranges that hold a tolerance fall back
+    assert (table[:0x7F80] < 0).sum() == len(tols)
+
+
+@pytest.mark.parametrize("fmt", ["bfloat16", "float32"])
+def test_unusual_grids_match_the_naive_count(fmt: str) -> None:
+    """Grids the table cannot serve (>= 127 tolerances; many inside one 16-bit range of |Δ|),
+    unsorted ones and duplicates all count like the naive reference."""
+    a, b = make_words(fmt, 50_003, seed=7)
+    with np.errstate(all="ignore"):
+        d = np.abs(decode(b, fmt) - decode(a, fmt)).astype(np.float64)
+    d = np.unique(d[np.isfinite(d) & (d > 0)])
+    crowded = np.concatenate([d[:20], np.nextafter(d[:20], 0), np.nextafter(d[:20], 1)])
+    grids = {
+        "dense": np.geomspace(1e-12, 1.0, 200),
+        "crowded": crowded,
+        "unsorted with duplicates": np.random.default_rng(1).permutation(
+            np.concatenate([TOLS, TOLS[:3], d[:5]])
+        ),
+    }
+    for name, tols in grids.items():
+        s = CpuKernel().diff_chunk(a, b, ChunkSpec(fmt, fmt, tols, ETA))
+        assert list(s.n_le_tol) == _n_le(a, b, fmt, tols), name

@@ -107,7 +107,7 @@ def test_report_and_masks_equal_cpu_path(tmp_path: Path, pair, gpu: str, rule: M
         runs[device] = (diff_checkpoints(b, t, cfg, mask_out=mask, progress=False), mask)
     (gpu_rep, gpu_mask), (cpu_rep, cpu_mask) = runs["cuda"], runs["cpu"]
     assert gpu_rep.provenance["kernel"] == ("triton-interpreter" if gpu == "cpu" else "cuda-triton")
-    assert cpu_rep.provenance["kernel"] == "cpu-numba"
+    assert cpu_rep.provenance["kernel"] == "cpu-c"
     assert_reports_equal(gpu_rep, cpu_rep)
     assert_masks_equal(gpu_mask, cpu_mask)
     norm = next(r for r in gpu_rep.tensors if r.name == "model.norm.weight").stats
@@ -178,7 +178,7 @@ def test_cuda_without_gpu_is_a_config_error(pair, capsys) -> None:
 def test_auto_falls_back_to_cpu(pair) -> None:
     b, t = pair
     rep = diff_checkpoints(b, t, DiffConfig(device="auto"), progress=False)
-    assert rep.provenance["kernel"] == "cpu-numba"
+    assert rep.provenance["kernel"] == "cpu-c"
 
 
 @pytest.mark.parametrize("gpu", DEVICES, indirect=True)

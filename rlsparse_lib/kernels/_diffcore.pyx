@@ -1,0 +1,154 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""Python binding of the C diff kernel (``diffcore.c``): typed buffers in, GIL released.
+
+Outputs are caller-allocated, zero-filled arrays; see ``diffcore.h`` for their layout.
+"""
+
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t
+
+
+cdef extern from "diffcore.h" nogil:
+    enum:
+        RLS_NI
+        RLS_NF
+        RLS_ULP_BINS
+        RLS_BINADE_BINS
+        RLS_I_CHANGED
+        RLS_I_REL
+        RLS_I_ZERO
+        RLS_I_NONFIN
+        RLS_I_NAN_A
+        RLS_I_INF_A
+        RLS_I_NAN_B
+        RLS_I_INF_B
+        RLS_I_NAN_BASE
+        RLS_I_INF_BASE
+        RLS_F_MAX
+        RLS_F_ABS
+        RLS_F_SQD
+        RLS_F_SQB
+
+    ctypedef struct rls_spec:
+        const double *tols
+        int64_t ntol
+        const int8_t *tol_table
+        double eta
+        int32_t rule
+        double rule_tol
+        uint8_t *mask
+        int64_t nparts
+        int64_t per
+        int32_t threads
+
+    ctypedef struct rls_out:
+        int64_t *ints
+        int64_t *tcount
+        int64_t *ulp_hist
+        int64_t *bchg
+        int64_t *btot
+        double *flt
+
+    int rls_diff16(const uint16_t *a, const uint16_t *b, int64_t n, const float *values,
+                   const uint8_t *efield, const int32_t *ulplog2, const rls_spec *spec,
+                   rls_out *out)
+    int rls_diff32(const uint32_t *a, const uint32_t *b, int64_t n, int32_t st_mant,
+                   int32_t st_emin, const rls_spec *spec, rls_out *out)
+    int rls_max_threads()
+
+
+#: sizes and field indices of the output arrays
+NI, NF, ULP_BINS, BINADE_BINS = RLS_NI, RLS_NF, RLS_ULP_BINS, RLS_BINADE_BINS
+I_CHANGED, I_REL, I_ZERO, I_NONFIN = RLS_I_CHANGED, RLS_I_REL, RLS_I_ZERO, RLS_I_NONFIN
+I_NAN_A, I_INF_A, I_NAN_B, I_INF_B = RLS_I_NAN_A, RLS_I_INF_A, RLS_I_NAN_B, RLS_I_INF_B
+I_NAN_BASE, I_INF_BASE = RLS_I_NAN_BASE, RLS_I_INF_BASE
+F_MAX, F_ABS, F_SQD, F_SQB = RLS_F_MAX, RLS_F_ABS, RLS_F_SQD, RLS_F_SQB
+
+
+def max_threads() -> int:
+    """Threads a kernel call uses by default (OpenMP's maximum; 1 without OpenMP)."""
+    return rls_max_threads()
+
+
+cdef rls_spec _spec(const double[::1] tols, const int8_t[::1] tol_table, double eta, int rule,
+                    double rule_tol, uint8_t[::1] mask, int64_t nparts, int64_t per,
+                    int threads):
+    if tol_table.shape[0] != 65536:
+        raise ValueError("tol_table must hold 65536 entries")
+    if nparts < 1 or per < 1 or per % 4096:
+        raise ValueError(f"bad partitioning: {nparts} parts of {per}")
+    cdef rls_spec s
+    s.tols = &tols[0] if tols.shape[0] else NULL
+    s.ntol = tols.shape[0]
+    s.tol_table = &tol_table[0]
+    s.eta = eta
+    s.rule = rule
+    s.rule_tol = rule_tol
+    s.mask = &mask[0] if mask is not None else NULL
+    s.nparts = nparts
+    s.per = per
+    s.threads = threads
+    return s
+
+
+cdef rls_out _out(int64_t[::1] ints, int64_t[::1] tcount, int64_t[::1] ulp_hist,
+                  int64_t[::1] bchg, int64_t[::1] btot, double[:, ::1] flt, int64_t ntol,
+                  int64_t nparts):
+    if (ints.shape[0] != RLS_NI or tcount.shape[0] != ntol + 1
+            or ulp_hist.shape[0] != RLS_ULP_BINS or bchg.shape[0] != RLS_BINADE_BINS
+            or btot.shape[0] != RLS_BINADE_BINS or flt.shape[0] != nparts
+            or flt.shape[1] != RLS_NF):
+        raise ValueError("output arrays have the wrong sizes")
+    cdef rls_out o
+    o.ints = &ints[0]
+    o.tcount = &tcount[0]
+    o.ulp_hist = &ulp_hist[0]
+    o.bchg = &bchg[0]
+    o.btot = &btot[0]
+    o.flt = &flt[0, 0]
+    return o
+
+
+def _check(int64_t n, int64_t m, uint8_t[::1] mask, int64_t nparts, int64_t per):
+    if m != n:
+        raise ValueError(f"chunk sizes differ: {n} vs {m}")
+    if nparts * per < n or (nparts - 1) * per >= n:
+        raise ValueError(f"{nparts} parts of {per} do not tile {n} elements")
+    if mask is not None and mask.shape[0] < (n + 7) // 8:
+        raise ValueError(f"mask holds {mask.shape[0]} bytes, {(n + 7) // 8} needed")
+
+
+def diff16(const uint16_t[::1] a, const uint16_t[::1] b, const float[::1] values,
+           const uint8_t[::1] efield, const int32_t[::1] ulplog2, const double[::1] tols,
+           const int8_t[::1] tol_table, double eta, int rule, double rule_tol,
+           uint8_t[::1] mask, int64_t nparts, int64_t per, int threads, int64_t[::1] ints,
+           int64_t[::1] tcount, int64_t[::1] ulp_hist, int64_t[::1] bchg, int64_t[::1] btot,
+           double[:, ::1] flt):
+    """Diff two uint16[n] word arrays of a 16-bit format; tables are [65536] (see diffcore.h)."""
+    cdef int64_t n = a.shape[0]
+    _check(n, b.shape[0], mask, nparts, per)
+    if values.shape[0] != 65536 or efield.shape[0] != 65536 or ulplog2.shape[0] != 65536:
+        raise ValueError("decode tables must hold 65536 entries")
+    cdef rls_spec s = _spec(tols, tol_table, eta, rule, rule_tol, mask, nparts, per, threads)
+    cdef rls_out o = _out(ints, tcount, ulp_hist, bchg, btot, flt, s.ntol, nparts)
+    cdef int rc
+    with nogil:
+        rc = rls_diff16(&a[0], &b[0], n, &values[0], &efield[0], &ulplog2[0], &s, &o)
+    if rc:
+        raise MemoryError("diff kernel: out of memory")
+
+
+def diff32(const uint32_t[::1] a, const uint32_t[::1] b, int st_mant, int st_emin,
+           const double[::1] tols, const int8_t[::1] tol_table, double eta, int rule,
+           double rule_tol, uint8_t[::1] mask, int64_t nparts, int64_t per, int threads,
+           int64_t[::1] ints, int64_t[::1] tcount, int64_t[::1] ulp_hist, int64_t[::1] bchg,
+           int64_t[::1] btot, double[:, ::1] flt):
+    """Diff two uint32[n] word arrays of float32 (see diffcore.h)."""
+    cdef int64_t n = a.shape[0]
+    _check(n, b.shape[0], mask, nparts, per)
+    cdef rls_spec s = _spec(tols, tol_table, eta, rule, rule_tol, mask, nparts, per, threads)
+    cdef rls_out o = _out(ints, tcount, ulp_hist, bchg, btot, flt, s.ntol, nparts)
+    cdef int rc
+    with nogil:
+        rc = rls_diff32(&a[0], &b[0], n, st_mant, st_emin, &s, &o)
+    if rc:
+        raise MemoryError("diff kernel: out of memory")

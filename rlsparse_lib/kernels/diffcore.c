@@ -1,0 +1,377 @@
+/* rlsparse CPU diff kernel (see diffcore.h).
+ *
+ * Hot path: a branch-free loop compares the raw words, compacts the offsets of changed elements
+ * and, for 16-bit words, histograms the base words. All float math (|d|, the tolerance grid, the
+ * relative probe, the ULP histogram) runs on changed elements only. For 16-bit words the base
+ * tensor's norm, binades and NaN/Inf counts come from the 65536-bin word histogram: one increment
+ * per element, exact whatever the threading.
+ */
+#include "diffcore.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define SUB 4096 /* elements per compaction block */
+
+/* Integer counts of one thread, merged into rls_out at the end (order does not matter). */
+typedef struct {
+    int64_t ints[RLS_NI];
+    int64_t ulp_hist[RLS_ULP_BINS];
+    int64_t bchg[RLS_BINADE_BINS];
+    int64_t btot[RLS_BINADE_BINS];
+    int32_t idx[SUB];
+    int64_t *tcount; /* [ntol + 1] */
+    uint32_t *hist;  /* [65536] base words, 16-bit only */
+} local_t;
+
+/* Per-partition accumulators of the changed-element path; a local, so they live in registers. */
+typedef struct {
+    int64_t rel, zero, nonfin, nan_a, inf_a, nan_b, inf_b;
+    double dmax, sabs, ssq;
+} acc_t;
+
+/* What the mask gets: nothing, or a bit per element by the spec's rule. Every part function is
+ * compiled once per mode, so the inner loop carries no mask or rule branches. */
+enum { MODE_NONE, MODE_BITWISE, MODE_ABS, MODE_REL };
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* The spec's fields hoisted into locals (stores to the mask may alias anything in memory). */
+typedef struct {
+    const double *tols;
+    int64_t ntol;
+    const int8_t *tol_table;
+    double eta;
+    double rule_tol;
+    uint8_t *mask;
+    int64_t *tcount;
+    int64_t *ulp_hist;
+} ctx_t;
+
+static local_t *local_new(int64_t ntol, int with_hist) {
+    local_t *l = calloc(1, sizeof(local_t));
+    if (!l) return NULL;
+    l->tcount = calloc((size_t)ntol + 1, sizeof(int64_t));
+    l->hist = with_hist ? calloc(65536, sizeof(uint32_t)) : NULL;
+    if (!l->tcount || (with_hist && !l->hist)) {
+        free(l->tcount);
+        free(l->hist);
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+static void local_free(local_t *l) {
+    free(l->tcount);
+    free(l->hist);
+    free(l);
+}
+
+static void local_merge(const local_t *l, int64_t ntol, rls_out *out, int64_t *counts) {
+    for (int k = 0; k < RLS_NI; k++) out->ints[k] += l->ints[k];
+    for (int64_t k = 0; k <= ntol; k++) out->tcount[k] += l->tcount[k];
+    for (int k = 0; k < RLS_ULP_BINS; k++) out->ulp_hist[k] += l->ulp_hist[k];
+    for (int k = 0; k < RLS_BINADE_BINS; k++) {
+        out->bchg[k] += l->bchg[k];
+        out->btot[k] += l->btot[k];
+    }
+    if (l->hist)
+        for (int v = 0; v < 65536; v++) counts[v] += l->hist[v];
+}
+
+/* floor(log2(v)) for finite v > 0, from the float64 exponent (float32 subnormals are normal). */
+static inline int64_t log2_floor(double v) {
+    uint64_t u;
+    memcpy(&u, &v, sizeof u);
+    return (int64_t)((u >> 52) & 0x7FF) - 1023;
+}
+
+static inline float as_float(uint32_t w) {
+    float f;
+    memcpy(&f, &w, sizeof f);
+    return f;
+}
+
+static inline ctx_t ctx_of(const rls_spec *s, local_t *l) {
+    const ctx_t c = {s->tols,     s->ntol, s->tol_table, s->eta,
+                     s->rule_tol, s->mask, l->tcount,   l->ulp_hist};
+    return c;
+}
+
+/* One changed element (bits differ): x, y its float32 values, ulp = log2 ULP(x), i its index. */
+ALWAYS_INLINE void changed_one(float fx, float fy, int32_t ulp, int64_t i, const ctx_t *c,
+                               acc_t *acc, const int mode) {
+    const double x = fx, y = fy;
+    const float df = fabsf(fy - fx); /* Δ in float32, compared in float64 */
+    const double d = df;
+    int bit = 1;
+    if (!isfinite(d)) { /* a side is NaN/Inf, or the float32 difference overflowed */
+        acc->nonfin++;
+        acc->nan_a += isnan(x) != 0;
+        acc->inf_a += isinf(x) != 0;
+        acc->nan_b += isnan(y) != 0;
+        acc->inf_b += isinf(y) != 0;
+    } else {
+        uint32_t u;
+        memcpy(&u, &df, sizeof u);
+        int64_t j = c->tol_table[u >> 16];
+        if (j < 0) /* |d| shares its top 16 bits with a tolerance: count exactly */
+            for (j = 0; j < c->ntol && d > c->tols[j]; j++) {
+            }
+        c->tcount[j]++;
+        const double ax = fabs(x), ay = fabs(y);
+        const double ref = ax > ay ? ax : ay; /* both finite here; fmax() would be a call */
+        acc->rel += d <= c->eta * ref;
+        if (d == 0.0) {
+            acc->zero++;
+        } else {
+            int64_t k = log2_floor(d) - ulp - RLS_ULP_LOG2_MIN;
+            k = k < 0 ? 0 : (k >= RLS_ULP_BINS ? RLS_ULP_BINS - 1 : k);
+            c->ulp_hist[k]++;
+            acc->sabs += d;
+            acc->ssq += d * d;
+            acc->dmax = d > acc->dmax ? d : acc->dmax;
+        }
+        if (mode == MODE_ABS)
+            bit = d > c->rule_tol;
+        else if (mode == MODE_REL)
+            bit = d > c->rule_tol * ref;
+    }
+    if (mode != MODE_NONE && bit) c->mask[i >> 3] |= (uint8_t)(1u << (i & 7));
+}
+
+/* Adds a partition's accumulators to the thread's counts and its float sums to `flt`. */
+static void acc_store(const acc_t *acc, local_t *l, double *flt) {
+    l->ints[RLS_I_REL] += acc->rel;
+    l->ints[RLS_I_ZERO] += acc->zero;
+    l->ints[RLS_I_NONFIN] += acc->nonfin;
+    l->ints[RLS_I_NAN_A] += acc->nan_a;
+    l->ints[RLS_I_INF_A] += acc->inf_a;
+    l->ints[RLS_I_NAN_B] += acc->nan_b;
+    l->ints[RLS_I_INF_B] += acc->inf_b;
+    flt[RLS_F_MAX] = acc->dmax;
+    flt[RLS_F_ABS] = acc->sabs;
+    flt[RLS_F_SQD] = acc->ssq;
+}
+
+/* The hot loop, kept out of line so every mode shares one well-scheduled copy: histograms the base
+ * words and writes the offsets of changed elements (k < len <= SUB) to idx; returns their number. */
+static __attribute__((noinline)) int32_t scan16(const uint16_t *restrict a,
+                                                const uint16_t *restrict b, int32_t len,
+                                                uint32_t *restrict hist, int32_t *restrict idx) {
+    int32_t m = 0;
+    for (int32_t k = 0; k < len; k++) {
+        const uint16_t x = a[k];
+        hist[x]++;
+        idx[m] = k;
+        m += x != b[k];
+    }
+    return m;
+}
+
+ALWAYS_INLINE void part16_mode(const uint16_t *restrict a, const uint16_t *restrict b, int64_t s0,
+                              int64_t e0, const float *values, const uint8_t *efield,
+                              const int32_t *ulplog2, const rls_spec *spec, local_t *l,
+                              double *flt, const int mode) {
+    const ctx_t c = ctx_of(spec, l);
+    acc_t acc = {0};
+    int64_t nchg = 0, *restrict bchg = l->bchg;
+    uint32_t *hist = l->hist;
+    int32_t *idx = l->idx;
+    for (int64_t s = s0; s < e0; s += SUB) {
+        const int64_t e = e0 < s + SUB ? e0 : s + SUB;
+        const int32_t m = scan16(a + s, b + s, (int32_t)(e - s), hist, idx);
+        nchg += m;
+        for (int32_t q = 0; q < m; q++) {
+            const int64_t i = s + idx[q];
+            const uint16_t x = a[i];
+            bchg[efield[x]]++;
+            changed_one(values[x], values[b[i]], ulplog2[x], i, &c, &acc, mode);
+        }
+    }
+    l->ints[RLS_I_CHANGED] += nchg;
+    acc_store(&acc, l, flt);
+}
+
+/* scan16 for float32 words; base statistics are counted here (no word histogram at 32 bits):
+ * exponent fields into btot, NaN/Inf into nonfin[0]/nonfin[1], Σθ0² of finite values into *sqb. */
+static __attribute__((noinline)) int32_t scan32(const uint32_t *restrict a,
+                                                const uint32_t *restrict b, int32_t len,
+                                                int64_t *restrict btot, int64_t *restrict nonfin,
+                                                double *restrict sqb, int32_t *restrict idx) {
+    int32_t m = 0;
+    double sq = *sqb;
+    for (int32_t k = 0; k < len; k++) {
+        const uint32_t x = a[k];
+        const uint32_t field = (x >> 23) & 0xFF;
+        btot[field]++;
+        if (field == 0xFF) {
+            nonfin[(x & 0x7FFFFF) ? 0 : 1]++;
+        } else {
+            const double v = as_float(x);
+            sq += v * v;
+        }
+        idx[m] = k;
+        m += x != b[k];
+    }
+    *sqb = sq;
+    return m;
+}
+
+ALWAYS_INLINE void part32_mode(const uint32_t *restrict a, const uint32_t *restrict b, int64_t s0,
+                              int64_t e0, int32_t st_mant, int32_t st_emin, const rls_spec *spec,
+                              local_t *l, double *flt, const int mode) {
+    const ctx_t c = ctx_of(spec, l);
+    acc_t acc = {0};
+    int64_t nchg = 0, nonfin[2] = {0, 0}, *bchg = l->bchg;
+    double sqb = 0.0;
+    for (int64_t s = s0; s < e0; s += SUB) {
+        const int64_t e = e0 < s + SUB ? e0 : s + SUB;
+        const int32_t m = scan32(a + s, b + s, (int32_t)(e - s), l->btot, nonfin, &sqb, l->idx);
+        nchg += m;
+        for (int32_t q = 0; q < m; q++) {
+            const int64_t i = s + l->idx[q];
+            const uint32_t x = a[i];
+            const int32_t field = (int32_t)((x >> 23) & 0xFF);
+            bchg[field]++;
+            const int32_t e_unb = field > 0 ? field - 127 : -126;
+            const int32_t ulp = (e_unb > st_emin ? e_unb : st_emin) - st_mant;
+            changed_one(as_float(x), as_float(b[i]), ulp, i, &c, &acc, mode);
+        }
+    }
+    l->ints[RLS_I_CHANGED] += nchg;
+    l->ints[RLS_I_NAN_BASE] += nonfin[0];
+    l->ints[RLS_I_INF_BASE] += nonfin[1];
+    acc_store(&acc, l, flt);
+    flt[RLS_F_SQB] = sqb;
+}
+
+static int mode_of(const rls_spec *s) {
+    if (s->mask == NULL) return MODE_NONE;
+    return s->rule == 1 ? MODE_ABS : (s->rule == 2 ? MODE_REL : MODE_BITWISE);
+}
+
+static void part16(const uint16_t *a, const uint16_t *b, int64_t s0, int64_t e0,
+                   const float *values, const uint8_t *efield, const int32_t *ulplog2,
+                   const rls_spec *spec, local_t *l, double *flt) {
+    switch (mode_of(spec)) {
+    case MODE_NONE:
+        part16_mode(a, b, s0, e0, values, efield, ulplog2, spec, l, flt, MODE_NONE);
+        break;
+    case MODE_BITWISE:
+        part16_mode(a, b, s0, e0, values, efield, ulplog2, spec, l, flt, MODE_BITWISE);
+        break;
+    case MODE_ABS:
+        part16_mode(a, b, s0, e0, values, efield, ulplog2, spec, l, flt, MODE_ABS);
+        break;
+    default:
+        part16_mode(a, b, s0, e0, values, efield, ulplog2, spec, l, flt, MODE_REL);
+    }
+}
+
+static void part32(const uint32_t *a, const uint32_t *b, int64_t s0, int64_t e0, int32_t st_mant,
+                   int32_t st_emin, const rls_spec *spec, local_t *l, double *flt) {
+    switch (mode_of(spec)) {
+    case MODE_NONE:
+        part32_mode(a, b, s0, e0, st_mant, st_emin, spec, l, flt, MODE_NONE);
+        break;
+    case MODE_BITWISE:
+        part32_mode(a, b, s0, e0, st_mant, st_emin, spec, l, flt, MODE_BITWISE);
+        break;
+    case MODE_ABS:
+        part32_mode(a, b, s0, e0, st_mant, st_emin, spec, l, flt, MODE_ABS);
+        break;
+    default:
+        part32_mode(a, b, s0, e0, st_mant, st_emin, spec, l, flt, MODE_REL);
+    }
+}
+
+int rls_max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int threads_for(const rls_spec *spec) {
+    const int nt = spec->threads > 0 ? spec->threads : rls_max_threads();
+    return (int64_t)nt > spec->nparts ? (int)spec->nparts : nt;
+}
+
+int rls_diff16(const uint16_t *a, const uint16_t *b, int64_t n, const float *values,
+               const uint8_t *efield, const int32_t *ulplog2, const rls_spec *spec,
+               rls_out *out) {
+    int failed = 0;
+    int64_t *counts = calloc(65536, sizeof(int64_t));
+    if (!counts) return -1;
+#pragma omp parallel num_threads(threads_for(spec))
+    {
+        local_t *l = local_new(spec->ntol, 1);
+        if (!l) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t p = 0; p < spec->nparts; p++) {
+            if (!l) continue;
+            const int64_t s0 = p * spec->per;
+            const int64_t e0 = n < s0 + spec->per ? n : s0 + spec->per;
+            part16(a, b, s0, e0, values, efield, ulplog2, spec, l, out->flt + p * RLS_NF);
+        }
+        if (l) {
+#pragma omp critical(rls_merge)
+            local_merge(l, spec->ntol, out, counts);
+            local_free(l);
+        }
+    }
+    if (!failed) { /* base statistics from the exact word histogram, in word order */
+        double sqb = 0.0;
+        for (int v = 0; v < 65536; v++) {
+            const int64_t c = counts[v];
+            if (!c) continue;
+            out->btot[efield[v]] += c;
+            const double val = values[v];
+            if (isnan(val))
+                out->ints[RLS_I_NAN_BASE] += c;
+            else if (isinf(val))
+                out->ints[RLS_I_INF_BASE] += c;
+            else
+                sqb += (double)c * val * val;
+        }
+        out->flt[RLS_F_SQB] = sqb;
+    }
+    free(counts);
+    return failed ? -1 : 0;
+}
+
+int rls_diff32(const uint32_t *a, const uint32_t *b, int64_t n, int32_t st_mant, int32_t st_emin,
+               const rls_spec *spec, rls_out *out) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads_for(spec))
+    {
+        local_t *l = local_new(spec->ntol, 0);
+        if (!l) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t p = 0; p < spec->nparts; p++) {
+            if (!l) continue;
+            const int64_t s0 = p * spec->per;
+            const int64_t e0 = n < s0 + spec->per ? n : s0 + spec->per;
+            part32(a, b, s0, e0, st_mant, st_emin, spec, l, out->flt + p * RLS_NF);
+        }
+        if (l) {
+#pragma omp critical(rls_merge)
+            local_merge(l, spec->ntol, out, NULL);
+            local_free(l);
+        }
+    }
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,74 @@
+/* rlsparse CPU diff kernel: one fused, multi-threaded pass over a chunk of raw words.
+ *
+ * The caller splits a chunk of n elements into `nparts` partitions of `per` elements (a multiple
+ * of 4096, chosen from n alone). Integer outputs are totals (exact whatever the threading); float
+ * sums are kept per partition, so their rounding depends on n only and runs are deterministic.
+ */
+#ifndef RLSPARSE_DIFFCORE_H
+#define RLSPARSE_DIFFCORE_H
+
+#include <stdint.h>
+
+#define RLS_ULP_LOG2_MIN (-40) /* stats.ULP_LOG2_MIN */
+#define RLS_ULP_BINS 96        /* stats.ULP_BINS */
+#define RLS_BINADE_BINS 256    /* stats.BINADE_BINS */
+
+/* integer totals: ints[RLS_NI] */
+enum {
+    RLS_I_CHANGED,  /* bit patterns differ */
+    RLS_I_REL,      /* changed, |d| <= eta * max(|x|, |y|) */
+    RLS_I_ZERO,     /* changed, d == 0 (+0 vs -0, or equal after the cast) */
+    RLS_I_NONFIN,   /* changed, d not finite */
+    RLS_I_NAN_A,    /* changed with non-finite d: base NaN / Inf, tuned NaN / Inf */
+    RLS_I_INF_A,
+    RLS_I_NAN_B,
+    RLS_I_INF_B,
+    RLS_I_NAN_BASE, /* every element: base NaN / Inf */
+    RLS_I_INF_BASE,
+    RLS_NI
+};
+
+/* per-partition float sums: flt[nparts][RLS_NF] */
+enum { RLS_F_MAX, RLS_F_ABS, RLS_F_SQD, RLS_F_SQB, RLS_NF };
+
+/* What to compute, shared by both widths. */
+typedef struct {
+    const double *tols; /* [ntol] ascending absolute tolerances */
+    int64_t ntol;
+    const int8_t *tol_table; /* [65536] number of tolerances below every float32 |d| whose top 16
+                                bits are the index, or -1 where that range holds a tolerance */
+    double eta;       /* relative probe */
+    int32_t rule;     /* mask rule: 0 bitwise, 1 |d| > rule_tol, 2 |d| > rule_tol * max(|x|,|y|) */
+    double rule_tol;
+    uint8_t *mask;    /* packed mask (bit i%8 of byte i/8), or NULL */
+    int64_t nparts;
+    int64_t per;
+    int32_t threads;  /* <= 0: all */
+} rls_spec;
+
+/* Results; every array zero-filled by the caller. */
+typedef struct {
+    int64_t *ints;     /* [RLS_NI] */
+    int64_t *tcount;   /* [ntol + 1]: finite-d changed elements above exactly j tolerances */
+    int64_t *ulp_hist; /* [RLS_ULP_BINS] */
+    int64_t *bchg;     /* [RLS_BINADE_BINS] changed elements per base exponent field */
+    int64_t *btot;     /* [RLS_BINADE_BINS] all elements per base exponent field */
+    double *flt;       /* [nparts][RLS_NF]; RLS_F_SQB holds the whole chunk's sum in row 0 for
+                          16-bit words (it comes from the exact word histogram) */
+} rls_out;
+
+/* 16-bit words (bfloat16, float16). `values` float32[65536] decodes a word, `efield`
+ * uint8[65536] is its exponent field, `ulplog2` int32[65536] log2 ULP(value) in the stored dtype.
+ * Returns 0, or -1 when memory runs out. */
+int rls_diff16(const uint16_t *a, const uint16_t *b, int64_t n, const float *values,
+               const uint8_t *efield, const int32_t *ulplog2, const rls_spec *spec, rls_out *out);
+
+/* 32-bit words (float32); `st_mant` / `st_emin`: mantissa bits and smallest normal exponent of
+ * the stored dtype (the ULP unit). */
+int rls_diff32(const uint32_t *a, const uint32_t *b, int64_t n, int32_t st_mant, int32_t st_emin,
+               const rls_spec *spec, rls_out *out);
+
+/* Threads a parallel region gets by default. */
+int rls_max_threads(void);
+
+#endif
