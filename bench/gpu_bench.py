@@ -17,7 +17,7 @@ Measures, with warm-up, CUDA events and the median of repeated runs:
    and in mixed precision (fp32 master weights, bf16 autocast; the monitor then also counts the
    bf16 view, its most expensive mode). Timed: a step, a step + ``after_step``, ``after_step`` alone.
 
-usage: PYTHONPATH=. python bench/gpu_bench.py [--json bench/out/gpu_bench.json] [--quick]
+usage: python bench/gpu_bench.py [--json bench/out/gpu_bench.json] [--quick]
        [--sweep] [--e2e-layers 24] [--workdir /tmp/rlsparse_gpu_bench]
 """
 

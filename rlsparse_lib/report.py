@@ -186,6 +186,15 @@ class DiffReport:
         k = self._tol_index(tol)
         return self.totals().n_unchanged_at(k) / self.n_params
 
+    def norms(self, total: DiffStats | None = None) -> dict:
+        """max|Δ|, ‖Δ‖_1, ‖Δ‖_F, ‖θ0‖_F and ‖Δ‖_F/‖θ0‖_F over all float tensors."""
+        return _norms(self.totals() if total is None else total)
+
+    def nonfinite(self, total: DiffStats | None = None) -> dict:
+        """Counts of NaN/Inf values (base, tuned) and of non-finite Δ over all float tensors."""
+        total = self.totals() if total is None else total
+        return {f: getattr(total, f) for f in _NONFINITE_FIELDS if f != "n_zero_delta"}
+
     def _tol_index(self, tol: float) -> int:
         for k, t in enumerate(self.tolerances):
             if t == tol:
@@ -334,17 +343,8 @@ class DiffReport:
                 "n_unchanged": unchanged[-1],
                 "sparsity": unchanged[-1] / n if n else None,
             },
-            "norms": _norms(total),
-            "nonfinite": {
-                f: getattr(total, f)
-                for f in (
-                    "n_nan_base",
-                    "n_inf_base",
-                    "n_nan_tuned",
-                    "n_inf_tuned",
-                    "n_nonfinite_delta",
-                )
-            },
+            "norms": self.norms(total),
+            "nonfinite": self.nonfinite(total),
             "n_zero_delta": total.n_zero_delta,
             "precision": {
                 "ulp_log2_hist": {str(r["log2_ratio"]): r["n"] for r in self.ulp_rows()},

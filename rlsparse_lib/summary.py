@@ -33,8 +33,7 @@ def format_summary(report: DiffReport, by: str = "module", max_list: int = 10) -
             label += "  (paper default)"
         pct = 100 * n / report.n_params if report.n_params else float("nan")
         lines.append(f"{label:<42}{n:>16,}{pct:>11.4f}%")
-    d = report.to_dict()
-    norms = d["norms"]
+    norms = report.norms(total)
     rel = norms["relative_delta_fro"]
     lines.append("")
     lines.append(
@@ -43,7 +42,7 @@ def format_summary(report: DiffReport, by: str = "module", max_list: int = 10) -
         if rel is not None
         else f"max|Δ| = {norms['max_abs_delta']:.3g}"
     )
-    nonfinite = {k: v for k, v in d["nonfinite"].items() if v}
+    nonfinite = {k: v for k, v in report.nonfinite(total).items() if v}
     lines.append(
         "non-finite values: "
         + (", ".join(f"{k}={v:,}" for k, v in nonfinite.items()) if nonfinite else "none")
