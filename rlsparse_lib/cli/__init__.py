@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .. import __version__
@@ -37,6 +38,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: commands that do no linear algebra: numpy's BLAS thread pool, started when numpy is imported,
+#: would only spin on the cores their kernels use
+NO_BLAS = ("diff",)
+
+
 def _build_parser(chosen: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlsparse",
@@ -64,8 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rlsparse`` console script."""
     from ..errors import RlsparseError
 
+    from_console = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
+    # before numpy is imported; in-process callers keep their settings
+    if from_console and chosen in NO_BLAS:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     parser = _build_parser(chosen if chosen in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
