@@ -304,15 +304,26 @@ static int threads_for(const rls_spec *spec) {
     return (int64_t)nt > spec->nparts ? (int)spec->nparts : nt;
 }
 
-int rls_diff16(const uint16_t *a, const uint16_t *b, int64_t n, const float *values,
-               const uint8_t *efield, const int32_t *ulplog2, const rls_spec *spec,
-               rls_out *out) {
+/* One chunk's inputs, for either width. */
+typedef struct {
+    const void *a, *b;
+    int64_t n;
+    int width; /* 16 or 32 bits per word */
+    /* 16-bit words: the decode tables */
+    const float *values;
+    const uint8_t *efield;
+    const int32_t *ulplog2;
+    /* 32-bit words: mantissa bits and smallest normal exponent of the stored dtype */
+    int32_t st_mant, st_emin;
+} job_t;
+
+/* Runs every partition on the thread pool and merges the threads' counts into `out` (and the
+ * base-word histograms into `counts` for 16-bit words). Returns 0, or -1 when memory runs out. */
+static int run_parts(const job_t *job, const rls_spec *spec, rls_out *out, int64_t *counts) {
     int failed = 0;
-    int64_t *counts = calloc(65536, sizeof(int64_t));
-    if (!counts) return -1;
 #pragma omp parallel num_threads(threads_for(spec))
     {
-        local_t *l = local_new(spec->ntol, 1);
+        local_t *l = local_new(spec->ntol, job->width == 16);
         if (!l) {
 #pragma omp atomic write
             failed = 1;
@@ -321,8 +332,13 @@ int rls_diff16(const uint16_t *a, const uint16_t *b, int64_t n, const float *val
         for (int64_t p = 0; p < spec->nparts; p++) {
             if (!l) continue;
             const int64_t s0 = p * spec->per;
-            const int64_t e0 = n < s0 + spec->per ? n : s0 + spec->per;
-            part16(a, b, s0, e0, values, efield, ulplog2, spec, l, out->flt + p * RLS_NF);
+            const int64_t e0 = job->n < s0 + spec->per ? job->n : s0 + spec->per;
+            double *flt = out->flt + p * RLS_NF;
+            if (job->width == 16)
+                part16(job->a, job->b, s0, e0, job->values, job->efield, job->ulplog2, spec, l,
+                       flt);
+            else
+                part32(job->a, job->b, s0, e0, job->st_mant, job->st_emin, spec, l, flt);
         }
         if (l) {
 #pragma omp critical(rls_merge)
@@ -330,7 +346,17 @@ int rls_diff16(const uint16_t *a, const uint16_t *b, int64_t n, const float *val
             local_free(l);
         }
     }
-    if (!failed) { /* base statistics from the exact word histogram, in word order */
+    return failed ? -1 : 0;
+}
+
+int rls_diff16(const uint16_t *a, const uint16_t *b, int64_t n, const float *values,
+               const uint8_t *efield, const int32_t *ulplog2, const rls_spec *spec,
+               rls_out *out) {
+    int64_t *counts = calloc(65536, sizeof(int64_t));
+    if (!counts) return -1;
+    const job_t job = {a, b, n, 16, values, efield, ulplog2, 0, 0};
+    const int rc = run_parts(&job, spec, out, counts);
+    if (rc == 0) { /* base statistics from the exact word histogram, in word order */
         double sqb = 0.0;
         for (int v = 0; v < 65536; v++) {
             const int64_t c = counts[v];
@@ -347,31 +373,11 @@ int rls_diff16(const uint16_t *a, const uint16_t *b, int64_t n, const float *val
         out->flt[RLS_F_SQB] = sqb;
     }
     free(counts);
-    return failed ? -1 : 0;
+    return rc;
 }
 
 int rls_diff32(const uint32_t *a, const uint32_t *b, int64_t n, int32_t st_mant, int32_t st_emin,
                const rls_spec *spec, rls_out *out) {
-    int failed = 0;
-#pragma omp parallel num_threads(threads_for(spec))
-    {
-        local_t *l = local_new(spec->ntol, 0);
-        if (!l) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t p = 0; p < spec->nparts; p++) {
-            if (!l) continue;
-            const int64_t s0 = p * spec->per;
-            const int64_t e0 = n < s0 + spec->per ? n : s0 + spec->per;
-            part32(a, b, s0, e0, st_mant, st_emin, spec, l, out->flt + p * RLS_NF);
-        }
-        if (l) {
-#pragma omp critical(rls_merge)
-            local_merge(l, spec->ntol, out, NULL);
-            local_free(l);
-        }
-    }
-    return failed ? -1 : 0;
+    const job_t job = {a, b, n, 32, NULL, NULL, NULL, st_mant, st_emin};
+    return run_parts(&job, spec, out, NULL);
 }
