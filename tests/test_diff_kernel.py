@@ -295,3 +295,15 @@ def test_unusual_grids_match_the_naive_count(fmt: str) -> None:
     for name, tols in grids.items():
         s = CpuKernel().diff_chunk(a, b, ChunkSpec(fmt, fmt, tols, ETA))
         assert list(s.n_le_tol) == _n_le(a, b, fmt, tols), name
+
+
+def test_compiled_kernel_shares_the_histogram_layout() -> None:
+    """diffcore.h repeats the layout constants of stats.py; they must agree."""
+    from rlsparse_lib.kernels import _diffcore
+    from rlsparse_lib.stats import BINADE_BINS
+
+    assert (_diffcore.ULP_LOG2_MIN, _diffcore.ULP_BINS, _diffcore.BINADE_BINS) == (
+        ULP_LOG2_MIN,
+        ULP_BINS,
+        BINADE_BINS,
+    )

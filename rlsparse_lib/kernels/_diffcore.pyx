@@ -9,6 +9,7 @@ from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t
 
 cdef extern from "diffcore.h" nogil:
     enum:
+        RLS_ULP_LOG2_MIN
         RLS_NI
         RLS_NF
         RLS_ULP_BINS
@@ -58,6 +59,7 @@ cdef extern from "diffcore.h" nogil:
 
 #: sizes and field indices of the output arrays
 NI, NF, ULP_BINS, BINADE_BINS = RLS_NI, RLS_NF, RLS_ULP_BINS, RLS_BINADE_BINS
+ULP_LOG2_MIN = RLS_ULP_LOG2_MIN
 I_CHANGED, I_REL, I_ZERO, I_NONFIN = RLS_I_CHANGED, RLS_I_REL, RLS_I_ZERO, RLS_I_NONFIN
 I_NAN_A, I_INF_A, I_NAN_B, I_INF_B = RLS_I_NAN_A, RLS_I_INF_A, RLS_I_NAN_B, RLS_I_INF_B
 I_NAN_BASE, I_INF_BASE = RLS_I_NAN_BASE, RLS_I_INF_BASE
