@@ -24,7 +24,8 @@ from .engine import DiffConfig, diff_checkpoints
 from .errors import ConfigError
 from .naming import parse_param_name
 from .overlap import mask_overlap
-from .report import DiffReport, tol_key
+from .report import DiffReport
+from .rules import sparsity_from_changed, tol_key
 
 SCHEMA = "rlsparse.closeness/1"
 #: the paper's tolerances (§4)
@@ -76,8 +77,8 @@ class ClosenessReport:
                 "n_updated_either": union,
                 "n_a_outside_b": na - both,
                 "a_subset_of_b": na == both,
-                "sparsity_a": 1 - na / n if n else None,
-                "sparsity_b": 1 - nb / n if n else None,
+                "sparsity_a": sparsity_from_changed(na, n),
+                "sparsity_b": sparsity_from_changed(nb, n),
             }
             out["equal_among_updated"] = {
                 k: (out["n_equal"][k] - untouched) / union if union else None for k in keys

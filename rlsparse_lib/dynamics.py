@@ -37,7 +37,7 @@ from .maskfile import MaskWriter, packed_size
 from .naming import parse_param_name
 from .pairing import TensorPair, plan_diff
 from .progress import progress_bar
-from .report import tol_key
+from .rules import sparsity, sparsity_from_changed, tol_key
 from .stats import DiffStats
 
 SCHEMA = "rlsparse.dynamics/1"
@@ -97,16 +97,16 @@ class DynamicsReport:
                 "label": label,
                 "step": self.steps[k] if self.steps else None,
                 "n_changed": int(tot["n_changed"][k]),
-                "sparsity": _frac(n - tot["n_changed"][k], n),
-                "sparsity_bitwise": _frac(n - s.n_changed, n),
+                "sparsity": sparsity_from_changed(tot["n_changed"][k], n),
+                "sparsity_bitwise": sparsity_from_changed(s.n_changed, n),
             }
             for j, t in enumerate(self.tolerances):
-                row[f"sparsity_tol_{tol_key(t)}"] = _frac(s.n_unchanged_at(j), n)
+                row[f"sparsity_tol_{tol_key(t)}"] = sparsity(s.n_unchanged_at(j), n)
             n_step = int(tot["n_step"][k])
             row.update(
                 {
                     "n_step": n_step,
-                    "step_sparsity": _frac(n - n_step, n),
+                    "step_sparsity": sparsity_from_changed(n_step, n),
                     "step_overlap": _frac(tot["n_step_both"][k], n_step)
                     if k + 1 < len(self.labels)
                     else None,

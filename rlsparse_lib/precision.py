@@ -33,6 +33,7 @@ from .errors import ConfigError
 from .pairing import plan_diff
 from .progress import progress_bar
 from .report import DiffReport
+from .rules import sparsity_from_changed
 from .stats import BINADE_BINS, ULP_BINS, ULP_LOG2_MIN
 
 SCHEMA = "rlsparse.absorption/1"
@@ -93,7 +94,7 @@ def binade_sparsity(report: DiffReport):
                     "half_ulp": ulp / 2,
                     "n_total": int(tot[f]),
                     "n_changed": int(chg[f]),
-                    "sparsity": 1 - int(chg[f]) / int(tot[f]),
+                    "sparsity": sparsity_from_changed(int(chg[f]), int(tot[f])),
                     "share_of_weights": int(tot[f]) / n_all,
                 }
             )
@@ -246,8 +247,8 @@ class AbsorptionReport:
             "n_visible": vis,
             "n_absorbed": upd - vis,
             "absorbed_fraction_of_updates": (upd - vis) / upd if upd else None,
-            "sparsity_fp32": 1 - upd / n if n else None,
-            f"sparsity_{self.dtype}": 1 - vis / n if n else None,
+            "sparsity_fp32": sparsity_from_changed(upd, n),
+            f"sparsity_{self.dtype}": sparsity_from_changed(vis, n),
         }
 
     def binade_table(self):

@@ -22,6 +22,7 @@ import numpy as np
 from .atomic import atomic_path, write_text_atomic
 from .dtypes import FLOAT_FORMATS
 from .naming import parse_param_name
+from .rules import sparsity, sparsity_from_changed, tol_key
 from .stats import ULP_LOG2_MIN, DiffStats
 
 SCHEMA = "rlsparse.diff/1"
@@ -33,11 +34,6 @@ _NONFINITE_FIELDS = (
     "n_nan_tuned",
     "n_inf_tuned",
 )
-
-
-def tol_key(tol: float) -> str:
-    """JSON key of a tolerance: Python's ``repr(float)``, e.g. ``"1e-05"``."""
-    return repr(float(tol))
 
 
 @dataclass
@@ -113,7 +109,7 @@ class TensorResult:
             "shape_compared": list(self.shape_compared),
             "numel": self.numel,
             "n_changed": self.n_changed,
-            "sparsity": 1 - self.n_changed / self.numel if self.numel else None,
+            "sparsity": sparsity_from_changed(self.n_changed, self.numel),
             "note": self.note,
         }
         if self.stats is not None:
@@ -179,12 +175,14 @@ class DiffReport:
     @property
     def sparsity(self) -> float:
         """Bitwise update sparsity 1 - n_changed / n_params (count-weighted)."""
-        return 1 - self.n_changed / self.n_params if self.n_params else float("nan")
+        s = sparsity_from_changed(self.n_changed, self.n_params)
+        return float("nan") if s is None else s
 
     def sparsity_at(self, tol: float) -> float:
         """Sparsity with |Δ| <= tol counted as unchanged; ``tol`` must be on the grid."""
         k = self._tol_index(tol)
-        return self.totals().n_unchanged_at(k) / self.n_params
+        s = sparsity(self.totals().n_unchanged_at(k), self.n_params)
+        return float("nan") if s is None else s
 
     def norms(self, total: DiffStats | None = None) -> dict:
         """max|Δ|, ‖Δ‖_1, ‖Δ‖_F, ‖θ0‖_F and ‖Δ‖_F/‖θ0‖_F over all float tensors."""
@@ -225,7 +223,8 @@ class DiffReport:
                 row[key] = "x".join(map(str, row[key]))
             for (suffix, _), n in zip(self.rules(), self._unchanged_counts(s), strict=True):
                 row[f"n_unchanged_{suffix}"] = n
-                row[f"sparsity_{suffix}"] = n / t.numel if t.numel else float("nan")
+                frac = sparsity(n, t.numel)
+                row[f"sparsity_{suffix}"] = float("nan") if frac is None else frac
             row.update(_norms(s))
             row.update({f: getattr(s, f) for f in _NONFINITE_FIELDS})
             rows.append(row)
@@ -327,7 +326,7 @@ class DiffReport:
         tolerances = {
             tol_key(t): {
                 "n_unchanged": unchanged[1 + k],
-                "sparsity": unchanged[1 + k] / n if n else None,
+                "sparsity": sparsity(unchanged[1 + k], n),
             }
             for k, t in enumerate(self.tolerances)
         }
@@ -336,12 +335,12 @@ class DiffReport:
             "n_params": n,
             "n_changed": self.n_changed,
             "sparsity": self.sparsity if n else None,
-            "density": 1 - self.sparsity if n else None,
+            "density": sparsity(self.n_changed, n),
             "tolerances": tolerances,
             "relative": {
                 "eta": self.rel_eta,
                 "n_unchanged": unchanged[-1],
-                "sparsity": unchanged[-1] / n if n else None,
+                "sparsity": sparsity(unchanged[-1], n),
             },
             "norms": self.norms(total),
             "nonfinite": self.nonfinite(total),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..errors import RlsparseError
 from ..paths import Paths
+from ..rules import sparsity
 
 
 def load_pairs(registry: str = "paper", section: str = "rl") -> list[dict]:
@@ -58,7 +59,7 @@ def diff_pairs_from_hub(exp, pairs: list[dict], compare_dtype: str = "bfloat16")
                 "n_params": report.n_params,
                 "sparsity_bitwise": report.sparsity,
                 **{
-                    f"sparsity_{t!r}": total.n_unchanged_at(k) / report.n_params
+                    f"sparsity_{t!r}": sparsity(total.n_unchanged_at(k), report.n_params)
                     for k, t in enumerate(report.tolerances)
                 },
             }

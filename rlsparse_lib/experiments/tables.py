@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..report import DiffReport, tol_key
+from ..report import DiffReport
+from ..rules import sparsity, tol_key
 
 
 def slug(label: str) -> str:
@@ -37,6 +38,6 @@ def run_row(label: str, run, report: DiffReport) -> dict:
     }
     total = report.totals()
     for k, t in enumerate(report.tolerances):
-        row[f"sparsity_{tol_key(t)}"] = total.n_unchanged_at(k) / report.n_params
-    row["sparsity_rel"] = total.n_rel_unchanged_total / report.n_params
+        row[f"sparsity_{tol_key(t)}"] = sparsity(total.n_unchanged_at(k), report.n_params)
+    row["sparsity_rel"] = sparsity(total.n_rel_unchanged_total, report.n_params)
     return row

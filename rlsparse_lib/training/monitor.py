@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from ..rules import sparsity_from_changed
+
 _INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -94,7 +96,7 @@ class SparsityMonitor(TrainerCallback):
         keys = ["vs_init", "step"] + (["vs_init_bf16", "step_bf16"] if self.bf16_view else [])
         for key, c in zip(keys, values, strict=True):
             rec[f"changed_{key}"] = int(c)
-            rec[f"sparsity_{key}"] = 1.0 - c / n
+            rec[f"sparsity_{key}"] = sparsity_from_changed(int(c), n)
         self.records.append(rec)
         if self.log_path is not None:
             with open(self.log_path, "a", encoding="utf-8") as fh:
