@@ -9,8 +9,8 @@ TORCH  ?= torch==2.13.0
 
 .PHONY: setup demo test test-fast lint bench figures notebooks clean
 
-KERNEL := setup.py rlsparse_lib/kernels/diffcore.c rlsparse_lib/kernels/diffcore.h \
-          rlsparse_lib/kernels/_diffcore.pyx
+KERNEL := setup.py rlsparse_lib/diff/kernels/diffcore.c rlsparse_lib/diff/kernels/diffcore.h \
+          rlsparse_lib/diff/kernels/_diffcore.pyx
 
 # the editable install also compiles the CPU diff kernel (C + OpenMP, bound with Cython)
 $(STAMP): pyproject.toml $(KERNEL)
@@ -46,4 +46,4 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache data/demo bench/out build
-	rm -f rlsparse_lib/kernels/_diffcore.c rlsparse_lib/kernels/*.so
+	rm -f rlsparse_lib/diff/kernels/_diffcore.c rlsparse_lib/diff/kernels/*.so

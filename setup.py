@@ -1,6 +1,6 @@
 """Builds the compiled CPU diff kernel; everything else is in pyproject.toml.
 
-The kernel (rlsparse_lib/kernels/diffcore.c, bound by _diffcore.pyx) is compiled with OpenMP when
+The kernel (rlsparse_lib/diff/kernels/diffcore.c, bound by _diffcore.pyx) is compiled with OpenMP when
 the compiler supports it, single-threaded otherwise.
 """
 
@@ -46,9 +46,9 @@ setup(
     ext_modules=cythonize(
         [
             Extension(
-                "rlsparse_lib.kernels._diffcore",
-                ["rlsparse_lib/kernels/_diffcore.pyx", "rlsparse_lib/kernels/diffcore.c"],
-                include_dirs=["rlsparse_lib/kernels"],
+                "rlsparse_lib.diff.kernels._diffcore",
+                ["rlsparse_lib/diff/kernels/_diffcore.pyx", "rlsparse_lib/diff/kernels/diffcore.c"],
+                include_dirs=["rlsparse_lib/diff/kernels"],
             )
         ],
         language_level=3,

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlsparse_lib.synthetic import LlamaShape, one_ulp_pair, write_pair
+from rlsparse_lib.io.synthetic import LlamaShape, one_ulp_pair, write_pair
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent

@@ -139,7 +139,7 @@ def ceilings(dev, scale: float, repeat: int) -> dict:
     """Device-to-device copy (read + write), pinned H2D, and page cache -> pinned reads."""
     import torch
 
-    from rlsparse_lib.kernels.cuda import _fill
+    from rlsparse_lib.diff.kernels.cuda import _fill
 
     nbytes = int(2 * 2**30 * scale)
     src = torch.randint(-(2**31), 2**31 - 1, (nbytes // 4,), dtype=torch.int32, device=dev)
@@ -205,9 +205,10 @@ def kernel_bench(dev, scale: float, repeat: int, sweep: bool) -> list[dict]:
     """launch_diff throughput per data kind, format, mask and launch shape."""
     import torch
 
-    from rlsparse_lib.engine import DEFAULT_TOLERANCES
-    from rlsparse_lib.kernels import ChunkSpec, MaskRule
-    from rlsparse_lib.kernels.triton_diff import Tuning, launch_diff
+    from rlsparse_lib.diff.config import DEFAULT_TOLERANCES
+    from rlsparse_lib.diff.kernels import ChunkSpec
+    from rlsparse_lib.diff.kernels.triton_diff import Tuning, launch_diff
+    from rlsparse_lib.rules import MaskRule
 
     shapes = [
         Tuning(),
@@ -276,7 +277,7 @@ def kernel_bench(dev, scale: float, repeat: int, sweep: bool) -> list[dict]:
 def _pair(workdir: Path, layers: int, quick: bool) -> tuple[Path, Path]:
     """A bf16 Llama-shaped pair (4 shards) with 20 % one-ULP moves, generated quickly by tiling
     a pool of realistic words (the diff's speed does not depend on where values repeat)."""
-    from rlsparse_lib.synthetic import LlamaShape, to_bf16_words, write_pair
+    from rlsparse_lib.io.synthetic import LlamaShape, to_bf16_words, write_pair
 
     shape = (
         LlamaShape(vocab=4000, hidden=256, intermediate=704, layers=layers, heads=8, kv_heads=4)
@@ -311,9 +312,10 @@ def _pair(workdir: Path, layers: int, quick: bool) -> tuple[Path, Path]:
 
 def e2e_bench(args, ceil: dict) -> dict:
     """diff_checkpoints on the GPU and the CPU, warm page cache, against the pinned H2D rate."""
-    from rlsparse_lib.checkpoint import open_checkpoint
-    from rlsparse_lib.engine import DiffConfig, diff_checkpoints
-    from rlsparse_lib.pairing import plan_diff
+    from rlsparse_lib.diff.config import DiffConfig
+    from rlsparse_lib.diff.engine import diff_checkpoints
+    from rlsparse_lib.io.checkpoint import open_checkpoint
+    from rlsparse_lib.io.pairing import plan_diff
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -355,7 +357,7 @@ def e2e_bench(args, ceil: dict) -> dict:
 def _monitor_shape(quick: bool):
     """The benchmark model: TinyLlama-1.1B's shape (22 layers, hidden 2048, GQA 32/4 heads,
     vocab 32000, untied), or a small one for --quick."""
-    from rlsparse_lib.synthetic import LlamaShape
+    from rlsparse_lib.io.synthetic import LlamaShape
 
     if quick:
         return LlamaShape(vocab=4000, hidden=256, intermediate=704, layers=2, heads=8, kv_heads=4)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlsparse_lib.maskfile import MaskWriter, packed_size
-from rlsparse_lib.synthetic import LlamaShape, one_ulp_pair, write_pair
+from rlsparse_lib.io.maskfile import MaskWriter, packed_size
+from rlsparse_lib.io.synthetic import LlamaShape, one_ulp_pair, write_pair
 
 HERE = Path(__file__).resolve().parent
 RLSPARSE = [sys.executable, "-m", "rlsparse_lib.cli"]

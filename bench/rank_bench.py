@@ -21,7 +21,7 @@ from pathlib import Path
 
 from overlap_bench import run as run_measured
 
-from rlsparse_lib.synthetic import fp32_master_update, write_pair
+from rlsparse_lib.io.synthetic import fp32_master_update, write_pair
 
 HERE = Path(__file__).resolve().parent
 RLSPARSE = [sys.executable, "-m", "rlsparse_lib.cli"]

@@ -15,14 +15,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "DiffConfig": "rlsparse_lib.engine",
-    "diff_checkpoints": "rlsparse_lib.engine",
-    "DEFAULT_TOLERANCES": "rlsparse_lib.engine",
-    "DiffReport": "rlsparse_lib.report",
-    "open_checkpoint": "rlsparse_lib.checkpoint",
-    "Checkpoint": "rlsparse_lib.checkpoint",
-    "MaskRule": "rlsparse_lib.kernels",
-    "MaskFile": "rlsparse_lib.maskfile",
+    "DiffConfig": "rlsparse_lib.diff.config",
+    "diff_checkpoints": "rlsparse_lib.diff.engine",
+    "DEFAULT_TOLERANCES": "rlsparse_lib.diff.config",
+    "DiffReport": "rlsparse_lib.diff.report",
+    "open_checkpoint": "rlsparse_lib.io.checkpoint",
+    "Checkpoint": "rlsparse_lib.io.checkpoint",
+    "MaskRule": "rlsparse_lib.rules",
+    "MaskFile": "rlsparse_lib.io.maskfile",
     "RlsparseError": "rlsparse_lib.errors",
 }
 

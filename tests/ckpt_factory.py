@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from rlsparse_lib.synthetic import LlamaShape
+from rlsparse_lib.io.synthetic import LlamaShape
 
 TINY = LlamaShape(vocab=64, hidden=32, intermediate=48, layers=2, heads=4, kv_heads=2)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rlsparse_lib.cli import main
-from rlsparse_lib.maskfile import MaskFile
+from rlsparse_lib.io.maskfile import MaskFile
 
 from .ckpt_factory import TINY, bump_bits, pick, random_state, save_hf
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlsparse_lib.closeness import closeness
+from rlsparse_lib.analysis.closeness import closeness
 from rlsparse_lib.errors import ConfigError
 
 from .ckpt_factory import pick, random_state, save_hf

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from rlsparse_lib.checkpoint import TensorReader
-from rlsparse_lib.dynamics import sparsity_dynamics
+from rlsparse_lib.analysis.dynamics import sparsity_dynamics
 from rlsparse_lib.errors import ConfigError
-from rlsparse_lib.kernels import MaskRule
-from rlsparse_lib.maskfile import MaskFile
+from rlsparse_lib.io.checkpoint import TensorReader
+from rlsparse_lib.io.maskfile import MaskFile
+from rlsparse_lib.rules import MaskRule
 
 from .ckpt_factory import bump_bits, pick, random_state, save_hf
 

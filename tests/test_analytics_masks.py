@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from rlsparse_lib import bitops
 from rlsparse_lib.errors import CheckpointError, ConfigError
-from rlsparse_lib.kernels import MaskRule
-from rlsparse_lib.maskfile import MaskFile, MaskWriter, pack_mask
-from rlsparse_lib.masks import (
+from rlsparse_lib.io.maskfile import MaskFile, MaskWriter, pack_mask
+from rlsparse_lib.masks import bitops
+from rlsparse_lib.masks.ops import (
     MaskError,
     build_mask,
     combine_masks,
@@ -22,6 +21,7 @@ from rlsparse_lib.masks import (
     mask_info,
     random_mask_like,
 )
+from rlsparse_lib.rules import MaskRule
 
 from .ckpt_factory import bump_bits, pick, random_state, save_hf
 

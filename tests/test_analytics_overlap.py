@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from rlsparse_lib import overlap as overlap_mod
-from rlsparse_lib.errors import ConfigError
-from rlsparse_lib.masks import MaskError
-from rlsparse_lib.overlap import (
+from rlsparse_lib.analysis import overlap as overlap_mod
+from rlsparse_lib.analysis.overlap import (
     count_overlaps,
     hypergeom_var,
     mask_overlap,
     overlap_matrix,
 )
+from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.masks.ops import MaskError
 
 from .ckpt_factory import save_hf
 from .test_analytics_masks import SHAPES, random_bool, write_mask
@@ -194,7 +194,7 @@ def test_bad_input(tmp_path: Path) -> None:
 
 
 def test_strata_histogram_matches_numpy() -> None:
-    from rlsparse_lib import bitops
+    from rlsparse_lib.masks import bitops
 
     rng = np.random.default_rng(4)
     n = 1003  # not a multiple of 8

@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 from rlsparse_lib import plotting
-from rlsparse_lib.dynamics import sparsity_dynamics
-from rlsparse_lib.engine import diff_checkpoints
-from rlsparse_lib.masks import build_mask, random_mask_like
-from rlsparse_lib.overlap import overlap_matrix
-from rlsparse_lib.rank import update_ranks
-from rlsparse_lib.synthetic import LlamaShape, fp32_master_update, write_pair
+from rlsparse_lib.analysis.dynamics import sparsity_dynamics
+from rlsparse_lib.analysis.overlap import overlap_matrix
+from rlsparse_lib.analysis.rank import update_ranks
+from rlsparse_lib.diff.engine import diff_checkpoints
+from rlsparse_lib.io.synthetic import LlamaShape, fp32_master_update, write_pair
+from rlsparse_lib.masks.ops import build_mask, random_mask_like
 
 SHAPE = LlamaShape(vocab=96, hidden=32, intermediate=64, layers=3, heads=4, kv_heads=2)
 

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from rlsparse_lib import precision
-from rlsparse_lib.engine import diff_checkpoints
-from rlsparse_lib.errors import ConfigError
-from rlsparse_lib.precision import (
+from rlsparse_lib.analysis import absorption as precision
+from rlsparse_lib.analysis.absorption import (
     absorption_table,
     binade_sparsity,
     precision_attribution,
     ulp_histogram,
     visible_vs_absorbed,
 )
-from rlsparse_lib.synthetic import to_bf16_words
+from rlsparse_lib.diff.engine import diff_checkpoints
+from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.io.synthetic import to_bf16_words
 
 from .ckpt_factory import save_hf
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from rlsparse_lib.analysis.rank import RankRule, RankSelection, spectrum_stats, update_ranks
 from rlsparse_lib.errors import ConfigError
-from rlsparse_lib.rank import RankRule, RankSelection, spectrum_stats, update_ranks
 
 from .ckpt_factory import TINY, random_state, save_hf
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlsparse_lib.checkpoint import open_checkpoint
 from rlsparse_lib.errors import CheckpointError
+from rlsparse_lib.io.checkpoint import open_checkpoint
 
 from .ckpt_factory import TINY, random_state, save_hf
 

@@ -138,7 +138,7 @@ def test_console_script_and_argparse_errors(pair) -> None:
 
 
 def test_mask_out_count_matches_report(tmp_path: Path, pair) -> None:
-    from rlsparse_lib.maskfile import MaskFile
+    from rlsparse_lib.io.maskfile import MaskFile
 
     b, t, counts = pair
     m = tmp_path / "m.safetensors"

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from rlsparse_lib.engine import DEFAULT_TOLERANCES, DiffConfig, diff_checkpoints
-from rlsparse_lib.kernels import MaskRule
-from rlsparse_lib.maskfile import MaskFile
-from rlsparse_lib.report import DiffReport
+from rlsparse_lib.diff.config import DEFAULT_TOLERANCES, DiffConfig
+from rlsparse_lib.diff.engine import diff_checkpoints
+from rlsparse_lib.diff.report import DiffReport
+from rlsparse_lib.io.maskfile import MaskFile
+from rlsparse_lib.rules import MaskRule
 
 from .ckpt_factory import TINY, bump_bits, numel, pick, random_state, save_hf
 from .reference import naive_pair_counts, paper_script_sparsity
@@ -266,7 +267,7 @@ def test_mask_out_matches_reference(tmp_path: Path, rule: MaskRule) -> None:
 def test_failed_diff_leaves_no_mask_file(tmp_path: Path, monkeypatch) -> None:
     base, tuned, _ = planted()
     b, t = save_hf(tmp_path / "b", base), save_hf(tmp_path / "t", tuned)
-    import rlsparse_lib.engine as engine
+    import rlsparse_lib.diff.engine as engine
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
@@ -315,10 +316,10 @@ def test_layer_and_module_aggregates(tmp_path: Path) -> None:
 
 def test_partials_merge_to_the_same_report(tmp_path: Path) -> None:
     """A report is the merge of per-shard-pair partials, in any order and split."""
-    from rlsparse_lib.checkpoint import open_checkpoint
-    from rlsparse_lib.engine import build_report, diff_pairs
-    from rlsparse_lib.kernels import get_kernel
-    from rlsparse_lib.pairing import plan_diff
+    from rlsparse_lib.diff.engine import build_report, diff_pairs
+    from rlsparse_lib.diff.kernels import get_kernel
+    from rlsparse_lib.io.checkpoint import open_checkpoint
+    from rlsparse_lib.io.pairing import plan_diff
 
     base, tuned, _counts = planted()
     b = open_checkpoint(save_hf(tmp_path / "b", base, shards=3))
@@ -342,7 +343,7 @@ def test_float64_base_is_compared_with_float64_ulps(tmp_path: Path, compare: str
     rep = run(tmp_path, base, tuned, compare_dtype=compare)
     s = rep.tensors[0].stats
     assert s.n_changed == 1
-    from rlsparse_lib.stats import ULP_LOG2_MIN
+    from rlsparse_lib.diff.stats import ULP_LOG2_MIN
 
     # |Δ| = 0.5 at θ0 = 1.0: log2(0.5 / 2^-52) = 51
     assert s.ulp_hist[51 - ULP_LOG2_MIN] == 1

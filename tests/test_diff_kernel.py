@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from rlsparse_lib.dtypes import FLOAT_FORMATS
-from rlsparse_lib.kernels import ChunkSpec, MaskRule
-from rlsparse_lib.kernels.cpu import CpuKernel, tolerance_table
-from rlsparse_lib.stats import ULP_BINS, ULP_LOG2_MIN
+from rlsparse_lib.diff.kernels import ChunkSpec
+from rlsparse_lib.diff.kernels.cpu import CpuKernel, tolerance_table
+from rlsparse_lib.diff.stats import ULP_BINS, ULP_LOG2_MIN
+from rlsparse_lib.io.dtypes import FLOAT_FORMATS
+from rlsparse_lib.rules import MaskRule
 
 TOLS = np.array([0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4])
 ETA = 1e-3
@@ -299,8 +300,8 @@ def test_unusual_grids_match_the_naive_count(fmt: str) -> None:
 
 def test_compiled_kernel_shares_the_histogram_layout() -> None:
     """diffcore.h repeats the layout constants of stats.py; they must agree."""
-    from rlsparse_lib.kernels import _diffcore
-    from rlsparse_lib.stats import BINADE_BINS
+    from rlsparse_lib.diff.kernels import _diffcore
+    from rlsparse_lib.diff.stats import BINADE_BINS
 
     assert (_diffcore.ULP_LOG2_MIN, _diffcore.ULP_BINS, _diffcore.BINADE_BINS) == (
         ULP_LOG2_MIN,

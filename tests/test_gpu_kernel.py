@@ -20,12 +20,13 @@ if not torch.cuda.is_available():  # must precede the first import of triton
 import numpy as np
 import pytest
 
-from rlsparse_lib.kernels import ChunkSpec, MaskRule
-from rlsparse_lib.kernels.cpu import CpuKernel
-from rlsparse_lib.kernels.cuda import CudaKernel
-from rlsparse_lib.kernels.triton_diff import Tuning, floor_f32, launch_diff
-from rlsparse_lib.stats import ULP_LOG2_MIN
-from rlsparse_lib.synthetic import bf16_words_to_float, to_bf16_words
+from rlsparse_lib.diff.kernels import ChunkSpec
+from rlsparse_lib.diff.kernels.cpu import CpuKernel
+from rlsparse_lib.diff.kernels.cuda import CudaKernel
+from rlsparse_lib.diff.kernels.triton_diff import Tuning, floor_f32, launch_diff
+from rlsparse_lib.diff.stats import ULP_LOG2_MIN
+from rlsparse_lib.io.synthetic import bf16_words_to_float, to_bf16_words
+from rlsparse_lib.rules import MaskRule
 
 from .test_diff_kernel import ETA, TOLS, make_words
 
@@ -291,9 +292,10 @@ def test_tunings_agree(tuning: Tuning) -> None:
 
 COMPILE = """
 import re, sys
-from rlsparse_lib.kernels import ChunkSpec, MaskRule
-from rlsparse_lib.kernels.triton_diff import Tuning, compile_for
-from rlsparse_lib.engine import DEFAULT_TOLERANCES as T
+from rlsparse_lib.diff.kernels import ChunkSpec
+from rlsparse_lib.rules import MaskRule
+from rlsparse_lib.diff.kernels.triton_diff import Tuning, compile_for
+from rlsparse_lib.diff.config import DEFAULT_TOLERANCES as T
 for fmt, rule, mask in (("bfloat16", "bitwise", False), ("float16", "abs", True),
                         ("float32", "rel", True)):
     spec = ChunkSpec(fmt, fmt, T, 1e-3, MaskRule(rule, 1e-5))

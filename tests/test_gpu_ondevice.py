@@ -20,9 +20,9 @@ if not torch.cuda.is_available():  # must precede the first import of triton
 import numpy as np
 import pytest
 
-from rlsparse_lib.kernels import ChunkSpec
-from rlsparse_lib.kernels.cpu import CpuKernel
-from rlsparse_lib.kernels.cuda import CudaKernel
+from rlsparse_lib.diff.kernels import ChunkSpec
+from rlsparse_lib.diff.kernels.cpu import CpuKernel
+from rlsparse_lib.diff.kernels.cuda import CudaKernel
 from rlsparse_lib.training.monitor import SparsityMonitor
 
 from .ckpt_factory import TINY, bump_bits, pick, random_state, save_hf
@@ -128,7 +128,7 @@ def test_sparsity_monitor_counts_on_the_device(dtype: torch.dtype) -> None:
 
 def test_rank_svd_runs_where_the_update_lives(monkeypatch) -> None:
     """spectrum_stats keeps a CUDA ΔW on the GPU for the SVD and matches the CPU result."""
-    from rlsparse_lib import rank
+    from rlsparse_lib.analysis import rank
 
     seen: list[torch.device] = []
     real = torch.linalg.svdvals
@@ -148,7 +148,7 @@ def test_rank_svd_runs_where_the_update_lives(monkeypatch) -> None:
 
 
 def test_update_ranks_default_to_the_gpu(tmp_path) -> None:
-    from rlsparse_lib import rank
+    from rlsparse_lib.analysis import rank
 
     base = random_state(TINY, torch.bfloat16, seed=0)
     tuned = {

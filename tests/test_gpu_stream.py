@@ -21,14 +21,16 @@ if not torch.cuda.is_available():  # must precede the first import of triton
 
 import pytest
 
-from rlsparse_lib.checkpoint import TensorReader, open_checkpoint
 from rlsparse_lib.cli import main
-from rlsparse_lib.engine import DiffConfig, diff_checkpoints
+from rlsparse_lib.diff.config import DiffConfig
+from rlsparse_lib.diff.engine import diff_checkpoints
+from rlsparse_lib.diff.kernels import cuda as cuda_mod
+from rlsparse_lib.diff.kernels import get_kernel
 from rlsparse_lib.errors import CheckpointError, ConfigError
-from rlsparse_lib.kernels import MaskRule, get_kernel
-from rlsparse_lib.kernels import cuda as cuda_mod
-from rlsparse_lib.maskfile import MaskFile
-from rlsparse_lib.pairing import plan_diff
+from rlsparse_lib.io.checkpoint import TensorReader, open_checkpoint
+from rlsparse_lib.io.maskfile import MaskFile
+from rlsparse_lib.io.pairing import plan_diff
+from rlsparse_lib.rules import MaskRule
 
 from .ckpt_factory import TINY, bump_bits, pick, random_state, save_hf
 from .test_gpu_kernel import DEVICES
@@ -201,7 +203,7 @@ def test_cpu_path_imports_neither_triton_nor_the_gpu_module(pair) -> None:
     code = (
         "import sys; from rlsparse_lib.cli import main; "
         f"rc = main(['diff', {str(b)!r}, {str(t)!r}, '-q']); "
-        "bad = [m for m in ('triton', 'rlsparse_lib.kernels.cuda') if m in sys.modules]; "
+        "bad = [m for m in ('triton', 'rlsparse_lib.diff.kernels.cuda') if m in sys.modules]; "
         "sys.exit(rc or (3 if bad else 0))"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from rlsparse_lib.checkpoint import SafetensorsWriter, open_checkpoint
-from rlsparse_lib.engine import diff_checkpoints
-from rlsparse_lib.maskfile import MaskFile, MaskWriter, pack_mask, unpack_mask
+from rlsparse_lib.diff.engine import diff_checkpoints
+from rlsparse_lib.io.checkpoint import SafetensorsWriter, open_checkpoint
+from rlsparse_lib.io.maskfile import MaskFile, MaskWriter, pack_mask, unpack_mask
 
 
 def test_writer_output_loads_with_safetensors(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from rlsparse_lib.notebook_runner import list_notebooks, run_notebooks
+from rlsparse_lib.experiments.papermill_runner import list_notebooks, run_notebooks
 
 NOTEBOOKS = list_notebooks()
 COMMON_PARAMS = {"SOURCE", "SMOKE", "OUT_ROOT", "DEVICE", "SEED"}
@@ -113,7 +113,7 @@ def test_demo_runs_the_quickstart_and_says_where_results_are(smoke_root: Path, c
 
 def test_synthetic_demo_writes_report(tmp_path: Path, capsys) -> None:
     from rlsparse_lib.cli import main
-    from rlsparse_lib.report import DiffReport
+    from rlsparse_lib.diff.report import DiffReport
 
     assert main(["demo", "--synthetic", "--out-root", str(tmp_path)]) == 0
     report = DiffReport.load(tmp_path / "data" / "demo" / "report.json")

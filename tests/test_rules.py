@@ -6,9 +6,9 @@ import random
 
 import numpy as np
 
-from rlsparse_lib.report import DiffReport, TensorResult
+from rlsparse_lib.diff.report import DiffReport, TensorResult
+from rlsparse_lib.diff.stats import DiffStats
 from rlsparse_lib.rules import sparsity, sparsity_from_changed
-from rlsparse_lib.stats import DiffStats
 
 TOLS = (0.0, 1e-8, 1e-5)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import rlsparse_lib.evaluation as evaluation
-from rlsparse_lib.evaluation import evaluate, generate
-from rlsparse_lib.models import build_tiny_model, load_model
-from rlsparse_lib.tasks import Task, TaskSpec
+import rlsparse_lib.training.evaluation as evaluation
+from rlsparse_lib.training.evaluation import evaluate, generate
+from rlsparse_lib.training.models import build_tiny_model, load_model
+from rlsparse_lib.training.tasks import Task, TaskSpec
 
 EASY = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from rlsparse_lib.models import build_tiny_model, load_model
-from rlsparse_lib.tasks import Task
+from rlsparse_lib.training.models import build_tiny_model, load_model
+from rlsparse_lib.training.tasks import Task
 
 TASK = {
     "name": "basic_arithmetic",

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from rlsparse_lib.cli import main
-from rlsparse_lib.models import DEFAULT_MODEL
 from rlsparse_lib.training.config import config_from_dict
+from rlsparse_lib.training.models import DEFAULT_MODEL
 from rlsparse_lib.training.runner import train
 
 

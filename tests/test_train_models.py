@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rlsparse_lib.errors import ConfigError
-from rlsparse_lib.models import (
+from rlsparse_lib.training.models import (
     DEFAULT_MODEL,
     PROVENANCE_FILE,
     TINY_MODEL,

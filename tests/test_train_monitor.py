@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlsparse_lib.engine import DiffConfig, diff_checkpoints
-from rlsparse_lib.tasks import Task
+from rlsparse_lib.diff.config import DiffConfig
+from rlsparse_lib.diff.engine import diff_checkpoints
 from rlsparse_lib.training.config import config_from_dict
 from rlsparse_lib.training.monitor import SparsityMonitor
 from rlsparse_lib.training.runner import train
+from rlsparse_lib.training.tasks import Task
 
 from .test_train_factory import digit_score, make_tiny, tiny_config
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from rlsparse_lib.checkpoint import open_checkpoint
 from rlsparse_lib.errors import ConfigError
-from rlsparse_lib.models import load_model
-from rlsparse_lib.tasks import Task
+from rlsparse_lib.io.checkpoint import open_checkpoint
 from rlsparse_lib.training.builders import NO_CLIP, common_args
 from rlsparse_lib.training.config import config_from_dict
 from rlsparse_lib.training.data import DataError
+from rlsparse_lib.training.models import load_model
 from rlsparse_lib.training.runner import train
+from rlsparse_lib.training.tasks import Task
 
 from .test_train_factory import digit_score, make_tiny, tiny_config
 

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from rlsparse_lib.engine import DiffConfig, diff_checkpoints
+from rlsparse_lib.diff.config import DiffConfig
+from rlsparse_lib.diff.engine import diff_checkpoints
 from rlsparse_lib.errors import ConfigError
-from rlsparse_lib.maskfile import MaskFile, MaskWriter, pack_mask
-from rlsparse_lib.models import load_model
-from rlsparse_lib.tasks import Task
+from rlsparse_lib.io.maskfile import MaskFile, MaskWriter, pack_mask
 from rlsparse_lib.training.config import config_from_dict
+from rlsparse_lib.training.models import load_model
 from rlsparse_lib.training.runner import train
 from rlsparse_lib.training.subnetwork import GradientMask, mask_tensors
+from rlsparse_lib.training.tasks import Task
 
 from .test_train_factory import digit_score, make_tiny, tiny_config
 

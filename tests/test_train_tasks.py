@@ -8,7 +8,7 @@ import pytest
 import reasoning_gym
 
 from rlsparse_lib.errors import ConfigError
-from rlsparse_lib.tasks import EVAL_SEED_OFFSET, Task, TaskSpec, completion_text
+from rlsparse_lib.training.tasks import EVAL_SEED_OFFSET, Task, TaskSpec, completion_text
 
 EASY = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}
 SPECS = [

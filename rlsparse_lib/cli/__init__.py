@@ -8,7 +8,7 @@ import importlib
 import os
 import sys
 
-from .. import __version__
+from rlsparse_lib import __version__
 
 #: name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -68,7 +68,7 @@ def _build_parser(chosen: str | None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rlsparse`` console script."""
-    from ..errors import RlsparseError
+    from rlsparse_lib.errors import RlsparseError
 
     from_console = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..dtypes import COMPARE_DTYPES
-from .diff import add_selection_arguments
+from rlsparse_lib.cli.diff import add_selection_arguments
+from rlsparse_lib.io.dtypes import COMPARE_DTYPES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..closeness import DEFAULT_TOLERANCES
+    from rlsparse_lib.analysis.closeness import DEFAULT_TOLERANCES
 
     p.add_argument("a", metavar="A", help="first finetune (e.g. θ_sub)")
     p.add_argument("b", metavar="B", help="second finetune (e.g. θ_full)")
@@ -42,8 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..atomic import atomic_path
-    from ..closeness import closeness
+    from rlsparse_lib.analysis.closeness import closeness
+    from rlsparse_lib.atomic import atomic_path
 
     rep = closeness(
         args.a,

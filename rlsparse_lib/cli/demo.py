@@ -25,14 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..paths import Paths
+    from rlsparse_lib.paths import Paths
 
     paths = Paths.at(args.out_root)
     if args.synthetic:
         return _synthetic(paths.root / "data" / "demo", args.seed)
     import json
 
-    from ..notebook_runner import run_notebooks
+    from rlsparse_lib.experiments.papermill_runner import run_notebooks
 
     params = {"SEED": args.seed} if args.seed else {}
     print(
@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _synthetic(out: Path, seed: int) -> int:
-    from ..engine import diff_checkpoints
-    from ..summary import format_summary
-    from ..synthetic import LlamaShape, fp32_master_update, write_pair
+    from rlsparse_lib.diff.engine import diff_checkpoints
+    from rlsparse_lib.diff.summary import format_summary
+    from rlsparse_lib.io.synthetic import LlamaShape, fp32_master_update, write_pair
 
     shape = LlamaShape(
         vocab=49152,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..dtypes import COMPARE_DTYPES
+from rlsparse_lib.io.dtypes import COMPARE_DTYPES
 
 
 def add_selection_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def add_selection_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..engine import DEFAULT_CHUNK, DEFAULT_TOLERANCES
+    from rlsparse_lib.diff.config import DEFAULT_CHUNK, DEFAULT_TOLERANCES
 
     p.add_argument("base", metavar="BASE", help="base checkpoint θ0 (folder, file or hub id)")
     p.add_argument(
@@ -96,10 +96,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import open_checkpoint
-    from ..engine import DiffConfig, diff_checkpoints
-    from ..kernels import MaskRule
-    from ..summary import format_summary
+    from rlsparse_lib.diff.config import DiffConfig
+    from rlsparse_lib.diff.engine import diff_checkpoints
+    from rlsparse_lib.diff.summary import format_summary
+    from rlsparse_lib.io.checkpoint import open_checkpoint
+    from rlsparse_lib.rules import MaskRule
 
     tol = args.mask_tol
     if tol is None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..dtypes import COMPARE_DTYPES
-from .diff import add_selection_arguments
-from .mask import add_rule_arguments, rule_from_args
+from rlsparse_lib.cli.diff import add_selection_arguments
+from rlsparse_lib.cli.mask import add_rule_arguments, rule_from_args
+from rlsparse_lib.io.dtypes import COMPARE_DTYPES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,8 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..atomic import atomic_path
-    from ..dynamics import sparsity_dynamics
+    from rlsparse_lib.analysis.dynamics import sparsity_dynamics
+    from rlsparse_lib.atomic import atomic_path
 
     dyn = sparsity_dynamics(
         args.init,
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         with atomic_path(args.csv) as tmp:
             dyn.series().to_csv(tmp, index=False)
     if args.plot:
-        from ..plotting import plot_dynamics, plot_parameter_fate, save_figure
+        from rlsparse_lib.plotting import plot_dynamics, plot_parameter_fate, save_figure
 
         save_figure(plot_dynamics(dyn), args.plot, provenance={"command": "dynamics"})
         save_figure(

@@ -63,9 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from ..atomic import write_text_atomic
-    from ..errors import ConfigError
-    from ..tasks import Task, TaskSpec
+    from rlsparse_lib.atomic import write_text_atomic
+    from rlsparse_lib.errors import ConfigError
+    from rlsparse_lib.training.tasks import Task, TaskSpec
 
     params = {}
     for item in args.param:
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
         raise ConfigError("--n, --max-new-tokens and --batch-size must be >= 1")
     if args.config is not None:
-        from ..training.config import load_config
+        from rlsparse_lib.training.config import load_config
 
         path = args.config / "config.yaml" if args.config.is_dir() else args.config
         spec = load_config(path).task
@@ -93,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from transformers.utils import logging as hf_logging
 
-    from ..evaluation import evaluate
-    from ..models import load_model
+    from rlsparse_lib.training.evaluation import evaluate
+    from rlsparse_lib.training.models import load_model
 
     hf_logging.disable_progress_bar()
     model, tokenizer = load_model(args.checkpoint, args.dtype)

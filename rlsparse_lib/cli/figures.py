@@ -21,10 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..errors import ConfigError
-    from ..experiments import Experiment
-    from ..experiments.figures import FIGURES
-    from ..paths import Paths
+    from rlsparse_lib.errors import ConfigError
+    from rlsparse_lib.experiments import Experiment
+    from rlsparse_lib.experiments.figures import FIGURES
+    from rlsparse_lib.paths import Paths
 
     paths = Paths.at(args.out_root)
     wanted = {w.zfill(2) if w.isdigit() else w for w in args.only}

@@ -24,8 +24,8 @@ import argparse
 import json
 import sys
 
-from ..dtypes import COMPARE_DTYPES
-from .diff import add_selection_arguments
+from rlsparse_lib.cli.diff import add_selection_arguments
+from rlsparse_lib.io.dtypes import COMPARE_DTYPES
 
 ACTIONS = ("info", "and", "or", "xor", "andnot", "not", "random")
 
@@ -48,8 +48,8 @@ def add_rule_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def rule_from_args(args: argparse.Namespace):
-    from ..errors import ConfigError
-    from ..kernels import MaskRule
+    from rlsparse_lib.errors import ConfigError
+    from rlsparse_lib.rules import MaskRule
 
     kind = args.rule or ("abs" if args.tol is not None else "bitwise")
     if kind == "bitwise" and args.tol is not None:
@@ -85,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
+    from rlsparse_lib.errors import ConfigError
 
     action = args.args[0] if args.args[0] in ACTIONS else "build"
     operands = args.args[1:] if action != "build" else args.args
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         return _build(operands, args)
     if action == "random":
         return _random(operands, args)
-    from ..masks import combine_masks, mask_info
+    from rlsparse_lib.masks.ops import combine_masks, mask_info
 
     combine_masks(action, operands, args.out, progress=not args.quiet)
     if not args.quiet:
@@ -106,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(operands: list[str], args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from ..masks import build_mask, mask_info
+    from rlsparse_lib.errors import ConfigError
+    from rlsparse_lib.masks.ops import build_mask, mask_info
 
     if len(operands) != 2:
         raise ConfigError(
@@ -130,8 +130,8 @@ def _build(operands: list[str], args: argparse.Namespace) -> int:
 
 
 def _random(operands: list[str], args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from ..masks import mask_info, random_mask_like
+    from rlsparse_lib.errors import ConfigError
+    from rlsparse_lib.masks.ops import mask_info, random_mask_like
 
     if len(operands) != 1:
         raise ConfigError(f"mask random: expected one mask to match, got {len(operands)}")
@@ -151,9 +151,9 @@ def _random(operands: list[str], args: argparse.Namespace) -> int:
 
 
 def _info(operands: list[str], args: argparse.Namespace) -> int:
-    from ..atomic import write_text_atomic
-    from ..errors import ConfigError
-    from ..masks import mask_density, mask_info
+    from rlsparse_lib.atomic import write_text_atomic
+    from rlsparse_lib.errors import ConfigError
+    from rlsparse_lib.masks.ops import mask_density, mask_info
 
     if not operands:
         raise ConfigError("mask info: give at least one mask file")
@@ -173,7 +173,7 @@ def _info(operands: list[str], args: argparse.Namespace) -> int:
 
 
 def _print_info(info: dict, path: str, by: str) -> None:
-    from ..masks import mask_density
+    from rlsparse_lib.masks.ops import mask_density
 
     rule = info.get("rule") or {}
     print(f"{path}: {info['n_tensors']} tensors, {info['n_total']:,} weights")

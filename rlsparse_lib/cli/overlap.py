@@ -41,9 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..atomic import atomic_path
-    from ..errors import ConfigError
-    from ..overlap import overlap_matrix
+    from rlsparse_lib.analysis.overlap import overlap_matrix
+    from rlsparse_lib.atomic import atomic_path
+    from rlsparse_lib.errors import ConfigError
 
     if len(args.masks) < 2:
         raise ConfigError(f"overlap needs at least two masks, got {len(args.masks)}")
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         with atomic_path(args.csv) as tmp:
             table.to_csv(tmp, index=not two)
     if args.heatmap:
-        from ..plotting import plot_overlap_heatmap, save_figure
+        from rlsparse_lib.plotting import plot_overlap_heatmap, save_figure
 
         save_figure(plot_overlap_heatmap(mat), args.heatmap, provenance={"command": "overlap"})
     if not args.quiet:

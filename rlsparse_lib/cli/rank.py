@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..dtypes import COMPARE_DTYPES
-from .diff import add_selection_arguments
+from rlsparse_lib.cli.diff import add_selection_arguments
+from rlsparse_lib.io.dtypes import COMPARE_DTYPES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,8 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..atomic import atomic_path
-    from ..rank import RankRule, RankSelection, update_ranks
+    from rlsparse_lib.analysis.rank import RankRule, RankSelection, update_ranks
+    from rlsparse_lib.atomic import atomic_path
 
     selection = RankSelection(
         skip_substrings=() if args.keep_layernorm else ("layernorm",),
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         with atomic_path(args.csv) as tmp:
             report.table().to_csv(tmp, index=False)
     if args.plot:
-        from ..plotting import plot_rank_bars, save_figure
+        from rlsparse_lib.plotting import plot_rank_bars, save_figure
 
         save_figure(plot_rank_bars(report), args.plot, provenance={"command": "rank"})
     if not args.quiet:

@@ -35,7 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..notebook_runner import notebook_parameters, parse_params, resolve, run_notebooks
+    from rlsparse_lib.experiments.papermill_runner import (
+        notebook_parameters,
+        parse_params,
+        resolve,
+        run_notebooks,
+    )
 
     if args.list:
         for nb in resolve(args.notebook):

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from ..training.config import load_config
+    from rlsparse_lib.training.config import load_config
 
     overrides = list(args.set) + ([f"name={args.name}"] if args.name else [])
     cfg = load_config(args.config, overrides)
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # transformers' own weight-loading bars
-    from ..training.runner import train
+    from rlsparse_lib.training.runner import train
 
     result = train(cfg, out_root=args.out_root, overwrite=args.overwrite, progress=not args.quiet)
     m = result.manifest

@@ -5,7 +5,7 @@ Everything a notebook computes goes through here, so notebooks hold no analysis 
 own, and ``rlsparse figures`` can redraw every figure from the stored tables.
 """
 
-from .context import Experiment
-from .runs import ensure_run, run_config
+from rlsparse_lib.experiments.context import Experiment
+from rlsparse_lib.experiments.runs import ensure_run, run_config
 
 __all__ = ["Experiment", "ensure_run", "run_config"]

@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import write_text_atomic
-from ..errors import ConfigError
-from ..paths import Paths
+from rlsparse_lib.atomic import write_text_atomic
+from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.paths import Paths
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Experiment:
             variant: names a run that differs from the config (``"seed1"`` gives
                 ``cpu-grpo-seed1``), so variants never reuse or replace the config's own run.
         """
-        from .runs import ensure_run, run_config
+        from rlsparse_lib.experiments.runs import ensure_run, run_config
 
         overrides = dict(overrides or {})
         if self.device != "auto":
@@ -83,9 +83,10 @@ class Experiment:
 
         The cache is reused only when both checkpoints still have the fingerprints it records.
         """
-        from ..checkpoint import open_checkpoint
-        from ..engine import DiffConfig, diff_checkpoints
-        from ..report import DiffReport
+        from rlsparse_lib.diff.config import DiffConfig
+        from rlsparse_lib.diff.engine import diff_checkpoints
+        from rlsparse_lib.diff.report import DiffReport
+        from rlsparse_lib.io.checkpoint import open_checkpoint
 
         cache = self.results / "diffs" / f"{label}.json.gz"
         b, t = open_checkpoint(base), open_checkpoint(tuned)
@@ -103,7 +104,7 @@ class Experiment:
 
     def load_diff(self, label: str):
         """A diff report saved by :meth:`diff` (for redrawing figures without checkpoints)."""
-        from ..report import DiffReport
+        from rlsparse_lib.diff.report import DiffReport
 
         return DiffReport.load(self.results / "diffs" / f"{label}.json.gz")
 
@@ -125,7 +126,7 @@ class Experiment:
 
     def figure(self, fig_id: str, fig) -> Path:
         """Save a figure as ``figures/<fig_id>.png`` and ``.pdf`` with provenance (closes it)."""
-        from ..plotting import save_figure
+        from rlsparse_lib.plotting import save_figure
 
         target = self.paths.figures / fig_id
         save_figure(
@@ -144,7 +145,7 @@ class Experiment:
 
     def draw_figures(self) -> dict:
         """Draw (and save) this notebook's figures from its stored results; see ``figures.py``."""
-        from .figures import FIGURES
+        from rlsparse_lib.experiments.figures import FIGURES
 
         figs = FIGURES[self.notebook](self) if self.notebook in FIGURES else {}
         saved = {fig_id: self.figure(fig_id, fig) for fig_id, fig in figs.items()}

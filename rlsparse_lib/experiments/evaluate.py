@@ -7,10 +7,10 @@ from pathlib import Path
 
 def checkpoint_accuracy(checkpoint: str | Path, run, max_new_tokens: int | None = None) -> float:
     """Accuracy of ``checkpoint`` on ``run``'s evaluation split (same task, seed and sizes)."""
-    from ..evaluation import evaluate
-    from ..models import load_model
-    from ..tasks import Task
-    from ..training import config_from_dict
+    from rlsparse_lib.training import config_from_dict
+    from rlsparse_lib.training.evaluation import evaluate
+    from rlsparse_lib.training.models import load_model
+    from rlsparse_lib.training.tasks import Task
 
     cfg = config_from_dict(run.manifest["config"], where=str(run.path / "run.json"))
     model, tokenizer = load_model(str(checkpoint), "float32")

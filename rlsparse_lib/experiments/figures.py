@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import plotting
-from ..kernels import MaskRule
-from .tables import slug
+from rlsparse_lib import plotting
+from rlsparse_lib.experiments.tables import slug
+from rlsparse_lib.rules import MaskRule
 
 
 def _ids(exp, figs: dict) -> dict:

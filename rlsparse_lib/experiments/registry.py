@@ -3,9 +3,9 @@ pairs with their reported numbers), and diffing them from the hub."""
 
 from __future__ import annotations
 
-from ..errors import RlsparseError
-from ..paths import Paths
-from ..rules import sparsity
+from rlsparse_lib.errors import RlsparseError
+from rlsparse_lib.paths import Paths
+from rlsparse_lib.rules import sparsity
 
 
 def load_pairs(registry: str = "paper", section: str = "rl") -> list[dict]:

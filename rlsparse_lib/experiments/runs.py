@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..paths import Paths
+from rlsparse_lib.paths import Paths
 
 #: overrides that turn any CPU config into a seconds-long smoke run, by section
 _SMOKE_COMMON = {
@@ -59,7 +59,7 @@ def run_config(
         name: run name (default: the config's own); ``suffix`` is appended, then ``-smoke`` in
             smoke mode, so smoke and variant runs never reuse the real runs' folders.
     """
-    from ..training import load_config
+    from rlsparse_lib.training import load_config
 
     path = (
         Path(config)
@@ -75,8 +75,8 @@ def run_config(
 
 def ensure_run(cfg, paths: Paths, progress: bool = True):
     """The finished run of ``cfg``: reused when ``run.json`` records the same config, else trained."""
-    from ..training import train
-    from ..training.runner import RunResult
+    from rlsparse_lib.training import train
+    from rlsparse_lib.training.runner import RunResult
 
     folder = paths.runs / cfg.name
     manifest = folder / "run.json"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..report import DiffReport
-from ..rules import sparsity, tol_key
+from rlsparse_lib.diff.report import DiffReport
+from rlsparse_lib.rules import sparsity, tol_key
 
 
 def slug(label: str) -> str:

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from .experiments import (
+from rlsparse_lib.plotting.experiments import (
     plot_causes,
     plot_length,
     plot_lr_scaling,
@@ -17,7 +17,7 @@ from .experiments import (
     plot_precision_modes,
     plot_training_curves,
 )
-from .figures import (
+from rlsparse_lib.plotting.figures import (
     layer_module_table,
     plot_binade_curve,
     plot_dynamics,
@@ -29,7 +29,7 @@ from .figures import (
     plot_tolerance_curves,
     plot_ulp_histogram,
 )
-from .style import attach_provenance, git_revision, paper_style, save_figure
+from rlsparse_lib.plotting.style import attach_provenance, git_revision, paper_style, save_figure
 
 __all__ = [
     "attach_provenance",

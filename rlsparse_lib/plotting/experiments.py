@@ -4,8 +4,8 @@ tables (DataFrames), so every figure can be redrawn without weights."""
 
 from __future__ import annotations
 
-from .figures import _pct_axis
-from .style import attach_provenance, new_figure, palette, paper_style
+from rlsparse_lib.plotting.figures import _pct_axis
+from rlsparse_lib.plotting.style import attach_provenance, new_figure, palette, paper_style
 
 
 def plot_training_curves(history):

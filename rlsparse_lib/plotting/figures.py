@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
-from .style import (
+from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.plotting.style import (
     FATE_COLORS,
     attach_provenance,
     module_colors,
@@ -188,8 +188,8 @@ def plot_overlap_heatmap(matrix, metric: str = "o", baseline: str | None = "o_ra
     """Pairwise overlap of N masks; cells show the metric and, in brackets, its random baseline.
 
     Args:
-        matrix: an :class:`~rlsparse_lib.overlap.OverlapMatrix` or an N×N DataFrame.
-        metric: for an OverlapMatrix, a :data:`~rlsparse_lib.overlap.MATRIX_METRICS` name. ``o``
+        matrix: an :class:`~rlsparse_lib.analysis.overlap.OverlapMatrix` or an N×N DataFrame.
+        metric: for an OverlapMatrix, a :data:`~rlsparse_lib.analysis.overlap.MATRIX_METRICS` name. ``o``
             (row covered by column) and ``jaccard`` are shown in %.
         baseline: the bracketed metric (None: none).
     """
@@ -255,7 +255,7 @@ def plot_rank_bars(reports):
     as % of the maximum rank.
 
     Args:
-        reports: a :class:`~rlsparse_lib.rank.RankReport` or ``{label: RankReport}``.
+        reports: a :class:`~rlsparse_lib.analysis.rank.RankReport` or ``{label: RankReport}``.
     """
     import pandas as pd
     import seaborn as sns
@@ -315,7 +315,7 @@ def plot_rank_bars(reports):
 
 # ---- Figures 5–7: dynamics -------------------------------------------------------------------
 def plot_dynamics(dyn, accuracy: Mapping[str, Sequence[float]] | None = None):
-    """Figs. 5–7 from a :class:`~rlsparse_lib.dynamics.DynamicsReport`.
+    """Figs. 5–7 from a :class:`~rlsparse_lib.analysis.dynamics.DynamicsReport`.
 
     Panels: (a) sparsity vs θ0 (Figs. 5, 7a; optional accuracy curves on a second axis),
     (b) sparsity between consecutive checkpoints (Fig. 7b), (c) % of weights updated then reverted,
@@ -432,7 +432,7 @@ def plot_ulp_histogram(reports):
     Args:
         reports: a :class:`DiffReport` or ``{label: DiffReport}``.
     """
-    from ..precision import ulp_histogram
+    from rlsparse_lib.analysis.absorption import ulp_histogram
 
     panels = _as_mapping(reports, "")
     with paper_style():
@@ -470,7 +470,7 @@ def plot_binade_curve(reports, update_sizes: Sequence[float] = ()):
         reports: a :class:`DiffReport` or ``{label: DiffReport}``.
         update_sizes: per-step update sizes to mark.
     """
-    from ..precision import absorption_threshold, binade_sparsity
+    from rlsparse_lib.analysis.absorption import absorption_threshold, binade_sparsity
 
     panels = _as_mapping(reports, "")
     with paper_style():

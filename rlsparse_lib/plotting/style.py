@@ -15,8 +15,8 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .. import __version__
-from ..atomic import atomic_path
+from rlsparse_lib import __version__
+from rlsparse_lib.atomic import atomic_path
 
 #: single- and double-column widths in inches
 WIDTH = {"single": 3.5, "double": 7.2}

@@ -15,7 +15,7 @@ _LAZY = {
     "RunConfig": "rlsparse_lib.training.config",
     "load_config": "rlsparse_lib.training.config",
     "config_from_dict": "rlsparse_lib.training.config",
-    "Precision": "rlsparse_lib.training.precision",
+    "Precision": "rlsparse_lib.training.precision_modes",
     "train": "rlsparse_lib.training.runner",
     "RunResult": "rlsparse_lib.training.runner",
     "SparsityMonitor": "rlsparse_lib.training.monitor",

@@ -12,9 +12,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from ..tasks import Task
-from .config import RunConfig
-from .precision import Precision
+from rlsparse_lib.training.config import RunConfig
+from rlsparse_lib.training.precision_modes import Precision
+from rlsparse_lib.training.tasks import Task
 
 #: ``rl.epsilon: null`` (ratio clipping off) becomes this clip range, which never binds
 NO_CLIP = 1e9

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..models import write_folder_atomic
+from rlsparse_lib.training.models import write_folder_atomic
 
 STEP_FORMAT = "step_{:06d}"
 

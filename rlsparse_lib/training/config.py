@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..models import DEFAULT_MODEL
-from ..tasks import EXTRACTORS, TaskSpec
+from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.training.models import DEFAULT_MODEL
+from rlsparse_lib.training.tasks import EXTRACTORS, TaskSpec
 
 KINDS = ("sft", "rft", "grpo", "rloo", "dpo", "kto")
 OPTIMIZERS = ("adamw", "sgd")

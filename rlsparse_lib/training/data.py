@@ -21,10 +21,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import RlsparseError
-from ..evaluation import generate
-from ..tasks import Task
-from .config import RunConfig, SamplingSection
+from rlsparse_lib.errors import RlsparseError
+from rlsparse_lib.training.config import RunConfig, SamplingSection
+from rlsparse_lib.training.evaluation import generate
+from rlsparse_lib.training.tasks import Task
 
 
 class DataError(RlsparseError):

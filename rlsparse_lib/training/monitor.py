@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from ..rules import sparsity_from_changed
+from rlsparse_lib.rules import sparsity_from_changed
 
 _INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 

@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text_atomic
-from ..errors import ConfigError
+from rlsparse_lib.atomic import write_text_atomic
+from rlsparse_lib.errors import ConfigError
 
 COLUMNS = (
     "run",

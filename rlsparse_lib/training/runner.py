@@ -30,12 +30,12 @@ from typing import Any
 
 from transformers import PrinterCallback, TrainerCallback
 
-from ..atomic import write_text_atomic
-from ..errors import ConfigError, RlsparseError
-from ..paths import Paths
-from ..progress import progress_bar
-from .config import RunConfig
-from .precision import Precision
+from rlsparse_lib.atomic import write_text_atomic
+from rlsparse_lib.errors import ConfigError, RlsparseError
+from rlsparse_lib.paths import Paths
+from rlsparse_lib.progress import progress_bar
+from rlsparse_lib.training.config import RunConfig
+from rlsparse_lib.training.precision_modes import Precision
 
 SCHEMA = "rlsparse.run/1"
 
@@ -106,15 +106,20 @@ def _run(
     import torch
     from transformers import set_seed
 
-    from ..evaluation import evaluate
-    from ..masks import random_mask_like
-    from ..models import library_versions, load_model, model_provenance, resolve_model
-    from ..tasks import Task
-    from .builders import build_trainer
-    from .checkpoints import CheckpointSaver, save_step
-    from .data import build_rows, sample_own
-    from .monitor import SparsityMonitor
-    from .subnetwork import GradientMask
+    from rlsparse_lib.masks.ops import random_mask_like
+    from rlsparse_lib.training.builders import build_trainer
+    from rlsparse_lib.training.checkpoints import CheckpointSaver, save_step
+    from rlsparse_lib.training.data import build_rows, sample_own
+    from rlsparse_lib.training.evaluation import evaluate
+    from rlsparse_lib.training.models import (
+        library_versions,
+        load_model,
+        model_provenance,
+        resolve_model,
+    )
+    from rlsparse_lib.training.monitor import SparsityMonitor
+    from rlsparse_lib.training.subnetwork import GradientMask
+    from rlsparse_lib.training.tasks import Task
 
     t_start = time.perf_counter()
     load_start = _loadavg()
@@ -328,7 +333,8 @@ def _history(log_history: list[dict]) -> list[dict]:
 
 def _final_diff(run_dir: Path, checkpoints: list[dict]) -> dict[str, Any]:
     """Update sparsity θ0 → θ_last of the saved checkpoints (bitwise and |Δ| <= 1e-5)."""
-    from ..engine import DiffConfig, diff_checkpoints
+    from rlsparse_lib.diff.config import DiffConfig
+    from rlsparse_lib.diff.engine import diff_checkpoints
 
     first, last = checkpoints[0], checkpoints[-1]
     out = {}

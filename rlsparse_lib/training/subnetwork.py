@@ -10,7 +10,7 @@ weight may train. Two hooks around ``optimizer.step()``:
   them; every masked-out weight is written back to its θ0 value. The number of such restores is
   recorded (0 when weight decay is 0: a check that gradient masking alone holds them).
 
-A random mask of matched density (the control) comes from :func:`rlsparse_lib.masks.random_mask_like`.
+A random mask of matched density (the control) comes from :func:`rlsparse_lib.masks.ops.random_mask_like`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from ..errors import ConfigError
-from ..maskfile import MaskFile
-from .monitor import words
+from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.io.maskfile import MaskFile
+from rlsparse_lib.training.monitor import words
 
 
 def mask_tensors(model: torch.nn.Module, mask_path: str | Path) -> dict[str, torch.Tensor]:

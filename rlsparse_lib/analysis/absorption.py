@@ -1,0 +1,393 @@
+"""Precision attribution: how much of the update sparsity is bf16 absorbing small updates.
+
+A stored bf16 weight w changes only if its update exceeds about half a ULP of w (ULP = 2^(e−7)
+for |w| ∈ [2^e, 2^(e+1))), so sub-ULP updates vanish and large weights stay "unchanged"
+(Path Not Taken Cor. 3.6; PULSE; RL's Razor). From a :class:`~rlsparse_lib.diff.report.DiffReport`:
+
+* :func:`binade_sparsity` — sparsity per |θ0| binade with the binade's ULP; if absorption explains
+  the sparsity it rises with |θ0|;
+* :func:`ulp_histogram` — |Δ| of the changed weights in ULPs of θ0;
+* :func:`absorption_table` — for assumed per-step update sizes u, the weights whose ½ULP exceeds u
+  (a single step of size u cannot change them) and the share of all unchanged weights they hold.
+
+When fp32 weights of the same run exist, :func:`visible_vs_absorbed` splits the true (fp32)
+updates into visible (the bf16 casts differ) and absorbed (they do not), in one streaming pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+from rlsparse_lib import __version__
+from rlsparse_lib.atomic import write_text_atomic
+from rlsparse_lib.diff.report import DiffReport
+from rlsparse_lib.diff.stats import BINADE_BINS, ULP_BINS, ULP_LOG2_MIN
+from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.io.checkpoint import Checkpoint, open_checkpoint
+from rlsparse_lib.io.dtypes import FLOAT_FORMATS, cast_words, decode_tables
+from rlsparse_lib.io.pairing import plan_diff
+from rlsparse_lib.progress import progress_bar
+from rlsparse_lib.rules import sparsity_from_changed
+
+SCHEMA = "rlsparse.absorption/1"
+CAST_DTYPES = ("bfloat16", "float16")
+
+
+def binade_label(field_value: int, dtype: str) -> int | str:
+    """Unbiased exponent of an exponent field, or ``zero/subnormal`` / ``inf/nan``."""
+    fmt = FLOAT_FORMATS[dtype]
+    if field_value == 0:
+        return "zero/subnormal"
+    if field_value == fmt.exp_max_field:
+        return "inf/nan"
+    return field_value - fmt.bias
+
+
+def binade_ulp(field_value: int, dtype: str) -> float:
+    """ULP of the values with this exponent field (subnormals: the smallest ULP; inf/nan: nan)."""
+    fmt = FLOAT_FORMATS[dtype]
+    if field_value == fmt.exp_max_field:
+        return math.nan
+    e = max(field_value, 1) - fmt.bias
+    return math.ldexp(1.0, e - fmt.mant_bits)
+
+
+def binade_sparsity(report: DiffReport):
+    """Sparsity per |θ0| binade, per compare dtype.
+
+    Returns:
+        DataFrame rows (binade order): ``compare_dtype, exponent`` (|θ0| ∈ [2^e, 2^(e+1)), or
+        ``zero/subnormal`` / ``inf/nan``), ``abs_lo`` (2^e), ``ulp``, ``half_ulp``, ``n_total``,
+        ``n_changed``, ``sparsity``, ``share_of_weights``.
+    """
+    import pandas as pd
+
+    acc: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for t in report.tensors:
+        tot, chg = acc.setdefault(
+            t.compare_dtype, (np.zeros(BINADE_BINS, np.int64), np.zeros(BINADE_BINS, np.int64))
+        )
+        tot += t.stats.binade_total
+        chg += t.stats.binade_changed
+    n_all = sum(int(tot.sum()) for tot, _ in acc.values())
+    rows = []
+    for dtype, (tot, chg) in sorted(acc.items()):
+        fmt = FLOAT_FORMATS[dtype]
+        for f in np.flatnonzero(tot):
+            f = int(f)
+            label = binade_label(f, dtype)
+            ulp = binade_ulp(f, dtype)
+            lo = 0.0 if f == 0 else (math.inf if f == fmt.exp_max_field else 2.0 ** (f - fmt.bias))
+            rows.append(
+                {
+                    "compare_dtype": dtype,
+                    "exponent": label,
+                    "abs_lo": lo,
+                    "ulp": ulp,
+                    "half_ulp": ulp / 2,
+                    "n_total": int(tot[f]),
+                    "n_changed": int(chg[f]),
+                    "sparsity": sparsity_from_changed(int(chg[f]), int(tot[f])),
+                    "share_of_weights": int(tot[f]) / n_all,
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "compare_dtype",
+            "exponent",
+            "abs_lo",
+            "ulp",
+            "half_ulp",
+            "n_total",
+            "n_changed",
+            "sparsity",
+            "share_of_weights",
+        ],
+    )
+
+
+def ulp_histogram(report: DiffReport):
+    """|Δ| / ULP(θ0) of the changed weights: rows ``log2_ratio, n, fraction``.
+
+    ``log2_ratio = k`` means |Δ|/ULP ∈ [2^k, 2^(k+1)) (end bins open); a stored bf16 change is at
+    least one ULP, so k < 0 appears only through casts or a θ0 binade change.
+    """
+    df = report.ulp_histogram().copy()
+    total = df["n"].sum()
+    df["fraction"] = df["n"] / total if total else np.nan
+    return df
+
+
+def absorption_table(report: DiffReport, update_sizes) -> object:
+    """For each assumed per-step update size u: who can absorb it and what that explains.
+
+    A weight "absorbs" u when u < ½ULP(θ0): one step of size u rounds back to θ0 (u ≥ ½ULP can
+    change it; ties are counted as visible).
+
+    Returns:
+        DataFrame, one row per u: ``update_size``, ``abs_threshold_<dtype>`` for each compare
+        dtype (|θ0| from which on u is absorbed: 2^(⌊log2 u⌋ + mant + 2)), ``n_absorbing`` and
+        ``share_absorbing`` (of all weights),
+        ``n_unchanged_absorbing``, ``share_of_unchanged`` (unchanged weights that sit above the
+        threshold: the part of the sparsity that per-step absorption can explain),
+        ``sparsity_absorbing`` and ``sparsity_visible`` (sparsity above / below the threshold).
+    """
+    import pandas as pd
+
+    b = binade_sparsity(report)
+    b = b[np.isfinite(b["ulp"])]
+    n_all = int(b["n_total"].sum())
+    unchanged = b["n_total"] - b["n_changed"]
+    n_unchanged = int(unchanged.sum())
+    rows = []
+    for u in update_sizes:
+        u = float(u)
+        if not (math.isfinite(u) and u > 0):
+            raise ConfigError(f"update sizes must be finite and > 0, got {u}")
+        absorbing = b["half_ulp"] > u
+        n_abs = int(b.loc[absorbing, "n_total"].sum())
+        n_un_abs = int(unchanged[absorbing].sum())
+        n_vis = n_all - n_abs
+        row = {"update_size": u}
+        for dtype in sorted(set(b["compare_dtype"])):
+            row[f"abs_threshold_{dtype}"] = absorption_threshold(u, dtype)
+        rows.append(
+            {
+                **row,
+                "n_absorbing": n_abs,
+                "share_absorbing": n_abs / n_all if n_all else None,
+                "n_unchanged_absorbing": n_un_abs,
+                "share_of_unchanged": n_un_abs / n_unchanged if n_unchanged else None,
+                "sparsity_absorbing": n_un_abs / n_abs if n_abs else None,
+                "sparsity_visible": (n_unchanged - n_un_abs) / n_vis if n_vis else None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def absorption_threshold(u: float, dtype: str) -> float:
+    """Smallest |w| whose ½ULP in ``dtype`` exceeds ``u``: 2^(⌊log2 u⌋ + mant_bits + 2).
+
+    >>> absorption_threshold(1e-6, "bfloat16")  # 2^-11: ½ULP there is 2^-19 ≈ 1.9e-6 > 1e-6
+    0.00048828125
+    """
+    fmt = FLOAT_FORMATS[dtype]
+    return math.ldexp(1.0, math.floor(math.log2(u)) + fmt.mant_bits + 2)
+
+
+def precision_attribution(report: DiffReport, update_sizes=()) -> dict:
+    """JSON-able bundle: ``binades``, ``ulp_log2_hist`` and ``absorption`` (per update size)."""
+    return {
+        "schema": "rlsparse.precision/1",
+        "n_params": report.n_params,
+        "sparsity": report.sparsity,
+        "binades": _records(binade_sparsity(report)),
+        "ulp_log2_hist": _records(ulp_histogram(report)),
+        "absorption": _records(absorption_table(report, update_sizes)),
+    }
+
+
+# ---- fp32 weights: visible vs absorbed updates ----------------------------------------------
+@njit(cache=True, nogil=True, boundscheck=False)
+def _absorb_counts(a32, b32, a16, b16, efield, ulplog2, binades, hist):
+    """binades[g] += (total, fp32 updated, cast visible); hist[visible, log2(|Δ|/ULP)] += 1."""
+    for i in range(a32.size):
+        g = efield[a16[i]]
+        binades[g, 0] += 1
+        if a32[i] == b32[i]:
+            continue
+        vis = a16[i] != b16[i]
+        binades[g, 1] += 1
+        binades[g, 2] += vis
+        x = np.float64(np.uint32(a32[i]).view(np.float32))
+        y = np.float64(np.uint32(b32[i]).view(np.float32))
+        d = abs(y - x)
+        if np.isfinite(d) and d > 0:
+            e = np.int64((np.float64(d).view(np.uint64) >> np.uint64(52)) & np.uint64(0x7FF))
+            k = e - 1023 - ulplog2[a16[i]] - ULP_LOG2_MIN
+            hist[1 if vis else 0, min(max(k, 0), ULP_BINS - 1)] += 1
+
+
+@dataclass
+class AbsorptionReport:
+    """fp32 updates split into visible and absorbed after a cast to ``dtype``.
+
+    Attributes:
+        dtype: the cast dtype (bf16 or fp16).
+        tensors: per-tensor rows ``name, numel, n_updated, n_visible, n_absorbed``.
+        binades: int64[256, 3] (total, updated, visible) per exponent field of the cast θ0.
+        hist: int64[2, ULP_BINS] log2(|Δ_fp32| / ULP_dtype(θ0)) of absorbed (row 0) and visible
+            (row 1) updates; bin j is 2^(j + ULP_LOG2_MIN).
+        skipped: ``{name, reason}``; provenance: inputs, timing.
+    """
+
+    dtype: str
+    tensors: list[dict]
+    binades: np.ndarray
+    hist: np.ndarray
+    skipped: list[dict] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """Totals: updated (fp32 bits differ), visible (cast bits differ), absorbed, sparsities."""
+        n = sum(t["numel"] for t in self.tensors)
+        upd = sum(t["n_updated"] for t in self.tensors)
+        vis = sum(t["n_visible"] for t in self.tensors)
+        return {
+            "n_params": n,
+            "n_updated": upd,
+            "n_visible": vis,
+            "n_absorbed": upd - vis,
+            "absorbed_fraction_of_updates": (upd - vis) / upd if upd else None,
+            "sparsity_fp32": sparsity_from_changed(upd, n),
+            f"sparsity_{self.dtype}": sparsity_from_changed(vis, n),
+        }
+
+    def binade_table(self):
+        """Rows per |θ0| binade: ``exponent, n_total, n_updated, n_visible, absorbed_fraction``."""
+        import pandas as pd
+
+        rows = []
+        for f in np.flatnonzero(self.binades[:, 0]):
+            tot, upd, vis = (int(v) for v in self.binades[f])
+            rows.append(
+                {
+                    "exponent": binade_label(int(f), self.dtype),
+                    "n_total": tot,
+                    "n_updated": upd,
+                    "n_visible": vis,
+                    "absorbed_fraction": (upd - vis) / upd if upd else None,
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def ratio_histogram(self):
+        """Rows ``log2_ratio, n_absorbed, n_visible`` for non-empty bins."""
+        import pandas as pd
+
+        nz = np.flatnonzero(self.hist.sum(axis=0))
+        return pd.DataFrame(
+            {
+                "log2_ratio": nz + ULP_LOG2_MIN,
+                "n_absorbed": self.hist[0, nz],
+                "n_visible": self.hist[1, nz],
+            }
+        )
+
+    def to_dict(self) -> dict:
+        """JSON form (schema ``rlsparse.absorption/1``; see docs/analytics.md)."""
+        return {
+            "schema": SCHEMA,
+            "dtype": self.dtype,
+            **self.summary(),
+            "binades": _records(self.binade_table()),
+            "ratio_log2_hist": _records(self.ratio_histogram()),
+            "tensors": self.tensors,
+            "skipped": self.skipped,
+            "provenance": self.provenance,
+        }
+
+    def save_json(self, path: str | Path) -> None:
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+
+def visible_vs_absorbed(
+    base: str | Path | Checkpoint,
+    tuned: str | Path | Checkpoint,
+    *,
+    dtype: str = "bfloat16",
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    chunk_elems: int = 1 << 22,
+    progress: bool = True,
+) -> AbsorptionReport:
+    """Split the fp32 updates of a pair into visible and absorbed by a cast to ``dtype``.
+
+    Args:
+        base, tuned: fp32 checkpoints of the same run (e.g. fp32 master weights); tensors not
+            stored in float32 on both sides are skipped with a reason.
+        dtype: the cast (``bfloat16``, round to nearest even, or ``float16``).
+
+    Raises:
+        ConfigError: unknown ``dtype`` or no fp32 tensor in common.
+    """
+    if dtype not in CAST_DTYPES:
+        raise ConfigError(f"cast dtype must be one of {', '.join(CAST_DTYPES)}, got {dtype!r}")
+    t0 = time.perf_counter()
+    base_ck = base if isinstance(base, Checkpoint) else open_checkpoint(base)
+    tuned_ck = tuned if isinstance(tuned, Checkpoint) else open_checkpoint(tuned)
+    plan = plan_diff(base_ck, tuned_ck, "float32", include, exclude)
+    skipped = [{"name": s.name, "reason": s.reason} for s in plan.skipped]
+    pairs = []
+    for p in plan.pairs:
+        if p.base.dtype == p.tuned.dtype == "float32":
+            pairs.append(p)
+        else:
+            skipped.append(
+                {"name": p.name, "reason": f"stored {p.base.dtype}/{p.tuned.dtype}, not fp32"}
+            )
+    if not pairs:
+        raise ConfigError(
+            f"{base_ck.source} and {tuned_ck.source} share no tensor stored in float32 on both "
+            "sides: visible-vs-absorbed needs the fp32 weights of the run"
+        )
+    _, efield, ulplog2 = decode_tables(dtype, dtype)
+    binades = np.zeros((BINADE_BINS, 3), np.int64)
+    hist = np.zeros((2, ULP_BINS), np.int64)
+    rows = []
+    bar = progress_bar(
+        total=sum(p.numel * 8 for p in pairs),
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="absorption",
+        disable=None if progress else True,
+    )
+    try:
+        with base_ck.reader() as rb, tuned_ck.reader() as rt:
+            for p in pairs:
+                before = binades[:, 1:].sum(axis=0)
+                for start in range(0, p.numel, chunk_elems):
+                    stop = min(p.numel, start + chunk_elems)
+                    a = rb.words(p.name, start, stop)
+                    b = rt.words(p.name, start, stop)
+                    a16 = cast_words(a, "float32", dtype)
+                    b16 = cast_words(b, "float32", dtype)
+                    _absorb_counts(a, b, a16, b16, efield, ulplog2, binades, hist)
+                    del a, b
+                    rb.release(p.name, start, stop)
+                    rt.release(p.name, start, stop)
+                    bar.update((stop - start) * 8)
+                upd, vis = (int(v) for v in binades[:, 1:].sum(axis=0) - before)
+                rows.append(
+                    {
+                        "name": p.name,
+                        "numel": p.numel,
+                        "n_updated": upd,
+                        "n_visible": vis,
+                        "n_absorbed": upd - vis,
+                    }
+                )
+    finally:
+        bar.close()
+    provenance = {
+        "tool": f"rlsparse {__version__}",
+        "inputs": {"base": base_ck.describe(), "tuned": tuned_ck.describe()},
+        "updated": "fp32 bit patterns differ",
+        "visible": f"{dtype} casts (round to nearest even) differ",
+        "ulp_unit": f"ULP of θ0 cast to {dtype}",
+        "seconds": time.perf_counter() - t0,
+    }
+    return AbsorptionReport(dtype, rows, binades, hist, skipped, provenance)
+
+
+def _records(df) -> list[dict]:
+    return json.loads(df.to_json(orient="records")) if len(df) else []

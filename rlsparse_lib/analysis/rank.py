@@ -1,0 +1,442 @@
+"""Rank of the update matrices ΔW = W_tuned − W_base (paper §3, Table 2).
+
+For each selected 2-D ΔW, computed in float32 from the compare-dtype values (as the paper's
+``Δ.float()``), one ``svdvals`` call gives:
+
+* ``rank``: singular values above ``max(atol, rtol·σ_max)``; by default torch's
+  ``linalg.matrix_rank`` rule (rtol = max(m, n)·ε of the SVD dtype), which is what the paper used;
+* ``rank_pct``: rank as % of ``max_rank = min(m, n)``;
+* ``effective_rank``: the smallest k whose top-k singular values hold ``energy`` (0.99) of Σσ²;
+* ``stable_rank``: ‖ΔW‖_F² / σ_max².
+
+The paper's selection is the default: every ≥ 2-D float tensor whose name does not contain
+``layernorm`` (embeddings and lm_head included). Tensors are processed one at a time (memory: the
+largest ΔW plus the SVD workspace), on CUDA when present, or by several CPU workers in parallel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+import warnings
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rlsparse_lib import __version__
+from rlsparse_lib.atomic import write_text_atomic
+from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
+from rlsparse_lib.io.naming import parse_param_name
+from rlsparse_lib.io.pairing import TensorPair, plan_diff
+from rlsparse_lib.progress import progress_bar
+
+SCHEMA = "rlsparse.rank/1"
+SVD_DTYPES = ("float32", "float64")
+#: CPU workers when not given (each holds one ΔW and its SVD workspace)
+DEFAULT_WORKERS = 4
+
+
+@dataclass(frozen=True)
+class RankSelection:
+    """Which tensors get a rank (default: the paper's ``update_rank.py`` selection).
+
+    Attributes:
+        skip_substrings: skip names containing any of these (paper: ``layernorm``).
+        embeddings: keep input embeddings (paper: yes).
+        lm_head: keep the output head (paper: yes).
+        include: if given, only names matching one of these regexes.
+        exclude: skip names matching any of these regexes.
+    """
+
+    skip_substrings: tuple[str, ...] = ("layernorm",)
+    embeddings: bool = True
+    lm_head: bool = True
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def reason(self, name: str, shape: tuple[int, ...]) -> str | None:
+        """Why ``name`` is not selected, or None when it is."""
+        if len(shape) <= 1:
+            return f"{len(shape)}-D tensor"
+        for sub in self.skip_substrings:
+            if sub in name:
+                return f"name contains '{sub}'"
+        module = parse_param_name(name).module
+        if not self.embeddings and module in ("embed_tokens", "embed_positions"):
+            return "embedding (excluded)"
+        if not self.lm_head and module == "lm_head":
+            return "lm_head (excluded)"
+        if self.include and not any(re.search(p, name) for p in self.include):
+            return "not matched by include"
+        for p in self.exclude:
+            if re.search(p, name):
+                return f"excluded by {p}"
+        return None
+
+    def __post_init__(self) -> None:
+        for p in self.include + self.exclude:
+            try:
+                re.compile(p)
+            except re.error as err:
+                raise ConfigError(f"invalid regular expression {p!r}: {err}") from err
+
+
+@dataclass(frozen=True)
+class RankRule:
+    """Numerical-rank threshold ``max(atol, rtol·σ_max)`` with torch's ``matrix_rank`` defaults.
+
+    Both None: rtol = max(m, n)·ε (ε of the SVD dtype), atol = 0. Only ``atol`` > 0 given:
+    rtol = 0. Only ``rtol`` given: atol = 0.
+    """
+
+    atol: float | None = None
+    rtol: float | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("atol", "rtol"):
+            v = getattr(self, key)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{key} must be finite and >= 0, got {v}")
+
+    def resolve(self, m: int, n: int, eps: float) -> tuple[float, float]:
+        """(atol, rtol) actually used for an m×n matrix."""
+        atol = 0.0 if self.atol is None else float(self.atol)
+        if self.rtol is not None:
+            rtol = float(self.rtol)
+        elif self.atol is not None and self.atol > 0:
+            rtol = 0.0
+        else:
+            rtol = max(m, n) * eps
+        return atol, rtol
+
+    def describe(self) -> str:
+        if self.atol is None and self.rtol is None:
+            return "torch.linalg.matrix_rank default: σ > σ_max·max(m,n)·ε"
+        return f"σ > max(atol={self.atol}, rtol={self.rtol}·σ_max)"
+
+
+def spectrum_stats(
+    delta,
+    rule: RankRule = RankRule(),
+    energy: float = 0.99,
+    rtol_grid: Iterable[float] = (),
+    svd_dtype: str = "float32",
+    device: str | None = None,
+) -> dict:
+    """Rank statistics of one matrix.
+
+    Args:
+        delta: 2-D torch tensor (any float dtype, any device) or numpy array, shape (m, n).
+        rule: the numerical-rank threshold.
+        energy: spectral-energy fraction for the effective rank.
+        rtol_grid: extra relative tolerances; ``rank_at_rtol`` gives the rank at each.
+        svd_dtype: ``float32`` (the paper) or ``float64``; ε of this dtype enters the default rule.
+        device: where to run the SVD (default: where ``delta`` lives).
+
+    Returns:
+        ``shape, rank, max_rank, rank_pct, effective_rank, stable_rank, sigma_max, fro_norm,
+        threshold, atol, rtol, rank_at_rtol`` (a zero matrix has rank 0 and stable rank None).
+    """
+    import torch
+
+    if svd_dtype not in SVD_DTYPES:
+        raise ConfigError(f"svd_dtype must be one of {', '.join(SVD_DTYPES)}, got {svd_dtype!r}")
+    if not 0 < energy <= 1:
+        raise ConfigError(f"energy must be in (0, 1], got {energy}")
+    t = delta if isinstance(delta, torch.Tensor) else torch.from_numpy(np.asarray(delta))
+    if t.ndim != 2:
+        raise ConfigError(f"rank needs a 2-D matrix, got shape {tuple(t.shape)}")
+    t = t.to(device=device or t.device, dtype=getattr(torch, svd_dtype))
+    m, n = t.shape
+    eps = torch.finfo(t.dtype).eps
+    atol, rtol = rule.resolve(m, n, eps)
+    sv = torch.linalg.svdvals(t).double().cpu().numpy() if t.numel() else np.zeros(0)
+    return _stats_from_singular_values(sv, m, n, atol, rtol, energy, rtol_grid)
+
+
+def _stats_from_singular_values(
+    sv: np.ndarray, m: int, n: int, atol: float, rtol: float, energy: float, rtol_grid
+) -> dict:
+    smax = float(sv[0]) if sv.size else 0.0
+    threshold = max(atol, rtol * smax)
+    rank = int((sv > threshold).sum())
+    sq = sv * sv
+    total = float(sq.sum())
+    if total > 0:
+        cum = np.cumsum(sq)
+        eff = int(np.searchsorted(cum, energy * cum[-1], side="left")) + 1
+        eff = min(eff, sv.size)
+    else:
+        eff = 0
+    max_rank = min(m, n)
+    return {
+        "shape": [int(m), int(n)],
+        "rank": rank,
+        "max_rank": int(max_rank),
+        "rank_pct": 100.0 * rank / max_rank if max_rank else None,
+        "effective_rank": eff,
+        "stable_rank": total / (smax * smax) if smax > 0 else None,
+        "sigma_max": smax,
+        "fro_norm": math.sqrt(total),
+        "threshold": threshold,
+        "atol": atol,
+        "rtol": rtol,
+        "rank_at_rtol": {repr(float(r)): int((sv > max(atol, r * smax)).sum()) for r in rtol_grid},
+    }
+
+
+@dataclass
+class RankReport:
+    """Per-matrix update ranks of a checkpoint pair.
+
+    Attributes:
+        matrices: one dict per ranked matrix (see :func:`spectrum_stats`, plus ``name, layer,
+            module, group, note``), in checkpoint order.
+        skipped: ``{name, reason}`` for every tensor not ranked.
+        provenance: inputs, rule, selection, device, timing.
+    """
+
+    matrices: list[dict]
+    skipped: list[dict] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+
+    def table(self):
+        """Per-matrix DataFrame (shape as ``m x n``; ``rank_at_rtol`` expanded to columns)."""
+        import pandas as pd
+
+        rows = []
+        for r in self.matrices:
+            row = {k: v for k, v in r.items() if k not in ("shape", "rank_at_rtol")}
+            row["shape"] = "x".join(map(str, r["shape"]))
+            row.update({f"rank_rtol_{k}": v for k, v in r.get("rank_at_rtol", {}).items()})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def summary(self) -> dict:
+        """Means over ranked matrices: unweighted ``mean_rank_pct`` (the paper's Table 2 number),
+        ``min_rank_pct``, the count of full-rank matrices, mean effective and stable rank as % of
+        max rank."""
+        ok = [r for r in self.matrices if r.get("rank") is not None and r["max_rank"] > 0]
+        if not ok:
+            return {"n_matrices": 0}
+        pct = np.array([r["rank_pct"] for r in ok])
+        eff = np.array([100 * r["effective_rank"] / r["max_rank"] for r in ok])
+        stable = [100 * r["stable_rank"] / r["max_rank"] for r in ok if r["stable_rank"]]
+        return {
+            "n_matrices": len(ok),
+            "mean_rank_pct": float(pct.mean()),
+            "min_rank_pct": float(pct.min()),
+            "n_full_rank": int(sum(r["rank"] == r["max_rank"] for r in ok)),
+            "mean_effective_rank_pct": float(eff.mean()),
+            "mean_stable_rank_pct": float(np.mean(stable)) if stable else None,
+        }
+
+    def by_module(self):
+        """Mean rank / effective-rank % per module kind (unweighted over layers)."""
+        df = self.table()
+        if df.empty:
+            return df
+        df = df[df["rank"].notna()].copy()
+        df["effective_rank_pct"] = 100 * df["effective_rank"] / df["max_rank"]
+        return (
+            df.groupby("module", sort=True)
+            .agg(
+                n_matrices=("name", "size"),
+                mean_rank_pct=("rank_pct", "mean"),
+                min_rank_pct=("rank_pct", "min"),
+                mean_effective_rank_pct=("effective_rank_pct", "mean"),
+            )
+            .reset_index()
+        )
+
+    def to_dict(self) -> dict:
+        """JSON form (schema ``rlsparse.rank/1``; see docs/analytics.md)."""
+        return {
+            "schema": SCHEMA,
+            "summary": self.summary(),
+            "matrices": self.matrices,
+            "skipped": self.skipped,
+            "provenance": self.provenance,
+        }
+
+    def save_json(self, path: str | Path) -> None:
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+
+def default_device() -> str:
+    """``cuda`` when torch sees a GPU, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def update_ranks(
+    base: str | Path | Checkpoint,
+    tuned: str | Path | Checkpoint,
+    *,
+    selection: RankSelection = RankSelection(),
+    rule: RankRule = RankRule(),
+    energy: float = 0.99,
+    rtol_grid: Iterable[float] = (),
+    compare_dtype: str | None = None,
+    svd_dtype: str = "float32",
+    device: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    chunk_elems: int = 1 << 22,
+    progress: bool = True,
+) -> RankReport:
+    """Rank of every selected ΔW of a checkpoint pair.
+
+    Args:
+        base, tuned: checkpoints (paths, hub ids or :class:`Checkpoint`).
+        selection: which tensors (default: the paper's).
+        rule, energy, rtol_grid, svd_dtype: see :func:`spectrum_stats`.
+        compare_dtype: dtype both sides are cast to before Δ = tuned − base is taken in float32
+            (default: the base's stored dtype, as the engine).
+        device: ``cpu``, ``cuda``, ``cuda:1``, ... (default: cuda if available, else cpu).
+        workers: matrices ranked concurrently on CPU, each with threads // workers torch threads
+            and its own ΔW plus SVD workspace in memory (default: min(4, CPU cores)). One thread
+            per SVD is robust on shared machines, where multi-threaded LAPACK can slow down
+            several-fold when another process holds a core (bench/rank_bench.py).
+        threads: torch CPU threads in total (default: torch's setting).
+        chunk_elems: elements read per step while assembling ΔW.
+
+    Returns:
+        A :class:`RankReport`; matrices with non-finite Δ get ``rank`` None and a note.
+    """
+    import torch
+
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    device = device or default_device()
+    t0 = time.perf_counter()
+    base_ck = base if isinstance(base, Checkpoint) else open_checkpoint(base)
+    tuned_ck = tuned if isinstance(tuned, Checkpoint) else open_checkpoint(tuned)
+    plan = plan_diff(base_ck, tuned_ck, compare_dtype)
+    skipped = [{"name": s.name, "reason": s.reason} for s in plan.skipped]
+    chosen: list[TensorPair] = []
+    for pair in plan.pairs:
+        why = "not a float tensor" if pair.kind != "float" else None
+        why = why or selection.reason(pair.name, pair.compared_shape)
+        if why:
+            skipped.append({"name": pair.name, "reason": why})
+        else:
+            chosen.append(pair)
+    on_cpu = torch.device(device).type == "cpu"
+    old_threads = torch.get_num_threads()
+    total_threads = threads or old_threads
+    if not on_cpu:
+        n_workers = 1
+    elif workers is None:
+        n_workers = max(1, min(DEFAULT_WORKERS, os.cpu_count() or 1, total_threads, len(chosen)))
+    else:
+        n_workers = workers
+    torch.set_num_threads(max(1, total_threads // n_workers))
+    bar = progress_bar(
+        total=len(chosen), unit="matrix", desc="rank", disable=None if progress else True
+    )
+    rtol_grid = tuple(rtol_grid)
+
+    def one(pair: TensorPair) -> dict:
+        with base_ck.reader() as rb, tuned_ck.reader() as rt:
+            delta = _delta(pair, rb, rt, device, chunk_elems)
+        res = _rank_one(pair, delta, rule, energy, rtol_grid, svd_dtype)
+        del delta
+        bar.update(1)
+        return res
+
+    try:
+        if n_workers == 1:
+            matrices = [one(p) for p in chosen]
+        else:
+            with ThreadPoolExecutor(n_workers) as pool:
+                matrices = list(pool.map(one, chosen))
+    finally:
+        bar.close()
+        torch.set_num_threads(old_threads)
+    provenance = {
+        "tool": f"rlsparse {__version__}",
+        "inputs": {"base": base_ck.describe(), "tuned": tuned_ck.describe()},
+        "delta": "Δ = tuned − base in float32 from the compare-dtype values",
+        "compare_dtype_policy": compare_dtype or "base stored dtype",
+        "rule": rule.describe(),
+        "svd_dtype": svd_dtype,
+        "energy": energy,
+        "rtol_grid": [float(r) for r in rtol_grid],
+        "selection": {
+            "skip_substrings": list(selection.skip_substrings),
+            "min_ndim": 2,
+            "embeddings": selection.embeddings,
+            "lm_head": selection.lm_head,
+            "include": list(selection.include),
+            "exclude": list(selection.exclude),
+        },
+        "device": str(device),
+        "workers": n_workers,
+        "threads": total_threads,
+        "seconds": time.perf_counter() - t0,
+        "versions": {"torch": torch.__version__, "numpy": np.__version__},
+    }
+    return RankReport(matrices=matrices, skipped=skipped, provenance=provenance)
+
+
+def _delta(pair: TensorPair, rb: TensorReader, rt: TensorReader, device: str, chunk_elems: int):
+    """ΔW (float32, on ``device``) of a pair, assembled chunk by chunk from raw words."""
+    import torch
+
+    from rlsparse_lib.io.dtypes import cast_words
+
+    shape = pair.compared_shape
+    rows = shape[0]
+    cols = math.prod(shape[1:])
+    delta = torch.empty((rows, cols), dtype=torch.float32, device=device)
+    flat = delta.view(-1)
+    for start in range(0, pair.numel, chunk_elems):
+        stop = min(pair.numel, start + chunk_elems)
+        a = cast_words(rb.words(pair.name, start, stop), pair.base.dtype, pair.compare_dtype)
+        b = cast_words(rt.words(pair.name, start, stop), pair.tuned.dtype, pair.compare_dtype)
+        d = words_to_float32(b, pair.compare_dtype) - words_to_float32(a, pair.compare_dtype)
+        flat[start:stop].copy_(torch.from_numpy(d))
+        del a, b
+        rb.release(pair.name, start, stop)
+        rt.release(pair.name, start, stop)
+    return delta
+
+
+def words_to_float32(words: np.ndarray, dtype: str) -> np.ndarray:
+    """Raw words of a bf16/fp16/fp32 ``dtype`` -> float32 values (a view for float32)."""
+    if dtype == "bfloat16":
+        return (words.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    if dtype == "float16":
+        return words.view(np.float16).astype(np.float32)
+    if dtype == "float32":
+        return words.view(np.float32)
+    raise ConfigError(f"cannot decode {dtype} words")
+
+
+def _rank_one(pair: TensorPair, delta, rule, energy, rtol_grid, svd_dtype) -> dict:
+    import torch
+
+    p = parse_param_name(pair.name)
+    info = {"name": pair.name, "layer": p.layer, "module": p.module, "group": p.group}
+    note = pair.note
+    if len(pair.compared_shape) > 2:
+        note = "; ".join(filter(None, [note, f"{len(pair.compared_shape)}-D: rows × rest"]))
+    if not bool(torch.isfinite(delta).all()):
+        m, n = delta.shape
+        info.update({"shape": [m, n], "rank": None, "max_rank": min(m, n), "rank_pct": None})
+        info["note"] = "; ".join(filter(None, [note, "non-finite Δ: no rank"]))
+        return info
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        info.update(spectrum_stats(delta, rule, energy, rtol_grid, svd_dtype))
+    info["note"] = note
+    return info

@@ -1,0 +1,53 @@
+"""How a diff compares: the tolerance grid, relative probe, compare dtype, tensor selection, chunking,
+mask rule and device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.rules import MaskRule
+
+#: the paper's grid (1e-5 is its default rule) plus exact equality and 1e-4
+DEFAULT_TOLERANCES = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
+DEFAULT_CHUNK = 1 << 24
+
+
+@dataclass(frozen=True)
+class DiffConfig:
+    """How to compare.
+
+    Attributes:
+        tolerances: absolute tolerance grid; sorted ascending, duplicates removed.
+        rel_eta: η of the relative probe |Δ| <= η·max(|θ0|,|θ1|) (Path Not Taken: 1e-3).
+        compare_dtype: cast both sides to this dtype (None: each base tensor's stored dtype).
+        include, exclude: regexes selecting tensors by name.
+        chunk_elems: elements per chunk and side (multiple of 8).
+        mask_rule: rule for ``mask_out`` bits.
+        device: kernel device: ``cpu``, ``cuda`` (Triton, streamed) or ``auto``.
+        threads: CPU threads for the kernel (None: all).
+    """
+
+    tolerances: tuple[float, ...] = DEFAULT_TOLERANCES
+    rel_eta: float = 1e-3
+    compare_dtype: str | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    chunk_elems: int = DEFAULT_CHUNK
+    mask_rule: MaskRule = field(default_factory=MaskRule)
+    device: str = "cpu"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        tols = tuple(sorted({float(t) for t in self.tolerances}))
+        if any(not np.isfinite(t) or t < 0 for t in tols):
+            raise ConfigError(f"tolerances must be finite and >= 0, got {list(self.tolerances)}")
+        object.__setattr__(self, "tolerances", tols)
+        if not (np.isfinite(self.rel_eta) and self.rel_eta >= 0):
+            raise ConfigError(f"rel_eta must be finite and >= 0, got {self.rel_eta}")
+        if self.chunk_elems < 8 or self.chunk_elems % 8 or self.chunk_elems >= 2**31:
+            raise ConfigError(
+                f"chunk_elems must be a multiple of 8 below 2**31, got {self.chunk_elems}"
+            )

@@ -1,0 +1,239 @@
+"""The streaming diff engine: plan, run per shard pair in bounded chunks, merge into a report.
+
+Memory is bounded by one chunk per side (plus mapped pages, released after each chunk); no model,
+state dict or concatenated delta is ever materialised. Work is organised in units of one
+(base shard, tuned shard) group (:meth:`DiffPlan.shard_groups`); :func:`diff_pairs` turns a unit into
+per-tensor partial results and :func:`build_report` merges any set of partials, so distributed or
+resumable executors can reuse the math unchanged.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from rlsparse_lib import __version__
+from rlsparse_lib.diff.config import DiffConfig
+from rlsparse_lib.diff.kernels import ChunkSpec, DiffKernel, get_kernel
+from rlsparse_lib.diff.report import DiffReport, TensorResult
+from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
+from rlsparse_lib.io.dtypes import cast_words
+from rlsparse_lib.io.maskfile import MaskWriter, packed_size
+from rlsparse_lib.io.pairing import DiffPlan, TensorPair, plan_diff
+from rlsparse_lib.progress import progress_bar
+
+
+def diff_checkpoints(
+    base: str | Path | Checkpoint,
+    tuned: str | Path | Checkpoint,
+    config: DiffConfig | None = None,
+    mask_out: str | Path | None = None,
+    progress: bool = True,
+) -> DiffReport:
+    """Compare two checkpoints tensor by tensor.
+
+    Args:
+        base, tuned: checkpoints (paths, hub ids or opened :class:`Checkpoint`).
+        config: comparison settings.
+        mask_out: write the packed changed mask (by ``config.mask_rule``) of every float tensor here.
+        progress: show a progress bar (bytes read, with ETA).
+
+    Returns:
+        The merged :class:`DiffReport`.
+    """
+    config = config or DiffConfig()
+    t0 = time.perf_counter()
+    base_ck = base if isinstance(base, Checkpoint) else open_checkpoint(base)
+    tuned_ck = tuned if isinstance(tuned, Checkpoint) else open_checkpoint(tuned)
+    plan = plan_diff(base_ck, tuned_ck, config.compare_dtype, config.include, config.exclude)
+    kernel = get_kernel(config.device, config.threads)
+    # the GPU kernel brings its own unit executor (pinned buffers, copy/compute overlap)
+    diff_unit = getattr(kernel, "diff_pairs", diff_pairs)
+    mask = _open_mask(mask_out, plan, config) if mask_out is not None else None
+    bar = progress_bar(
+        total=plan.nbytes,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="diff",
+        disable=None if progress else True,
+    )
+    partials: list[dict[str, TensorResult]] = []
+    try:
+        with base_ck.reader() as rb, tuned_ck.reader() as rt:
+            for group in plan.shard_groups():
+                partials.append(diff_unit(group, rb, rt, kernel, config, mask, bar.update))
+    except BaseException:
+        if mask is not None:
+            mask.close(ok=False)
+        raise
+    finally:
+        bar.close()
+    if mask is not None:
+        mask.close()
+    seconds = time.perf_counter() - t0
+    threads = getattr(kernel, "num_threads", None)
+    return build_report(plan, config, partials, kernel.name, seconds, mask_out, threads)
+
+
+def diff_pairs(
+    pairs: Iterable[TensorPair],
+    base: TensorReader,
+    tuned: TensorReader,
+    kernel: DiffKernel,
+    config: DiffConfig,
+    mask: MaskWriter | None = None,
+    on_bytes: Callable[[int], object] | None = None,
+) -> dict[str, TensorResult]:
+    """Compare a unit of work (typically one shard pair) chunk by chunk.
+
+    Returns:
+        Partial results by tensor name, to be merged by :func:`build_report`.
+    """
+    tols = np.asarray(config.tolerances, np.float64)
+    out: dict[str, TensorResult] = {}
+    for pair in pairs:
+        result = TensorResult.empty(pair, len(tols))
+        spec = None
+        if pair.kind == "float":
+            spec = ChunkSpec(
+                pair.compare_dtype, pair.base.dtype, tols, config.rel_eta, config.mask_rule
+            )
+        step = config.chunk_elems
+        for start in range(0, pair.numel, step):
+            stop = min(pair.numel, start + step)
+            if stop < pair.numel:
+                nxt = min(pair.numel, stop + step)
+                base.prefetch(pair.name, stop, nxt)
+                tuned.prefetch(pair.name, stop, nxt)
+            a = base.words(pair.name, start, stop)
+            b = tuned.words(pair.name, start, stop)
+            if spec is None:
+                result.n_changed += kernel.count_changed(a, b)
+            else:
+                a = cast_words(a, pair.base.dtype, spec.compare)
+                b = cast_words(b, pair.tuned.dtype, spec.compare)
+                packed = np.zeros(packed_size(stop - start), np.uint8) if mask is not None else None
+                stats = kernel.diff_chunk(a, b, spec, packed)
+                result.stats = result.stats.merge(stats)
+                result.n_changed += stats.n_changed
+                if mask is not None:
+                    mask.write(pair.name, packed)
+            del a, b
+            base.release(pair.name, start, stop)
+            tuned.release(pair.name, start, stop)
+            if on_bytes is not None:
+                on_bytes((stop - start) * (pair.base.itemsize + pair.tuned.itemsize))
+        result.numel = pair.numel
+        out[pair.name] = result
+    return out
+
+
+def build_report(
+    plan: DiffPlan,
+    config: DiffConfig,
+    partials: Iterable[dict[str, TensorResult]],
+    kernel_name: str,
+    seconds: float | None = None,
+    mask_out: str | Path | None = None,
+    threads: int | None = None,
+) -> DiffReport:
+    """Merge partial results (any split of the plan's work) into a report, in plan order.
+
+    ``kernel_name``, ``seconds``, ``mask_out`` and ``threads`` (the kernel's) go to provenance.
+    """
+    merged: dict[str, TensorResult] = {}
+    for part in partials:
+        for name, res in part.items():
+            merged[name] = merged[name].merge(res) if name in merged else res
+    missing = [p.name for p in plan.pairs if p.name not in merged]
+    if missing:
+        raise ValueError(f"partial results lack {len(missing)} planned tensors, e.g. {missing[0]}")
+    results = [merged[p.name] for p in plan.pairs]
+    return DiffReport(
+        tolerances=config.tolerances,
+        rel_eta=config.rel_eta,
+        tensors=[r for r in results if r.kind == "float"],
+        buffers=[r for r in results if r.kind == "bitwise"],
+        skipped=[
+            {
+                "name": s.name,
+                "reason": s.reason,
+                "numel_base": s.numel_base,
+                "numel_tuned": s.numel_tuned,
+            }
+            for s in plan.skipped
+        ],
+        tied=list(plan.tied),
+        provenance=_provenance(plan, config, kernel_name, seconds, mask_out, threads),
+    )
+
+
+def _open_mask(path: str | Path, plan: DiffPlan, config: DiffConfig) -> MaskWriter:
+    shapes = {p.name: p.compared_shape for p in plan.float_pairs}
+    rule = {"kind": config.mask_rule.kind, "tol": config.mask_rule.tol}
+    sources = {
+        side: {"source": ck.source, "fingerprint": ck.fingerprint(), "revision": ck.revision}
+        for side, ck in (("base", plan.base), ("tuned", plan.tuned))
+    }
+    return MaskWriter(path, shapes, rule, sources)
+
+
+def _versions() -> dict:
+    import sys
+
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("torch", "triton"):  # recorded when the run used them
+        if mod in sys.modules:
+            out[mod] = sys.modules[mod].__version__
+    return out
+
+
+def _provenance(
+    plan: DiffPlan,
+    config: DiffConfig,
+    kernel: str,
+    seconds: float | None,
+    mask_out: str | Path | None,
+    threads: int | None,
+) -> dict:
+    stored: dict[str, int] = {}
+    compare: dict[str, int] = {}
+    for p in plan.pairs:
+        key = f"{p.base.dtype}->{p.tuned.dtype}"
+        stored[key] = stored.get(key, 0) + 1
+        ck = p.compare_dtype or f"bitwise {p.base.dtype}"
+        compare[ck] = compare.get(ck, 0) + 1
+    return {
+        "tool": f"rlsparse {__version__}",
+        "inputs": {"base": plan.base.describe(), "tuned": plan.tuned.describe()},
+        "stored_dtypes": stored,
+        "compare_dtypes": compare,
+        "compare_dtype_policy": config.compare_dtype or "base stored dtype",
+        "rules": {
+            "bitwise": "bit patterns differ in the compare dtype (NaN==NaN if same bits; +0 != -0)",
+            "tolerance": "|Δ| <= tol, Δ = θ1 - θ0 in float32 from compare-dtype values, compared "
+            "in float64; identical bits are unchanged under every rule",
+            "tolerances": [float(t) for t in config.tolerances],
+            "relative": f"|Δ| <= η·max(|θ0|,|θ1|), η = {config.rel_eta!r}",
+            "ulp_unit": "ULP of θ0 in the base's stored dtype",
+        },
+        "include": list(config.include),
+        "exclude": list(config.exclude),
+        "n_skipped": len(plan.skipped),
+        "partial": [{"name": p.name, "note": p.note} for p in plan.pairs if p.partial],
+        "casts": [{"name": p.name, "note": p.note} for p in plan.pairs if "cast" in p.note],
+        "mask_out": None
+        if mask_out is None
+        else {"path": str(mask_out), "rule": config.mask_rule.describe()},
+        "kernel": kernel,
+        "chunk_elems": config.chunk_elems,
+        "threads": threads or config.threads,
+        "seconds": seconds,
+        "warnings": plan.base.warnings + plan.tuned.warnings,
+        "versions": _versions(),
+    }

@@ -1,0 +1,106 @@
+"""Plain-text rendering of a DiffReport for the terminal."""
+
+from __future__ import annotations
+
+from rlsparse_lib.diff.report import DiffReport
+
+_PAPER_TOL = 1e-5
+
+
+def format_summary(report: DiffReport, by: str = "module", max_list: int = 10) -> str:
+    """A readable summary: inputs, sparsity per rule, a per-``by`` table, skipped/partial/tied."""
+    prov = report.provenance
+    lines = []
+    for side in ("base", "tuned"):
+        d = prov.get("inputs", {}).get(side)
+        if d:
+            dtypes = ", ".join(f"{k}: {v}" for k, v in d["stored_dtypes"].items())
+            lines.append(
+                f"{side:<6} {d['source']}  ({d['format']}, {len(d['files'])} file(s), "
+                f"{d['n_tensors']} tensors; {dtypes})"
+            )
+    compare = ", ".join(f"{k} ({v})" for k, v in prov.get("compare_dtypes", {}).items())
+    lines.append(
+        f"compared {len(report.tensors)} float tensors, {report.n_params:,} elements; "
+        f"compare dtype: {compare} [{prov.get('compare_dtype_policy', '?')}]"
+    )
+    lines.append("")
+    lines.append(f"{'rule':<42}{'unchanged':>16}{'sparsity':>12}")
+    total = report.totals()
+    counts = report._unchanged_counts(total)
+    for (suffix, label), n in zip(report.rules(), counts, strict=True):
+        if suffix == f"tol_{_PAPER_TOL!r}":
+            label += "  (paper default)"
+        pct = 100 * n / report.n_params if report.n_params else float("nan")
+        lines.append(f"{label:<42}{n:>16,}{pct:>11.4f}%")
+    norms = report.norms(total)
+    rel = norms["relative_delta_fro"]
+    lines.append("")
+    lines.append(
+        f"max|Δ| = {norms['max_abs_delta']:.3g}   ‖Δ‖_F = {norms['delta_fro']:.4g}   "
+        f"‖Δ‖_F/‖θ0‖_F = {rel:.3g}"
+        if rel is not None
+        else f"max|Δ| = {norms['max_abs_delta']:.3g}"
+    )
+    nonfinite = {k: v for k, v in report.nonfinite(total).items() if v}
+    lines.append(
+        "non-finite values: "
+        + (", ".join(f"{k}={v:,}" for k, v in nonfinite.items()) if nonfinite else "none")
+    )
+    if by != "none" and report.tensors:
+        lines.append("")
+        lines.extend(_group_table(report, by))
+    lines.extend(
+        _listing("skipped", [f"{s['name']}: {s['reason']}" for s in report.skipped], max_list)
+    )
+    lines.extend(
+        _listing(
+            "partial", [f"{p['name']}: {p['note']}" for p in prov.get("partial", [])], max_list
+        )
+    )
+    lines.extend(
+        _listing("casts", [f"{p['name']}: {p['note']}" for p in prov.get("casts", [])], max_list)
+    )
+    lines.extend(_listing("tied", report.tied, max_list))
+    lines.extend(
+        _listing(
+            "buffers (bitwise only, not in the numbers above)",
+            [f"{b.name}: {b.n_changed:,} of {b.numel:,} changed" for b in report.buffers],
+            max_list,
+        )
+    )
+    lines.extend(_listing("warnings", prov.get("warnings", []), max_list))
+    if prov.get("seconds") is not None:
+        lines.append("")
+        lines.append(
+            f"took {prov['seconds']:.2f} s ({prov.get('kernel')}, {prov.get('threads')} threads)"
+        )
+    return "\n".join(lines)
+
+
+def _group_table(report: DiffReport, by: str) -> list[str]:
+    rows = report.group_rows(by)
+    tol = f"tol_{_PAPER_TOL!r}"
+    has_tol = _PAPER_TOL in report.tolerances
+    head = f"{by:<34}{'tensors':>8}{'elements':>15}{'bitwise':>10}"
+    head += f"{'1e-05':>10}" if has_tol else ""
+    head += f"{'mean/tensor':>13}"
+    out = [f"sparsity by {by} (count-weighted; 'mean/tensor' = unweighted mean, bitwise)", head]
+    for r in rows:
+        key = "—" if r[by] is None else str(r[by])
+        row = f"{key:<34}{r['n_tensors']:>8}{r['numel']:>15,}{100 * r['sparsity_bitwise']:>9.2f}%"
+        if has_tol:
+            row += f"{100 * r[f'sparsity_{tol}']:>9.2f}%"
+        row += f"{100 * r['mean_sparsity_bitwise']:>12.2f}%"
+        out.append(row)
+    return out
+
+
+def _listing(title: str, items: list[str], max_list: int) -> list[str]:
+    if not items:
+        return []
+    out = ["", f"{title} ({len(items)}):"]
+    out += [f"  {s}" for s in items[:max_list]]
+    if len(items) > max_list:
+        out.append(f"  … {len(items) - max_list} more (see --json)")
+    return out

@@ -1,0 +1,263 @@
+"""Checkpoints in Hugging Face layout: local folders or files, or hub ids.
+
+Supported: a single ``model.safetensors``, sharded ``*.safetensors`` with
+``model.safetensors.index.json``, ``pytorch_model*.bin`` (with or without an index, read with
+``torch.load(weights_only=True)``), a single weight file given directly, and ``org/name[@rev]``
+hub ids (safetensors and JSON only). Inventories come from headers; no tensor data is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rlsparse_lib.errors import CheckpointError
+from rlsparse_lib.io.hub import download_snapshot, looks_like_hub_id
+from rlsparse_lib.io.pickle_io import PickleFiles
+from rlsparse_lib.io.pickle_io import inventory as pickle_inventory
+from rlsparse_lib.io.safetensors_io import MappedFiles, SafetensorsWriter, read_header
+from rlsparse_lib.io.tensor_info import TensorInfo
+
+__all__ = [
+    "Checkpoint",
+    "SafetensorsWriter",
+    "TensorInfo",
+    "TensorReader",
+    "open_checkpoint",
+]
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+
+
+@dataclass
+class Checkpoint:
+    """A resolved checkpoint and its tensor inventory.
+
+    Attributes:
+        source: what the user passed (path or hub id).
+        path: local folder or file the weights were found in.
+        format: ``"safetensors"`` or ``"pytorch"``.
+        files: weight files, in shard order.
+        tensors: inventory by tensor name (from headers only).
+        aliases: names whose data is shared with another name (tied weights stored once).
+        config: ``config.json`` next to the weights, if any.
+        revision: hub commit hash when resolved from the hub.
+        warnings: non-fatal findings (ignored entries, unreadable config).
+    """
+
+    source: str
+    path: Path
+    format: str
+    files: tuple[Path, ...]
+    tensors: dict[str, TensorInfo]
+    aliases: dict[str, str] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    revision: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.numel for t in self.tensors.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    def fingerprint(self) -> str:
+        """sha256 over names, dtypes, shapes, offsets and file sizes (a header hash, not a content hash)."""
+        h = hashlib.sha256()
+        for name in sorted(self.tensors):
+            t = self.tensors[name]
+            h.update(f"{name}|{t.dtype}|{t.shape}|{t.file.name}|{t.offset}\n".encode())
+        for f in self.files:
+            h.update(f"{f.name}:{f.stat().st_size}\n".encode())
+        return h.hexdigest()
+
+    def tied_embeddings(self) -> bool:
+        """Whether ``config.json`` declares the output head tied to the input embedding."""
+        cfg = self.config
+        if "tie_word_embeddings" in cfg:
+            return bool(cfg["tie_word_embeddings"])
+        text = cfg.get("text_config")
+        return bool(isinstance(text, dict) and text.get("tie_word_embeddings"))
+
+    def describe(self) -> dict:
+        """JSON-able provenance record."""
+        dtypes: dict[str, int] = {}
+        for t in self.tensors.values():
+            dtypes[t.dtype] = dtypes.get(t.dtype, 0) + 1
+        return {
+            "source": self.source,
+            "path": str(self.path),
+            "format": self.format,
+            "files": [f.name for f in self.files],
+            "n_tensors": len(self.tensors),
+            "n_elements": self.n_params,
+            "stored_dtypes": dtypes,
+            "revision": self.revision,
+            "fingerprint": self.fingerprint(),
+            "tied_embeddings": self.tied_embeddings(),
+        }
+
+    def reader(self) -> TensorReader:
+        return TensorReader(self)
+
+
+class TensorReader:
+    """Chunked raw-word access to one checkpoint's tensors; use as a context manager."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        self._files = MappedFiles() if ckpt.format == "safetensors" else PickleFiles()
+
+    def words(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Flat elements ``[start, stop)`` of tensor ``name`` as unsigned words (zero-copy when possible)."""
+        return self._files.words(self.ckpt.tensors[name], start, stop)
+
+    def prefetch(self, name: str, start: int, stop: int) -> None:
+        self._files.prefetch(self.ckpt.tensors[name], start, stop)
+
+    def release(self, name: str, start: int, stop: int) -> None:
+        self._files.release(self.ckpt.tensors[name], start, stop)
+
+    def close(self) -> None:
+        self._files.close()
+
+    def __enter__(self) -> TensorReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_checkpoint(spec: str | Path, cache_dir: str | Path | None = None) -> Checkpoint:
+    """Resolve a local path or hub id and read its tensor inventory.
+
+    Args:
+        spec: folder, weight file, ``*.index.json`` file, or ``org/name[@revision]``.
+        cache_dir: Hugging Face cache folder for hub ids.
+
+    Raises:
+        CheckpointError: with the file (and tensor) named, for anything missing or corrupt.
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    revision = None
+    if not path.exists():
+        if looks_like_hub_id(text):
+            path, revision = download_snapshot(text, cache_dir)
+        else:
+            raise CheckpointError(f"{text}: no such file or folder")
+    ckpt = _open_local(text, path)
+    ckpt.revision = revision
+    return ckpt
+
+
+def _open_local(source: str, path: Path) -> Checkpoint:
+    if path.is_dir():
+        folder = path
+        kind, files, index = _find_weights(path)
+    else:
+        folder = path.parent
+        name = path.name
+        if name.endswith(".index.json"):
+            kind = "safetensors" if name.endswith(".safetensors.index.json") else "pytorch"
+            files, index = _files_from_index(path), path
+        elif name.endswith(".safetensors"):
+            kind, files, index = "safetensors", [path], None
+        elif name.endswith(_PICKLE_SUFFIXES):
+            kind, files, index = "pytorch", [path], None
+        else:
+            raise CheckpointError(
+                f"{path}: not a weight file (.safetensors, .bin, .pt, .index.json)"
+            )
+    ckpt = Checkpoint(source=source, path=path, format=kind, files=tuple(files), tensors={})
+    for f in files:
+        if kind == "safetensors":
+            tensors, _ = read_header(f)
+            aliases: dict[str, str] = {}
+        else:
+            tensors, aliases, warns = pickle_inventory(f)
+            ckpt.warnings.extend(warns)
+        for name, info in tensors.items():
+            if name in ckpt.tensors:
+                raise CheckpointError(
+                    f"{f}: tensor '{name}' also stored in {ckpt.tensors[name].file}"
+                )
+            ckpt.tensors[name] = info
+        ckpt.aliases.update(aliases)
+    if index is not None:
+        _check_index(index, ckpt)
+    ckpt.config = _read_config(folder / "config.json", ckpt.warnings)
+    return ckpt
+
+
+def _find_weights(folder: Path) -> tuple[str, list[Path], Path | None]:
+    for kind, index_name, single in (
+        ("safetensors", "model.safetensors.index.json", "model.safetensors"),
+        ("pytorch", "pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
+        if (folder / index_name).is_file():
+            return kind, _files_from_index(folder / index_name), folder / index_name
+        if (folder / single).is_file():
+            return kind, [folder / single], None
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if len(indexes) == 1:
+        return "safetensors", _files_from_index(indexes[0]), indexes[0]
+    shards = sorted(folder.glob("*.safetensors"))
+    if shards:
+        return "safetensors", shards, None
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if bins:
+        return "pytorch", bins, None
+    raise CheckpointError(
+        f"{folder}: no weights found (expected model.safetensors, *.safetensors with "
+        "model.safetensors.index.json, or pytorch_model*.bin)"
+    )
+
+
+def _load_index(index: Path) -> dict[str, str]:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{index}: corrupt index file ({exc})") from exc
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: corrupt index file (no 'weight_map')")
+    return {str(k): str(v) for k, v in weight_map.items()}
+
+
+def _files_from_index(index: Path) -> list[Path]:
+    weight_map = _load_index(index)
+    files: list[Path] = []
+    for name, fname in weight_map.items():
+        f = index.parent / fname
+        if f not in files:
+            if not f.is_file():
+                raise CheckpointError(
+                    f"{index}: names missing shard '{fname}' (for tensor '{name}')"
+                )
+            files.append(f)
+    return files
+
+
+def _check_index(index: Path, ckpt: Checkpoint) -> None:
+    for name, fname in _load_index(index).items():
+        info = ckpt.tensors.get(name)
+        if info is None or info.file.name != Path(fname).name:
+            raise CheckpointError(f"{index}: tensor '{name}' is not in shard '{fname}'")
+
+
+def _read_config(path: Path, warnings: list[str]) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        warnings.append(f"{path}: unreadable config ({exc}); tied weights detected from data only")
+        return {}
+    return cfg if isinstance(cfg, dict) else {}

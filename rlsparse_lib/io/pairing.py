@@ -1,0 +1,234 @@
+"""Align the tensors of two checkpoints by name and decide how each pair is compared.
+
+Nothing is dropped silently: every name in either checkpoint ends up either in
+:attr:`DiffPlan.pairs` (compared, possibly partially) or in :attr:`DiffPlan.skipped` with a reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from rlsparse_lib.errors import ConfigError, PairingError
+from rlsparse_lib.io.checkpoint import Checkpoint, TensorInfo
+from rlsparse_lib.io.dtypes import COMPARE_DTYPES, FLOAT_FORMATS, is_float
+
+_HEADS = ("lm_head.weight", "embed_out.weight")
+_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
+
+
+@dataclass(frozen=True)
+class TensorPair:
+    """One tensor compared between base and tuned.
+
+    Attributes:
+        name: tensor name (same in both checkpoints).
+        base, tuned: the stored tensors.
+        compare_dtype: dtype both sides are cast to before comparing (None for bitwise-only pairs).
+        numel: elements compared (the leading rows when the row counts differ).
+        kind: ``float`` (full statistics) or ``bitwise`` (integer/bool/fp8 buffers: changed count only).
+        note: why the comparison is partial or cast, or empty.
+    """
+
+    name: str
+    base: TensorInfo
+    tuned: TensorInfo
+    compare_dtype: str | None
+    numel: int
+    kind: str
+    note: str = ""
+
+    @property
+    def compared_shape(self) -> tuple[int, ...]:
+        if self.base.shape == self.tuned.shape:
+            return self.base.shape
+        rows = min(self.base.shape[0], self.tuned.shape[0])
+        return (rows, *self.base.shape[1:])
+
+    @property
+    def partial(self) -> bool:
+        return self.base.shape != self.tuned.shape
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A tensor that is not compared, and why."""
+
+    name: str
+    reason: str
+    numel_base: int = 0
+    numel_tuned: int = 0
+
+
+@dataclass
+class DiffPlan:
+    """The pairing of two checkpoints: what is compared, how, and what is not."""
+
+    base: Checkpoint
+    tuned: Checkpoint
+    pairs: list[TensorPair] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    #: human-readable notes on tied weights (each counted once)
+    tied: list[str] = field(default_factory=list)
+
+    @property
+    def float_pairs(self) -> list[TensorPair]:
+        return [p for p in self.pairs if p.kind == "float"]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes read from both sides."""
+        return sum(p.numel * (p.base.itemsize + p.tuned.itemsize) for p in self.pairs)
+
+    def shard_groups(self) -> list[list[TensorPair]]:
+        """Pairs grouped by (base file, tuned file), in file order: the units of work."""
+        groups: dict[tuple[str, str], list[TensorPair]] = {}
+        for p in self.pairs:
+            groups.setdefault((str(p.base.file), str(p.tuned.file)), []).append(p)
+        return list(groups.values())
+
+
+def plan_diff(
+    base: Checkpoint,
+    tuned: Checkpoint,
+    compare_dtype: str | None = None,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+) -> DiffPlan:
+    """Pair two checkpoints' tensors.
+
+    Args:
+        compare_dtype: cast both sides to this float dtype (default: each base tensor's stored
+            dtype; float64 is compared as float32).
+        include: if given, only names matching one of these regexes are compared.
+        exclude: names matching any of these regexes are not compared.
+
+    Raises:
+        PairingError: when the two checkpoints have no tensor in common.
+        ConfigError: for an unknown compare dtype or an invalid regex.
+    """
+    if compare_dtype is not None and compare_dtype not in COMPARE_DTYPES:
+        raise ConfigError(
+            f"--compare-dtype must be one of {', '.join(COMPARE_DTYPES)}, got {compare_dtype!r}"
+        )
+    inc = _compile(include, "--include")
+    exc = _compile(exclude, "--exclude")
+    plan = DiffPlan(base, tuned)
+    names = list(base.tensors) + [n for n in tuned.tensors if n not in base.tensors]
+    for name in names:
+        b, t = base.tensors.get(name), tuned.tensors.get(name)
+        numel_b, numel_t = (b.numel if b else 0), (t.numel if t else 0)
+        reason = _filter_reason(name, inc, exc, include, exclude)
+        if reason is None:
+            reason = _tie_reason(name, base, tuned)
+            if reason is not None:
+                plan.tied.append(f"{name}: {reason}")
+        if reason is None and (b is None or t is None):
+            reason = "missing in tuned" if t is None else "missing in base"
+        if reason is not None:
+            plan.skipped.append(Skipped(name, reason, numel_b, numel_t))
+            continue
+        assert b is not None and t is not None
+        pair = _pair(name, b, t, compare_dtype)
+        if isinstance(pair, Skipped):
+            plan.skipped.append(pair)
+        else:
+            plan.pairs.append(pair)
+    plan.tied.extend(_unstored_ties(base, tuned, names))
+    if not plan.pairs:
+        raise PairingError(
+            f"{base.source} and {tuned.source} have no comparable tensor in common "
+            f"({len(base.tensors)} vs {len(tuned.tensors)} tensors)"
+        )
+    files_b = {f: i for i, f in enumerate(base.files)}
+    files_t = {f: i for i, f in enumerate(tuned.files)}
+    plan.pairs.sort(
+        key=lambda p: (files_b[p.base.file], files_t[p.tuned.file], p.base.offset, p.name)
+    )
+    return plan
+
+
+def _compile(patterns: tuple[str, ...], flag: str) -> list[re.Pattern]:
+    try:
+        return [re.compile(p) for p in patterns]
+    except re.error as err:
+        raise ConfigError(f"{flag}: invalid regular expression: {err}") from err
+
+
+def _filter_reason(name, inc, exc, include, exclude) -> str | None:
+    if inc and not any(r.search(name) for r in inc):
+        return f"not matched by --include {' '.join(include)}"
+    for r, pat in zip(exc, exclude, strict=True):
+        if r.search(name):
+            return f"excluded by --exclude {pat}"
+    return None
+
+
+def _tie_reason(name: str, base: Checkpoint, tuned: Checkpoint) -> str | None:
+    """Reason to count ``name`` once as a tied duplicate, or None."""
+    for ckpt in (base, tuned):
+        target = ckpt.aliases.get(name)
+        if target is not None:
+            return f"tied to {target} (shares storage in {ckpt.source}); counted once"
+    if not name.endswith(_HEADS):
+        return None
+    for ckpt, other in ((base, tuned), (tuned, base)):
+        emb = _embedding_name(ckpt)
+        if emb is None or not ckpt.tied_embeddings():
+            continue
+        if name in ckpt.tensors:
+            return f"tied to {emb} (tie_word_embeddings in {ckpt.source}); counted once"
+        if name in other.tensors:
+            return f"tied to {emb} in {ckpt.source} (not stored there); counted once"
+    return None
+
+
+def _unstored_ties(base: Checkpoint, tuned: Checkpoint, names: list[str]) -> list[str]:
+    """Notes for heads tied to the embedding and stored in neither checkpoint."""
+    if any(n.endswith(_HEADS) for n in names):
+        return []
+    emb = _embedding_name(base)
+    if (
+        emb is None
+        or emb not in tuned.tensors
+        or not (base.tied_embeddings() or tuned.tied_embeddings())
+    ):
+        return []
+    return [f"output head tied to {emb} (tie_word_embeddings; not stored): counted once as {emb}"]
+
+
+def _embedding_name(ckpt: Checkpoint) -> str | None:
+    for n in ckpt.tensors:
+        if n.endswith(_EMBEDDINGS):
+            return n
+    return None
+
+
+def _pair(
+    name: str, b: TensorInfo, t: TensorInfo, compare_dtype: str | None
+) -> TensorPair | Skipped:
+    notes = []
+    if b.shape != t.shape:
+        if len(b.shape) != len(t.shape) or not b.shape or b.shape[1:] != t.shape[1:]:
+            return Skipped(
+                name, f"shape mismatch {list(b.shape)} vs {list(t.shape)}", b.numel, t.numel
+            )
+        rows = min(b.shape[0], t.shape[0])
+        extra_side = "base" if b.shape[0] > t.shape[0] else "tuned"
+        extra = abs(b.shape[0] - t.shape[0])
+        notes.append(
+            f"row count differs ({b.shape[0]} vs {t.shape[0]}): compared the first {rows} rows; "
+            f"{extra} rows only in {extra_side} not compared"
+        )
+    numel = b.numel if b.shape == t.shape else b.numel // b.shape[0] * min(b.shape[0], t.shape[0])
+    if is_float(b.dtype) and is_float(t.dtype):
+        cmp = compare_dtype or (b.dtype if b.dtype in FLOAT_FORMATS else "float32")
+        for side, info in (("base", b), ("tuned", t)):
+            if info.dtype != cmp:
+                notes.append(f"{side} {info.dtype} cast to {cmp}")
+        return TensorPair(name, b, t, cmp, numel, "float", "; ".join(notes))
+    if b.dtype != t.dtype:
+        return Skipped(name, f"dtype mismatch {b.dtype} vs {t.dtype}", b.numel, t.numel)
+    if b.dtype.startswith("float8"):
+        notes.append(f"{b.dtype}: raw codes compared bitwise (block scales not applied)")
+    return TensorPair(name, b, t, None, numel, "bitwise", "; ".join(notes))
