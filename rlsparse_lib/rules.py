@@ -31,6 +31,51 @@ def tol_key(tol: float) -> str:
     return repr(float(tol))
 
 
+def rule_suffix(rule: str, tol: float | None = None) -> str:
+    """Column suffix of a measuring rule: ``bitwise``, ``tol_<tol_key(tol)>`` or ``rel``.
+
+    ``rule`` is a kind (``bitwise``, ``tol``/``abs`` with ``tol``, ``rel``) or already a suffix
+    (``tol_1e-05``), so callers holding either get the one spelling.
+    """
+    if rule in ("tol", "abs"):
+        if tol is None:
+            raise ConfigError(f"rule {rule!r} needs a tolerance")
+        return f"tol_{tol_key(tol)}"
+    if rule in ("bitwise", "rel") and tol is None:
+        return rule
+    if rule.startswith("tol_") and tol is None:
+        try:
+            return f"tol_{tol_key(float(rule.removeprefix('tol_')))}"
+        except ValueError:
+            pass
+    raise ConfigError(f"unknown rule {rule!r} (use bitwise, tol_<t> or rel)")
+
+
+def sparsity_column(rule: str, tol: float | None = None) -> str:
+    """Canonical sparsity column of a rule, e.g. ``sparsity_column("tol", 1e-5)`` ->
+    ``"sparsity_tol_1e-05"`` (every table, run summary, CLI and figure uses these names)."""
+    return f"sparsity_{rule_suffix(rule, tol)}"
+
+
+def unchanged_column(rule: str, tol: float | None = None) -> str:
+    """Canonical unchanged-count column of a rule, e.g. ``"n_unchanged_tol_1e-05"``."""
+    return f"n_unchanged_{rule_suffix(rule, tol)}"
+
+
+def tol_of_column(column: str) -> float | None:
+    """The tolerance of a ``sparsity_tol_<t>`` / ``n_unchanged_tol_<t>`` column (None otherwise)."""
+    _, sep, t = column.partition("_tol_")
+    if not sep:
+        return None
+    try:
+        return float(t)
+    except ValueError:
+        return None
+
+
+#: the paper's column: sparsity with |Δ| <= 1e-5 counted as unchanged
+PAPER_SPARSITY = sparsity_column("tol", PAPER_TOL)
+
 #: mask rules: which elements get a 1 bit
 MASK_RULES = ("bitwise", "abs", "rel")
 

@@ -12,9 +12,7 @@ import torch
 from rlsparse_lib.analysis import absorption as precision
 from rlsparse_lib.analysis.absorption import (
     absorption_table,
-    binade_sparsity,
     precision_attribution,
-    ulp_histogram,
     visible_vs_absorbed,
 )
 from rlsparse_lib.diff.engine import diff_checkpoints
@@ -55,7 +53,7 @@ def test_binade_sparsity_and_absorption_match_numpy(tmp_path: Path) -> None:
     b = np.concatenate([t.float().numpy().ravel() for t in tuned.values()]).astype(np.float64)
     e = np.floor(np.log2(np.abs(a)))
     chg = a != b
-    tab = binade_sparsity(rep).set_index("exponent")
+    tab = rep.binade_table().set_index("exponent")
     for ex in np.unique(e):
         sel = e == ex
         row = tab.loc[int(ex)]
@@ -74,7 +72,7 @@ def test_binade_sparsity_and_absorption_match_numpy(tmp_path: Path) -> None:
     tiny = abs_tab.loc[1e-9]  # absorbed where 2^(e-8) > 1e-9: e >= -21, all weights here
     assert tiny["abs_threshold_bfloat16"] == 2.0**-21
     assert tiny["n_absorbing"] == a.size and tiny["share_of_unchanged"] == 1.0
-    h = ulp_histogram(rep)
+    h = rep.ulp_histogram()
     assert h["n"].sum() == chg.sum() and h["fraction"].sum() == pytest.approx(1.0)
     doc = precision_attribution(rep, [U])
     assert doc["absorption"][0]["n_absorbing"] == r["n_absorbing"]

@@ -11,22 +11,41 @@ plus a per-tensor CSV or parquet table.
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from rlsparse_lib.atomic import atomic_path, write_text_atomic
-from rlsparse_lib.diff.stats import ULP_LOG2_MIN, DiffStats
+from rlsparse_lib.atomic import atomic_path
+from rlsparse_lib.diff.stats import BINADE_BINS, ULP_LOG2_MIN, DiffStats
+from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.dtypes import FLOAT_FORMATS
 from rlsparse_lib.io.naming import parse_param_name
 from rlsparse_lib.io.pairing import TensorPair
-from rlsparse_lib.rules import sparsity, sparsity_from_changed, tol_key
+from rlsparse_lib.provenance import load_report_json, save_report_json
+from rlsparse_lib.rules import (
+    rule_suffix,
+    sparsity,
+    sparsity_column,
+    sparsity_from_changed,
+    tol_key,
+    unchanged_column,
+)
 
 SCHEMA = "rlsparse.diff/1"
+#: columns of :meth:`DiffReport.binade_table`
+BINADE_COLUMNS = [
+    "compare_dtype",
+    "exponent",
+    "abs_lo",
+    "ulp",
+    "half_ulp",
+    "n_total",
+    "n_changed",
+    "sparsity",
+    "share_of_weights",
+]
 _NONFINITE_FIELDS = (
     "n_zero_delta",
     "n_nonfinite_delta",
@@ -219,9 +238,27 @@ class DiffReport:
     # ---- tables ---------------------------------------------------------------------------
     def rules(self) -> list[tuple[str, str]]:
         """(column suffix, human label) of every rule: bitwise, each tolerance, relative."""
-        out = [("bitwise", "bitwise (bits differ)")]
-        out += [(f"tol_{tol_key(t)}", f"|Δ| <= {tol_key(t)}") for t in self.tolerances]
-        out.append(("rel", f"|Δ| <= {self.rel_eta!r}·max(|θ0|,|θ1|)"))
+        out = [(rule_suffix("bitwise"), "bitwise (bits differ)")]
+        out += [(rule_suffix("tol", t), f"|Δ| <= {tol_key(t)}") for t in self.tolerances]
+        out.append((rule_suffix("rel"), f"|Δ| <= {self.rel_eta!r}·max(|θ0|,|θ1|)"))
+        return out
+
+    def headline(self) -> dict:
+        """The report's headline numbers under the canonical keys every table uses.
+
+        ``n_params``, ``n_changed``, then ``sparsity_<suffix>`` and ``n_unchanged_<suffix>`` for
+        every rule of :meth:`rules` (``bitwise``, ``tol_<tol_key(t)>`` per tolerance, ``rel``),
+        each sparsity from the integer counts through :func:`rlsparse_lib.rules.sparsity`
+        (None when no element was compared).
+        """
+        n = self.n_params
+        counts = self._unchanged_counts(self.totals())
+        suffixes = [suffix for suffix, _ in self.rules()]
+        out: dict = {"n_params": n, "n_changed": self.n_changed}
+        out.update(
+            {sparsity_column(k): sparsity(c, n) for k, c in zip(suffixes, counts, strict=True)}
+        )
+        out.update({unchanged_column(k): c for k, c in zip(suffixes, counts, strict=True)})
         return out
 
     def _unchanged_counts(self, s: DiffStats) -> list[int]:
@@ -239,9 +276,9 @@ class DiffReport:
             for key in ("shape_base", "shape_tuned", "shape_compared"):
                 row[key] = "x".join(map(str, row[key]))
             for (suffix, _), n in zip(self.rules(), self._unchanged_counts(s), strict=True):
-                row[f"n_unchanged_{suffix}"] = n
+                row[unchanged_column(suffix)] = n
                 frac = sparsity(n, t.numel)
-                row[f"sparsity_{suffix}"] = float("nan") if frac is None else frac
+                row[sparsity_column(suffix)] = float("nan") if frac is None else frac
             row.update(_norms(s))
             row.update({f: getattr(s, f) for f in _NONFINITE_FIELDS})
             rows.append(row)
@@ -268,16 +305,17 @@ class DiffReport:
             g["numel"] += row["numel"]
             for k in keys:
                 n, frac = g["_sums"].get(k, (0, 0.0))
-                g["_sums"][k] = (n + row[f"n_unchanged_{k}"], frac + row[f"sparsity_{k}"])
+                g["_sums"][k] = (n + row[unchanged_column(k)], frac + row[sparsity_column(k)])
         out = []
         for key in sorted(groups, key=lambda k: (k is None, k)):
             g = groups[key]
             sums = g.pop("_sums")
             for k in keys:
                 n, frac = sums[k]
-                g[f"n_unchanged_{k}"] = n
-                g[f"sparsity_{k}"] = n / g["numel"] if g["numel"] else float("nan")
-                g[f"mean_sparsity_{k}"] = frac / g["n_tensors"]
+                g[unchanged_column(k)] = n
+                frac_k = sparsity(n, g["numel"])
+                g[sparsity_column(k)] = float("nan") if frac_k is None else frac_k
+                g[f"mean_{sparsity_column(k)}"] = frac / g["n_tensors"]
             out.append(g)
         return out
 
@@ -290,6 +328,10 @@ class DiffReport:
             df["layer"] = df["layer"].astype("Int64")
         return df
 
+    def layer_module_table(self, rule: str = "bitwise"):
+        """Fig. 3 table: sparsity per (layer, module) under ``rule``; see :func:`layer_module_table`."""
+        return layer_module_table(self.table(), rule)
+
     def ulp_rows(self) -> list[dict]:
         """Global histogram of |Δ| / ULP(θ0): ``{log2_ratio, n}`` for non-empty bins.
 
@@ -299,26 +341,73 @@ class DiffReport:
         return [{"log2_ratio": int(i) + ULP_LOG2_MIN, "n": int(h[i])} for i in np.flatnonzero(h)]
 
     def ulp_histogram(self):
-        """DataFrame of :meth:`ulp_rows`."""
+        """|Δ| / ULP(θ0) of the changed weights: ``log2_ratio, n, fraction`` (of changed weights).
+
+        ``log2_ratio = k`` means |Δ|/ULP ∈ [2^k, 2^(k+1)) (end bins open); a stored bf16 change is
+        at least one ULP, so k < 0 appears only through casts or a θ0 binade change.
+        """
         import pandas as pd
 
-        return pd.DataFrame(self.ulp_rows(), columns=["log2_ratio", "n"])
+        df = pd.DataFrame(self.ulp_rows(), columns=["log2_ratio", "n"])
+        total = int(df["n"].sum())
+        df["fraction"] = df["n"] / total if total else np.nan
+        return df
+
+    def binade_table(self):
+        """Sparsity per |θ0| binade, per compare dtype (the one binade table of rlsparse).
+
+        Returns:
+            DataFrame rows (binade order): ``compare_dtype, exponent`` (|θ0| ∈ [2^e, 2^(e+1)), or
+            ``zero/subnormal`` / ``inf/nan``), ``abs_lo`` (2^e), ``ulp``, ``half_ulp``,
+            ``n_total``, ``n_changed``, ``sparsity``, ``share_of_weights``.
+        """
+        import pandas as pd
+
+        acc: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for t in self.tensors:
+            tot, chg = acc.setdefault(
+                t.compare_dtype,
+                (np.zeros(BINADE_BINS, np.int64), np.zeros(BINADE_BINS, np.int64)),
+            )
+            tot += t.stats.binade_total
+            chg += t.stats.binade_changed
+        n_all = sum(int(tot.sum()) for tot, _ in acc.values())
+        rows = []
+        for dtype, (tot, chg) in sorted(acc.items()):
+            fmt = FLOAT_FORMATS[dtype]
+            for f in (int(f) for f in np.flatnonzero(tot)):
+                ulp = binade_ulp(f, dtype)
+                lo = (
+                    0.0
+                    if f == 0
+                    else (math.inf if f == fmt.exp_max_field else 2.0 ** (f - fmt.bias))
+                )
+                rows.append(
+                    {
+                        "compare_dtype": dtype,
+                        "exponent": binade_label(f, dtype),
+                        "abs_lo": lo,
+                        "ulp": ulp,
+                        "half_ulp": ulp / 2,
+                        "n_total": int(tot[f]),
+                        "n_changed": int(chg[f]),
+                        "sparsity": sparsity_from_changed(int(chg[f]), int(tot[f])),
+                        "share_of_weights": int(tot[f]) / n_all,
+                    }
+                )
+        return pd.DataFrame(rows, columns=BINADE_COLUMNS)
 
     def binade_rows(self) -> list[dict]:
         """Changed fraction per |θ0| binade: ``{exponent, n_total, n_changed, changed_fraction}``.
 
-        ``exponent = e`` means |θ0| in [2^e, 2^(e+1)) in the compare dtype; ``zero/subnormal`` and
-        ``inf/nan`` rows hold the exponent-field extremes. Tensors compared in different dtypes
-        are pooled by unbiased exponent.
+        :meth:`binade_table` pooled over compare dtypes by unbiased exponent (the JSON form);
+        ``zero/subnormal`` and ``inf/nan`` rows hold the exponent-field extremes.
         """
         acc: dict[object, list[int]] = {}
-        for t in self.tensors:
-            fmt = FLOAT_FORMATS[t.compare_dtype]
-            for f in np.flatnonzero(t.stats.binade_total):
-                key = _binade_label(int(f), fmt.bias, fmt.exp_max_field)
-                n = acc.setdefault(key, [0, 0])
-                n[0] += int(t.stats.binade_total[f])
-                n[1] += int(t.stats.binade_changed[f])
+        for r in self.binade_table().to_dict("records"):
+            n = acc.setdefault(r["exponent"], [0, 0])
+            n[0] += int(r["n_total"])
+            n[1] += int(r["n_changed"])
         rows = [
             {"exponent": k, "n_total": v[0], "n_changed": v[1], "changed_fraction": v[1] / v[0]}
             for k, v in acc.items()
@@ -326,14 +415,6 @@ class DiffReport:
         order = {"zero/subnormal": -(10**6), "inf/nan": 10**6}
         rows.sort(key=lambda r: order.get(r["exponent"], r["exponent"]))
         return rows
-
-    def binade_table(self):
-        """DataFrame of :meth:`binade_rows`."""
-        import pandas as pd
-
-        return pd.DataFrame(
-            self.binade_rows(), columns=["exponent", "n_total", "n_changed", "changed_fraction"]
-        )
 
     # ---- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -376,13 +457,8 @@ class DiffReport:
         }
 
     def save_json(self, path: str | Path) -> None:
-        """Write the JSON report (gzip-compressed when the name ends in ``.gz``)."""
-        text = json.dumps(self.to_dict(), indent=1, default=_json_default) + "\n"
-        if str(path).endswith(".gz"):
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(gzip.compress(text.encode(), mtime=0))
-        else:
-            write_text_atomic(path, text)
+        """Write the JSON report atomically (gzip-compressed when the name ends in ``.gz``)."""
+        save_report_json(path, self.to_dict())
 
     def save_table(self, path: str | Path) -> None:
         """Per-tensor table as CSV, or parquet when the name ends in ``.parquet``."""
@@ -397,7 +473,7 @@ class DiffReport:
     @classmethod
     def from_dict(cls, d: dict) -> DiffReport:
         if d.get("schema") != SCHEMA:
-            raise ValueError(f"not an rlsparse diff report (schema {d.get('schema')!r})")
+            raise ConfigError(f"not an rlsparse diff report (schema {d.get('schema')!r})")
         return cls(
             tolerances=tuple(float(k) for k in d["tolerances"]),
             rel_eta=d["relative"]["eta"],
@@ -410,11 +486,12 @@ class DiffReport:
 
     @classmethod
     def load(cls, path: str | Path) -> DiffReport:
-        """Read a report written by :meth:`save_json` (``.json`` or ``.json.gz``)."""
-        raw = Path(path).read_bytes()
-        if str(path).endswith(".gz"):
-            raw = gzip.decompress(raw)
-        return cls.from_dict(json.loads(raw))
+        """Read a report written by :meth:`save_json` (``.json`` or ``.json.gz``).
+
+        Raises:
+            ConfigError: unreadable file or another schema (the file is named).
+        """
+        return cls.from_dict(load_report_json(path, SCHEMA))
 
 
 def _norms(s: DiffStats) -> dict:
@@ -429,17 +506,49 @@ def _norms(s: DiffStats) -> dict:
     }
 
 
-def _binade_label(field: int, bias: int, max_field: int) -> object:
-    if field == 0:
+def binade_label(field_value: int, dtype: str) -> int | str:
+    """Unbiased exponent of an exponent field, or ``zero/subnormal`` / ``inf/nan``."""
+    fmt = FLOAT_FORMATS[dtype]
+    if field_value == 0:
         return "zero/subnormal"
-    if field == max_field:
+    if field_value == fmt.exp_max_field:
         return "inf/nan"
-    return field - bias
+    return field_value - fmt.bias
 
 
-def _json_default(o: object) -> object:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+def binade_ulp(field_value: int, dtype: str) -> float:
+    """ULP of the values with this exponent field (subnormals: the smallest ULP; inf/nan: nan)."""
+    fmt = FLOAT_FORMATS[dtype]
+    if field_value == fmt.exp_max_field:
+        return math.nan
+    e = max(field_value, 1) - fmt.bias
+    return math.ldexp(1.0, e - fmt.mant_bits)
+
+
+def layer_module_table(tensors, rule: str = "bitwise"):
+    """Fig. 3 long table from a per-tensor table (:meth:`DiffReport.table` or its stored CSV).
+
+    Rows ``layer, module, numel, n_unchanged, sparsity`` (count-weighted, %) per (layer, module),
+    plus the paper's unweighted per-layer mean over tensors as module ``mean over tensors``.
+
+    Args:
+        tensors: per-tensor DataFrame with ``layer, module, numel, n_unchanged_<rule>`` (or a
+            :class:`DiffReport`, whose :meth:`~DiffReport.table` is used).
+        rule: ``bitwise``, ``tol_<t>`` (e.g. ``tol_1e-05``) or ``rel``.
+    """
+    import pandas as pd
+
+    if hasattr(tensors, "table"):  # a DiffReport
+        tensors = tensors.table()
+    col = unchanged_column(rule)
+    if col not in tensors.columns:
+        raise ConfigError(f"no rule {rule!r} in the report (columns n_unchanged_<rule>)")
+    df = tensors[tensors["layer"].notna()].copy()
+    df["layer"] = df["layer"].astype(int)
+    g = df.groupby(["layer", "module"], sort=True)[["numel", col]].sum().reset_index()
+    g["sparsity"] = 100 * g[col] / g["numel"]
+    mean = (
+        (100 * df[col] / df["numel"]).groupby(df["layer"]).mean().rename("sparsity").reset_index()
+    )
+    mean["module"] = "mean over tensors"
+    return pd.concat([g.rename(columns={col: "n_unchanged"}), mean], ignore_index=True)

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from rlsparse_lib.diff.report import DiffReport
-
-_PAPER_TOL = 1e-5
+from rlsparse_lib.rules import (
+    PAPER_SPARSITY,
+    PAPER_TOL,
+    rule_suffix,
+    sparsity,
+    sparsity_column,
+    unchanged_column,
+)
 
 
 def format_summary(report: DiffReport, by: str = "module", max_list: int = 10) -> str:
@@ -27,11 +33,13 @@ def format_summary(report: DiffReport, by: str = "module", max_list: int = 10) -
     lines.append("")
     lines.append(f"{'rule':<42}{'unchanged':>16}{'sparsity':>12}")
     total = report.totals()
-    counts = report._unchanged_counts(total)
-    for (suffix, label), n in zip(report.rules(), counts, strict=True):
-        if suffix == f"tol_{_PAPER_TOL!r}":
+    head = report.headline()
+    for suffix, label in report.rules():
+        if suffix == rule_suffix("tol", PAPER_TOL):
             label += "  (paper default)"
-        pct = 100 * n / report.n_params if report.n_params else float("nan")
+        n = head[unchanged_column(suffix)]
+        frac = sparsity(n, report.n_params)
+        pct = float("nan") if frac is None else 100 * frac
         lines.append(f"{label:<42}{n:>16,}{pct:>11.4f}%")
     norms = report.norms(total)
     rel = norms["relative_delta_fro"]
@@ -80,18 +88,18 @@ def format_summary(report: DiffReport, by: str = "module", max_list: int = 10) -
 
 def _group_table(report: DiffReport, by: str) -> list[str]:
     rows = report.group_rows(by)
-    tol = f"tol_{_PAPER_TOL!r}"
-    has_tol = _PAPER_TOL in report.tolerances
+    has_tol = PAPER_TOL in report.tolerances
     head = f"{by:<34}{'tensors':>8}{'elements':>15}{'bitwise':>10}"
     head += f"{'1e-05':>10}" if has_tol else ""
     head += f"{'mean/tensor':>13}"
     out = [f"sparsity by {by} (count-weighted; 'mean/tensor' = unweighted mean, bitwise)", head]
     for r in rows:
         key = "—" if r[by] is None else str(r[by])
-        row = f"{key:<34}{r['n_tensors']:>8}{r['numel']:>15,}{100 * r['sparsity_bitwise']:>9.2f}%"
+        bitwise = sparsity_column("bitwise")
+        row = f"{key:<34}{r['n_tensors']:>8}{r['numel']:>15,}{100 * r[bitwise]:>9.2f}%"
         if has_tol:
-            row += f"{100 * r[f'sparsity_{tol}']:>9.2f}%"
-        row += f"{100 * r['mean_sparsity_bitwise']:>12.2f}%"
+            row += f"{100 * r[PAPER_SPARSITY]:>9.2f}%"
+        row += f"{100 * r[f'mean_{bitwise}']:>12.2f}%"
         out.append(row)
     return out
 

@@ -1,9 +1,12 @@
-"""Every notebook's figures, drawn from its stored results only (tables and saved diff reports).
+"""The figure registry: every figure of ``figures/`` by its id (the file stem), drawn from the
+stored results (tables and saved diff reports under ``data/results/<notebook>/``) only.
 
-The notebooks call :meth:`Experiment.draw_figures` after saving their results; ``rlsparse
-figures`` calls the same functions for every notebook whose results exist, so figures can be
-regenerated without retraining or re-reading checkpoints. Figure ids of ``SOURCE="hub"`` runs get a
-``__hub`` suffix so they never overwrite the committed local ones.
+``FIGURES["fig3_layer_module"]`` names the notebook whose results it reads and the function that
+turns those tables into the figure, so figure → code is one hop. The notebooks call
+:func:`draw_notebook` (through :meth:`Experiment.draw_figures`) after saving their results;
+``rlsparse figures`` calls it for every notebook whose results exist, so figures can be
+regenerated without retraining or re-reading checkpoints. Figures of ``SOURCE="hub"`` runs get a
+``__hub`` suffix (where the figure has a hub variant) so they never overwrite the local ones.
 """
 
 from __future__ import annotations
@@ -12,155 +15,214 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rlsparse_lib import plotting
+from rlsparse_lib.diff.report import layer_module_table
 from rlsparse_lib.experiments.tables import slug
-from rlsparse_lib.rules import MaskRule
+from rlsparse_lib.rules import PAPER_TOL, MaskRule
 
 
-def _ids(exp, figs: dict) -> dict:
-    suffix = "" if exp.source == "local" else f"__{exp.source}"
-    return {f"{k}{suffix}": v for k, v in figs.items()}
+@dataclass(frozen=True)
+class FigureSpec:
+    """How one figure is drawn.
+
+    Attributes:
+        notebook: the notebook whose stored results the figure reads (``data/results/<it>/``).
+        draw: ``draw(exp) -> Figure | None`` (None: the results hold nothing to draw).
+        hub_variant: for ``SOURCE="hub"`` results the figure is saved as ``<id>__hub``; figures
+            without a hub variant are drawn from local results only.
+        local_only: drawn only for ``SOURCE="local"`` results.
+    """
+
+    notebook: str
+    draw: Callable[[object], object]
+    hub_variant: bool = False
+    local_only: bool = False
 
 
-def _quickstart(exp) -> dict:
-    reports = {"SFT": exp.load_diff("sft"), "GRPO": exp.load_diff("grpo")}
+def _cached(exp, key: str, load: Callable[[], object]) -> object:
+    """Load a stored result once per drawing session (several figures read the same diff)."""
+    cache = exp.__dict__.setdefault("_figure_cache", {})
+    if key not in cache:
+        cache[key] = load()
+    return cache[key]
+
+
+def _diff(exp, label: str):
+    return _cached(exp, f"diff:{label}", lambda: exp.load_diff(label))
+
+
+# ---- 00_quickstart ---------------------------------------------------------------------------
+_QUICKSTART = {"SFT": "sft", "GRPO": "grpo"}
+
+
+def _quickstart_layer_module(exp):
+    tables = {k: _diff(exp, v).layer_module_table() for k, v in _QUICKSTART.items()}
+    return plotting.plot_layer_module_sparsity(tables)
+
+
+def _quickstart_binade(exp):
     lr = float(exp.load_table("sparsity")["lr"].iloc[0])
-    return {
-        "quickstart_layer_module": plotting.plot_layer_module_sparsity(reports),
-        "quickstart_binade": plotting.plot_binade_curve(reports, update_sizes=(lr,)),
-        "quickstart_ulp_histogram": plotting.plot_ulp_histogram(reports),
-    }
+    tables = {k: _diff(exp, v).binade_table() for k, v in _QUICKSTART.items()}
+    return plotting.plot_binade_curve(tables, update_sizes=(lr,))
 
 
-def _update_sparsity(exp) -> dict:
-    if exp.source != "local":
-        return {}
-    runs = exp.load_table("measured_local")["run"]
-    return {
-        "table6_tolerance_curves": plotting.plot_tolerance_curves(
-            {r: exp.load_diff(r) for r in runs}
-        )
-    }
+def _quickstart_ulp_histogram(exp):
+    tables = {k: _diff(exp, v).ulp_histogram() for k, v in _QUICKSTART.items()}
+    return plotting.plot_ulp_histogram(tables)
 
 
-def _sft_vs_rl(exp) -> dict:
+# ---- 01–05 -----------------------------------------------------------------------------------
+def _tolerance_curves(exp):
+    return plotting.plot_tolerance_curves(exp.load_table("measured_local"), label="run")
+
+
+def _sft_vs_rl(exp):
     bars = exp.load_table("sft_vs_rl").dropna(subset=["sparsity"])
-    return _ids(exp, {"fig1_sft_vs_rl": plotting.plot_sft_vs_rl(bars)}) if len(bars) else {}
+    return plotting.plot_sft_vs_rl(bars) if len(bars) else None
 
 
-def _layerwise(exp) -> dict:
-    panels = {
-        label: exp.load_table(f"tensors_{slug(label)}") for label in exp.recorded("panels", [])
-    }
+def _layer_module(exp):
     rule = exp.recorded("rule", "bitwise")
-    return (
-        _ids(exp, {"fig3_layer_module": plotting.plot_layer_module_sparsity(panels, rule=rule)})
-        if panels
-        else {}
-    )
+    tables = {}
+    for label in exp.recorded("panels", []):
+        stored = exp.results / f"layer_module_{slug(label)}.csv"
+        tables[label] = (
+            exp.load_table(stored.stem)
+            if stored.is_file()
+            else layer_module_table(exp.load_table(f"tensors_{slug(label)}"), rule)
+        )
+    return plotting.plot_layer_module_sparsity(tables, rule=rule) if tables else None
 
 
-@dataclass
-class _StoredRank:
-    """A rank report's module table, as stored (what the rank bars need)."""
-
-    module_table: object
-    summary_row: dict
-
-    def by_module(self):
-        return self.module_table.copy()
-
-    def summary(self) -> dict:
-        return self.summary_row
+def _update_rank(exp):
+    runs = exp.load_table("rank_summary")["run"]
+    return plotting.plot_rank_bars({r: exp.load_table(f"rank_by_module_{r}") for r in runs})
 
 
-def _update_rank(exp) -> dict:
-    summary = exp.load_table("rank_summary")
-    reports = {
-        r["run"]: _StoredRank(exp.load_table(f"rank_by_module_{r['run']}"), r)
-        for r in summary.to_dict("records")
-    }
-    return _ids(exp, {"table2_update_rank": plotting.plot_rank_bars(reports)})
+def _subnetwork_training(exp):
+    return plotting.plot_training_curves(exp.load_table("history"))
 
 
-def _subnetwork(exp) -> dict:
-    return {"fig4_subnetwork_training": plotting.plot_training_curves(exp.load_table("history"))}
+# ---- 06_overlap ------------------------------------------------------------------------------
+def _overlap(exp):
+    return plotting.plot_overlap_heatmap(exp.load_table("matrix_o").set_index("mask"))
 
 
-def _overlap(exp) -> dict:
-    frame = exp.load_table("matrix_o").set_index("mask")
+def _overlap_enrichment_binade(exp):
     enrich = exp.load_table("matrix_enrichment_binade").set_index("mask")
-    return {
-        "table4_overlap": plotting.plot_overlap_heatmap(frame),
-        "table4_overlap_enrichment_binade": plotting.plot_overlap_heatmap(
-            enrich, metric="enrichment_binade"
-        ),
-    }
+    return plotting.plot_overlap_heatmap(enrich, metric="enrichment_binade")
 
 
-@dataclass
-class _StoredDynamics:
-    """A dynamics report's series, as stored (what the dynamics plot needs)."""
-
-    table: object
-    rule: MaskRule
-    labels: list
-    provenance: dict
-
-    def series(self):
-        return self.table.copy()
-
-
-def _dynamics(exp) -> dict:
-    series = exp.load_table("series")
+# ---- 07_dynamics -----------------------------------------------------------------------------
+def _dynamics(exp):
     rule = (
         MaskRule("bitwise")
         if exp.recorded("rule", "bitwise") == "bitwise"
-        else MaskRule("abs", 1e-5)
+        else MaskRule("abs", PAPER_TOL)
     )
-    dyn = _StoredDynamics(series, rule, list(series["label"]), {})
     acc = exp.load_table("accuracy")
     acc = acc[acc["step"] > 0]
-    fate = exp.load_table("fate").iloc[0].to_dict()
-    return {
-        "fig5-7_dynamics": plotting.plot_dynamics(
-            dyn, accuracy={"held-out accuracy": list(acc["accuracy"])}
-        ),
-        "fig2_parameter_fate": plotting.plot_parameter_fate({"GRPO": fate}),
-        "fig7_per_step_monitor": plotting.plot_monitor(exp.load_table("monitor")),
-    }
+    return plotting.plot_dynamics(
+        exp.load_table("series"),
+        rule=rule.describe(),
+        accuracy={"held-out accuracy": list(acc["accuracy"])},
+    )
 
 
-def _causes(exp) -> dict:
-    return {
-        "table5_causes": plotting.plot_causes(exp.load_table("causes")),
-        "causes_training_length": plotting.plot_length(exp.load_table("length")),
-    }
+def _parameter_fate(exp):
+    return plotting.plot_parameter_fate({"GRPO": exp.load_table("fate").iloc[0].to_dict()})
 
 
-def _precision(exp) -> dict:
-    modes = exp.load_table("modes")
-    lr = exp.load_table("lr")
-    grpo = exp.load_diff("grpo_mixed")
-    base_lr = float(lr["lr"].min())
-    return {
-        "precision_modes": plotting.plot_precision_modes(modes),
-        "precision_lr": plotting.plot_lr_scaling(lr),
-        "precision_binade": plotting.plot_binade_curve(
-            {"GRPO (mixed)": grpo}, update_sizes=(base_lr, 10 * base_lr)
-        ),
-        "precision_per_step": plotting.plot_monitor(exp.load_table("per_step")),
-    }
+def _per_step_monitor(exp):
+    return plotting.plot_monitor(exp.load_table("monitor"))
 
 
-FIGURES: dict[str, Callable] = {
-    "00_quickstart": _quickstart,
-    "01_update_sparsity": _update_sparsity,
-    "02_sft_vs_rl": _sft_vs_rl,
-    "03_layerwise": _layerwise,
-    "04_update_rank": _update_rank,
-    "05_subnetwork_finetuning": _subnetwork,
-    "06_overlap": _overlap,
-    "07_dynamics": _dynamics,
-    "08_causes": _causes,
-    "09_precision": _precision,
+# ---- 08_causes, 09_precision -----------------------------------------------------------------
+def _causes(exp):
+    return plotting.plot_causes(exp.load_table("causes"))
+
+
+def _training_length(exp):
+    return plotting.plot_length(exp.load_table("length"))
+
+
+def _precision_modes(exp):
+    return plotting.plot_precision_modes(exp.load_table("modes"))
+
+
+def _precision_lr(exp):
+    return plotting.plot_lr_scaling(exp.load_table("lr"))
+
+
+def _precision_binade(exp):
+    base_lr = float(exp.load_table("lr")["lr"].min())
+    table = _diff(exp, "grpo_mixed").binade_table()
+    return plotting.plot_binade_curve({"GRPO (mixed)": table}, update_sizes=(base_lr, 10 * base_lr))
+
+
+def _precision_per_step(exp):
+    return plotting.plot_monitor(exp.load_table("per_step"))
+
+
+#: every figure under figures/, by id (= file stem), in drawing order
+FIGURES: dict[str, FigureSpec] = {
+    "quickstart_layer_module": FigureSpec("00_quickstart", _quickstart_layer_module),
+    "quickstart_binade": FigureSpec("00_quickstart", _quickstart_binade),
+    "quickstart_ulp_histogram": FigureSpec("00_quickstart", _quickstart_ulp_histogram),
+    "table6_tolerance_curves": FigureSpec("01_update_sparsity", _tolerance_curves, local_only=True),
+    "fig1_sft_vs_rl": FigureSpec("02_sft_vs_rl", _sft_vs_rl, hub_variant=True),
+    "fig3_layer_module": FigureSpec("03_layerwise", _layer_module, hub_variant=True),
+    "table2_update_rank": FigureSpec("04_update_rank", _update_rank, hub_variant=True),
+    "fig4_subnetwork_training": FigureSpec("05_subnetwork_finetuning", _subnetwork_training),
+    "table4_overlap": FigureSpec("06_overlap", _overlap),
+    "table4_overlap_enrichment_binade": FigureSpec("06_overlap", _overlap_enrichment_binade),
+    "fig5-7_dynamics": FigureSpec("07_dynamics", _dynamics),
+    "fig2_parameter_fate": FigureSpec("07_dynamics", _parameter_fate),
+    "fig7_per_step_monitor": FigureSpec("07_dynamics", _per_step_monitor),
+    "table5_causes": FigureSpec("08_causes", _causes),
+    "causes_training_length": FigureSpec("08_causes", _training_length),
+    "precision_modes": FigureSpec("09_precision", _precision_modes),
+    "precision_lr": FigureSpec("09_precision", _precision_lr),
+    "precision_binade": FigureSpec("09_precision", _precision_binade),
+    "precision_per_step": FigureSpec("09_precision", _precision_per_step),
 }
+
+
+def notebooks() -> list[str]:
+    """The notebooks that draw figures, in order."""
+    return list(dict.fromkeys(spec.notebook for spec in FIGURES.values()))
+
+
+def figure_ids(notebook: str) -> list[str]:
+    """Ids of the figures drawn from ``notebook``'s results."""
+    return [fig_id for fig_id, spec in FIGURES.items() if spec.notebook == notebook]
+
+
+def saved_id(fig_id: str, source: str) -> str | None:
+    """The file stem a figure is saved under for ``source`` results (None: not drawn)."""
+    spec = FIGURES[fig_id]
+    if source == "local":
+        return fig_id
+    if spec.local_only:
+        return None
+    return f"{fig_id}__{source}" if spec.hub_variant else fig_id
+
+
+def draw_notebook(exp, only: set[str] | None = None) -> dict:
+    """Draw the figures of ``exp.notebook`` from its stored results (not saved).
+
+    Args:
+        exp: the notebook's :class:`~rlsparse_lib.experiments.context.Experiment`.
+        only: figure ids to draw (default: all of the notebook's).
+
+    Returns:
+        ``{saved id: matplotlib Figure}`` (hub runs: ``<id>__hub`` where the figure has one).
+    """
+    out = {}
+    for fig_id in figure_ids(exp.notebook):
+        target = saved_id(fig_id, exp.source)
+        if target is None or (only is not None and fig_id not in only):
+            continue
+        fig = FIGURES[fig_id].draw(exp)
+        if fig is not None:
+            out[target] = fig
+    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from rlsparse_lib.errors import RlsparseError
 from rlsparse_lib.paths import Paths
-from rlsparse_lib.rules import sparsity
 
 
 def load_pairs(registry: str = "paper", section: str = "rl") -> list[dict]:
@@ -51,17 +50,12 @@ def diff_pairs_from_hub(exp, pairs: list[dict], compare_dtype: str = "bfloat16")
         except RlsparseError as err:
             rows.append({**row, "status": f"unavailable: {err}"})
             continue
-        total = report.totals()
+        head = report.headline()
         rows.append(
             {
                 **row,
                 "status": "measured",
-                "n_params": report.n_params,
-                "sparsity_bitwise": report.sparsity,
-                **{
-                    f"sparsity_{t!r}": sparsity(total.n_unchanged_at(k), report.n_params)
-                    for k, t in enumerate(report.tolerances)
-                },
+                **{k: v for k, v in head.items() if not k.startswith("n_unchanged_")},
             }
         )
     return rows

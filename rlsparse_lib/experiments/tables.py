@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from rlsparse_lib.diff.report import DiffReport
-from rlsparse_lib.rules import sparsity, tol_key
 
 
 def slug(label: str) -> str:
@@ -17,7 +16,13 @@ def final_step(run) -> int:
 
 
 def run_row(label: str, run, report: DiffReport) -> dict:
-    """Run identity, accuracy before/after, rewards, and update sparsity at every rule."""
+    """One run summary row: identity, accuracy before/after, rewards, and the report's headline.
+
+    ``reward_first`` / ``reward_last`` are the mean reward of the first / last logged training
+    step (the batch mean the run logged at that step; None for runs without rewards, e.g. SFT).
+    The sparsity columns are :meth:`DiffReport.headline` (``sparsity_bitwise``,
+    ``sparsity_tol_<t>``, ``sparsity_rel`` and their ``n_unchanged_*`` counts).
+    """
     cfg = run.manifest["config"]
     ev = run.manifest.get("eval") or {}
     rewards = [h["reward"] for h in run.manifest.get("history", []) if "reward" in h]
@@ -32,12 +37,6 @@ def run_row(label: str, run, report: DiffReport) -> dict:
         "acc_after": (ev.get("after") or {}).get("accuracy"),
         "reward_first": rewards[0] if rewards else None,
         "reward_last": rewards[-1] if rewards else None,
-        "n_params": report.n_params,
-        "n_changed": report.n_changed,
-        "sparsity_bitwise": report.sparsity,
     }
-    total = report.totals()
-    for k, t in enumerate(report.tolerances):
-        row[f"sparsity_{tol_key(t)}"] = sparsity(total.n_unchanged_at(k), report.n_params)
-    row["sparsity_rel"] = sparsity(total.n_rel_unchanged_total, report.n_params)
+    row.update(report.headline())
     return row

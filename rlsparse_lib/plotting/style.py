@@ -206,3 +206,17 @@ def save_figure(
     if close:
         plt.close(fig)
     return out
+
+
+def pct_axis(ax, axis: str = "y") -> None:
+    """Format an axis holding percentages (0–100) with a % sign."""
+    from matplotlib.ticker import PercentFormatter
+
+    (ax.yaxis if axis == "y" else ax.xaxis).set_major_formatter(PercentFormatter(100))
+
+
+def as_panels(obj, default_label: str = "") -> dict:
+    """``{label: data}`` from a mapping, or one unlabelled panel."""
+    from collections.abc import Mapping
+
+    return dict(obj) if isinstance(obj, Mapping) else {default_label: obj}
