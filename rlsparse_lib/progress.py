@@ -34,6 +34,19 @@ def progress_bar(**kwargs: Any):
     return tqdm(**kwargs)
 
 
+def byte_progress(total: int, desc: str, enabled: bool = True):
+    """A bar over ``total`` bytes (KiB/MiB/GiB, rate and ETA), the one every streaming command
+    uses; ``enabled=False`` silences it (it is also silent off a terminal, as tqdm decides)."""
+    return progress_bar(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=desc,
+        disable=None if enabled else True,
+    )
+
+
 def _silent(disable: bool | None) -> bool:
     if disable is True:
         return True

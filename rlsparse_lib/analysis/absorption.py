@@ -31,9 +31,10 @@ from rlsparse_lib.diff.report import DiffReport
 from rlsparse_lib.diff.stats import BINADE_BINS, ULP_BINS, ULP_LOG2_MIN
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint, open_checkpoint
-from rlsparse_lib.io.dtypes import FLOAT_FORMATS, cast_words, decode_tables
+from rlsparse_lib.io.chunks import pair_chunks
+from rlsparse_lib.io.dtypes import FLOAT_FORMATS, decode_tables
 from rlsparse_lib.io.pairing import plan_diff
-from rlsparse_lib.progress import progress_bar
+from rlsparse_lib.progress import byte_progress
 from rlsparse_lib.rules import sparsity_from_changed
 
 SCHEMA = "rlsparse.absorption/1"
@@ -322,8 +323,7 @@ def visible_vs_absorbed(
     if dtype not in CAST_DTYPES:
         raise ConfigError(f"cast dtype must be one of {', '.join(CAST_DTYPES)}, got {dtype!r}")
     t0 = time.perf_counter()
-    base_ck = base if isinstance(base, Checkpoint) else open_checkpoint(base)
-    tuned_ck = tuned if isinstance(tuned, Checkpoint) else open_checkpoint(tuned)
+    base_ck, tuned_ck = open_checkpoint(base), open_checkpoint(tuned)
     plan = plan_diff(base_ck, tuned_ck, "float32", include, exclude)
     skipped = [{"name": s.name, "reason": s.reason} for s in plan.skipped]
     pairs = []
@@ -343,29 +343,14 @@ def visible_vs_absorbed(
     binades = np.zeros((BINADE_BINS, 3), np.int64)
     hist = np.zeros((2, ULP_BINS), np.int64)
     rows = []
-    bar = progress_bar(
-        total=sum(p.numel * 8 for p in pairs),
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc="absorption",
-        disable=None if progress else True,
-    )
+    bar = byte_progress(sum(p.numel * 8 for p in pairs), "absorption", progress)
     try:
         with base_ck.reader() as rb, tuned_ck.reader() as rt:
             for p in pairs:
                 before = binades[:, 1:].sum(axis=0)
-                for start in range(0, p.numel, chunk_elems):
-                    stop = min(p.numel, start + chunk_elems)
-                    a = rb.words(p.name, start, stop)
-                    b = rt.words(p.name, start, stop)
-                    a16 = cast_words(a, "float32", dtype)
-                    b16 = cast_words(b, "float32", dtype)
-                    _absorb_counts(a, b, a16, b16, efield, ulplog2, binades, hist)
-                    del a, b
-                    rb.release(p.name, start, stop)
-                    rt.release(p.name, start, stop)
-                    bar.update((stop - start) * 8)
+                # raw: the fp32 words; base/tuned: their casts to ``dtype``
+                for c in pair_chunks(p, rb, rt, chunk_elems, compare=dtype, on_bytes=bar.update):
+                    _absorb_counts(*c.raw, c.base, c.tuned, efield, ulplog2, binades, hist)
                 upd, vis = (int(v) for v in binades[:, 1:].sum(axis=0) - before)
                 rows.append(
                     {

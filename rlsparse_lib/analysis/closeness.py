@@ -131,8 +131,7 @@ def closeness(
     if any(t <= 0 for t in tols):
         raise ConfigError(f"tolerances must be > 0 (bitwise is always reported), got {tols}")
     t0 = time.perf_counter()
-    a_ck = a if isinstance(a, Checkpoint) else open_checkpoint(a)
-    b_ck = b if isinstance(b, Checkpoint) else open_checkpoint(b)
+    a_ck, b_ck = open_checkpoint(a), open_checkpoint(b)
     config = DiffConfig(
         tolerances=tols, compare_dtype=compare_dtype, include=include, exclude=exclude
     )
@@ -140,7 +139,7 @@ def closeness(
     table = _equal_table(diff)
     inputs = {"a": a_ck.describe(), "b": b_ck.describe()}
     if init is not None:
-        init_ck = init if isinstance(init, Checkpoint) else open_checkpoint(init)
+        init_ck = open_checkpoint(init)
         inputs["init"] = init_ck.describe()
         bitwise = DiffConfig(
             tolerances=(), compare_dtype=compare_dtype, include=include, exclude=exclude

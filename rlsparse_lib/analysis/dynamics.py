@@ -33,12 +33,13 @@ from rlsparse_lib.diff.kernels import ChunkSpec, get_kernel
 from rlsparse_lib.diff.stats import DiffStats
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint, open_checkpoint
-from rlsparse_lib.io.dtypes import cast_words, is_float
+from rlsparse_lib.io.chunks import stream_chunks
+from rlsparse_lib.io.dtypes import is_float
 from rlsparse_lib.io.maskfile import MaskWriter, packed_size
 from rlsparse_lib.io.naming import parse_param_name
 from rlsparse_lib.io.pairing import TensorPair, plan_diff
 from rlsparse_lib.masks import bitops
-from rlsparse_lib.progress import progress_bar
+from rlsparse_lib.progress import byte_progress
 from rlsparse_lib.rules import MaskRule, sparsity, sparsity_from_changed, tol_key
 
 SCHEMA = "rlsparse.dynamics/1"
@@ -228,8 +229,8 @@ def sparsity_dynamics(
     if chunk_elems < 8 or chunk_elems % 8:
         raise ConfigError(f"chunk_elems must be a positive multiple of 8, got {chunk_elems}")
     t0 = time.perf_counter()
-    init_ck = init if isinstance(init, Checkpoint) else open_checkpoint(init)
-    cks = [c if isinstance(c, Checkpoint) else open_checkpoint(c) for c in checkpoints]
+    init_ck = open_checkpoint(init)
+    cks = [open_checkpoint(c) for c in checkpoints]
     k_n = len(cks)
     labels = [str(x) for x in (labels or [c.source for c in cks])]
     if len(labels) != k_n:
@@ -247,14 +248,7 @@ def sparsity_dynamics(
     total = sum(
         p.numel * (p.base.itemsize + sum(c.tensors[p.name].itemsize for c in cks)) for p in pairs
     )
-    bar = progress_bar(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc="dynamics",
-        disable=None if progress else True,
-    )
+    bar = byte_progress(total, "dynamics", progress)
     sources = {"init": _src(init_ck), "series": [_src(c) for c in cks]}
     with contextlib.ExitStack() as stack:
         writers = {}
@@ -266,37 +260,36 @@ def sparsity_dynamics(
         readers = [stack.enter_context(c.reader()) for c in cks]
         stack.callback(bar.close)
         for t, pair in enumerate(pairs):
-            stored = [c.tensors[pair.name].dtype for c in cks]
-            per_elem = pair.base.itemsize + sum(c.tensors[pair.name].itemsize for c in cks)
-            for start in range(0, pair.numel, chunk_elems):
-                stop = min(pair.numel, start + chunk_elems)
+            # θ0, θ1 … θK: words[0] is θ0, words[k + 1] is θ(k+1), all cast to the compare dtype
+            stored = [pair.base.dtype] + [c.tensors[pair.name].dtype for c in cks]
+            chunks = stream_chunks(
+                pair.name,
+                pair.numel,
+                [r0, *readers],
+                chunk_elems,
+                stored=stored,
+                compare=pair.compare_dtype,
+                on_bytes=bar.update,
+            )
+            for chunk in chunks:
                 masks_init, masks_step = [], []
-                w0 = cast_words(
-                    r0.words(pair.name, start, stop), pair.base.dtype, pair.compare_dtype
-                )
-                prev, prev_dtype = w0, pair.base.dtype
-                for k, (reader, dtype) in enumerate(zip(readers, stored, strict=True)):
-                    wk = cast_words(reader.words(pair.name, start, stop), dtype, pair.compare_dtype)
-                    m_init = np.zeros(packed_size(stop - start), np.uint8)
+                w0 = chunk.words[0]
+                for k in range(k_n):
+                    prev, wk = chunk.words[k], chunk.words[k + 1]
+                    m_init = np.zeros(packed_size(chunk.numel), np.uint8)
                     m_step = np.zeros_like(m_init)
                     spec0 = ChunkSpec(pair.compare_dtype, pair.base.dtype, tols, rel_eta, rule)
-                    spec1 = ChunkSpec(pair.compare_dtype, prev_dtype, tols, rel_eta, rule)
+                    spec1 = ChunkSpec(pair.compare_dtype, stored[k], tols, rel_eta, rule)
                     vs_init[k] = vs_init[k].merge(kernel.diff_chunk(w0, wk, spec0, m_init))
                     vs_prev[k] = vs_prev[k].merge(kernel.diff_chunk(prev, wk, spec1, m_step))
-                    if k > 0:
-                        readers[k - 1].release(pair.name, start, stop)
                     masks_init.append(m_init)
                     masks_step.append(m_step)
-                    prev, prev_dtype = wk, dtype
                 del w0, prev, wk
-                r0.release(pair.name, start, stop)
-                readers[-1].release(pair.name, start, stop)
                 union = _chunk_counts(masks_init, masks_step, counts, t)
                 if "final" in writers:
                     writers["final"].write(pair.name, masks_init[-1])
                 if "union" in writers:
                     writers["union"].write(pair.name, union)
-                bar.update((stop - start) * per_elem)
     provenance = {
         "tool": f"rlsparse {__version__}",
         "init": init_ck.describe(),

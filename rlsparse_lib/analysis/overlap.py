@@ -35,7 +35,8 @@ import numpy as np
 from rlsparse_lib import __version__
 from rlsparse_lib.atomic import write_text_atomic
 from rlsparse_lib.errors import ConfigError
-from rlsparse_lib.io.checkpoint import Checkpoint, open_checkpoint
+from rlsparse_lib.io.checkpoint import open_checkpoint
+from rlsparse_lib.io.chunks import stream_chunks
 from rlsparse_lib.io.maskfile import packed_size
 from rlsparse_lib.io.naming import parse_param_name
 from rlsparse_lib.masks import bitops
@@ -50,7 +51,7 @@ from rlsparse_lib.masks.ops import (
     numel_of,
     opened_all,
 )
-from rlsparse_lib.progress import progress_bar
+from rlsparse_lib.progress import byte_progress
 
 SCHEMA = "rlsparse.overlap/1"
 #: metrics of :meth:`OverlapMatrix.frame`
@@ -432,7 +433,7 @@ def count_overlaps(
         labels = _labels(files, labels)
         ck = reader = None
         if base is not None:
-            ck = base if isinstance(base, Checkpoint) else open_checkpoint(base)
+            ck = open_checkpoint(base)
             reader = stack.enter_context(ck.reader())
             for name in files[0].names:
                 base_tensor(ck, name, files[0].shapes[name])
@@ -447,35 +448,26 @@ def count_overlaps(
             exp_b, var_b = np.zeros((n_t, n_p)), np.zeros((n_t, n_p))
         step = chunk_elems if ck is not None else chunk_bytes * 8
         nbytes_masks = int(sum(packed_size(int(v)) for v in numel)) * n_m
-        bar = progress_bar(
-            total=nbytes_masks,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc="overlap",
-            disable=None if progress else True,
-        )
         base_bytes = 0
+        if ck is not None:
+            base_bytes = sum(int(numel[t]) * ck.tensors[n].itemsize for t, n in enumerate(names))
+        bar = byte_progress(nbytes_masks + base_bytes, "overlap", progress)
+        # the masks' packed bits (weights [start, stop) = bytes [start // 8, ceil(stop / 8))),
+        # then θ0's raw words when binade strata are asked
+        sources = [m.bits() for m in files] + ([reader] if reader is not None else [])
         try:
             for t, name in enumerate(names):
                 strata = np.zeros((bitops.N_STRATA, 1 << n_m), np.int64) if ck else None
-                size = int(numel[t])
-                for start in range(0, size, step):
-                    stop = min(size, start + step)
-                    b0, b1 = start // 8, packed_size(stop)
-                    parts = [m.packed(name, b0, b1) for m in files]
+                chunks = stream_chunks(name, int(numel[t]), sources, step, on_bytes=bar.update)
+                for chunk in chunks:
+                    parts = chunk.words[:n_m]
                     _count_chunk(parts, pairs, n_set[t], n_both[t])
                     if ck is not None:
-                        words = reader.words(name, start, stop)
                         rows = np.stack(parts)
-                        bitops.strata_histogram(words, ck.tensors[name].dtype, rows, strata)
-                        base_bytes += words.nbytes
-                        del words
-                        reader.release(name, start, stop)
+                        bitops.strata_histogram(
+                            chunk.words[n_m], ck.tensors[name].dtype, rows, strata
+                        )
                     del parts
-                    for m in files:
-                        m.release(name, b0, b1)
-                    bar.update((b1 - b0) * n_m)
                 if strata is not None:
                     _binade_expectation(strata, pairs, exp_b[t], var_b[t])
         finally:

@@ -33,6 +33,7 @@ from rlsparse_lib import __version__
 from rlsparse_lib.atomic import write_text_atomic
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
+from rlsparse_lib.io.chunks import pair_chunks
 from rlsparse_lib.io.naming import parse_param_name
 from rlsparse_lib.io.pairing import TensorPair, plan_diff
 from rlsparse_lib.progress import progress_bar
@@ -318,8 +319,7 @@ def update_ranks(
         raise ConfigError(f"workers must be >= 1, got {workers}")
     device = device or default_device()
     t0 = time.perf_counter()
-    base_ck = base if isinstance(base, Checkpoint) else open_checkpoint(base)
-    tuned_ck = tuned if isinstance(tuned, Checkpoint) else open_checkpoint(tuned)
+    base_ck, tuned_ck = open_checkpoint(base), open_checkpoint(tuned)
     plan = plan_diff(base_ck, tuned_ck, compare_dtype)
     skipped = [{"name": s.name, "reason": s.reason} for s in plan.skipped]
     chosen: list[TensorPair] = []
@@ -392,22 +392,15 @@ def _delta(pair: TensorPair, rb: TensorReader, rt: TensorReader, device: str, ch
     """ΔW (float32, on ``device``) of a pair, assembled chunk by chunk from raw words."""
     import torch
 
-    from rlsparse_lib.io.dtypes import cast_words
-
     shape = pair.compared_shape
     rows = shape[0]
     cols = math.prod(shape[1:])
     delta = torch.empty((rows, cols), dtype=torch.float32, device=device)
     flat = delta.view(-1)
-    for start in range(0, pair.numel, chunk_elems):
-        stop = min(pair.numel, start + chunk_elems)
-        a = cast_words(rb.words(pair.name, start, stop), pair.base.dtype, pair.compare_dtype)
-        b = cast_words(rt.words(pair.name, start, stop), pair.tuned.dtype, pair.compare_dtype)
-        d = words_to_float32(b, pair.compare_dtype) - words_to_float32(a, pair.compare_dtype)
-        flat[start:stop].copy_(torch.from_numpy(d))
-        del a, b
-        rb.release(pair.name, start, stop)
-        rt.release(pair.name, start, stop)
+    dtype = pair.compare_dtype
+    for c in pair_chunks(pair, rb, rt, chunk_elems, compare=dtype):
+        d = words_to_float32(c.tuned, dtype) - words_to_float32(c.base, dtype)
+        flat[c.start : c.stop].copy_(torch.from_numpy(d))
     return delta
 
 

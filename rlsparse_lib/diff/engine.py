@@ -21,10 +21,11 @@ from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.kernels import ChunkSpec, DiffKernel, get_kernel
 from rlsparse_lib.diff.report import DiffReport, TensorResult
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
+from rlsparse_lib.io.chunks import pair_chunks
 from rlsparse_lib.io.dtypes import cast_words
 from rlsparse_lib.io.maskfile import MaskWriter, packed_size
 from rlsparse_lib.io.pairing import DiffPlan, TensorPair, plan_diff
-from rlsparse_lib.progress import progress_bar
+from rlsparse_lib.progress import byte_progress
 
 
 def diff_checkpoints(
@@ -47,21 +48,13 @@ def diff_checkpoints(
     """
     config = config or DiffConfig()
     t0 = time.perf_counter()
-    base_ck = base if isinstance(base, Checkpoint) else open_checkpoint(base)
-    tuned_ck = tuned if isinstance(tuned, Checkpoint) else open_checkpoint(tuned)
+    base_ck, tuned_ck = open_checkpoint(base), open_checkpoint(tuned)
     plan = plan_diff(base_ck, tuned_ck, config.compare_dtype, config.include, config.exclude)
     kernel = get_kernel(config.device, config.threads)
     # the GPU kernel brings its own unit executor (pinned buffers, copy/compute overlap)
     diff_unit = getattr(kernel, "diff_pairs", diff_pairs)
     mask = _open_mask(mask_out, plan, config) if mask_out is not None else None
-    bar = progress_bar(
-        total=plan.nbytes,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc="diff",
-        disable=None if progress else True,
-    )
+    bar = byte_progress(plan.nbytes, "diff", progress)
     partials: list[dict[str, TensorResult]] = []
     try:
         with base_ck.reader() as rb, tuned_ck.reader() as rt:
@@ -103,31 +96,27 @@ def diff_pairs(
             spec = ChunkSpec(
                 pair.compare_dtype, pair.base.dtype, tols, config.rel_eta, config.mask_rule
             )
-        step = config.chunk_elems
-        for start in range(0, pair.numel, step):
-            stop = min(pair.numel, start + step)
-            if stop < pair.numel:
-                nxt = min(pair.numel, stop + step)
-                base.prefetch(pair.name, stop, nxt)
-                tuned.prefetch(pair.name, stop, nxt)
-            a = base.words(pair.name, start, stop)
-            b = tuned.words(pair.name, start, stop)
+        compare = None if spec is None else spec.compare
+        # the engine's own cast_words binding (a test makes it fail to check clean-up)
+        chunks = pair_chunks(
+            pair,
+            base,
+            tuned,
+            config.chunk_elems,
+            compare=compare,
+            on_bytes=on_bytes,
+            cast=cast_words,
+        )
+        for chunk in chunks:
             if spec is None:
-                result.n_changed += kernel.count_changed(a, b)
-            else:
-                a = cast_words(a, pair.base.dtype, spec.compare)
-                b = cast_words(b, pair.tuned.dtype, spec.compare)
-                packed = np.zeros(packed_size(stop - start), np.uint8) if mask is not None else None
-                stats = kernel.diff_chunk(a, b, spec, packed)
-                result.stats = result.stats.merge(stats)
-                result.n_changed += stats.n_changed
-                if mask is not None:
-                    mask.write(pair.name, packed)
-            del a, b
-            base.release(pair.name, start, stop)
-            tuned.release(pair.name, start, stop)
-            if on_bytes is not None:
-                on_bytes((stop - start) * (pair.base.itemsize + pair.tuned.itemsize))
+                result.n_changed += kernel.count_changed(chunk.base, chunk.tuned)
+                continue
+            packed = np.zeros(packed_size(chunk.numel), np.uint8) if mask is not None else None
+            stats = kernel.diff_chunk(chunk.base, chunk.tuned, spec, packed)
+            result.stats = result.stats.merge(stats)
+            result.n_changed += stats.n_changed
+            if mask is not None:
+                mask.write(pair.name, packed)
         result.numel = pair.numel
         out[pair.name] = result
     return out

@@ -134,16 +134,21 @@ class TensorReader:
         self.close()
 
 
-def open_checkpoint(spec: str | Path, cache_dir: str | Path | None = None) -> Checkpoint:
+def open_checkpoint(
+    spec: str | Path | Checkpoint, cache_dir: str | Path | None = None
+) -> Checkpoint:
     """Resolve a local path or hub id and read its tensor inventory.
 
     Args:
-        spec: folder, weight file, ``*.index.json`` file, or ``org/name[@revision]``.
+        spec: folder, weight file, ``*.index.json`` file, ``org/name[@revision]``, or an
+            already-open :class:`Checkpoint` (returned as is).
         cache_dir: Hugging Face cache folder for hub ids.
 
     Raises:
         CheckpointError: with the file (and tensor) named, for anything missing or corrupt.
     """
+    if isinstance(spec, Checkpoint):
+        return spec
     text = str(spec)
     path = Path(text).expanduser()
     revision = None

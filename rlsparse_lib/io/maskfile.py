@@ -133,10 +133,19 @@ class MaskFile:
         stop = info.numel if stop_byte is None else stop_byte
         return self._files.words(info, start_byte, stop)
 
+    def prefetch(self, name: str, start_byte: int = 0, stop_byte: int | None = None) -> None:
+        """Ask the kernel to start reading a byte range of ``name`` ahead of use."""
+        info = self._infos[name]
+        self._files.prefetch(info, start_byte, info.numel if stop_byte is None else stop_byte)
+
     def release(self, name: str, start_byte: int = 0, stop_byte: int | None = None) -> None:
         """Drop a byte range of ``name`` from this process's RSS (pages stay in the page cache)."""
         info = self._infos[name]
         self._files.release(info, start_byte, info.numel if stop_byte is None else stop_byte)
+
+    def bits(self) -> MaskBits:
+        """This mask as a chunk-stream source addressed by weight (bit) index."""
+        return MaskBits(self)
 
     def mask(self, name: str) -> np.ndarray:
         """The unpacked bool mask of ``name``."""
@@ -150,3 +159,28 @@ class MaskFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class MaskBits:
+    """A :class:`MaskFile` addressed by weight index, as a source of
+    :func:`rlsparse_lib.io.chunks.stream_chunks`: weights ``[start, stop)`` are the packed bytes
+    ``[start // 8, ceil(stop / 8))``, so ``start`` must be a multiple of 8."""
+
+    def __init__(self, mask: MaskFile) -> None:
+        self.mask = mask
+
+    def words(self, name: str, start: int, stop: int) -> np.ndarray:
+        """uint8[ceil((stop - start) / 8)]: the packed bits of weights ``[start, stop)`` (a view)."""
+        return self.mask.packed(name, *_byte_range(start, stop))
+
+    def prefetch(self, name: str, start: int, stop: int) -> None:
+        self.mask.prefetch(name, *_byte_range(start, stop))
+
+    def release(self, name: str, start: int, stop: int) -> None:
+        self.mask.release(name, *_byte_range(start, stop))
+
+
+def _byte_range(start: int, stop: int) -> tuple[int, int]:
+    if start % 8:
+        raise ValueError(f"mask chunks must start on a byte boundary, got weight {start}")
+    return start // 8, packed_size(stop)

@@ -24,10 +24,11 @@ from rlsparse_lib.diff.engine import diff_checkpoints
 from rlsparse_lib.diff.report import DiffReport
 from rlsparse_lib.errors import CheckpointError, ConfigError, RlsparseError
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorInfo, open_checkpoint
+from rlsparse_lib.io.chunks import stream_chunks
 from rlsparse_lib.io.maskfile import MaskFile, MaskWriter, packed_size
 from rlsparse_lib.io.naming import parse_param_name
 from rlsparse_lib.masks import bitops
-from rlsparse_lib.progress import progress_bar
+from rlsparse_lib.progress import byte_progress, progress_bar
 from rlsparse_lib.rules import MaskRule
 
 MaskLike = str | Path | MaskFile
@@ -86,12 +87,6 @@ def check_same_layout(masks: Sequence[MaskFile]) -> None:
 
 def numel_of(mask: MaskFile, name: str) -> int:
     return math.prod(mask.shapes[name])
-
-
-def byte_ranges(nbytes: int, chunk_bytes: int) -> Iterator[tuple[int, int]]:
-    """[start, stop) byte ranges covering ``nbytes`` in steps of ``chunk_bytes``."""
-    for start in range(0, nbytes, chunk_bytes):
-        yield start, min(nbytes, start + chunk_bytes)
 
 
 def describe_mask(mask: MaskFile) -> dict:
@@ -180,21 +175,19 @@ def combine_masks(
         rule = {"kind": op, "operands": [m.meta.get("rule") for m in files]}
         sources = {"operands": [describe_mask(m) for m in files]}
         total = sum(packed_size(numel_of(first, n)) * len(files) for n in first.names)
-        bar = _bar(total, f"mask {op}", progress)
+        bar = byte_progress(total, f"mask {op}", progress)
+        bits = [m.bits() for m in files]
         try:
             with MaskWriter(out, first.shapes, rule, sources) as writer:
                 for name in first.names:
                     numel = numel_of(first, name)
-                    for start, stop in byte_ranges(packed_size(numel), chunk_bytes):
-                        parts = [m.packed(name, start, stop) for m in files]
-                        res = _apply(op, parts)
-                        if op == "not" and stop * 8 > numel:  # clear the padding bits
-                            res[-1] &= np.uint8((1 << (numel - (stop - 1) * 8)) - 1)
+                    # chunk_bytes packed bytes of every input per step
+                    chunks = stream_chunks(name, numel, bits, chunk_bytes * 8, on_bytes=bar.update)
+                    for chunk in chunks:
+                        res = _apply(op, list(chunk.words))
+                        if op == "not" and chunk.stop == numel and numel % 8:  # clear the padding
+                            res[-1] &= np.uint8((1 << (numel % 8)) - 1)
                         writer.write(name, res)
-                        del parts
-                        for m in files:
-                            m.release(name, start, stop)
-                        bar.update((stop - start) * len(files))
         finally:
             bar.close()
     return Path(out)
@@ -310,7 +303,7 @@ def random_mask_like(
         m = stack.enter_context(opened(mask))
         ck = None
         if stratify == "binade":
-            ck = base if isinstance(base, Checkpoint) else open_checkpoint(base)
+            ck = open_checkpoint(base)
             reader = stack.enter_context(ck.reader())
             for name in m.names:
                 base_tensor(ck, name, m.shapes[name])
@@ -325,7 +318,13 @@ def random_mask_like(
             sources["base"] = {"source": ck.source, "fingerprint": ck.fingerprint()}
         total_n = sum(numel_of(m, n) for n in m.names)
         rem = np.array([sum(n_set_of(m, n) for n in m.names), total_n], np.int64)
-        bar = _bar(total_n, f"random mask ({stratify})", progress, unit="w")
+        bar = progress_bar(
+            total=total_n,
+            unit="w",
+            unit_scale=True,
+            desc=f"random mask ({stratify})",
+            disable=None if progress else True,
+        )
         try:
             with MaskWriter(out, m.shapes, rule, sources) as writer:
                 for name in m.names:
@@ -377,33 +376,15 @@ def _random_binade(m, name, ck, reader, rng, writer, chunk_elems, bar) -> None:
     dtype = ck.tensors[name].dtype
     numel = numel_of(m, name)
     hist = np.zeros((bitops.N_STRATA, 2), np.int64)
-    for start in range(0, numel, chunk_elems):
-        stop = min(numel, start + chunk_elems)
-        words = reader.words(name, start, stop)
-        packed = m.packed(name, start // 8, packed_size(stop))
+    for chunk in stream_chunks(name, numel, [reader, m.bits()], chunk_elems):
+        words, packed = chunk.words
         bitops.strata_histogram(words, dtype, packed[None, :], hist)
         del words, packed
-        reader.release(name, start, stop)
-        m.release(name, start // 8, packed_size(stop))
     rem_n = bitops.strata_marginals(hist)
     rem_k = bitops.strata_marginals(hist, 0)
-    for start in range(0, numel, chunk_elems):
-        stop = min(numel, start + chunk_elems)
-        words = reader.words(name, start, stop)
-        packed = np.zeros(packed_size(stop - start), np.uint8)
-        bitops.select_uniform_strata(words, dtype, rng.random(stop - start), rem_k, rem_n, packed)
-        del words
-        reader.release(name, start, stop)
+    for chunk in stream_chunks(name, numel, [reader], chunk_elems):
+        packed = np.zeros(packed_size(chunk.numel), np.uint8)
+        u = rng.random(chunk.numel)
+        bitops.select_uniform_strata(chunk.words[0], dtype, u, rem_k, rem_n, packed)
         writer.write(name, packed)
-        bar.update(stop - start)
-
-
-def _bar(total: int, desc: str, progress: bool, unit: str = "B"):
-    return progress_bar(
-        total=total,
-        unit=unit,
-        unit_scale=True,
-        unit_divisor=1024 if unit == "B" else 1000,
-        desc=desc,
-        disable=None if progress else True,
-    )
+        bar.update(chunk.numel)

@@ -22,7 +22,7 @@ import contextlib
 import importlib.util
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -32,6 +32,7 @@ import torch
 from rlsparse_lib.diff.kernels import ChunkSpec
 from rlsparse_lib.diff.stats import DiffStats
 from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.io.chunks import Chunk, pair_chunks
 
 _SIGNED = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _SPLIT = 4 << 20  # bytes per reader-thread piece when filling a pinned buffer
@@ -216,12 +217,6 @@ class _Slot:
         self.job: _Job | None = None
 
 
-def _chunks(pairs: Iterable, step: int) -> Iterator[tuple[object, int, int]]:
-    for pair in pairs:
-        for start in range(0, pair.numel, step):
-            yield pair, start, min(pair.numel, start + step)
-
-
 def _word_bytes(pair) -> int:
     """Bytes per compared element on one side, after the cast to the compare dtype."""
     from rlsparse_lib.io.dtypes import ITEMSIZE
@@ -252,8 +247,15 @@ def stream_pairs(
     with _device_context(kernel.device), ThreadPoolExecutor(kernel.readers) as pool:
         pipe = _Pipeline(kernel, config, pairs, mask, on_bytes, pool)
         try:
-            for pair, start, stop in _chunks(pairs, config.chunk_elems):
-                pipe.submit(out[pair.name], pair, start, stop, base, tuned)
+            # the shared chunk stream reads, prefetches, casts and releases; it fits the pipeline
+            # because the host side is synchronous anyway: submit() copies a chunk's words into a
+            # pinned slot before the next chunk is requested (and released), while the copy and
+            # the kernel of earlier chunks run on their streams. Progress is reported by finish(),
+            # when a chunk's results are back, not by the stream.
+            for pair in pairs:
+                compare = pair.compare_dtype if pair.kind == "float" else None
+                for chunk in pair_chunks(pair, base, tuned, config.chunk_elems, compare=compare):
+                    pipe.submit(out[pair.name], pair, chunk)
             pipe.drain()
         finally:
             pipe.streams.synchronize()
@@ -286,33 +288,24 @@ class _Pipeline:
         ]
         self.submitted = 0
 
-    def submit(self, result, pair, start: int, stop: int, base, tuned) -> None:
-        """Read chunk ``[start, stop)`` of ``pair`` into the next slot and enqueue its work."""
-        from rlsparse_lib.io.dtypes import cast_words
-
+    def submit(self, result, pair, chunk: Chunk) -> None:
+        """Copy ``chunk`` (``pair``'s words, already cast to the compare dtype for float pairs)
+        into the next slot's pinned buffers and enqueue its copy and kernel."""
         slot = self.slots[self.submitted % len(self.slots)]
         self.finish(slot)
         spec = None
         if pair.kind == "float":
             c = self.config
             spec = ChunkSpec(pair.compare_dtype, pair.base.dtype, self.tols, c.rel_eta, c.mask_rule)
-        if stop < pair.numel:
-            nxt = min(pair.numel, stop + self.config.chunk_elems)
-            base.prefetch(pair.name, stop, nxt)
-            tuned.prefetch(pair.name, stop, nxt)
         sizes = []
-        for side, (reader, info) in enumerate(((base, pair.base), (tuned, pair.tuned))):
-            w = reader.words(pair.name, start, stop)
-            if spec is not None:
-                w = cast_words(w, info.dtype, spec.compare)
+        for side, w in enumerate(chunk.words):
             _fill(slot.host[side], w, self.pool)
-            reader.release(pair.name, start, stop)
             sizes.append((w.nbytes, w.itemsize))
         if sizes[0] != sizes[1]:
             raise ValueError(f"{pair.name}: sides differ in word size ({sizes[0]} vs {sizes[1]})")
         nbytes, item = sizes[0]
-        numel = stop - start
-        job = _Job(result, numel, numel * (pair.base.itemsize + pair.tuned.itemsize), spec)
+        numel = chunk.numel
+        job = _Job(result, numel, chunk.nbytes, spec)
         st = self.streams
         with st.on(st.copy):
             for side in range(2):
