@@ -1,8 +1,9 @@
 """Every experiment notebook: committed without outputs, a scalar parameters cell, and a papermill
 smoke run (tiny random model, a few steps) whose recorded numbers are checked.
 
-The smoke runs share one output root, so a tiny training run used by several notebooks is
-trained once (runs are reused when their configuration is identical)."""
+The smoke runs go through `rlsparse run NB --smoke` (what CI runs) and share one output root, so a
+tiny training run used by several notebooks is trained once (runs are reused when their
+configuration is identical)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import ast
 import json
 import math
 import shutil
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -63,7 +65,9 @@ def _record(root: Path, stem: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_smoke_run(path: Path, smoke_root: Path) -> None:
-    run_notebooks(path.stem, {}, smoke=True, out_root=str(smoke_root), log=False)
+    from rlsparse_lib.cli import main
+
+    assert main(["run", path.stem, "--smoke", "--out-root", str(smoke_root), "-q"]) == 0
     record = _record(smoke_root, path.stem)
     assert record["notebook"] == path.stem and record["smoke"] is True
     assert record["figures"], "every notebook draws figures"
@@ -71,6 +75,40 @@ def test_smoke_run(path: Path, smoke_root: Path) -> None:
         for ext in ("png", "pdf"):
             assert (smoke_root / "figures" / f"{fig}.{ext}").stat().st_size > 1000
     CHECKS[path.stem](record)
+
+
+def _git_status(*paths: str) -> str | None:
+    """``git status --porcelain`` of ``paths`` in the repository (None outside a checkout)."""
+    from rlsparse_lib.paths import repo_root
+
+    try:
+        done = subprocess.run(
+            ["git", "status", "--porcelain", "--", *paths],
+            cwd=repo_root(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_smoke_run_without_an_output_root_leaves_committed_results_alone() -> None:
+    """Regression: `rlsparse run 01 --smoke` rewrote tracked files under data/results/ and
+    figures/. Without --out-root a smoke run writes under data/cache/smoke/ (git-ignored)."""
+    from rlsparse_lib.cli import main
+    from rlsparse_lib.paths import repo_root
+
+    before = _git_status("data/results", "figures")
+    if before is None:
+        pytest.skip("needs a git checkout")
+    assert main(["run", "00", "--smoke", "-q"]) == 0
+    assert _git_status("data/results", "figures") == before
+    smoke = repo_root() / "data" / "cache" / "smoke"
+    assert _record(smoke, "00_quickstart")["smoke"] is True
+    assert _git_status("data/cache") == ""  # ignored
 
 
 @pytest.mark.slow
@@ -152,7 +190,7 @@ def _frac(x) -> bool:
 def _check_quickstart(r: dict) -> None:
     for run in ("sft", "grpo"):
         s = r["runs"][run]
-        assert _frac(s["sparsity_bitwise"]) and s["sparsity_bitwise"] <= s["sparsity_1e-05"]
+        assert _frac(s["sparsity_bitwise"]) and s["sparsity_bitwise"] <= s["sparsity_tol_1e-05"]
         assert s["n_changed"] == round((1 - s["sparsity_bitwise"]) * s["n_params"])
     assert r["runs"]["sft"]["n_changed"] > 0 and r["runs"]["grpo"]["n_changed"] > 0
 
@@ -160,11 +198,11 @@ def _check_quickstart(r: dict) -> None:
 def _check_update_sparsity(r: dict) -> None:
     grid = [
         "sparsity_bitwise",
-        "sparsity_1e-08",
-        "sparsity_1e-07",
-        "sparsity_1e-06",
-        "sparsity_1e-05",
-        "sparsity_0.0001",
+        "sparsity_tol_1e-08",
+        "sparsity_tol_1e-07",
+        "sparsity_tol_1e-06",
+        "sparsity_tol_1e-05",
+        "sparsity_tol_0.0001",
     ]
     assert [m["run"] for m in r["measured"]] == [
         "grpo",

@@ -61,18 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
     from rlsparse_lib.atomic import write_text_atomic
     from rlsparse_lib.errors import ConfigError
+    from rlsparse_lib.overrides import parse_assignments
     from rlsparse_lib.training.tasks import Task, TaskSpec
 
-    params = {}
-    for item in args.param:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--param {item!r}: expected KEY=VALUE")
-        params[key] = yaml.safe_load(raw)
+    params = parse_assignments(args.param, flag="--param", example="max_terms=3")
     if args.n < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
         raise ConfigError("--n, --max-new-tokens and --batch-size must be >= 1")
     if args.config is not None:

@@ -1,12 +1,14 @@
 """Execute experiment notebooks through papermill.
 
 NOTEBOOK is `all`, a number (`3`), a stem (`03_layerwise`) or a path. Executed notebooks go to
-data/runs/notebooks/, figures to figures/, small result tables to data/results/<notebook>/
-(all under --out-root when given).
+data/runs/notebooks/, figures to figures/, small result tables to data/results/<notebook>/, all
+under --out-root when given, else under the repository; smoke runs default to data/cache/smoke/
+(git-ignored), so they never overwrite the committed results. A line per code cell says which
+one runs and the time elapsed; Ctrl-C stops the run (exit status 130).
 
 examples:
   rlsparse run 00                       # the quickstart (main job)
-  rlsparse run all --smoke              # every notebook, tiny configuration (seconds to minutes)
+  rlsparse run all --smoke              # every notebook, tiny configuration, into data/cache/smoke/
   rlsparse run 01 -p SOURCE=hub         # the paper's public pairs (needs hub access)
   rlsparse run 06 -p SEED=1 --out-root /tmp/rls
 """
@@ -31,11 +33,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--list", action="store_true", help="list the notebooks and their parameters, run nothing"
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="do not stream cell output")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not stream what the cells print")
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from rlsparse_lib.experiments.papermill_runner import (
+        NotebookInterrupted,
         notebook_parameters,
         parse_params,
         resolve,
@@ -51,13 +56,17 @@ def run(args: argparse.Namespace) -> int:
                     f"  {name} = {info['default']}  ({info['inferred_type_name']}) {info['help']}"
                 )
         return 0
-    done = run_notebooks(
-        args.notebook,
-        parse_params(args.param),
-        smoke=args.smoke,
-        out_root=args.out_root,
-        log=not args.quiet,
-    )
+    try:
+        done = run_notebooks(
+            args.notebook,
+            parse_params(args.param),
+            smoke=args.smoke,
+            out_root=args.out_root,
+            log=not args.quiet,
+        )
+    except NotebookInterrupted as stop:
+        print(f"rlsparse run: {stop}", file=sys.stderr)
+        return 130
     for path in done:
         print(f"executed: {path}")
     return 0

@@ -8,7 +8,19 @@ from pathlib import Path
 
 from rlsparse_lib.atomic import write_text_atomic
 from rlsparse_lib.errors import ConfigError
-from rlsparse_lib.paths import Paths
+from rlsparse_lib.paths import Paths, repo_root
+
+#: where smoke runs write when no output root is named (git-ignored, never the committed results)
+SMOKE_ROOT = Path("data") / "cache" / "smoke"
+
+
+def output_paths(out_root: str | Path | None, smoke: bool = False) -> Paths:
+    """The output root of a notebook run: ``out_root`` when given, else the repository for real
+    runs and ``<repo>/data/cache/smoke/`` for smoke runs (so a smoke run never overwrites the
+    committed ``data/results/`` and ``figures/``)."""
+    if out_root:
+        return Paths.at(out_root)
+    return Paths.at(repo_root() / SMOKE_ROOT) if smoke else Paths.at()
 
 
 @dataclass
@@ -23,7 +35,7 @@ class Experiment:
         notebook: the notebook's stem, e.g. ``03_layerwise``.
         source: ``local`` (runs of the embedded default model) or ``hub`` (public pairs).
         smoke: tiny model and a few steps (CI).
-        out_root: output root ("" = the repository).
+        out_root: output root ("" = the repository, or ``data/cache/smoke/`` when ``smoke``).
         device: ``auto``, ``cpu`` or ``cuda`` (training device; diffs stream on the CPU).
         seed: added to every run's name and config (0 = the configs' own seeds).
         family: config family under ``data/configs/``: ``cpu`` (the embedded default, minutes on
@@ -40,7 +52,7 @@ class Experiment:
     record_data: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.paths = Paths.at(self.out_root or None)
+        self.paths = output_paths(self.out_root, self.smoke)
         families = sorted(p.name for p in self.paths.configs.iterdir() if p.is_dir())
         if self.family not in families:
             raise ConfigError(
@@ -78,29 +90,60 @@ class Experiment:
         cfg = run_config(config, overrides, smoke=self.smoke, family=self.family, suffix=suffix)
         return ensure_run(cfg, self.paths)
 
+    @property
+    def analysis_device(self) -> str | None:
+        """Device for analyses with a GPU path (SVDs): ``None`` (the library picks, CUDA when
+        available) for ``DEVICE="auto"``, else ``DEVICE``."""
+        return None if self.device == "auto" else self.device
+
     def diff(self, base: str | Path, tuned: str | Path, label: str, **config):
         """``rlsparse diff`` of two checkpoints, cached as ``diffs/<label>.json.gz``.
 
-        The cache is reused only when both checkpoints still have the fingerprints it records.
+        ``config``: :class:`~rlsparse_lib.diff.config.DiffConfig` fields. The cache is reused only
+        when both checkpoints hold the same bytes and the result-changing settings are the same
+        (:mod:`rlsparse_lib.experiments.diffcache`); otherwise the diff is recomputed and saved.
         """
         from rlsparse_lib.diff.config import DiffConfig
         from rlsparse_lib.diff.engine import diff_checkpoints
         from rlsparse_lib.diff.report import DiffReport
+        from rlsparse_lib.experiments.diffcache import cache_key
         from rlsparse_lib.io.checkpoint import open_checkpoint
 
         cache = self.results / "diffs" / f"{label}.json.gz"
         b, t = open_checkpoint(base), open_checkpoint(tuned)
+        diff_config = DiffConfig(**config)
+        key = cache_key(b, t, diff_config)
         if cache.is_file():
             report = DiffReport.load(cache)
-            inputs = report.provenance.get("inputs", {})
-            if (
-                inputs.get("base", {}).get("fingerprint") == b.fingerprint()
-                and inputs.get("tuned", {}).get("fingerprint") == t.fingerprint()
-            ):
+            if report.provenance.get("cache_key") == key:
                 return report
-        report = diff_checkpoints(b, t, DiffConfig(**config), progress=False)
+        report = diff_checkpoints(b, t, diff_config, progress=False)
+        report.provenance["cache_key"] = key
         report.save_json(cache)
         return report
+
+    def run_diff(self, run, label: str, step: int | None = None, **config):
+        """:meth:`diff` of a training run's init against its checkpoint at ``step`` (default: the
+        final one), cached as ``diffs/<label>.json.gz``."""
+        from rlsparse_lib.experiments.tables import final_step
+
+        step = final_step(run) if step is None else step
+        return self.diff(run.checkpoint(0), run.checkpoint(step), label, **config)
+
+    def run_diffs(self, runs: dict, **config) -> dict:
+        """:meth:`run_diff` of every run of ``{label: run}`` (the label names the cache)."""
+        return {label: self.run_diff(run, label, **config) for label, run in runs.items()}
+
+    def run_mask(self, run) -> Path:
+        """The bitwise mask of the weights ``run`` changed (init -> final checkpoint), built once
+        as ``<run>/mask.safetensors`` (a retrained run replaces its folder, mask included)."""
+        from rlsparse_lib.experiments.tables import final_step
+        from rlsparse_lib.masks.ops import build_mask
+
+        path = run.path / "mask.safetensors"
+        if not path.is_file():
+            build_mask(run.checkpoint(0), run.checkpoint(final_step(run)), path, progress=False)
+        return path
 
     def load_diff(self, label: str):
         """A diff report saved by :meth:`diff` (for redrawing figures without checkpoints)."""
@@ -167,12 +210,14 @@ class Experiment:
             else default
         )
 
-    def finish(self) -> dict:
-        """Write ``record.json`` and return it."""
+    def finish(self) -> None:
+        """Write ``record.json`` and print one line saying where (the record is not displayed)."""
         self.results.mkdir(parents=True, exist_ok=True)
         text = json.dumps(_plain(self.record_data), indent=1, allow_nan=False)
-        write_text_atomic(self.results / "record.json", text + "\n")
-        return self.record_data
+        path = self.results / "record.json"
+        write_text_atomic(path, text + "\n")
+        n_figures = len(self.record_data.get("figures", []))
+        print(f"record: {path} ({len(self.record_data)} keys, {n_figures} figures)")
 
 
 def _display_pngs(paths) -> None:

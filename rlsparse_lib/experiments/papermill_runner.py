@@ -4,19 +4,26 @@ Every notebook in ``notebooks/`` has a ``parameters`` cell of scalars (``SOURCE`
 ``OUT_ROOT``, ``DEVICE``, ``SEED``, ...). The runner checks the names you pass against that cell
 (papermill itself only warns on unknown names), executes each notebook into
 ``<root>/data/runs/notebooks/<name>.ipynb`` with a quiet, reproducible environment
-(``TQDM_DISABLE=1``, fixed ``SOURCE_DATE_EPOCH``), and stops at the first failure, leaving the
-partly executed notebook for inspection.
+(``TQDM_DISABLE=1``, fixed ``SOURCE_DATE_EPOCH``), prints a line per code cell (which one runs,
+how long it took, time elapsed), streams what cells print, and stops at the first failure,
+leaving the partly executed notebook for inspection. Smoke runs write under
+``data/cache/smoke/`` unless an output root is named, never over the committed results.
 """
 
 from __future__ import annotations
 
-import ast
+import functools
 import os
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from rlsparse_lib.errors import ConfigError, RlsparseError
+from rlsparse_lib.experiments.context import output_paths
+from rlsparse_lib.overrides import parse_assignments
 from rlsparse_lib.paths import Paths
 
 #: fixed timestamp for reproducible PDFs (matplotlib honours SOURCE_DATE_EPOCH)
@@ -55,17 +62,115 @@ def resolve(name: str, folder: Path | None = None) -> list[Path]:
 
 
 def parse_params(pairs: list[str]) -> dict[str, object]:
-    """``["SEED=1", "SOURCE=hub"]`` -> ``{"SEED": 1, "SOURCE": "hub"}`` (Python literals, else strings)."""
-    out: dict[str, object] = {}
-    for item in pairs:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise ConfigError(f"-p expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            out[key] = raw
-    return out
+    """``["SEED=1", "SOURCE=hub"]`` -> ``{"SEED": 1, "SOURCE": "hub"}`` (YAML values; see
+    :mod:`rlsparse_lib.overrides`)."""
+    return parse_assignments(pairs, flag="-p", example="SEED=1", identifier=True)
+
+
+class NotebookInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a notebook ran; ``str()`` is a one-line message naming the partial output."""
+
+
+class CellProgress:
+    """Prints one line when a code cell starts and one when it ends: its number among the code
+    cells, its first line, its duration and the time elapsed since the notebook started."""
+
+    def __init__(
+        self, name: str, stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.name = name
+        self.stream = stream
+        self.clock = clock
+        self.start = self.cell_started = clock()
+        self.positions: dict[int, int] = {}
+        self.done = 0
+
+    def begin(self, nb) -> None:
+        """Number the code cells of the (parameterized) notebook about to run."""
+        code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        self.positions = {i: k for k, i in enumerate(code, start=1)}
+        self.start = self.clock()
+
+    def cell_start(self, cell, index: int) -> None:
+        if index not in self.positions:
+            return
+        self.cell_started = self.clock()
+        first = next((line for line in cell.source.splitlines() if line.strip()), "")
+        first = first if len(first) <= 60 else first[:57] + "..."
+        self._print(f"cell {self._of(index)} running  {first}")
+
+    def cell_complete(self, cell, index: int) -> None:
+        """Called when the cell ends: done, failed (papermill marked it) or interrupted (Ctrl-C
+        is propagating through papermill's ``finally``)."""
+        if index not in self.positions:
+            return
+        took = _clock_text(self.clock() - self.cell_started)
+        if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            status = "interrupted after"
+        elif cell.get("metadata", {}).get("papermill", {}).get("exception"):
+            status = "failed after"
+        else:
+            self.done += 1
+            status = "done in"
+        self._print(f"cell {self._of(index)} {status} {took}")
+
+    def _of(self, index: int) -> str:
+        return f"{self.positions[index]}/{len(self.positions)}"
+
+    def _print(self, text: str) -> None:
+        elapsed = _clock_text(self.clock() - self.start)
+        print(f"[{self.name} {elapsed}] {text}", file=self.stream or sys.stderr, flush=True)
+
+
+def _clock_text(seconds: float) -> str:
+    """``75.2`` -> ``1:15``; ``3725`` -> ``1:02:05``."""
+    s = int(seconds)
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _quiet_kernel_manager(log: TextIO) -> type:
+    """nbclient's kernel manager with the kernel's own stderr (its start-up warnings and, on
+    Ctrl-C, the tracebacks of its closing sockets) written to ``log`` instead of the terminal;
+    what the cells print still arrives through the notebook's outputs."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw) -> None:
+            kw.setdefault("stderr", log)
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return QuietKernelManager
+
+
+@functools.cache
+def _progress_engine() -> None:
+    """papermill's nbclient engine, reporting cell starts and ends to a :class:`CellProgress`
+    passed as ``cell_progress`` (registered once as the ``rlsparse`` engine)."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class ProgressEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, cell_progress=None, **kwargs):
+            if cell_progress is not None:
+                cell_progress.begin(nb_man.nb)
+                start, complete = nb_man.cell_start, nb_man.cell_complete
+
+                def cell_start(cell, cell_index=None, **kw):
+                    cell_progress.cell_start(cell, cell_index)
+                    return start(cell, cell_index, **kw)
+
+                def cell_complete(cell, cell_index=None, **kw):
+                    cell_progress.cell_complete(cell, cell_index)
+                    return complete(cell, cell_index, **kw)
+
+                nb_man.cell_start, nb_man.cell_complete = cell_start, cell_complete
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register(_ENGINE, ProgressEngine)
+
+
+_ENGINE = "rlsparse"
 
 
 def notebook_parameters(path: Path) -> dict[str, dict]:
@@ -75,8 +180,25 @@ def notebook_parameters(path: Path) -> dict[str, dict]:
     return {name: dict(info) for name, info in pm.inspect_notebook(str(path)).items()}
 
 
-def execute(path: Path, params: dict[str, object], output: Path, log: bool = True) -> Path:
-    """Run one notebook with ``params`` into ``output`` (parameter names are checked first)."""
+def execute(
+    path: Path,
+    params: dict[str, object],
+    output: Path,
+    log: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Run one notebook with ``params`` into ``output`` (parameter names are checked first).
+
+    The kernel's own stderr goes to ``<output>.kernel.log`` (next to the executed notebook).
+
+    Args:
+        log: stream what the cells print (stdout, stderr) while they run.
+        progress: print a line when each code cell starts and ends (to stderr).
+
+    Raises:
+        RlsparseError: a cell failed (the partial output is named).
+        NotebookInterrupted: Ctrl-C (the kernel is shut down; the partial output is named).
+    """
     import papermill as pm
 
     known = notebook_parameters(path)
@@ -86,23 +208,36 @@ def execute(path: Path, params: dict[str, object], output: Path, log: bool = Tru
             f"{path.name}: unknown parameter(s) {', '.join(unknown)} (known: {', '.join(known)})"
         )
     output.parent.mkdir(parents=True, exist_ok=True)
-    with _environment():
+    _progress_engine()
+    cells = CellProgress(path.stem) if progress else None
+    kernel_log = output.with_suffix(".kernel.log")
+    with _environment(), kernel_log.open("w", encoding="utf-8") as klog:
         try:
             pm.execute_notebook(
                 str(path),
                 str(output),
                 parameters=params,
+                engine_name=_ENGINE,
                 kernel_name="python3",
                 language="python",
                 cwd=str(path.parent),
-                progress_bar=not log,  # cell progress when the output is not streamed
-                log_output=log,
+                progress_bar=False,
+                log_output=False,
+                stdout_file=sys.stdout if log else None,
+                stderr_file=sys.stderr if log else None,
+                cell_progress=cells,
+                kernel_manager_class=_quiet_kernel_manager(klog),
             )
         except pm.PapermillExecutionError as err:
             raise RlsparseError(
                 f"{path.name} failed in cell {err.exec_count} ({err.ename}: {err.evalue}); "
                 f"partial output: {output}"
             ) from err
+        except KeyboardInterrupt:
+            done = f" after {cells.done} of {len(cells.positions)} code cells" if cells else ""
+            raise NotebookInterrupted(
+                f"{path.name} interrupted{done}; partial output: {output}"
+            ) from None
     return output
 
 
@@ -112,19 +247,26 @@ def run_notebooks(
     smoke: bool = False,
     out_root: str | None = None,
     log: bool = True,
+    progress: bool = True,
 ) -> list[Path]:
-    """Execute ``name`` (or ``all``) with ``params``; returns the executed notebooks' paths."""
-    paths = Paths.at(out_root)
+    """Execute ``name`` (or ``all``) with ``params``; returns the executed notebooks' paths.
+
+    The output root is ``out_root`` (or ``OUT_ROOT`` in ``params``) when given; otherwise the
+    repository for real runs and ``data/cache/smoke/`` for smoke runs (``smoke`` or
+    ``SMOKE=True``), which is passed to the notebooks as ``OUT_ROOT``.
+    """
     params = dict(params)
     if smoke:
         params["SMOKE"] = True
-    if out_root:
+    is_smoke = bool(params.get("SMOKE"))
+    paths = output_paths(out_root or str(params.get("OUT_ROOT") or ""), is_smoke)
+    if out_root or is_smoke or params.get("OUT_ROOT"):
         params["OUT_ROOT"] = str(paths.root)
-    suffix = "__smoke" if params.get("SMOKE") else ""
+    suffix = "__smoke" if is_smoke else ""
     done = []
     for nb in resolve(name):
         out = paths.runs / "notebooks" / f"{nb.stem}{suffix}.ipynb"
-        done.append(execute(nb, params, out, log=log))
+        done.append(execute(nb, params, out, log=log, progress=progress))
     return done
 
 

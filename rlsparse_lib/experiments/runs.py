@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rlsparse_lib.overrides import format_assignment
 from rlsparse_lib.paths import Paths
 
 #: overrides that turn any CPU config into a seconds-long smoke run, by section
@@ -70,7 +71,7 @@ def run_config(
     merged.update(overrides or {})
     base_name = name or load_config(path).name
     merged["name"] = base_name + suffix + ("-smoke" if smoke else "")
-    return load_config(path, [f"{k}={_yaml_value(v)}" for k, v in merged.items()])
+    return load_config(path, [format_assignment(k, v) for k, v in merged.items()])
 
 
 def ensure_run(cfg, paths: Paths, progress: bool = True):
@@ -97,10 +98,13 @@ def _canonical(obj: object) -> object:
     return json.loads(json.dumps(obj))
 
 
-def _yaml_value(v: object) -> str:
-    """A value as YAML text for a ``KEY=VALUE`` override."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return json.dumps(v) if isinstance(v, str | list | dict) else repr(v)
+def monitor_log(run):
+    """The in-training monitor's per-step log of a run (``monitor.jsonl``) as a DataFrame."""
+    import pandas as pd
+
+    return pd.read_json(run.path / "monitor.jsonl", lines=True)
+
+
+def learning_rate(run) -> float:
+    """The learning rate a run was trained with."""
+    return float(run.manifest["config"]["train"]["lr"])

@@ -235,17 +235,11 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...], where: s
     """Return a copy of ``data`` with ``a.b=value`` overrides set (values parsed as YAML)."""
     import copy
 
-    import yaml
+    from rlsparse_lib.overrides import parse_assignment
 
     out = copy.deepcopy(data)
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE (e.g. train.lr=1e-5)")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML") from exc
+        key, value = parse_assignment(item, example="train.lr=1e-5")
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

@@ -1,0 +1,74 @@
+"""The key under which :meth:`Experiment.diff` reuses a saved diff report.
+
+A cached report is reused only when both checkpoints hold the same bytes and the diff is asked
+with the same result-changing settings. The key, stored in the report's provenance as
+``cache_key``, is
+
+* ``version``: :data:`CACHE_VERSION` (bump it when the engine's numbers change);
+* ``base`` / ``tuned``: one ``[file name, sha256]`` per weight file. A file in a Hugging Face
+  cache resolves to ``blobs/<sha256>`` (the hub names blobs by their content), so hub checkpoints
+  are keyed without reading them; any other file is hashed (memoized per process by path, size,
+  mtime and inode). A header fingerprint is not enough: every checkpoint of one model saved the
+  same way has the same header;
+* ``settings``: the :class:`~rlsparse_lib.diff.config.DiffConfig` fields that change the numbers
+  (tolerances, ``rel_eta``, ``compare_dtype``, ``include``, ``exclude``, ``mask_rule``), not those
+  that only change how fast it runs (``chunk_elems``, ``device``, ``threads``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from rlsparse_lib.diff.config import DiffConfig
+from rlsparse_lib.io.checkpoint import Checkpoint
+
+#: bump when a diff report of the same inputs and settings would hold different numbers
+CACHE_VERSION = 1
+#: DiffConfig fields that change a report's numbers
+RESULT_FIELDS = ("tolerances", "rel_eta", "compare_dtype", "include", "exclude", "mask_rule")
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_memo: dict[tuple, str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (a hub blob's own name; memoized by path, size, mtime, inode)."""
+    real = Path(path).resolve()
+    if real.parent.name == "blobs" and _SHA256.fullmatch(real.name):
+        return real.name
+    st = real.stat()
+    memo_key = (str(real), st.st_size, st.st_mtime_ns, st.st_ino)
+    if memo_key not in _memo:
+        with real.open("rb") as fh:
+            _memo[memo_key] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return _memo[memo_key]
+
+
+def content_key(ckpt: Checkpoint) -> list[list[str]]:
+    """``[[file name, sha256], ...]`` of a checkpoint's weight files, in shard order."""
+    return [[f.name, file_digest(f)] for f in ckpt.files]
+
+
+def settings_key(config: DiffConfig) -> dict[str, object]:
+    """The result-changing settings of ``config`` as plain JSON values."""
+    out: dict[str, object] = {}
+    for name in RESULT_FIELDS:
+        value = getattr(config, name)
+        if name == "mask_rule":
+            value = {"kind": value.kind, "tol": float(value.tol)}
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[name] = value
+    return out
+
+
+def cache_key(base: Checkpoint, tuned: Checkpoint, config: DiffConfig) -> dict[str, object]:
+    """The cache key of diffing ``base`` against ``tuned`` with ``config`` (see the module doc)."""
+    return {
+        "version": CACHE_VERSION,
+        "base": content_key(base),
+        "tuned": content_key(tuned),
+        "settings": settings_key(config),
+    }
