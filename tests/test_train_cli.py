@@ -1,4 +1,4 @@
-"""`rlsparse train` and `rlsparse eval`: outputs, one-line errors (exit 2), no partial outputs."""
+"""`rlsparse train`, `rlsparse eval` and `rlsparse compare-runs`: outputs, one-line errors (exit 2), no partial outputs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from rlsparse_lib.cli import main
-from rlsparse_lib.training import results
 
 from .test_train_factory import make_tiny, tiny_config
 
@@ -33,6 +32,8 @@ def test_train_then_eval_reproduces_the_runs_evaluation(
     run = tmp_path / "data" / "runs" / "cli-sft"
     assert f"run: {run}" in out and "update sparsity fp32 step 0 -> 2" in out
     manifest = json.loads((run / "run.json").read_text())
+    compute = manifest["precision"]["compute"]
+    assert f"compute: {compute} on cpu (precision mixed" in out and "CPU bf16 " in out
     assert manifest["config"]["train"]["steps"] == 2
     # evaluating the saved fp32 weights on the run's split gives the run's own evaluation
     rc = main(
@@ -55,7 +56,9 @@ def test_train_then_eval_reproduces_the_runs_evaluation(
     assert doc["accuracy"] == manifest["eval"]["after"]["accuracy"] and doc["n"] == 4
     # the summary tables read the manifest faithfully
     out_csv, dyn_csv = tmp_path / "t.csv", tmp_path / "d.csv"
-    assert results.main([str(run), "--csv", str(out_csv), "--dynamics-csv", str(dyn_csv)]) == 0
+    capsys.readouterr()
+    rc = main(["compare-runs", str(run), "--csv", str(out_csv), "--dynamics-csv", str(dyn_csv)])
+    assert rc == 0 and "| cli-sft | sft | mixed | 2 |" in capsys.readouterr().out
     (row,) = list(csv.DictReader(out_csv.open()))
     assert row["run"] == "cli-sft" and row["precision"] == "mixed" and row["reward_first"] == ""
     assert float(row["bf16_sparsity"]) == manifest["final_diff"]["bf16"]["sparsity"]
@@ -131,3 +134,11 @@ def test_eval_errors(tmp_path: Path, capsys) -> None:
     assert "no config.json" in capsys.readouterr().err
     assert main(["eval", "x/y", "--param", "oops"]) == 2
     assert "--param 'oops': expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_compare_runs_errors(tmp_path: Path, capsys) -> None:
+    assert main(["compare-runs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlsparse compare-runs: error: ") and "no run.json" in err
+    assert main(["compare-runs", str(tmp_path), "-k", "0"]) == 2
+    assert "-k must be >= 1" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 in-training monitor's counts equal `rlsparse diff` (bitwise) of the checkpoints the run saved, in
 the fp32 master view and in the bf16 view, vs θ0 and per step. The first two steps of the
 ``cpu-grpo`` recipe (its first batch has reward variance, so the update is not empty). ~40 s on 2
-cores."""
+cores. On a CPU without native bf16 (or under ``RLSPARSE_CPU_BF16=emulated``) ``mixed``
+computes in fp32 at full speed; the assertions hold either way."""
 
 from __future__ import annotations
 

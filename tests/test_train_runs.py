@@ -96,7 +96,10 @@ def test_precision_modes_and_bit_identical_init(
     m = result.manifest
     dtypes = {"bf16": "bfloat16", "mixed": "float32", "fp32": "float32"}
     assert m["precision"]["weights"] == dtypes[precision]
-    assert m["precision"]["trainer_bf16_autocast"] == (precision == "mixed")
+    native = m["platform"]["cpu"]["bf16_native"]  # this CPU's verdict (RLSPARSE_CPU_BF16)
+    assert m["precision"]["trainer_bf16_autocast"] == (precision == "mixed" and native)
+    bf16_compute = precision == "bf16" or (precision == "mixed" and native)
+    assert m["precision"]["compute"] == ("bfloat16" if bf16_compute else "float32")
     has_fp32 = precision != "bf16"
     assert all(("fp32" in c) == has_fp32 for c in m["checkpoints"])
     # θ0 on disk is exactly the loaded model in the run's weight dtype (bf16: the RNE cast)
@@ -120,7 +123,8 @@ def test_precision_modes_and_bit_identical_init(
     )
 
 
-def test_clipping_off_reaches_the_trainer(tiny_dir: Path) -> None:
+def test_clipping_off_reaches_the_trainer(tiny_dir: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RLSPARSE_CPU_BF16", "native")  # mixed autocasts to bf16 on this "CPU"
     cfg = config_from_dict(
         tiny_config(tiny_dir, "grpo", train={"max_grad_norm": None}, rl={"epsilon": None})
     )

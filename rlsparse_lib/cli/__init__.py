@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rlsparse_lib.cli.train",
         "run a training config (SFT, RFT, GRPO, RLOO, DPO, KTO; masked or full)",
     ),
+    "compare-runs": (
+        "rlsparse_lib.cli.compare_runs",
+        "one summary row per finished training run (accuracy, rewards, sparsity, cost)",
+    ),
     "eval": ("rlsparse_lib.cli.eval", "greedy accuracy of a checkpoint on a verifiable task"),
     "run": ("rlsparse_lib.cli.run", "execute experiment notebooks through papermill"),
     "figures": ("rlsparse_lib.cli.figures", "regenerate every figure from stored results"),

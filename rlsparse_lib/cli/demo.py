@@ -4,6 +4,9 @@ From one init (SmolLM2-135M-Instruct, embedded), an SFT run and a GRPO run of eq
 arithmetic (CPU budget: about 15 minutes on 2 cores; finished runs are reused), each diffed
 against the init: the sparsity table, the layer x module figure and the precision view. The
 executed notebook, figures and tables land under the output root (the repository by default).
+The CPU's bf16 verdict is printed first and each run's compute dtype last: on a CPU without
+native bf16 (RLSPARSE_CPU_BF16=native|emulated overrides the detection) the runs compute in fp32
+at full speed, with fp32 master weights and bf16 checkpoints as always.
 
 --synthetic instead diffs a generated SmolLM2-shaped pair whose "finetuned" side mimics RL with
 fp32 master weights saved in bf16 (seconds, no training): sparsity from bf16 absorption alone.
@@ -33,8 +36,11 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from rlsparse_lib.experiments.papermill_runner import run_notebooks
+    from rlsparse_lib.training.cpu_compute import detect_cpu_bf16
+    from rlsparse_lib.training.precision_modes import cpu_line
 
     params = {"SEED": args.seed} if args.seed else {}
+    print(cpu_line(detect_cpu_bf16()), flush=True)
     print(
         "running notebooks/00_quickstart.ipynb: an SFT and a GRPO run from one init, each diffed "
         "against it (about 10 min on 2 CPU cores; finished runs are reused) ...",
@@ -48,11 +54,33 @@ def run(args: argparse.Namespace) -> int:
             f"  {run_name:<5} update sparsity {r['sparsity_bitwise']:.2%} bitwise, {r['sparsity_1e-05']:.2%} at 1e-5; "
             f"accuracy {r['acc_before']:.3f} -> {r['acc_after']:.3f}"
         )
+    for line in _compute_lines(paths):
+        print(f"  {line}")
     print(f"tables:  {paths.results / '00_quickstart'}")
     for fig in record["figures"]:
         print(f"figure:  {paths.figures / fig}.png (.pdf)")
     print("open it: jupyter lab notebooks/00_quickstart.ipynb")
     return 0
+
+
+def _compute_lines(paths) -> list[str]:
+    """``run: compute …`` for each run the notebook used (from its table and run manifests)."""
+    import csv
+    import json
+
+    from rlsparse_lib.training.precision_modes import compute_line
+
+    table = paths.results / "00_quickstart" / "sparsity.csv"
+    if not table.is_file():
+        return []
+    lines = []
+    with table.open(encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            manifest = paths.runs / row["name"] / "run.json"
+            if manifest.is_file():
+                m = json.loads(manifest.read_text(encoding="utf-8"))
+                lines.append(f"{row['run']:<5} {compute_line(m)}")
+    return lines
 
 
 def _synthetic(out: Path, seed: int) -> int:

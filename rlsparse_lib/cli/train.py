@@ -4,6 +4,9 @@ Outputs go to data/runs/<name>/: the checkpoint series step_XXXXXX/ (bf16, plus 
 keeps fp32 weights), run.json (config, seeds, versions, losses, rewards, evaluation before and
 after, in-training sparsity monitor, final update sparsity), monitor.jsonl, eval_*.jsonl.
 The config is checked completely before anything is written (unknown keys are errors).
+On a CPU without native bf16 (RLSPARSE_CPU_BF16=native|emulated overrides the detection),
+precision mixed computes in fp32 (fp32 master weights, bf16 checkpoints as always); the compute
+dtype used and the CPU verdict are printed and recorded in run.json.
 
 examples:
   rlsparse train data/configs/cpu/grpo.yaml
@@ -49,11 +52,13 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # transformers' own weight-loading bars
+    from rlsparse_lib.training.precision_modes import compute_line
     from rlsparse_lib.training.runner import train
 
     result = train(cfg, out_root=args.out_root, overwrite=args.overwrite, progress=not args.quiet)
     m = result.manifest
     print(f"run: {result.path}")
+    print(compute_line(m))
     for when in ("before", "after"):
         ev = m["eval"][when]
         if ev:

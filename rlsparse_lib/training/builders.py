@@ -1,6 +1,7 @@
 """TRL trainers for each run kind, configured from a :class:`RunConfig`.
 
-All kinds share the optimizer, schedule, precision and logging settings (:func:`common_args`);
+All kinds share the optimizer, schedule, precision and logging settings (:func:`common_args`; on a
+CPU without native bf16, ``mixed`` computes in fp32: :mod:`~rlsparse_lib.training.precision_modes`);
 checkpointing is done by :class:`~rlsparse_lib.training.checkpoints.CheckpointSaver`, so the
 trainers' own saving is off. GRPO/RLOO take the task's scorer as their reward function; DPO/KTO get
 an explicit frozen copy of the initial model as reference.
@@ -21,10 +22,17 @@ NO_CLIP = 1e9
 _OPTIM = {"adamw": "adamw_torch", "sgd": "sgd"}
 
 
-def common_args(cfg: RunConfig, output_dir: Path, use_cpu: bool) -> dict[str, Any]:
-    """TrainingArguments shared by every TRL config class."""
+def common_args(
+    cfg: RunConfig, output_dir: Path, use_cpu: bool, precision: Precision | None = None
+) -> dict[str, Any]:
+    """TrainingArguments shared by every TRL config class.
+
+    ``precision``: the mode as it runs on the device (default: ``Precision.for_device``, which
+    on a CPU detects whether bf16 is native; without, ``mixed`` gets no bf16 autocast).
+    """
     t = cfg.train
-    precision = Precision(cfg.precision)
+    if precision is None:
+        precision = Precision.for_device(cfg.precision, "cpu" if use_cpu else "cuda")
     return {
         "output_dir": str(output_dir),
         "max_steps": t.steps,
@@ -63,13 +71,14 @@ def build_trainer(
     callbacks: list,
     output_dir: Path,
     use_cpu: bool,
+    precision: Precision | None = None,
 ):
     """The TRL trainer for ``cfg.kind`` on ``rows`` (from :func:`~.data.build_rows`)."""
     import trl
     from datasets import Dataset
 
     dataset = Dataset.from_list(rows)
-    args = common_args(cfg, output_dir, use_cpu)
+    args = common_args(cfg, output_dir, use_cpu, precision)
     t = cfg.train
     max_length = t.max_prompt_length + t.max_completion_length
     if cfg.kind in ("grpo", "rloo"):

@@ -1,8 +1,10 @@
 """One row per finished run: accuracy before/after, rewards, update sparsity, cost.
 
-    python -m rlsparse_lib.training.results data/runs/cpu-grpo data/runs/cpu-sft \\
+    rlsparse compare-runs data/runs/cpu-grpo data/runs/cpu-sft \\
         --csv data/results/engine/grpo_vs_sft.csv --md data/results/engine/grpo_vs_sft.md \\
         --dynamics-csv data/results/engine/grpo_vs_sft_dynamics.csv
+
+(the command line: :mod:`rlsparse_lib.cli.compare_runs`).
 
 Sparsity columns come from the run's ``final_diff`` (``rlsparse diff`` of θ0 and the last
 checkpoint, bf16 and fp32 files); rewards are the mean training reward over the first and last
@@ -11,14 +13,12 @@ checkpoint, bf16 and fp32 files); rewards are the mean training reward over the 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 from pathlib import Path
 from typing import Any
 
-from rlsparse_lib.atomic import write_text_atomic
 from rlsparse_lib.errors import ConfigError
 
 COLUMNS = (
@@ -100,6 +100,7 @@ def monitor_rows(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def to_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+    """``rows`` as CSV text with ``columns`` as the header."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     w.writeheader()
@@ -108,6 +109,8 @@ def to_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> st
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
+    """Summary rows as a Markdown table (``–`` for missing values)."""
+
     def fmt(v: Any) -> str:
         if v is None:
             return "–"
@@ -120,27 +123,3 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Summarize finished training runs (one row each).")
-    p.add_argument("runs", nargs="+", type=Path, help="run folders (data/runs/<name>)")
-    p.add_argument("--csv", type=Path, help="write CSV here")
-    p.add_argument("--md", type=Path, help="write a Markdown table here")
-    p.add_argument("--dynamics-csv", type=Path, help="write every run's monitor records here")
-    p.add_argument("-k", type=int, default=5, help="steps averaged for reward_first/last")
-    args = p.parse_args(argv)
-    rows = [run_summary(r, args.k) for r in args.runs]
-    if args.csv:
-        write_text_atomic(args.csv, to_csv(rows))
-    if args.dynamics_csv:
-        dyn = [row for r in args.runs for row in monitor_rows(r)]
-        write_text_atomic(args.dynamics_csv, to_csv(dyn, tuple(dyn[0]) if dyn else ()))
-    if args.md:
-        write_text_atomic(args.md, to_markdown(rows))
-    print(to_markdown(rows), end="")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

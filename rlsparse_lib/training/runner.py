@@ -2,7 +2,8 @@
 
 Outputs (``data/runs/<name>/``, see ``docs/training.md``)::
 
-    run.json            manifest: config, seeds, versions, model/task provenance, precision,
+    run.json            manifest: config, seeds, versions, model/task provenance, precision (with
+                        the compute dtype used; platform.cpu: the CPU bf16 verdict and why),
                         checkpoints, per-step history (loss, reward, …), evaluation before/after,
                         monitor records, final update sparsity (rlsparse diff θ0 → θ_last), timing
     config.yaml         the validated config
@@ -35,6 +36,7 @@ from rlsparse_lib.errors import ConfigError, RlsparseError
 from rlsparse_lib.paths import Paths
 from rlsparse_lib.progress import progress_bar
 from rlsparse_lib.training.config import RunConfig
+from rlsparse_lib.training.cpu_compute import CpuBf16, detect_cpu_bf16
 from rlsparse_lib.training.precision_modes import Precision
 
 SCHEMA = "rlsparse.run/1"
@@ -82,13 +84,15 @@ def train(
     mask_path = resolve_path(cfg.mask.path, paths) if cfg.mask is not None else None
     if mask_path is not None and not mask_path.is_file():
         raise ConfigError(f"mask.path: no such mask file {mask_path}")
+    device = _device(cfg.device)
+    cpu = detect_cpu_bf16()  # before anything is written: a bad RLSPARSE_CPU_BF16 is an error
     partial = paths.runs / f".{cfg.name}.partial"
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
-        manifest = _run(cfg, partial, paths, mask_path, progress)
+        manifest = _run(cfg, partial, paths, mask_path, progress, device, cpu)
     except RlsparseError:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -101,7 +105,13 @@ def train(
 
 
 def _run(
-    cfg: RunConfig, run_dir: Path, paths: Paths, mask_path: Path | None, progress: bool
+    cfg: RunConfig,
+    run_dir: Path,
+    paths: Paths,
+    mask_path: Path | None,
+    progress: bool,
+    device,
+    cpu: CpuBf16,
 ) -> dict[str, Any]:
     import torch
     from transformers import set_seed
@@ -123,12 +133,11 @@ def _run(
 
     t_start = time.perf_counter()
     load_start = _loadavg()
-    precision = Precision(cfg.precision)
+    precision = Precision.for_device(cfg.precision, device.type, cpu)
     task = Task(cfg.task)
     set_seed(cfg.seed)
     model_dir = resolve_model(cfg.model, paths, progress)
     model, tokenizer = load_model(model_dir, precision.weights, paths)
-    device = _device(cfg.device)
     model.to(device)
     _check_prompt_lengths(cfg, task, tokenizer)
 
@@ -194,7 +203,15 @@ def _run(
             "ignore", message=".*gradient_checkpointing.*", category=FutureWarning
         )
         trainer = build_trainer(
-            cfg, model, tokenizer, task, rows, callbacks, trainer_dir, use_cpu=device.type == "cpu"
+            cfg,
+            model,
+            tokenizer,
+            task,
+            rows,
+            callbacks,
+            trainer_dir,
+            use_cpu=device.type == "cpu",
+            precision=precision,
         )
         trainer.remove_callback(PrinterCallback)  # our progress bar shows the latest loss / reward
         try:
@@ -230,6 +247,7 @@ def _run(
             "machine": platform.machine(),
             "device": str(device),
             "torch_threads": torch.get_num_threads(),
+            "cpu": cpu.describe(),
         },
         "model": {
             "spec": cfg.model,
