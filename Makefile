@@ -25,7 +25,8 @@ endif
 .PHONY: setup lock demo test test-fast lint bench figures notebooks clean
 
 KERNEL := setup.py rlsparse_lib/diff/kernels/diffcore.c rlsparse_lib/diff/kernels/diffcore.h \
-          rlsparse_lib/diff/kernels/_diffcore.pyx
+          rlsparse_lib/diff/kernels/_diffcore.pyx rlsparse_lib/masks/bitcore.c \
+          rlsparse_lib/masks/bitcore.h rlsparse_lib/masks/_bitcore.pyx
 
 # the editable install also compiles the CPU kernels (C + OpenMP, bound with Cython); its build
 # tools (setuptools, Cython) come from the lock, hence no build isolation
@@ -81,3 +82,4 @@ bench: setup
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache data/demo bench/out build
 	rm -f rlsparse_lib/diff/kernels/_diffcore.c rlsparse_lib/diff/kernels/*.so
+	rm -f rlsparse_lib/masks/_bitcore.c rlsparse_lib/masks/*.so

@@ -1,7 +1,8 @@
-"""Builds the compiled CPU diff kernel; everything else is in pyproject.toml.
+"""Builds the compiled CPU kernels; everything else is in pyproject.toml.
 
-The kernel (rlsparse_lib/diff/kernels/diffcore.c, bound by _diffcore.pyx) is compiled with OpenMP when
-the compiler supports it, single-threaded otherwise.
+The diff kernel (rlsparse_lib/diff/kernels/diffcore.c, bound by _diffcore.pyx) and the mask
+kernels (rlsparse_lib/masks/bitcore.c, bound by _bitcore.pyx) are compiled with OpenMP when the
+compiler supports it, single-threaded otherwise.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class BuildExt(build_ext):
     def build_extensions(self) -> None:
         flags = OPENMP if self._accepts(OPENMP) else []
         if not flags:
-            print("rlsparse: the C compiler lacks OpenMP; the CPU diff kernel runs on one thread")
+            print("rlsparse: the C compiler lacks OpenMP; the CPU kernels run on one thread")
         for ext in self.extensions:
             ext.extra_compile_args = [*OPTIMIZE, *flags]
             ext.extra_link_args = flags
@@ -49,7 +50,12 @@ setup(
                 "rlsparse_lib.diff.kernels._diffcore",
                 ["rlsparse_lib/diff/kernels/_diffcore.pyx", "rlsparse_lib/diff/kernels/diffcore.c"],
                 include_dirs=["rlsparse_lib/diff/kernels"],
-            )
+            ),
+            Extension(
+                "rlsparse_lib.masks._bitcore",
+                ["rlsparse_lib/masks/_bitcore.pyx", "rlsparse_lib/masks/bitcore.c"],
+                include_dirs=["rlsparse_lib/masks"],
+            ),
         ],
         language_level=3,
     ),

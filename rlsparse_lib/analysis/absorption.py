@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
 from rlsparse_lib import __version__
 from rlsparse_lib.atomic import write_text_atomic
@@ -34,6 +33,7 @@ from rlsparse_lib.io.checkpoint import Checkpoint, open_checkpoint
 from rlsparse_lib.io.chunks import pair_chunks
 from rlsparse_lib.io.dtypes import FLOAT_FORMATS, decode_tables
 from rlsparse_lib.io.pairing import plan_diff
+from rlsparse_lib.masks.bitops import absorb_counts
 from rlsparse_lib.progress import byte_progress
 from rlsparse_lib.rules import sparsity_from_changed
 
@@ -197,26 +197,6 @@ def precision_attribution(report: DiffReport, update_sizes=()) -> dict:
 
 
 # ---- fp32 weights: visible vs absorbed updates ----------------------------------------------
-@njit(cache=True, nogil=True, boundscheck=False)
-def _absorb_counts(a32, b32, a16, b16, efield, ulplog2, binades, hist):
-    """binades[g] += (total, fp32 updated, cast visible); hist[visible, log2(|Δ|/ULP)] += 1."""
-    for i in range(a32.size):
-        g = efield[a16[i]]
-        binades[g, 0] += 1
-        if a32[i] == b32[i]:
-            continue
-        vis = a16[i] != b16[i]
-        binades[g, 1] += 1
-        binades[g, 2] += vis
-        x = np.float64(np.uint32(a32[i]).view(np.float32))
-        y = np.float64(np.uint32(b32[i]).view(np.float32))
-        d = abs(y - x)
-        if np.isfinite(d) and d > 0:
-            e = np.int64((np.float64(d).view(np.uint64) >> np.uint64(52)) & np.uint64(0x7FF))
-            k = e - 1023 - ulplog2[a16[i]] - ULP_LOG2_MIN
-            hist[1 if vis else 0, min(max(k, 0), ULP_BINS - 1)] += 1
-
-
 @dataclass
 class AbsorptionReport:
     """fp32 updates split into visible and absorbed after a cast to ``dtype``.
@@ -350,7 +330,8 @@ def visible_vs_absorbed(
                 before = binades[:, 1:].sum(axis=0)
                 # raw: the fp32 words; base/tuned: their casts to ``dtype``
                 for c in pair_chunks(p, rb, rt, chunk_elems, compare=dtype, on_bytes=bar.update):
-                    _absorb_counts(*c.raw, c.base, c.tuned, efield, ulplog2, binades, hist)
+                    a32, b32 = c.raw
+                    absorb_counts(a32, b32, c.base, c.tuned, efield, ulplog2, binades, hist)
                 upd, vis = (int(v) for v in binades[:, 1:].sum(axis=0) - before)
                 rows.append(
                     {
