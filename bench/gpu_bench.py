@@ -315,14 +315,14 @@ def e2e_bench(args, ceil: dict) -> dict:
     from rlsparse_lib.diff.config import DiffConfig
     from rlsparse_lib.diff.engine import diff_checkpoints
     from rlsparse_lib.io.checkpoint import open_checkpoint
-    from rlsparse_lib.io.pairing import plan_diff
+    from rlsparse_lib.io.pairing import pair_checkpoints
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     base, tuned = _pair(workdir, args.e2e_layers, args.quick)
     gen_s = time.perf_counter() - t0
-    nbytes = plan_diff(open_checkpoint(base), open_checkpoint(tuned)).nbytes
+    nbytes = pair_checkpoints(open_checkpoint(base), open_checkpoint(tuned)).nbytes
     for p in list(base.iterdir()) + list(tuned.iterdir()):  # warm the page cache
         with p.open("rb") as fh:
             while fh.read(64 << 20):

@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from rlsparse_lib.errors import OutputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -39,3 +41,35 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def check_writable(path: str | Path, directory: bool = False) -> None:
+    """Refuse, before any long work, an output path that cannot be written.
+
+    ``path`` is a file to be written atomically (or, with ``directory``, a folder to write into).
+    The nearest existing folder on its way must accept a new file; nothing is created except a
+    probe file that is removed at once.
+
+    Raises:
+        OutputError: naming ``path`` as the user gave it and what is wrong.
+    """
+    given = str(path)
+    target = Path(path)
+    if not directory and target.is_dir():
+        raise OutputError(f"{given}: is a directory, expected a file name")
+    if directory and target.exists() and not target.is_dir():
+        raise OutputError(f"{given}: exists and is not a directory")
+    folder = target if directory else target.parent
+    folder = folder if str(folder) else Path(".")
+    while not folder.exists():
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{given}: {folder} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".rlsparse-probe.", dir=folder)
+    except OSError as err:
+        raise OutputError(f"{given}: cannot write in {folder} ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)

@@ -17,3 +17,7 @@ class PairingError(RlsparseError):
 
 class ConfigError(RlsparseError):
     """An option or configuration value is invalid."""
+
+
+class OutputError(RlsparseError):
+    """An output path cannot be written (unwritable folder, a directory given as a file, ...)."""

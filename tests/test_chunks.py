@@ -11,7 +11,7 @@ from rlsparse_lib.io.checkpoint import open_checkpoint
 from rlsparse_lib.io.chunks import Chunk, pair_chunks, stream_chunks
 from rlsparse_lib.io.dtypes import cast_words
 from rlsparse_lib.io.maskfile import MaskFile, MaskWriter, pack_mask
-from rlsparse_lib.io.pairing import plan_diff
+from rlsparse_lib.io.pairing import pair_checkpoints
 from rlsparse_lib.progress import NullBar, byte_progress
 from tests.ckpt_factory import random_state, save_hf
 
@@ -221,7 +221,7 @@ def _checkpoint_pair(tmp_path):
 
 def test_pair_chunks_on_real_checkpoints(tmp_path) -> None:
     b, t = _checkpoint_pair(tmp_path)
-    plan = plan_diff(open_checkpoint(b), open_checkpoint(t), "bfloat16")
+    plan = pair_checkpoints(open_checkpoint(b), open_checkpoint(t), "bfloat16")
     with plan.base.reader() as rb, plan.tuned.reader() as rt:
         for pair in plan.pairs:
             whole_b = cast_words(rb.words(pair.name, 0, pair.numel), "float32", "bfloat16")

@@ -319,14 +319,14 @@ def test_partials_merge_to_the_same_report(tmp_path: Path) -> None:
     from rlsparse_lib.diff.engine import build_report, diff_pairs
     from rlsparse_lib.diff.kernels import get_kernel
     from rlsparse_lib.io.checkpoint import open_checkpoint
-    from rlsparse_lib.io.pairing import plan_diff
+    from rlsparse_lib.io.pairing import pair_checkpoints
 
     base, tuned, _counts = planted()
     b = open_checkpoint(save_hf(tmp_path / "b", base, shards=3))
     t = open_checkpoint(save_hf(tmp_path / "t", tuned, shards=2))
     cfg = DiffConfig()
     whole = diff_checkpoints(b, t, cfg, progress=False)
-    plan = plan_diff(b, t)
+    plan = pair_checkpoints(b, t)
     kernel = get_kernel("cpu")
     with b.reader() as rb, t.reader() as rt:
         partials = [diff_pairs(g, rb, rt, kernel, cfg) for g in plan.shard_groups()]

@@ -29,7 +29,7 @@ from rlsparse_lib.diff.kernels import get_kernel
 from rlsparse_lib.errors import CheckpointError, ConfigError
 from rlsparse_lib.io.checkpoint import TensorReader, open_checkpoint
 from rlsparse_lib.io.maskfile import MaskFile
-from rlsparse_lib.io.pairing import plan_diff
+from rlsparse_lib.io.pairing import pair_checkpoints
 from rlsparse_lib.rules import MaskRule
 
 from .ckpt_factory import TINY, bump_bits, pick, random_state, save_hf
@@ -134,7 +134,7 @@ def test_slot_counts_and_parallel_fill(pair, gpu: str, slots: int, chunk: int, m
 @pytest.mark.parametrize("gpu", DEVICES, indirect=True)
 def test_progress_counts_every_byte(pair, gpu: str) -> None:
     b, t = (open_checkpoint(p) for p in pair)
-    plan = plan_diff(b, t)
+    plan = pair_checkpoints(b, t)
     kernel = get_kernel("cuda")
     seen: list[int] = []
     with TensorReader(b) as rb, TensorReader(t) as rt:

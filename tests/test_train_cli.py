@@ -60,8 +60,10 @@ def test_train_then_eval_reproduces_the_runs_evaluation(
     rc = main(["compare-runs", str(run), "--csv", str(out_csv), "--dynamics-csv", str(dyn_csv)])
     assert rc == 0 and "| cli-sft | sft | mixed | 2 |" in capsys.readouterr().out
     (row,) = list(csv.DictReader(out_csv.open()))
-    assert row["run"] == "cli-sft" and row["precision"] == "mixed" and row["reward_first"] == ""
-    assert float(row["bf16_sparsity"]) == manifest["final_diff"]["bf16"]["sparsity"]
+    assert (
+        row["run"] == "cli-sft" and row["precision"] == "mixed" and row["reward_mean_first_k"] == ""
+    )
+    assert float(row["bf16_sparsity_bitwise"]) == manifest["final_diff"]["bf16"]["sparsity_bitwise"]
     assert float(row["acc_after"]) == manifest["eval"]["after"]["accuracy"]
     dyn = list(csv.DictReader(dyn_csv.open()))
     assert [int(r["step"]) for r in dyn] == [1, 2]

@@ -68,4 +68,4 @@ def test_real_grpo_monitor_equals_rlsparse_diff(tmp_path: Path, monkeypatch) -> 
     assert last["changed_vs_init"] > 0.5 * last["n_params"]
     assert 0 < last["changed_vs_init_bf16"] < 0.5 * last["n_params"]
     final = m["final_diff"]["bf16"]
-    assert final["sparsity"] == pytest.approx(last["sparsity_vs_init_bf16"], abs=0)
+    assert final["sparsity_bitwise"] == pytest.approx(last["sparsity_vs_init_bf16"], abs=0)

@@ -4,9 +4,9 @@ A stored bf16 weight w changes only if its update exceeds about half a ULP of w 
 for |w| ∈ [2^e, 2^(e+1))), so sub-ULP updates vanish and large weights stay "unchanged"
 (Path Not Taken Cor. 3.6; PULSE; RL's Razor). From a :class:`~rlsparse_lib.diff.report.DiffReport`:
 
-* :func:`binade_sparsity` — sparsity per |θ0| binade with the binade's ULP; if absorption explains
-  the sparsity it rises with |θ0|;
-* :func:`ulp_histogram` — |Δ| of the changed weights in ULPs of θ0;
+* :meth:`DiffReport.binade_table` — sparsity per |θ0| binade with the binade's ULP; if absorption
+  explains the sparsity it rises with |θ0|;
+* :meth:`DiffReport.ulp_histogram` — |Δ| of the changed weights in ULPs of θ0;
 * :func:`absorption_table` — for assumed per-step update sizes u, the weights whose ½ULP exceeds u
   (a single step of size u cannot change them) and the share of all unchanged weights they hold.
 
@@ -24,107 +24,20 @@ from pathlib import Path
 
 import numpy as np
 
-from rlsparse_lib import __version__
-from rlsparse_lib.atomic import write_text_atomic
-from rlsparse_lib.diff.report import DiffReport
+from rlsparse_lib.diff.report import DiffReport, binade_label
 from rlsparse_lib.diff.stats import BINADE_BINS, ULP_BINS, ULP_LOG2_MIN
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint, open_checkpoint
 from rlsparse_lib.io.chunks import pair_chunks
 from rlsparse_lib.io.dtypes import FLOAT_FORMATS, decode_tables
-from rlsparse_lib.io.pairing import plan_diff
+from rlsparse_lib.io.pairing import pair_checkpoints
 from rlsparse_lib.masks.bitops import absorb_counts
 from rlsparse_lib.progress import byte_progress
+from rlsparse_lib.provenance import build_provenance, load_report_json, save_report_json
 from rlsparse_lib.rules import sparsity_from_changed
 
 SCHEMA = "rlsparse.absorption/1"
 CAST_DTYPES = ("bfloat16", "float16")
-
-
-def binade_label(field_value: int, dtype: str) -> int | str:
-    """Unbiased exponent of an exponent field, or ``zero/subnormal`` / ``inf/nan``."""
-    fmt = FLOAT_FORMATS[dtype]
-    if field_value == 0:
-        return "zero/subnormal"
-    if field_value == fmt.exp_max_field:
-        return "inf/nan"
-    return field_value - fmt.bias
-
-
-def binade_ulp(field_value: int, dtype: str) -> float:
-    """ULP of the values with this exponent field (subnormals: the smallest ULP; inf/nan: nan)."""
-    fmt = FLOAT_FORMATS[dtype]
-    if field_value == fmt.exp_max_field:
-        return math.nan
-    e = max(field_value, 1) - fmt.bias
-    return math.ldexp(1.0, e - fmt.mant_bits)
-
-
-def binade_sparsity(report: DiffReport):
-    """Sparsity per |θ0| binade, per compare dtype.
-
-    Returns:
-        DataFrame rows (binade order): ``compare_dtype, exponent`` (|θ0| ∈ [2^e, 2^(e+1)), or
-        ``zero/subnormal`` / ``inf/nan``), ``abs_lo`` (2^e), ``ulp``, ``half_ulp``, ``n_total``,
-        ``n_changed``, ``sparsity``, ``share_of_weights``.
-    """
-    import pandas as pd
-
-    acc: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for t in report.tensors:
-        tot, chg = acc.setdefault(
-            t.compare_dtype, (np.zeros(BINADE_BINS, np.int64), np.zeros(BINADE_BINS, np.int64))
-        )
-        tot += t.stats.binade_total
-        chg += t.stats.binade_changed
-    n_all = sum(int(tot.sum()) for tot, _ in acc.values())
-    rows = []
-    for dtype, (tot, chg) in sorted(acc.items()):
-        fmt = FLOAT_FORMATS[dtype]
-        for f in np.flatnonzero(tot):
-            f = int(f)
-            label = binade_label(f, dtype)
-            ulp = binade_ulp(f, dtype)
-            lo = 0.0 if f == 0 else (math.inf if f == fmt.exp_max_field else 2.0 ** (f - fmt.bias))
-            rows.append(
-                {
-                    "compare_dtype": dtype,
-                    "exponent": label,
-                    "abs_lo": lo,
-                    "ulp": ulp,
-                    "half_ulp": ulp / 2,
-                    "n_total": int(tot[f]),
-                    "n_changed": int(chg[f]),
-                    "sparsity": sparsity_from_changed(int(chg[f]), int(tot[f])),
-                    "share_of_weights": int(tot[f]) / n_all,
-                }
-            )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "compare_dtype",
-            "exponent",
-            "abs_lo",
-            "ulp",
-            "half_ulp",
-            "n_total",
-            "n_changed",
-            "sparsity",
-            "share_of_weights",
-        ],
-    )
-
-
-def ulp_histogram(report: DiffReport):
-    """|Δ| / ULP(θ0) of the changed weights: rows ``log2_ratio, n, fraction``.
-
-    ``log2_ratio = k`` means |Δ|/ULP ∈ [2^k, 2^(k+1)) (end bins open); a stored bf16 change is at
-    least one ULP, so k < 0 appears only through casts or a θ0 binade change.
-    """
-    df = report.ulp_histogram().copy()
-    total = df["n"].sum()
-    df["fraction"] = df["n"] / total if total else np.nan
-    return df
 
 
 def absorption_table(report: DiffReport, update_sizes) -> object:
@@ -143,7 +56,7 @@ def absorption_table(report: DiffReport, update_sizes) -> object:
     """
     import pandas as pd
 
-    b = binade_sparsity(report)
+    b = report.binade_table()
     b = b[np.isfinite(b["ulp"])]
     n_all = int(b["n_total"].sum())
     unchanged = b["n_total"] - b["n_changed"]
@@ -190,8 +103,8 @@ def precision_attribution(report: DiffReport, update_sizes=()) -> dict:
         "schema": "rlsparse.precision/1",
         "n_params": report.n_params,
         "sparsity": report.sparsity,
-        "binades": _records(binade_sparsity(report)),
-        "ulp_log2_hist": _records(ulp_histogram(report)),
+        "binades": _records(report.binade_table()),
+        "ulp_log2_hist": _records(report.ulp_histogram()),
         "absorption": _records(absorption_table(report, update_sizes)),
     }
 
@@ -277,7 +190,39 @@ class AbsorptionReport:
         }
 
     def save_json(self, path: str | Path) -> None:
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        """Write :meth:`to_dict` atomically (gzip when the name ends in ``.gz``)."""
+        save_report_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AbsorptionReport:
+        """Rebuild a report from its JSON form (counts from ``binades`` and ``ratio_log2_hist``)."""
+        if d.get("schema") != SCHEMA:
+            raise ConfigError(f"not a {SCHEMA} report (schema {d.get('schema')!r})")
+        dtype = d["dtype"]
+        fmt = FLOAT_FORMATS[dtype]
+        fields = {"zero/subnormal": 0, "inf/nan": fmt.exp_max_field}
+        binades = np.zeros((BINADE_BINS, 3), np.int64)
+        for r in d["binades"]:
+            f = fields.get(r["exponent"])
+            f = int(r["exponent"]) + fmt.bias if f is None else f
+            binades[f] = (r["n_total"], r["n_updated"], r["n_visible"])
+        hist = np.zeros((2, ULP_BINS), np.int64)
+        for r in d["ratio_log2_hist"]:
+            j = int(r["log2_ratio"]) - ULP_LOG2_MIN
+            hist[:, j] = (r["n_absorbed"], r["n_visible"])
+        return cls(
+            dtype,
+            list(d["tensors"]),
+            binades,
+            hist,
+            list(d.get("skipped", [])),
+            dict(d.get("provenance", {})),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> AbsorptionReport:
+        """Read a report saved by :meth:`save_json` (schema checked, the file named)."""
+        return cls.from_dict(load_report_json(path, SCHEMA))
 
 
 def visible_vs_absorbed(
@@ -304,7 +249,7 @@ def visible_vs_absorbed(
         raise ConfigError(f"cast dtype must be one of {', '.join(CAST_DTYPES)}, got {dtype!r}")
     t0 = time.perf_counter()
     base_ck, tuned_ck = open_checkpoint(base), open_checkpoint(tuned)
-    plan = plan_diff(base_ck, tuned_ck, "float32", include, exclude)
+    plan = pair_checkpoints(base_ck, tuned_ck, "float32", include, exclude)
     skipped = [{"name": s.name, "reason": s.reason} for s in plan.skipped]
     pairs = []
     for p in plan.pairs:
@@ -344,9 +289,10 @@ def visible_vs_absorbed(
                 )
     finally:
         bar.close()
-    provenance = {
-        "tool": f"rlsparse {__version__}",
-        "inputs": {"base": base_ck.describe(), "tuned": tuned_ck.describe()},
+    inputs = {"base": base_ck.describe(), "tuned": tuned_ck.describe()}
+    settings = {"dtype": dtype, "include": list(include), "exclude": list(exclude)}
+    provenance = build_provenance("absorption", settings=settings, sources=inputs) | {
+        "inputs": inputs,
         "updated": "fp32 bit patterns differ",
         "visible": f"{dtype} casts (round to nearest even) differ",
         "ulp_unit": f"ULP of θ0 cast to {dtype}",

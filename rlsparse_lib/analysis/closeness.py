@@ -17,15 +17,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlsparse_lib import __version__
 from rlsparse_lib.analysis.overlap import mask_overlap
-from rlsparse_lib.atomic import write_text_atomic
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
 from rlsparse_lib.diff.report import DiffReport
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint, open_checkpoint
 from rlsparse_lib.io.naming import parse_param_name
+from rlsparse_lib.provenance import build_provenance, load_report_json, save_report_json
 from rlsparse_lib.rules import sparsity_from_changed, tol_key
 
 SCHEMA = "rlsparse.closeness/1"
@@ -95,11 +94,39 @@ class ClosenessReport:
             **self.summary(),
             "per_tensor": json.loads(self.table.to_json(orient="records")),
             "skipped": self.diff.skipped,
+            "diff": self.diff.to_dict(),
             "provenance": self.provenance,
         }
 
     def save_json(self, path: str | Path) -> None:
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        """Write :meth:`to_dict` atomically (gzip when the name ends in ``.gz``)."""
+        save_report_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClosenessReport:
+        """Rebuild a report from its JSON form (needs the embedded A→B ``diff``)."""
+        import pandas as pd
+
+        if d.get("schema") != SCHEMA or "diff" not in d:
+            raise ConfigError(f"not a loadable {SCHEMA} report (schema {d.get('schema')!r})")
+        table = pd.DataFrame(d["per_tensor"])
+        for col in [c for c in table.columns if c.startswith("n_equal_")]:
+            table[col.removeprefix("n_")] = table[col] / table["numel"].where(table["numel"] > 0)
+        return cls(
+            labels=tuple(d["labels"]),
+            tolerances=tuple(float(t) for t in d["tolerances"]),
+            table=table,
+            diff=DiffReport.from_dict(d["diff"]),
+            provenance=dict(d.get("provenance", {})),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClosenessReport:
+        """Read a report saved by :meth:`save_json` (schema checked, the file named)."""
+        d = load_report_json(path, SCHEMA)
+        if "diff" not in d:
+            raise ConfigError(f"{path}: a {SCHEMA} report without its diff (an old file)")
+        return cls.from_dict(d)
 
 
 def closeness(
@@ -158,8 +185,14 @@ def closeness(
         table["n_updated_a"] = ov.loc[table["name"], "n1"].to_numpy()
         table["n_updated_b"] = ov.loc[table["name"], "n2"].to_numpy()
         table["n_updated_both"] = ov.loc[table["name"], "n_both"].to_numpy()
-    provenance = {
-        "tool": f"rlsparse {__version__}",
+    settings = {
+        "tolerances": list(tols),
+        "compare_dtype": compare_dtype,
+        "include": list(include),
+        "exclude": list(exclude),
+        "with_init": init is not None,
+    }
+    provenance = build_provenance("closeness", settings=settings, sources=inputs) | {
         "inputs": inputs,
         "rules": diff.provenance.get("rules"),
         "compare_dtype_policy": compare_dtype or "A's stored dtype",

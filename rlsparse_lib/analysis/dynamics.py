@@ -26,8 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from rlsparse_lib import __version__
-from rlsparse_lib.atomic import write_text_atomic
 from rlsparse_lib.diff.config import DEFAULT_TOLERANCES
 from rlsparse_lib.diff.kernels import ChunkSpec, get_kernel
 from rlsparse_lib.diff.stats import DiffStats
@@ -37,9 +35,10 @@ from rlsparse_lib.io.chunks import stream_chunks
 from rlsparse_lib.io.dtypes import is_float
 from rlsparse_lib.io.maskfile import MaskWriter, packed_size
 from rlsparse_lib.io.naming import parse_param_name
-from rlsparse_lib.io.pairing import TensorPair, plan_diff
+from rlsparse_lib.io.pairing import TensorPair, pair_checkpoints
 from rlsparse_lib.masks import bitops
 from rlsparse_lib.progress import byte_progress
+from rlsparse_lib.provenance import build_provenance, load_report_json, save_report_json
 from rlsparse_lib.rules import MaskRule, sparsity, sparsity_from_changed, tol_key
 
 SCHEMA = "rlsparse.dynamics/1"
@@ -172,6 +171,8 @@ class DynamicsReport:
             "schema": SCHEMA,
             "n_params": self.n_params,
             "n_checkpoints": len(self.labels),
+            "labels": list(self.labels),
+            "steps": None if self.steps is None else [float(x) for x in self.steps],
             "rule": {"kind": self.rule.kind, "tol": self.rule.tol},
             "tolerances": [float(t) for t in self.tolerances],
             "checkpoints": series,
@@ -179,12 +180,51 @@ class DynamicsReport:
             "per_module": json.loads(self.fate_by("module").to_json(orient="records")),
             "per_layer": json.loads(self.fate_by("layer").to_json(orient="records")),
             "tensors": per_tensor,
+            "stats": {
+                "vs_init": [s.to_dict() for s in self.vs_init],
+                "vs_prev": [s.to_dict() for s in self.vs_prev],
+            },
             "skipped": self.skipped,
             "provenance": self.provenance,
         }
 
     def save_json(self, path: str | Path) -> None:
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        """Write :meth:`to_dict` atomically (gzip when the name ends in ``.gz``)."""
+        save_report_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DynamicsReport:
+        """Rebuild a report from its JSON form (needs ``labels``, ``tensors`` and ``stats``)."""
+        if d.get("schema") != SCHEMA or "stats" not in d:
+            raise ConfigError(f"not a loadable {SCHEMA} report (schema {d.get('schema')!r})")
+        tensors = d["tensors"]
+        k = len(d["labels"])
+        keys = [key for key in tensors[0] if key not in ("name", "numel")] if tensors else []
+        counts = {
+            key: np.asarray([t[key] for t in tensors], np.int64).reshape(len(tensors), k)
+            for key in keys
+        }
+        return cls(
+            labels=list(d["labels"]),
+            steps=None if d.get("steps") is None else [float(x) for x in d["steps"]],
+            rule=MaskRule(d["rule"]["kind"], float(d["rule"]["tol"])),
+            tolerances=tuple(float(t) for t in d["tolerances"]),
+            names=[t["name"] for t in tensors],
+            numel=np.asarray([t["numel"] for t in tensors], np.int64),
+            counts=counts,
+            vs_init=[DiffStats.from_dict(s) for s in d["stats"]["vs_init"]],
+            vs_prev=[DiffStats.from_dict(s) for s in d["stats"]["vs_prev"]],
+            skipped=list(d.get("skipped", [])),
+            provenance=dict(d.get("provenance", {})),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> DynamicsReport:
+        """Read a report saved by :meth:`save_json` (schema checked, the file named)."""
+        d = load_report_json(path, SCHEMA)
+        if "stats" not in d:
+            raise ConfigError(f"{path}: a {SCHEMA} report without its statistics (an old file)")
+        return cls.from_dict(d)
 
 
 def _frac(a, b) -> float | None:
@@ -290,10 +330,19 @@ def sparsity_dynamics(
                     writers["final"].write(pair.name, masks_init[-1])
                 if "union" in writers:
                     writers["union"].write(pair.name, union)
-    provenance = {
-        "tool": f"rlsparse {__version__}",
-        "init": init_ck.describe(),
-        "checkpoints": [c.describe() for c in cks],
+    init_desc, ck_desc = init_ck.describe(), [c.describe() for c in cks]
+    settings = {
+        "rule": {"kind": rule.kind, "tol": rule.tol},
+        "tolerances": [float(t) for t in tols],
+        "rel_eta": rel_eta,
+        "compare_dtype": compare_dtype,
+        "include": list(include),
+        "exclude": list(exclude),
+    }
+    sources = {"init": init_desc, "checkpoints": ck_desc}
+    provenance = build_provenance("dynamics", settings=settings, sources=sources) | {
+        "init": init_desc,
+        "checkpoints": ck_desc,
         "rule": rule.describe(),
         "compare_dtype_policy": compare_dtype or "init stored dtype",
         "kernel": kernel.name,
@@ -343,7 +392,7 @@ def _plan_series(
     exclude: tuple[str, ...],
 ) -> tuple[list[TensorPair], list[dict]]:
     """Float tensors of θ0 ↔ θK that every checkpoint holds with θK's shape."""
-    plan = plan_diff(init, cks[-1], compare_dtype, include, exclude)
+    plan = pair_checkpoints(init, cks[-1], compare_dtype, include, exclude)
     skipped = [{"name": s.name, "reason": s.reason} for s in plan.skipped]
     pairs = []
     for p in plan.pairs:

@@ -32,8 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-from rlsparse_lib import __version__
-from rlsparse_lib.atomic import write_text_atomic
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import open_checkpoint
 from rlsparse_lib.io.chunks import stream_chunks
@@ -52,6 +50,7 @@ from rlsparse_lib.masks.ops import (
     opened_all,
 )
 from rlsparse_lib.progress import byte_progress
+from rlsparse_lib.provenance import build_provenance, load_report_json, save_report_json
 
 SCHEMA = "rlsparse.overlap/1"
 #: metrics of :meth:`OverlapMatrix.frame`
@@ -288,10 +287,12 @@ class PairOverlap:
         return df
 
     def to_dict(self) -> dict:
-        """JSON form (schema ``rlsparse.overlap/1``; see docs/analytics.md)."""
+        """JSON form (schema ``rlsparse.overlap/1``; see docs/analytics.md); ``table`` holds the
+        per-tensor counts :meth:`load` rebuilds the report from."""
         out = {"schema": SCHEMA, "labels": list(self.labels), "masks": self.masks}
         out.update(self.summary())
         out.update(self._breakdowns())
+        out["table"] = self.table.to_dict("records")  # full precision (``_records``: 10 digits)
         out["provenance"] = self.provenance
         return out
 
@@ -299,7 +300,27 @@ class PairOverlap:
         return {f"per_{by}": _records(self.breakdown(by)) for by in ("tensor", "layer", "module")}
 
     def save_json(self, path: str | Path) -> None:
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        """Write :meth:`to_dict` atomically (gzip when the name ends in ``.gz``)."""
+        save_report_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PairOverlap:
+        """Rebuild a pair overlap from its JSON form (needs the ``table`` key)."""
+        import pandas as pd
+
+        if d.get("schema") != SCHEMA or "table" not in d or "matrices" in d:
+            raise ConfigError(f"not a {SCHEMA} pair report (schema {d.get('schema')!r})")
+        table = pd.DataFrame(d["table"])
+        table = table[[c for c in _TABLE_COLUMNS if c in table.columns]]
+        return cls(tuple(d["labels"]), table, d.get("masks", []), d.get("provenance", {}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> PairOverlap:
+        """Read a pair overlap saved by :meth:`save_json` (schema checked, the file named)."""
+        d = load_report_json(path, SCHEMA)
+        if "table" not in d or "matrices" in d:
+            raise ConfigError(f"{path}: not a pair overlap (an overlap matrix or an old file)")
+        return cls.from_dict(d)
 
 
 @dataclass
@@ -389,11 +410,67 @@ class OverlapMatrix:
             "n_set": [int(v) for v in c.n_set.sum(axis=0)],
             "pairs": pairs,
             "matrices": matrices,
+            "counts": _counts_dict(c),
             "provenance": c.provenance,
         }
 
     def save_json(self, path: str | Path) -> None:
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        """Write :meth:`to_dict` atomically (gzip when the name ends in ``.gz``)."""
+        save_report_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OverlapMatrix:
+        """Rebuild a matrix from its JSON form (from the raw ``counts``)."""
+        if d.get("schema") != SCHEMA or "counts" not in d:
+            raise ConfigError(f"not a {SCHEMA} matrix report (schema {d.get('schema')!r})")
+        c = d["counts"]
+
+        def arr(key: str, dtype) -> np.ndarray | None:
+            return None if c.get(key) is None else np.asarray(c[key], dtype)
+
+        counts = OverlapCounts(
+            labels=list(d["labels"]),
+            names=list(c["names"]),
+            numel=arr("numel", np.int64),
+            n_set=arr("n_set", np.int64).reshape(len(c["names"]), len(d["labels"])),
+            pairs=[(int(i), int(j)) for i, j in c["pairs"]],
+            n_both=arr("n_both", np.int64).reshape(len(c["names"]), len(c["pairs"])),
+            binade_expected=arr("binade_expected", np.float64),
+            binade_variance=arr("binade_variance", np.float64),
+            masks=list(d.get("masks", [])),
+            provenance=dict(d.get("provenance", {})),
+        )
+        return cls(counts)
+
+    @classmethod
+    def load(cls, path: str | Path) -> OverlapMatrix:
+        """Read a matrix saved by :meth:`save_json` (schema checked, the file named)."""
+        d = load_report_json(path, SCHEMA)
+        if "counts" not in d:
+            raise ConfigError(f"{path}: not an overlap matrix (a pair overlap or an old file)")
+        return cls.from_dict(d)
+
+    @property
+    def provenance(self) -> dict:
+        """How the counts were made (the shared :func:`~rlsparse_lib.provenance.build_provenance`)."""
+        return self.counts.provenance
+
+
+def _counts_dict(c: OverlapCounts) -> dict:
+    """The raw counts of an :class:`OverlapCounts` as JSON lists."""
+
+    def lst(a: np.ndarray | None) -> list | None:
+        return None if a is None else a.tolist()
+
+    return {
+        "names": list(c.names),
+        "numel": lst(c.numel),
+        "n_set": lst(c.n_set),
+        "pairs": [list(p) for p in c.pairs],
+        "n_both": lst(c.n_both),
+        "binade_expected": lst(c.binade_expected),
+        "binade_variance": lst(c.binade_variance),
+    }
 
 
 def count_overlaps(
@@ -473,9 +550,14 @@ def count_overlaps(
         finally:
             bar.close()
         seconds = time.perf_counter() - t0
-        provenance = {
-            "tool": f"rlsparse {__version__}",
-            "base": None if ck is None else ck.describe(),
+        base_desc = None if ck is None else ck.describe()
+        settings = {
+            "labels": labels,
+            "masks": [str(m.path) for m in files],
+            "binade_baseline": ck is not None,
+        }
+        provenance = build_provenance("overlap", settings=settings, sources={"base": base_desc}) | {
+            "base": base_desc,
             "binade_dtype": "θ0 stored dtype (exponent field)" if ck is not None else None,
             "seconds": seconds,
             "mask_bytes_read": nbytes_masks,

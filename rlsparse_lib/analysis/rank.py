@@ -16,7 +16,6 @@ largest ΔW plus the SVD workspace), on CUDA when present, or by several CPU wor
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -29,14 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rlsparse_lib import __version__
-from rlsparse_lib.atomic import write_text_atomic
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
 from rlsparse_lib.io.chunks import pair_chunks
 from rlsparse_lib.io.naming import parse_param_name
-from rlsparse_lib.io.pairing import TensorPair, plan_diff
+from rlsparse_lib.io.pairing import TensorPair, pair_checkpoints
 from rlsparse_lib.progress import progress_bar
+from rlsparse_lib.provenance import build_provenance, load_report_json, save_report_json
 
 SCHEMA = "rlsparse.rank/1"
 SVD_DTYPES = ("float32", "float64")
@@ -268,7 +266,20 @@ class RankReport:
         }
 
     def save_json(self, path: str | Path) -> None:
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        """Write :meth:`to_dict` atomically (gzip when the name ends in ``.gz``)."""
+        save_report_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RankReport:
+        """Rebuild a report from its JSON form."""
+        if d.get("schema") != SCHEMA:
+            raise ConfigError(f"not a {SCHEMA} report (schema {d.get('schema')!r})")
+        return cls(list(d["matrices"]), list(d.get("skipped", [])), dict(d.get("provenance", {})))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RankReport:
+        """Read a report saved by :meth:`save_json` (schema checked, the file named)."""
+        return cls.from_dict(load_report_json(path, SCHEMA))
 
 
 def default_device() -> str:
@@ -320,7 +331,7 @@ def update_ranks(
     device = device or default_device()
     t0 = time.perf_counter()
     base_ck, tuned_ck = open_checkpoint(base), open_checkpoint(tuned)
-    plan = plan_diff(base_ck, tuned_ck, compare_dtype)
+    plan = pair_checkpoints(base_ck, tuned_ck, compare_dtype)
     skipped = [{"name": s.name, "reason": s.reason} for s in plan.skipped]
     chosen: list[TensorPair] = []
     for pair in plan.pairs:
@@ -362,9 +373,17 @@ def update_ranks(
     finally:
         bar.close()
         torch.set_num_threads(old_threads)
-    provenance = {
-        "tool": f"rlsparse {__version__}",
-        "inputs": {"base": base_ck.describe(), "tuned": tuned_ck.describe()},
+    inputs = {"base": base_ck.describe(), "tuned": tuned_ck.describe()}
+    settings = {
+        "rule": rule.describe(),
+        "energy": energy,
+        "rtol_grid": [float(r) for r in rtol_grid],
+        "compare_dtype": compare_dtype,
+        "svd_dtype": svd_dtype,
+        "selection": selection,
+    }
+    provenance = build_provenance("rank", settings=settings, sources=inputs) | {
+        "inputs": inputs,
         "delta": "Δ = tuned − base in float32 from the compare-dtype values",
         "compare_dtype_policy": compare_dtype or "base stored dtype",
         "rule": rule.describe(),
@@ -383,7 +402,6 @@ def update_ranks(
         "workers": n_workers,
         "threads": total_threads,
         "seconds": time.perf_counter() - t0,
-        "versions": {"torch": torch.__version__, "numpy": np.__version__},
     }
     return RankReport(matrices=matrices, skipped=skipped, provenance=provenance)
 

@@ -42,6 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: option destinations that name an output file / an output folder, checked before any work
+OUTPUT_FILES = ("json", "csv", "md", "dynamics_csv", "plot", "heatmap", "out", "mask_out")
+OUTPUT_DIRS = ("out_root",)
+
 #: commands that do no linear algebra: numpy's BLAS thread pool, started when numpy is imported,
 #: would only spin on the cores their kernels use
 NO_BLAS = ("diff",)
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
+        _check_outputs(args)
         return int(args._run(args) or 0)
     except RlsparseError as err:
         print(f"rlsparse {args.command}: error: {err}", file=sys.stderr)
@@ -93,3 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rlsparse {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Fail in one line, before minutes of work, on output paths that cannot be written."""
+    from rlsparse_lib.atomic import check_writable
+
+    for names, directory in ((OUTPUT_FILES, False), (OUTPUT_DIRS, True)):
+        for name in names:
+            path = getattr(args, name, None)
+            if path:
+                check_writable(path, directory=directory)

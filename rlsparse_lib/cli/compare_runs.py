@@ -22,7 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", type=Path, help="write the summary as CSV here")
     p.add_argument("--md", type=Path, help="write the summary as a Markdown table here")
     p.add_argument("--dynamics-csv", type=Path, help="write every run's monitor records here")
-    p.add_argument("-k", type=int, default=5, help="steps averaged for reward_first/last (5)")
+    p.add_argument(
+        "-k", type=int, default=5, help="steps averaged for reward_mean_first_k/last (5)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,7 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--synthetic", action="store_true", help="diff a generated pair instead (no training)"
     )
-    p.add_argument("--out-root", default=None, help="output root (default: the repository)")
+    p.add_argument(
+        "--out-root",
+        default=None,
+        help="output root (default: the repository; smoke runs: data/cache/smoke/)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny random model, 2 steps (seconds)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -30,12 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rlsparse_lib.paths import Paths
 
-    paths = Paths.at(args.out_root)
     if args.synthetic:
-        return _synthetic(paths.root / "data" / "demo", args.seed)
+        return _synthetic(Paths.at(args.out_root).root / "data" / "demo", args.seed)
     import json
 
+    from rlsparse_lib.experiments.context import output_paths
     from rlsparse_lib.experiments.papermill_runner import run_notebooks
+    from rlsparse_lib.rules import PAPER_SPARSITY
     from rlsparse_lib.training.cpu_compute import detect_cpu_bf16
     from rlsparse_lib.training.precision_modes import cpu_line
 
@@ -46,12 +51,14 @@ def run(args: argparse.Namespace) -> int:
         "against it (about 10 min on 2 CPU cores; finished runs are reused) ...",
         flush=True,
     )
+    paths = output_paths(args.out_root, args.smoke)
     (executed,) = run_notebooks("00", params, smoke=args.smoke, out_root=args.out_root, log=False)
     record = json.loads((paths.results / "00_quickstart" / "record.json").read_text())
     print(f"\nexecuted notebook: {executed}")
     for run_name, r in record["runs"].items():
         print(
-            f"  {run_name:<5} update sparsity {r['sparsity_bitwise']:.2%} bitwise, {r['sparsity_1e-05']:.2%} at 1e-5; "
+            f"  {run_name:<5} update sparsity {r['sparsity_bitwise']:.2%} bitwise, "
+            f"{r[PAPER_SPARSITY]:.2%} at 1e-5; "
             f"accuracy {r['acc_before']:.3f} -> {r['acc_after']:.3f}"
         )
     for line in _compute_lines(paths):

@@ -63,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from rlsparse_lib.plotting import plot_dynamics, plot_parameter_fate, save_figure
 
-        save_figure(plot_dynamics(dyn), args.plot, provenance={"command": "dynamics"})
+        fig = plot_dynamics(dyn.series(), rule=dyn.rule.describe())
+        save_figure(fig, args.plot, provenance={"command": "dynamics"})
         save_figure(
-            plot_parameter_fate(dyn), f"{args.plot}_fate", provenance={"command": "dynamics"}
+            plot_parameter_fate(dyn.fate()), f"{args.plot}_fate", provenance={"command": "dynamics"}
         )
     if not args.quiet:
         s = dyn.series()

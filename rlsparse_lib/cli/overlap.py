@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.heatmap:
         from rlsparse_lib.plotting import plot_overlap_heatmap, save_figure
 
-        save_figure(plot_overlap_heatmap(mat), args.heatmap, provenance={"command": "overlap"})
+        fig = plot_overlap_heatmap(mat.frame("o"), baseline=mat.frame("o_random"))
+        save_figure(fig, args.heatmap, provenance={"command": "overlap"})
     if not args.quiet:
         print(_format_pair(result, args.by) if two else _format_matrix(mat))
         for label, path in (("json", args.json), ("csv", args.csv), ("heatmap", args.heatmap)):

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from rlsparse_lib.plotting import plot_rank_bars, save_figure
 
-        save_figure(plot_rank_bars(report), args.plot, provenance={"command": "rank"})
+        save_figure(plot_rank_bars(report.by_module()), args.plot, provenance={"command": "rank"})
     if not args.quiet:
         s = report.summary()
         prov = report.provenance

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # transformers' own weight-loading bars
+    from rlsparse_lib.rules import PAPER_SPARSITY
     from rlsparse_lib.training.precision_modes import compute_line
     from rlsparse_lib.training.runner import train
 
@@ -68,6 +69,6 @@ def run(args: argparse.Namespace) -> int:
     for key, d in m["final_diff"].items():
         print(
             f"update sparsity {key} step {d['from_step']} -> {d['to_step']}: "
-            f"bitwise {d['sparsity']:.4f}  |Δ|<=1e-5 {d['sparsity_1e-5']:.4f}"
+            f"bitwise {d['sparsity_bitwise']:.4f}  |Δ|<=1e-5 {d[PAPER_SPARSITY]:.4f}"
         )
     return 0

@@ -2,21 +2,19 @@
 
 Memory is bounded by one chunk per side (plus mapped pages, released after each chunk); no model,
 state dict or concatenated delta is ever materialised. Work is organised in units of one
-(base shard, tuned shard) group (:meth:`DiffPlan.shard_groups`); :func:`diff_pairs` turns a unit into
+(base shard, tuned shard) group (:meth:`PairPlan.shard_groups`); :func:`diff_pairs` turns a unit into
 per-tensor partial results and :func:`build_report` merges any set of partials, so distributed or
 resumable executors can reuse the math unchanged.
 """
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
-from rlsparse_lib import __version__
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.kernels import ChunkSpec, DiffKernel, get_kernel
 from rlsparse_lib.diff.report import DiffReport, TensorResult
@@ -24,8 +22,9 @@ from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
 from rlsparse_lib.io.chunks import pair_chunks
 from rlsparse_lib.io.dtypes import cast_words
 from rlsparse_lib.io.maskfile import MaskWriter, packed_size
-from rlsparse_lib.io.pairing import DiffPlan, TensorPair, plan_diff
+from rlsparse_lib.io.pairing import PairPlan, TensorPair, pair_checkpoints
 from rlsparse_lib.progress import byte_progress
+from rlsparse_lib.provenance import build_provenance, versions
 
 
 def diff_checkpoints(
@@ -49,7 +48,7 @@ def diff_checkpoints(
     config = config or DiffConfig()
     t0 = time.perf_counter()
     base_ck, tuned_ck = open_checkpoint(base), open_checkpoint(tuned)
-    plan = plan_diff(base_ck, tuned_ck, config.compare_dtype, config.include, config.exclude)
+    plan = pair_checkpoints(base_ck, tuned_ck, config.compare_dtype, config.include, config.exclude)
     kernel = get_kernel(config.device, config.threads)
     # the GPU kernel brings its own unit executor (pinned buffers, copy/compute overlap)
     diff_unit = getattr(kernel, "diff_pairs", diff_pairs)
@@ -123,7 +122,7 @@ def diff_pairs(
 
 
 def build_report(
-    plan: DiffPlan,
+    plan: PairPlan,
     config: DiffConfig,
     partials: Iterable[dict[str, TensorResult]],
     kernel_name: str,
@@ -162,7 +161,7 @@ def build_report(
     )
 
 
-def _open_mask(path: str | Path, plan: DiffPlan, config: DiffConfig) -> MaskWriter:
+def _open_mask(path: str | Path, plan: PairPlan, config: DiffConfig) -> MaskWriter:
     shapes = {p.name: p.compared_shape for p in plan.float_pairs}
     rule = {"kind": config.mask_rule.kind, "tol": config.mask_rule.tol}
     sources = {
@@ -173,17 +172,12 @@ def _open_mask(path: str | Path, plan: DiffPlan, config: DiffConfig) -> MaskWrit
 
 
 def _versions() -> dict:
-    import sys
-
-    out = {"python": platform.python_version(), "numpy": np.__version__}
-    for mod in ("torch", "triton"):  # recorded when the run used them
-        if mod in sys.modules:
-            out[mod] = sys.modules[mod].__version__
-    return out
+    """Library versions (the shared :func:`rlsparse_lib.provenance.versions`)."""
+    return versions()
 
 
 def _provenance(
-    plan: DiffPlan,
+    plan: PairPlan,
     config: DiffConfig,
     kernel: str,
     seconds: float | None,
@@ -197,9 +191,17 @@ def _provenance(
         stored[key] = stored.get(key, 0) + 1
         ck = p.compare_dtype or f"bitwise {p.base.dtype}"
         compare[ck] = compare.get(ck, 0) + 1
-    return {
-        "tool": f"rlsparse {__version__}",
-        "inputs": {"base": plan.base.describe(), "tuned": plan.tuned.describe()},
+    inputs = {"base": plan.base.describe(), "tuned": plan.tuned.describe()}
+    settings = {
+        "tolerances": [float(t) for t in config.tolerances],
+        "rel_eta": config.rel_eta,
+        "compare_dtype": config.compare_dtype,
+        "include": list(config.include),
+        "exclude": list(config.exclude),
+        "mask_rule": {"kind": config.mask_rule.kind, "tol": config.mask_rule.tol},
+    }
+    fields = {
+        "inputs": inputs,
         "stored_dtypes": stored,
         "compare_dtypes": compare,
         "compare_dtype_policy": config.compare_dtype or "base stored dtype",
@@ -224,5 +226,5 @@ def _provenance(
         "threads": threads or config.threads,
         "seconds": seconds,
         "warnings": plan.base.warnings + plan.tuned.warnings,
-        "versions": _versions(),
     }
+    return build_provenance("diff", settings=settings, sources=inputs, **fields)

@@ -188,9 +188,9 @@ class Experiment:
 
     def draw_figures(self) -> dict:
         """Draw (and save) this notebook's figures from its stored results; see ``figures.py``."""
-        from rlsparse_lib.experiments.figures import FIGURES
+        from rlsparse_lib.experiments.figures import draw_notebook
 
-        figs = FIGURES[self.notebook](self) if self.notebook in FIGURES else {}
+        figs = draw_notebook(self)
         saved = {fig_id: self.figure(fig_id, fig) for fig_id, fig in figs.items()}
         _display_pngs(saved.values())
         return saved

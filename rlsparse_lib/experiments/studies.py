@@ -193,8 +193,8 @@ def layerwise_reports(exp) -> dict:
 
 def save_layerwise_tables(exp, reports: dict, rule: str) -> None:
     """03: ``tensors_<panel>.csv`` and ``layer_module_<panel>.csv`` (at ``rule``) per panel."""
+    from rlsparse_lib.diff.report import layer_module_table
     from rlsparse_lib.experiments.tables import slug
-    from rlsparse_lib.plotting import layer_module_table
 
     for label, report in reports.items():
         exp.table(f"tensors_{slug(label)}", report.table())

@@ -1,7 +1,7 @@
 """Align the tensors of two checkpoints by name and decide how each pair is compared.
 
 Nothing is dropped silently: every name in either checkpoint ends up either in
-:attr:`DiffPlan.pairs` (compared, possibly partially) or in :attr:`DiffPlan.skipped` with a reason.
+:attr:`PairPlan.pairs` (compared, possibly partially) or in :attr:`PairPlan.skipped` with a reason.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Skipped:
 
 
 @dataclass
-class DiffPlan:
+class PairPlan:
     """The pairing of two checkpoints: what is compared, how, and what is not."""
 
     base: Checkpoint
@@ -88,13 +88,13 @@ class DiffPlan:
         return list(groups.values())
 
 
-def plan_diff(
+def pair_checkpoints(
     base: Checkpoint,
     tuned: Checkpoint,
     compare_dtype: str | None = None,
     include: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
-) -> DiffPlan:
+) -> PairPlan:
     """Pair two checkpoints' tensors.
 
     Args:
@@ -113,7 +113,7 @@ def plan_diff(
         )
     inc = _compile(include, "--include")
     exc = _compile(exclude, "--exclude")
-    plan = DiffPlan(base, tuned)
+    plan = PairPlan(base, tuned)
     names = list(base.tensors) + [n for n in tuned.tensors if n not in base.tensors]
     for name in names:
         b, t = base.tensors.get(name), tuned.tensors.get(name)

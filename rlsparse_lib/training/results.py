@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.rules import PAPER_SPARSITY
 
 COLUMNS = (
     "run",
@@ -29,12 +30,12 @@ COLUMNS = (
     "lr",
     "acc_before",
     "acc_after",
-    "reward_first",
-    "reward_last",
-    "bf16_sparsity",
-    "bf16_sparsity_1e-5",
-    "fp32_sparsity",
-    "fp32_sparsity_1e-5",
+    "reward_mean_first_k",
+    "reward_mean_last_k",
+    "bf16_sparsity_bitwise",
+    f"bf16_{PAPER_SPARSITY}",
+    "fp32_sparsity_bitwise",
+    f"fp32_{PAPER_SPARSITY}",
     "train_seconds",
     "loadavg_start",
 )
@@ -63,12 +64,12 @@ def run_summary(run_dir: str | Path, k: int = 5) -> dict[str, Any]:
         "lr": m["config"]["train"]["lr"],
         "acc_before": acc("before"),
         "acc_after": acc("after"),
-        "reward_first": sum(rewards[:k]) / len(rewards[:k]) if rewards else None,
-        "reward_last": sum(rewards[-k:]) / len(rewards[-k:]) if rewards else None,
-        "bf16_sparsity": sp("bf16", "sparsity"),
-        "bf16_sparsity_1e-5": sp("bf16", "sparsity_1e-5"),
-        "fp32_sparsity": sp("fp32", "sparsity"),
-        "fp32_sparsity_1e-5": sp("fp32", "sparsity_1e-5"),
+        "reward_mean_first_k": sum(rewards[:k]) / len(rewards[:k]) if rewards else None,
+        "reward_mean_last_k": sum(rewards[-k:]) / len(rewards[-k:]) if rewards else None,
+        "bf16_sparsity_bitwise": sp("bf16", "sparsity_bitwise"),
+        f"bf16_{PAPER_SPARSITY}": sp("bf16", PAPER_SPARSITY),
+        "fp32_sparsity_bitwise": sp("fp32", "sparsity_bitwise"),
+        f"fp32_{PAPER_SPARSITY}": sp("fp32", PAPER_SPARSITY),
         "train_seconds": round(m["timing"]["train_seconds"], 1),
         "loadavg_start": " ".join(str(x) for x in m["timing"]["loadavg_start"] or []),
     }

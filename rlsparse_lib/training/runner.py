@@ -364,14 +364,7 @@ def _final_diff(run_dir: Path, checkpoints: list[dict]) -> dict[str, Any]:
                 DiffConfig(tolerances=(0.0, 1e-5)),
                 progress=False,
             )
-            out[key] = {
-                "from_step": first["step"],
-                "to_step": last["step"],
-                "n_params": rep.n_params,
-                "n_changed": rep.n_changed,
-                "sparsity": rep.sparsity,
-                "sparsity_1e-5": rep.sparsity_at(1e-5),
-            }
+            out[key] = {"from_step": first["step"], "to_step": last["step"], **rep.headline()}
     return out
 
 
