@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from rlsparse_lib.analysis.closeness import closeness
     from rlsparse_lib.atomic import atomic_path
 
@@ -59,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         rep.save_json(args.json)
     if args.csv:
+        table = rep.table
+        assert isinstance(table, pd.DataFrame)
         with atomic_path(args.csv) as tmp:
-            rep.table.to_csv(tmp, index=False)
+            table.to_csv(tmp, index=False)
     if not args.quiet:
         s = rep.summary()
         print(f"A: {rep.labels[0]}\nB: {rep.labels[1]}\n{s['n_params']:,} weights compared")

@@ -49,11 +49,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"overlap needs at least two masks, got {len(args.masks)}")
     mat = overlap_matrix(args.masks, args.labels, base=args.base, progress=not args.quiet)
     two = len(args.masks) == 2
-    result = mat.pair(0, 1) if two else mat
+    pair = mat.pair(0, 1) if two else None
+    result = mat if pair is None else pair
     if args.json:
         result.save_json(args.json)
     if args.csv:
-        table = result.breakdown("tensor") if two else mat.frame("o")
+        table = pair.breakdown("tensor") if pair is not None else mat.frame("o")
         with atomic_path(args.csv) as tmp:
             table.to_csv(tmp, index=not two)
     if args.heatmap:

@@ -197,7 +197,9 @@ class Experiment:
 
     def record(self, **values) -> None:
         """Numbers the notebook reports (checked by tests, quoted in the README)."""
-        self.record_data.update(_plain(values))
+        plain = _plain(values)
+        assert isinstance(plain, dict)  # _plain maps a dict to a dict
+        self.record_data.update(plain)
 
     def recorded(self, key: str, default=None):
         """A recorded value: from this session, else from the stored ``record.json``."""

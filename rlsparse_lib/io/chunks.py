@@ -15,7 +15,7 @@ breaks out of the loop or raises (the ``for`` loop drops the stream), or by :met
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -191,7 +191,7 @@ def _stream(
     compare: str | None,
     on_bytes: Callable[[int], object] | None,
     cast: CastFn,
-) -> Iterator[Chunk]:
+) -> Generator[Chunk, None, None]:
     live: Chunk | None = None  # the chunk in the consumer's hands
     try:
         for start in range(0, numel, step):

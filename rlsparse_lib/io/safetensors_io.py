@@ -222,7 +222,7 @@ class SafetensorsWriter:
             expected = self._order[self._next] if self._next < len(self._order) else None
             raise ValueError(f"expected data for tensor {expected!r}, got {name!r}")
         buf = np.ascontiguousarray(data).view(np.uint8)
-        self._fh.write(memoryview(buf).cast("B"))
+        self._fh.write(buf.data.cast("B"))
         self._written += buf.size
         if self._written > self._sizes[name]:
             raise ValueError(f"too many bytes for tensor {name!r}")

@@ -303,6 +303,7 @@ def random_mask_like(
         m = stack.enter_context(opened(mask))
         ck = None
         if stratify == "binade":
+            assert base is not None  # checked above
             ck = open_checkpoint(base)
             reader = stack.enter_context(ck.reader())
             for name in m.names:

@@ -87,7 +87,7 @@ def plot_tolerance_curves(runs, label: str = "run"):
     df = pd.DataFrame(runs)
     tol_cols = sorted(
         (c for c in df.columns if c.startswith("sparsity_tol_") and tol_of_column(c)),
-        key=tol_of_column,
+        key=lambda c: tol_of_column(c) or 0.0,  # never None: filtered above
     )
     bitwise = sparsity_column("bitwise")
     if bitwise not in df.columns:

@@ -10,8 +10,9 @@ an explicit frozen copy of the initial model as reference.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rlsparse_lib.training.config import RunConfig
 from rlsparse_lib.training.precision_modes import Precision
@@ -96,18 +97,25 @@ def build_trainer(
             "remove_unused_columns": False,
             "disable_dropout": True,
         }
+        # TRL only reads the rewards; its RewardFunc allows None entries (list is invariant)
+        reward = cast("Callable[..., list[float | None]]", task.reward_function("train"))
         if cfg.kind == "grpo":
             if r.loss_type is not None:
                 rl_args["loss_type"] = r.loss_type
             if r.scale_rewards is not None:
                 rl_args["scale_rewards"] = r.scale_rewards
-            trainer_cls, config_cls = trl.GRPOTrainer, trl.GRPOConfig
-        else:
-            trainer_cls, config_cls = trl.RLOOTrainer, trl.RLOOConfig
-        return trainer_cls(
+            return trl.GRPOTrainer(
+                model=model,
+                reward_funcs=[reward],
+                args=trl.GRPOConfig(**rl_args),
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                callbacks=callbacks,
+            )
+        return trl.RLOOTrainer(
             model=model,
-            reward_funcs=[task.reward_function("train")],
-            args=config_cls(**rl_args),
+            reward_funcs=[reward],
+            args=trl.RLOOConfig(**rl_args),
             train_dataset=dataset,
             processing_class=tokenizer,
             callbacks=callbacks,
@@ -132,24 +140,38 @@ def build_trainer(
     ref = copy.deepcopy(model).eval()
     for q in ref.parameters():
         q.requires_grad_(False)
-    config_cls, trainer_cls = (
-        (trl.DPOConfig, trl.DPOTrainer) if cfg.kind == "dpo" else (trl.KTOConfig, trl.KTOTrainer)
-    )
-    extra = {}
-    if p.loss_type is not None:  # DPOConfig takes a list of losses, KTOConfig one name
-        extra["loss_type"] = [p.loss_type] if cfg.kind == "dpo" else p.loss_type
-    pref_args = config_cls(
-        **args,
-        per_device_train_batch_size=t.batch_size,
-        max_length=max_length,
-        beta=p.beta,
-        disable_dropout=True,
-        **extra,
-    )
-    return trainer_cls(
+    extra: dict[str, Any] = {}
+    if cfg.kind == "dpo":
+        if p.loss_type is not None:  # DPOConfig takes a list of losses
+            extra["loss_type"] = [p.loss_type]
+        return trl.DPOTrainer(
+            model=model,
+            ref_model=ref,
+            args=trl.DPOConfig(
+                **args,
+                per_device_train_batch_size=t.batch_size,
+                max_length=max_length,
+                beta=p.beta,
+                disable_dropout=True,
+                **extra,
+            ),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    if p.loss_type is not None:  # KTOConfig takes one name
+        extra["loss_type"] = p.loss_type
+    return trl.KTOTrainer(
         model=model,
         ref_model=ref,
-        args=pref_args,
+        args=trl.KTOConfig(
+            **args,
+            per_device_train_batch_size=t.batch_size,
+            max_length=max_length,
+            beta=p.beta,
+            disable_dropout=True,
+            **extra,
+        ),
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=callbacks,

@@ -300,7 +300,8 @@ def build_tiny_model(
         pad_token_id=tokenizer.pad_token_id,
     )
     gen = torch.Generator().manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32)
+    # transformers' @wraps(Module.to) hides the bound signature from mypy
+    model = LlamaForCausalLM(config).to(torch.float32)  # type: ignore[arg-type]
     with torch.no_grad():  # a seeded init independent of the global RNG
         for name, p in model.named_parameters():
             if "norm" in name:

@@ -39,9 +39,9 @@ def mask_tensors(model: torch.nn.Module, mask_path: str | Path) -> dict[str, tor
         names = set(mf.names)
         aliases: dict[int, list[str]] = {}
         params: dict[int, tuple[str, torch.Tensor]] = {}
-        for name, p in model.named_parameters(remove_duplicate=False):
-            aliases.setdefault(id(p), []).append(name)
-            params.setdefault(id(p), (name, p))
+        for name, param in model.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(param), []).append(name)
+            params.setdefault(id(param), (name, param))
         out: dict[str, torch.Tensor] = {}
         used: set[str] = set()
         for key, (name, p) in params.items():
