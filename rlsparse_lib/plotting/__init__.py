@@ -38,12 +38,11 @@ from rlsparse_lib.plotting.sparsity import (
     plot_sft_vs_rl,
     plot_tolerance_curves,
 )
-from rlsparse_lib.plotting.style import attach_provenance, git_revision, paper_style, save_figure
+from rlsparse_lib.plotting.style import attach_provenance, paper_style, save_figure
 from rlsparse_lib.plotting.training import plot_training_curves
 
 __all__ = [
     "attach_provenance",
-    "git_revision",
     "layer_module_table",
     "paper_style",
     "plot_binade_curve",

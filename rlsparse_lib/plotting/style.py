@@ -2,21 +2,20 @@
 
 :func:`paper_style` is the shared look (seaborn "ticks", paper context, colour-blind palette,
 fixed colours per module kind); :func:`save_figure` writes PNG and PDF atomically with the
-provenance (git commit, rlsparse version, inputs and parameters) in the file metadata. With
-``SOURCE_DATE_EPOCH`` set, re-rendering gives byte-identical files.
+provenance (rlsparse version, inputs and parameters) in the file metadata. Re-rendering the same
+data gives byte-identical files, and an unchanged file is not rewritten.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
-import os
-import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from rlsparse_lib import __version__
-from rlsparse_lib.atomic import atomic_path
+from rlsparse_lib.atomic import write_bytes_if_changed
 
 #: single- and double-column widths in inches
 WIDTH = {"single": 3.5, "double": 7.2}
@@ -112,44 +111,13 @@ def attach_provenance(fig, **info) -> None:
     setattr(fig, _PROVENANCE_ATTR, prov)
 
 
-def git_revision(path: str | Path | None = None) -> dict:
-    """``{"sha", "dirty"}`` of the git checkout holding ``path`` (None values outside git).
-
-    Read-only: ``git --no-optional-locks`` takes no index lock.
-    """
-    cwd = Path(path or Path(__file__).resolve().parent)
-    try:
-        sha = subprocess.run(
-            ["git", "--no-optional-locks", "rev-parse", "HEAD"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {"sha": None, "dirty": None}
-    return {"sha": sha, "dirty": bool(status.strip())}
-
-
 def figure_provenance(fig, extra: dict | None = None) -> dict:
-    """Provenance stored in a saved figure: tool, git commit, SOURCE_DATE_EPOCH, inputs/params."""
+    """Provenance stored in a saved figure: tool and matplotlib versions, figure id, inputs and
+    parameters. Nothing that changes when the figure does not (no commit id, no date), so
+    redrawing identical data gives identical files."""
     import matplotlib
 
-    prov = {
-        "tool": f"rlsparse {__version__}",
-        "matplotlib": matplotlib.__version__,
-        "git": git_revision(),
-        "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"),
-    }
+    prov = {"tool": f"rlsparse {__version__}", "matplotlib": matplotlib.__version__}
     prov.update(getattr(fig, _PROVENANCE_ATTR, {}))
     prov.update(extra or {})
     return prov
@@ -165,9 +133,10 @@ def save_figure(
 ) -> list[Path]:
     """Save ``fig`` as ``<path stem>.<fmt>`` for each format, with provenance metadata.
 
-    PNG: text chunks ``Title``, ``Software``, ``Source`` (git commit) and ``Description`` (the
-    provenance JSON). PDF: ``Title``, ``Creator``, ``Keywords`` (git commit) and ``Subject`` (the
-    provenance JSON); the creation date follows ``SOURCE_DATE_EPOCH`` when set.
+    PNG: text chunks ``Title``, ``Software`` and ``Description`` (the provenance JSON). PDF:
+    ``Title``, ``Creator`` and ``Subject`` (the provenance JSON), no creation date. The bytes
+    depend only on the figure, and a file whose bytes would not change is left untouched, so
+    redrawing unchanged results leaves a checkout clean.
 
     Returns:
         The written paths.
@@ -179,29 +148,27 @@ def save_figure(
         stem = stem.with_suffix("")
     prov = figure_provenance(fig, provenance)
     text = json.dumps(prov, sort_keys=True, default=str)
-    sha = prov["git"]["sha"] or "unknown"
-    dirty = "+dirty" if prov["git"]["dirty"] else ""
     title = str(prov.get("figure", stem.name))
     meta = {
         "png": {
             "Title": title,
             "Software": prov["tool"],
-            "Source": f"git {sha}{dirty}",
             "Description": text,
         },
         "pdf": {
             "Title": title,
             "Creator": prov["tool"],
-            "Keywords": f"rlsparse; git {sha}{dirty}",
             "Subject": text,
+            "CreationDate": None,
         },
         "svg": {"Title": title, "Creator": prov["tool"], "Description": text},
     }
     out = []
     for fmt in formats:
         target = stem.with_name(f"{stem.name}.{fmt}")
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=fmt, metadata=meta[fmt])
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, metadata=meta[fmt])
+        write_bytes_if_changed(target, buf.getvalue())
         out.append(target)
     if close:
         plt.close(fig)
