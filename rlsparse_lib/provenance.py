@@ -9,19 +9,32 @@ own fields (inputs, rules, timing) on top.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from rlsparse_lib import __version__
 
 TOOL = "rlsparse"
 #: modules whose versions are recorded only when the run imported them
 _OPTIONAL_MODULES = ("torch", "triton")
+
+
+class _CheckpointLike(Protocol):
+    """What :func:`source_record` reads from a checkpoint object (e.g. ``io.Checkpoint``)."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def revision(self) -> str | None: ...
+
+    def fingerprint(self) -> str: ...
 
 
 def versions() -> dict[str, str]:
@@ -50,6 +63,7 @@ def source_record(checkpoint: object) -> dict[str, Any]:
     if isinstance(checkpoint, Mapping):
         d = checkpoint
         return {k: d.get(k) for k in ("source", "fingerprint", "revision")}
+    checkpoint = cast(_CheckpointLike, checkpoint)
     return {
         "source": checkpoint.source,
         "fingerprint": checkpoint.fingerprint(),
@@ -100,9 +114,7 @@ def build_provenance(
 def _plain(o: object) -> object:
     if isinstance(o, tuple | set | frozenset):
         return sorted(o) if isinstance(o, set | frozenset) else list(o)
-    if hasattr(o, "__dataclass_fields__"):
-        import dataclasses
-
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):  # instances, not classes
         return dataclasses.asdict(o)
     if hasattr(o, "item"):  # numpy scalars
         return o.item()

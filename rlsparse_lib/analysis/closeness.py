@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rlsparse_lib.analysis.overlap import mask_overlap
 from rlsparse_lib.diff.config import DiffConfig
@@ -26,6 +27,9 @@ from rlsparse_lib.io.checkpoint import Checkpoint, open_checkpoint
 from rlsparse_lib.io.naming import parse_param_name
 from rlsparse_lib.provenance import build_provenance, load_report_json, save_report_json
 from rlsparse_lib.rules import sparsity_from_changed, tol_key
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA = "rlsparse.closeness/1"
 #: the paper's tolerances (§4)
@@ -48,7 +52,7 @@ class ClosenessReport:
 
     labels: tuple[str, str]
     tolerances: tuple[float, ...]
-    table: object
+    table: pd.DataFrame
     diff: DiffReport
     provenance: dict = field(default_factory=dict)
 
@@ -211,7 +215,7 @@ def _equal_table(diff: DiffReport):
         row = {"name": t.name, "layer": p.layer, "module": p.module, "numel": t.numel}
         row["n_equal_bitwise"] = t.numel - t.n_changed
         for k, tol in enumerate(diff.tolerances):
-            row[f"n_equal_tol_{tol_key(tol)}"] = t.stats.n_unchanged_at(k)
+            row[f"n_equal_tol_{tol_key(tol)}"] = t.float_stats().n_unchanged_at(k)
         rows.append(row)
     df = pd.DataFrame(rows)
     for col in [c for c in df.columns if c.startswith("n_equal_")]:

@@ -300,6 +300,7 @@ def sparsity_dynamics(
         readers = [stack.enter_context(c.reader()) for c in cks]
         stack.callback(bar.close)
         for t, pair in enumerate(pairs):
+            assert pair.compare_dtype is not None  # the series holds float pairs only
             # θ0, θ1 … θK: words[0] is θ0, words[k + 1] is θ(k+1), all cast to the compare dtype
             stored = [pair.base.dtype] + [c.tensors[pair.name].dtype for c in cks]
             chunks = stream_chunks(

@@ -29,8 +29,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import open_checkpoint
@@ -51,6 +53,9 @@ from rlsparse_lib.masks.ops import (
 )
 from rlsparse_lib.progress import byte_progress
 from rlsparse_lib.provenance import build_provenance, load_report_json, save_report_json
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA = "rlsparse.overlap/1"
 #: metrics of :meth:`OverlapMatrix.frame`
@@ -109,6 +114,7 @@ class OverlapCounts:
             "n_both": self.n_both[:, p],
         }
         if self.binade_expected is not None:
+            assert self.binade_variance is not None  # set together with binade_expected
             cols["expected_binade"] = self.binade_expected[:, p]
             cols["variance_binade"] = self.binade_variance[:, p]
         table = pd.DataFrame(cols)
@@ -187,7 +193,7 @@ def baseline(n1: int, n2: int, n_both: int, expected: float, variance: float) ->
     }
 
 
-def hypergeom_var(n: np.ndarray, n1: np.ndarray, n2: np.ndarray) -> np.ndarray:
+def hypergeom_var(n: npt.ArrayLike, n1: npt.ArrayLike, n2: npt.ArrayLike) -> np.ndarray:
     """Variance of |I1∩I2| for uniform placement of n1 and n2 of n (elementwise, float64)."""
     n, n1, n2 = (np.asarray(x, np.float64) for x in (n, n1, n2))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -195,7 +201,7 @@ def hypergeom_var(n: np.ndarray, n1: np.ndarray, n2: np.ndarray) -> np.ndarray:
     return np.where(n > 1, v, 0.0)
 
 
-def expected_uniform(n: np.ndarray, n1: np.ndarray, n2: np.ndarray) -> np.ndarray:
+def expected_uniform(n: npt.ArrayLike, n1: npt.ArrayLike, n2: npt.ArrayLike) -> np.ndarray:
     """n1·n2 / n elementwise (0 where n = 0)."""
     n, n1, n2 = (np.asarray(x, np.float64) for x in (n, n1, n2))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -215,7 +221,7 @@ class PairOverlap:
     """
 
     labels: tuple[str, str]
-    table: object
+    table: pd.DataFrame
     masks: list[dict] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
 
@@ -289,7 +295,7 @@ class PairOverlap:
     def to_dict(self) -> dict:
         """JSON form (schema ``rlsparse.overlap/1``; see docs/analytics.md); ``table`` holds the
         per-tensor counts :meth:`load` rebuilds the report from."""
-        out = {"schema": SCHEMA, "labels": list(self.labels), "masks": self.masks}
+        out: dict[str, Any] = {"schema": SCHEMA, "labels": list(self.labels), "masks": self.masks}
         out.update(self.summary())
         out.update(self._breakdowns())
         out["table"] = self.table.to_dict("records")  # full precision (``_records``: 10 digits)
@@ -397,7 +403,7 @@ class OverlapMatrix:
         metrics = [m for m in MATRIX_METRICS if m != "enrichment_binade"]
         if c.binade_expected is not None:
             metrics.append("enrichment_binade")
-        matrices = {
+        matrices: dict[str, list[list[Any]]] = {
             m: [[_none(v) for v in row] for row in self.frame(m).to_numpy().tolist()]
             for m in metrics
         }
@@ -428,13 +434,19 @@ class OverlapMatrix:
         def arr(key: str, dtype) -> np.ndarray | None:
             return None if c.get(key) is None else np.asarray(c[key], dtype)
 
+        def req(key: str, dtype) -> np.ndarray:
+            a = arr(key, dtype)
+            if a is None:
+                raise ConfigError(f"{SCHEMA} matrix report: counts lack {key!r}")
+            return a
+
         counts = OverlapCounts(
             labels=list(d["labels"]),
             names=list(c["names"]),
-            numel=arr("numel", np.int64),
-            n_set=arr("n_set", np.int64).reshape(len(c["names"]), len(d["labels"])),
+            numel=req("numel", np.int64),
+            n_set=req("n_set", np.int64).reshape(len(c["names"]), len(d["labels"])),
             pairs=[(int(i), int(j)) for i, j in c["pairs"]],
-            n_both=arr("n_both", np.int64).reshape(len(c["names"]), len(c["pairs"])),
+            n_both=req("n_both", np.int64).reshape(len(c["names"]), len(c["pairs"])),
             binade_expected=arr("binade_expected", np.float64),
             binade_variance=arr("binade_variance", np.float64),
             masks=list(d.get("masks", [])),
@@ -540,12 +552,14 @@ def count_overlaps(
                     parts = chunk.words[:n_m]
                     _count_chunk(parts, pairs, n_set[t], n_both[t])
                     if ck is not None:
+                        assert strata is not None  # allocated for every tensor when ck is set
                         rows = np.stack(parts)
                         bitops.strata_histogram(
                             chunk.words[n_m], ck.tensors[name].dtype, rows, strata
                         )
                     del parts
                 if strata is not None:
+                    assert exp_b is not None and var_b is not None  # allocated when ck is set
                     _binade_expectation(strata, pairs, exp_b[t], var_b[t])
         finally:
             bar.close()

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -416,6 +417,7 @@ def _delta(pair: TensorPair, rb: TensorReader, rt: TensorReader, device: str, ch
     delta = torch.empty((rows, cols), dtype=torch.float32, device=device)
     flat = delta.view(-1)
     dtype = pair.compare_dtype
+    assert dtype is not None  # only float pairs (which have a compare dtype) are ranked
     for c in pair_chunks(pair, rb, rt, chunk_elems, compare=dtype):
         d = words_to_float32(c.tuned, dtype) - words_to_float32(c.base, dtype)
         flat[c.start : c.stop].copy_(torch.from_numpy(d))
@@ -437,7 +439,12 @@ def _rank_one(pair: TensorPair, delta, rule, energy, rtol_grid, svd_dtype) -> di
     import torch
 
     p = parse_param_name(pair.name)
-    info = {"name": pair.name, "layer": p.layer, "module": p.module, "group": p.group}
+    info: dict[str, Any] = {
+        "name": pair.name,
+        "layer": p.layer,
+        "module": p.module,
+        "group": p.group,
+    }
     note = pair.note
     if len(pair.compared_shape) > 2:
         note = "; ".join(filter(None, [note, f"{len(pair.compared_shape)}-D: rows × rest"]))

@@ -92,6 +92,7 @@ def diff_pairs(
         result = TensorResult.empty(pair, len(tols))
         spec = None
         if pair.kind == "float":
+            assert pair.compare_dtype is not None  # float pairs always have a compare dtype
             spec = ChunkSpec(
                 pair.compare_dtype, pair.base.dtype, tols, config.rel_eta, config.mask_rule
             )
@@ -112,9 +113,10 @@ def diff_pairs(
                 continue
             packed = np.zeros(packed_size(chunk.numel), np.uint8) if mask is not None else None
             stats = kernel.diff_chunk(chunk.base, chunk.tuned, spec, packed)
-            result.stats = result.stats.merge(stats)
+            result.stats = result.float_stats().merge(stats)
             result.n_changed += stats.n_changed
             if mask is not None:
+                assert packed is not None  # allocated whenever there is a mask
                 mask.write(pair.name, packed)
         result.numel = pair.numel
         out[pair.name] = result

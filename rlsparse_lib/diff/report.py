@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -130,7 +131,7 @@ class TensorResult:
 
     def to_dict(self) -> dict:
         p = parse_param_name(self.name)
-        out = {
+        out: dict[str, Any] = {
             "name": self.name,
             "layer": p.layer,
             "module": p.module,
@@ -151,6 +152,11 @@ class TensorResult:
         if self.stats is not None:
             out["stats"] = self.stats.to_dict()
         return out
+
+    def float_stats(self) -> DiffStats:
+        """:attr:`stats` of a float tensor (every float result carries them)."""
+        assert self.stats is not None, f"{self.name}: a {self.kind} tensor has no float statistics"
+        return self.stats
 
     @classmethod
     def from_dict(cls, d: dict) -> TensorResult:
@@ -197,7 +203,7 @@ class DiffReport:
         """Statistics merged over all float tensors."""
         total = DiffStats.empty(len(self.tolerances))
         for t in self.tensors:
-            total = total.merge(t.stats)
+            total = total.merge(t.float_stats())
         return total
 
     @property
@@ -271,7 +277,7 @@ class DiffReport:
         """Per-tensor rows: identity, shapes, dtypes, unchanged counts and sparsity per rule, norms."""
         rows = []
         for t in self.tensors:
-            s = t.stats
+            s = t.float_stats()
             row = {k: v for k, v in t.to_dict().items() if k not in ("stats", "sparsity")}
             for key in ("shape_base", "shape_tuned", "shape_compared"):
                 row[key] = "x".join(map(str, row[key]))
@@ -365,12 +371,14 @@ class DiffReport:
 
         acc: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for t in self.tensors:
+            assert t.compare_dtype is not None  # float tensors always have a compare dtype
             tot, chg = acc.setdefault(
                 t.compare_dtype,
                 (np.zeros(BINADE_BINS, np.int64), np.zeros(BINADE_BINS, np.int64)),
             )
-            tot += t.stats.binade_total
-            chg += t.stats.binade_changed
+            stats = t.float_stats()
+            tot += stats.binade_total
+            chg += stats.binade_changed
         n_all = sum(int(tot.sum()) for tot, _ in acc.values())
         rows = []
         for dtype, (tot, chg) in sorted(acc.items()):
@@ -408,7 +416,7 @@ class DiffReport:
             n = acc.setdefault(r["exponent"], [0, 0])
             n[0] += int(r["n_total"])
             n[1] += int(r["n_changed"])
-        rows = [
+        rows: list[dict[str, Any]] = [
             {"exponent": k, "n_total": v[0], "n_changed": v[1], "changed_fraction": v[1] / v[0]}
             for k, v in acc.items()
         ]

@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from rlsparse_lib.diff.kernels import ChunkSpec
 from rlsparse_lib.diff.stats import DiffStats
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.chunks import Chunk, pair_chunks
+
+if TYPE_CHECKING:
+    from rlsparse_lib.diff.report import TensorResult
 
 _SIGNED = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _SPLIT = 4 << 20  # bytes per reader-thread piece when filling a pinned buffer
@@ -181,8 +185,10 @@ class _Streams:
             stream.wait_event(event)
 
     def synchronize(self) -> None:
-        if self.cuda:
+        # both streams exist exactly when self.cuda
+        if self.copy is not None:
             self.copy.synchronize()
+        if self.compute is not None:
             self.compute.synchronize()
 
 
@@ -190,7 +196,7 @@ class _Streams:
 class _Job:
     """A chunk in flight: where its results go once its slot's ``done`` event has fired."""
 
-    result: object  # TensorResult
+    result: TensorResult
     numel: int
     nbytes: int  # checkpoint bytes (both sides), for progress
     spec: ChunkSpec | None
@@ -353,7 +359,7 @@ class _Pipeline:
             flts = slot.flts.numpy()
             ints = slot.ints[: job.width].numpy()
             stats = stats_from_arrays(ints, flts, job.numel, job.ntol, job.spec.compare)
-            job.result.stats = job.result.stats.merge(stats)
+            job.result.stats = job.result.float_stats().merge(stats)
             job.result.n_changed += stats.n_changed
             if self.mask is not None:
                 self.mask.write(job.result.name, slot.mask[: job.mask_bytes].numpy())

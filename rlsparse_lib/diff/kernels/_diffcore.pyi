@@ -1,0 +1,68 @@
+"""Type stub of the compiled CPU diff kernel (``_diffcore.pyx``; see ``diffcore.h``)."""
+
+import numpy as np
+
+NI: int
+NF: int
+ULP_BINS: int
+BINADE_BINS: int
+ULP_LOG2_MIN: int
+I_CHANGED: int
+I_REL: int
+I_ZERO: int
+I_NONFIN: int
+I_NAN_A: int
+I_INF_A: int
+I_NAN_B: int
+I_INF_B: int
+I_NAN_BASE: int
+I_INF_BASE: int
+F_MAX: int
+F_ABS: int
+F_SQD: int
+F_SQB: int
+
+def max_threads() -> int: ...
+def diff16(
+    a: np.ndarray,
+    b: np.ndarray,
+    values: np.ndarray,
+    efield: np.ndarray,
+    ulplog2: np.ndarray,
+    tols: np.ndarray,
+    tol_table: np.ndarray,
+    eta: float,
+    rule: int,
+    rule_tol: float,
+    mask: np.ndarray | None,
+    nparts: int,
+    per: int,
+    threads: int,
+    ints: np.ndarray,
+    tcount: np.ndarray,
+    ulp_hist: np.ndarray,
+    bchg: np.ndarray,
+    btot: np.ndarray,
+    flt: np.ndarray,
+) -> None: ...
+def diff32(
+    a: np.ndarray,
+    b: np.ndarray,
+    st_mant: int,
+    st_emin: int,
+    tols: np.ndarray,
+    tol_table: np.ndarray,
+    eta: float,
+    rule: int,
+    rule_tol: float,
+    mask: np.ndarray | None,
+    nparts: int,
+    per: int,
+    threads: int,
+    ints: np.ndarray,
+    tcount: np.ndarray,
+    ulp_hist: np.ndarray,
+    bchg: np.ndarray,
+    btot: np.ndarray,
+    flt: np.ndarray,
+) -> None: ...
