@@ -1,4 +1,8 @@
-"""The one place progress bars are made (tqdm.auto; TQDM_* environment variables apply)."""
+"""The one place progress bars are made (tqdm; TQDM_* environment variables apply).
+
+In a Jupyter kernel the bar is tqdm's widget when ``ipywidgets`` is installed, else tqdm's plain
+text bar: never tqdm's "IProgress not found" error box.
+"""
 
 from __future__ import annotations
 
@@ -21,17 +25,42 @@ class NullBar:
 
 
 def progress_bar(**kwargs: Any):
-    """A tqdm bar (``tqdm.auto``: widgets in Jupyter, text on a terminal), or a :class:`NullBar`
+    """A tqdm bar (a widget in Jupyter when ipywidgets is installed, else text), or a :class:`NullBar`
     where tqdm would stay silent (``disable=True``, or ``disable=None`` off a terminal).
 
     Defaults can be changed from the environment, e.g. ``TQDM_DISABLE=1`` in CI.
     """
     if _silent(kwargs.get("disable", False)):
         return NullBar()
-    from tqdm.auto import tqdm
-
     kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(**kwargs)
+    return _bar_class()(**kwargs)
+
+
+def _bar_class() -> type:
+    """tqdm's notebook widget in a Jupyter kernel with ``ipywidgets``, else the text bar."""
+    if _in_notebook():
+        try:
+            import ipywidgets  # noqa: F401  (tqdm.notebook needs it for its widget)
+            from tqdm.notebook import tqdm as notebook_tqdm
+        except ImportError:
+            pass
+        else:
+            return notebook_tqdm
+    from tqdm.std import tqdm
+
+    return tqdm
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (what ``tqdm.auto`` checks)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+        return shell is not None and "IPKernelApp" in shell.config
+    except Exception:  # an IPython too old or too odd to ask: no widgets
+        return False
 
 
 def byte_progress(total: int, desc: str, enabled: bool = True):

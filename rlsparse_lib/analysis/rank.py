@@ -33,7 +33,7 @@ from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
 from rlsparse_lib.io.chunks import pair_chunks
 from rlsparse_lib.io.naming import parse_param_name
-from rlsparse_lib.io.pairing import TensorPair, pair_checkpoints
+from rlsparse_lib.io.pairing import TensorPair, check_include_matches, pair_checkpoints
 from rlsparse_lib.progress import progress_bar
 from rlsparse_lib.provenance import build_provenance, load_report_json, save_report_json
 
@@ -220,17 +220,25 @@ class RankReport:
         return pd.DataFrame(rows)
 
     def summary(self) -> dict:
-        """Means over ranked matrices: unweighted ``mean_rank_pct`` (the paper's Table 2 number),
-        ``min_rank_pct``, the count of full-rank matrices, mean effective and stable rank as % of
-        max rank."""
-        ok = [r for r in self.matrices if r.get("rank") is not None and r["max_rank"] > 0]
+        """Means over the matrices with a nonzero, finite ΔW: unweighted ``mean_rank_pct`` (the
+        paper's Table 2 number), ``min_rank_pct``, the count of full-rank matrices, mean effective
+        and stable rank as % of max rank. ``n_zero_delta`` matrices with ΔW = 0 (rank 0 by
+        definition) and ``n_nonfinite`` ones with a non-finite ΔW are counted apart, not averaged;
+        the means are None when no matrix is left."""
+        ranked = [r for r in self.matrices if r.get("rank") is not None and r["max_rank"] > 0]
+        ok = [r for r in ranked if r.get("sigma_max")]
+        out: dict = {
+            "n_matrices": len(ok),
+            "n_zero_delta": len(ranked) - len(ok),
+            "n_nonfinite": sum(r.get("rank") is None for r in self.matrices),
+        }
         if not ok:
-            return {"n_matrices": 0}
+            means = ("mean_rank_pct", "min_rank_pct", "mean_effective_rank_pct")
+            return out | dict.fromkeys(means) | {"n_full_rank": 0, "mean_stable_rank_pct": None}
         pct = np.array([r["rank_pct"] for r in ok])
         eff = np.array([100 * r["effective_rank"] / r["max_rank"] for r in ok])
         stable = [100 * r["stable_rank"] / r["max_rank"] for r in ok if r["stable_rank"]]
-        return {
-            "n_matrices": len(ok),
+        return out | {
             "mean_rank_pct": float(pct.mean()),
             "min_rank_pct": float(pct.min()),
             "n_full_rank": int(sum(r["rank"] == r["max_rank"] for r in ok)),
@@ -239,11 +247,13 @@ class RankReport:
         }
 
     def by_module(self):
-        """Mean rank / effective-rank % per module kind (unweighted over layers)."""
+        """Mean rank / effective-rank % per module kind (unweighted over layers; matrices with
+        ΔW = 0 or a non-finite ΔW left out, as in :meth:`summary`)."""
         df = self.table()
         if df.empty:
             return df
-        df = df[df["rank"].notna()].copy()
+        # the matrices of summary()'s means: finite and nonzero ΔW
+        df = df[df["rank"].notna() & (df["sigma_max"] > 0 if "sigma_max" in df else False)].copy()
         df["effective_rank_pct"] = 100 * df["effective_rank"] / df["max_rank"]
         return (
             df.groupby("module", sort=True)
@@ -333,6 +343,9 @@ def update_ranks(
     t0 = time.perf_counter()
     base_ck, tuned_ck = open_checkpoint(base), open_checkpoint(tuned)
     plan = pair_checkpoints(base_ck, tuned_ck, compare_dtype)
+    check_include_matches(
+        selection.include, [*base_ck.tensors, *tuned_ck.tensors], base_ck, tuned_ck
+    )
     skipped = [{"name": s.name, "reason": s.reason} for s in plan.skipped]
     chosen: list[TensorPair] = []
     for pair in plan.pairs:

@@ -101,15 +101,21 @@ def run(args: argparse.Namespace) -> int:
         s = report.summary()
         prov = report.provenance
         print(f"rule: {prov['rule']}; SVD in {prov['svd_dtype']} on {prov['device']}")
+        apart = [
+            f"{s[k]} {what}, not in the means"
+            for k, what in (("n_zero_delta", "with ΔW = 0"), ("n_nonfinite", "with non-finite ΔW"))
+            if s.get(k)
+        ]
         if s["n_matrices"]:
             print(
                 f"{s['n_matrices']} matrices: mean rank {s['mean_rank_pct']:.2f}% of max "
                 f"(min {s['min_rank_pct']:.2f}%, {s['n_full_rank']} full rank); mean effective "
                 f"rank ({args.energy:.0%} energy) {s['mean_effective_rank_pct']:.2f}%"
+                + "".join(f"; {a}" for a in apart)
             )
             print(report.by_module().to_string(index=False, float_format=lambda x: f"{x:.2f}"))
         else:
-            print("no matrix selected")
+            print("no matrix with a nonzero ΔW" + "".join(f"; {a}" for a in apart))
         print(f"skipped {len(report.skipped)} tensors; took {prov['seconds']:.1f} s")
         for label, path in (("json", args.json), ("csv", args.csv), ("plot", args.plot)):
             if path:

@@ -198,6 +198,23 @@ class DiffReport:
     tied: list[str] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
 
+    # ---- display ----------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        """The terminal summary (a few KB), not the dataclass dump of every tensor's histograms."""
+        from rlsparse_lib.diff.summary import format_summary
+
+        head = (
+            f"DiffReport: {len(self.tensors)} tensors, {self.n_params:,} elements, "
+            f"bitwise sparsity {100 * self.sparsity:.4f}%"
+        )
+        return f"{head}\n\n{format_summary(self, by='module', max_list=5)}"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view of a report: the same summary, in a ``<pre>``."""
+        import html
+
+        return f"<pre>{html.escape(repr(self))}</pre>"
+
     # ---- global numbers -------------------------------------------------------------------
     def totals(self) -> DiffStats:
         """Statistics merged over all float tensors."""

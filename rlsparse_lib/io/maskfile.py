@@ -97,16 +97,25 @@ class MaskFile:
     @classmethod
     def open(cls, path: str | Path) -> MaskFile:
         path = Path(path)
+        if path.is_dir():
+            raise CheckpointError(f"{path}: a folder, not a mask file (a .mask.safetensors file)")
         if not path.is_file():
             raise CheckpointError(f"{path}: no such mask file")
-        infos, metadata = read_header(path)
+        try:
+            infos, metadata = read_header(path)
+        except CheckpointError as exc:
+            why = str(exc).removeprefix(f"{path}: ")
+            raise CheckpointError(f"{path}: not a safetensors mask file ({why})") from exc
         if META_KEY not in metadata:
-            raise CheckpointError(f"{path}: not an rlsparse mask file (no '{META_KEY}' metadata)")
+            raise CheckpointError(
+                f"{path}: not an rlsparse mask file (a safetensors file without "
+                f"'{META_KEY}' metadata: a checkpoint?)"
+            )
         try:
             meta = json.loads(metadata[META_KEY])
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: corrupt mask metadata ({exc})") from exc
-        meta["shapes"] = {k: tuple(v) for k, v in meta["shapes"].items()}
+            meta["shapes"] = {k: tuple(v) for k, v in meta["shapes"].items()}
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{path}: corrupt mask metadata ({exc!r})") from exc
         for name, shape in meta["shapes"].items():
             info = infos.get(name)
             if info is None or info.dtype != "uint8" or info.numel != packed_size(math.prod(shape)):

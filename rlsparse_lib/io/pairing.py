@@ -7,7 +7,9 @@ Nothing is dropped silently: every name in either checkpoint ends up either in
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from rlsparse_lib.errors import ConfigError, PairingError
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorInfo
@@ -105,7 +107,8 @@ def pair_checkpoints(
 
     Raises:
         PairingError: when the two checkpoints have no tensor in common.
-        ConfigError: for an unknown compare dtype or an invalid regex.
+        ConfigError: for an unknown compare dtype, an invalid regex, or ``include`` patterns that
+            match no tensor name.
     """
     if compare_dtype is not None and compare_dtype not in COMPARE_DTYPES:
         raise ConfigError(
@@ -115,16 +118,21 @@ def pair_checkpoints(
     exc = _compile(exclude, "--exclude")
     plan = PairPlan(base, tuned)
     names = list(base.tensors) + [n for n in tuned.tensors if n not in base.tensors]
+    check_include_matches(include, names, base, tuned)
     for name in names:
         b, t = base.tensors.get(name), tuned.tensors.get(name)
         numel_b, numel_t = (b.numel if b else 0), (t.numel if t else 0)
         reason = _filter_reason(name, inc, exc, include, exclude)
+        head_note = ""
         if reason is None:
-            reason = _tie_reason(name, base, tuned)
+            reason, head_note = _tie_reason(name, base, tuned)
             if reason is not None:
                 plan.tied.append(f"{name}: {reason}")
+            elif head_note:
+                plan.tied.append(f"{name}: {head_note}")
         if reason is None and (b is None or t is None):
             reason = "missing in tuned" if t is None else "missing in base"
+            reason += f" ({head_note})" if head_note else ""
         if reason is not None:
             plan.skipped.append(Skipped(name, reason, numel_b, numel_t))
             continue
@@ -132,6 +140,9 @@ def pair_checkpoints(
         pair = _pair(name, b, t, compare_dtype)
         if isinstance(pair, Skipped):
             plan.skipped.append(pair)
+        elif head_note:
+            note = "; ".join(filter(None, [head_note, pair.note]))
+            plan.pairs.append(replace(pair, note=note))
         else:
             plan.pairs.append(pair)
     plan.tied.extend(_unstored_ties(base, tuned, names))
@@ -164,23 +175,52 @@ def _filter_reason(name, inc, exc, include, exclude) -> str | None:
     return None
 
 
-def _tie_reason(name: str, base: Checkpoint, tuned: Checkpoint) -> str | None:
-    """Reason to count ``name`` once as a tied duplicate, or None."""
+def _tie_reason(name: str, base: Checkpoint, tuned: Checkpoint) -> tuple[str | None, str]:
+    """(Reason to count ``name`` once as a tied duplicate or None, note when it is not).
+
+    An output head is skipped as tied to the embedding only when ``tie_word_embeddings`` says so
+    and every stored copy of it equals its checkpoint's embedding bit for bit; a stored head that
+    differs is compared like any tensor, with a note saying so.
+    """
     for ckpt in (base, tuned):
         target = ckpt.aliases.get(name)
         if target is not None:
-            return f"tied to {target} (shares storage in {ckpt.source}); counted once"
+            return f"tied to {target} (shares storage in {ckpt.source}); counted once", ""
     if not name.endswith(_HEADS):
-        return None
-    for ckpt, other in ((base, tuned), (tuned, base)):
-        emb = _embedding_name(ckpt)
-        if emb is None or not ckpt.tied_embeddings():
-            continue
-        if name in ckpt.tensors:
-            return f"tied to {emb} (tie_word_embeddings in {ckpt.source}); counted once"
-        if name in other.tensors:
-            return f"tied to {emb} in {ckpt.source} (not stored there); counted once"
-    return None
+        return None, ""
+    declared = [c for c in (base, tuned) if c.tied_embeddings() and _embedding_name(c)]
+    if not declared:
+        return None, ""
+    differs = [c for c in (base, tuned) if name in c.tensors and not _equals_embedding(c, name)]
+    if differs:
+        where = " and ".join(c.source for c in differs)
+        return None, (
+            f"stored {name} differs from the embedding in {where} despite tie_word_embeddings: "
+            "compared"
+        )
+    ckpt = declared[0]
+    emb = _embedding_name(ckpt)
+    if name in ckpt.tensors:
+        return f"tied to {emb} (tie_word_embeddings in {ckpt.source}); counted once", ""
+    return f"tied to {emb} in {ckpt.source} (not stored there); counted once", ""
+
+
+def _equals_embedding(ckpt: Checkpoint, name: str, chunk: int = 1 << 24) -> bool:
+    """Whether tensor ``name`` of ``ckpt`` equals its input embedding bit for bit (chunked read)."""
+    emb = _embedding_name(ckpt)
+    if emb is None:
+        return False
+    a, b = ckpt.tensors[name], ckpt.tensors[emb]
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if ckpt.aliases.get(name) == emb or ckpt.aliases.get(emb) == name:
+        return True
+    with ckpt.reader() as reader:
+        for start in range(0, a.numel, chunk):
+            stop = min(start + chunk, a.numel)
+            if not np.array_equal(reader.words(name, start, stop), reader.words(emb, start, stop)):
+                return False
+    return True
 
 
 def _unstored_ties(base: Checkpoint, tuned: Checkpoint, names: list[str]) -> list[str]:
@@ -195,6 +235,23 @@ def _unstored_ties(base: Checkpoint, tuned: Checkpoint, names: list[str]) -> lis
     ):
         return []
     return [f"output head tied to {emb} (tie_word_embeddings; not stored): counted once as {emb}"]
+
+
+def check_include_matches(
+    include: tuple[str, ...] | list[str], names: list[str], base: Checkpoint, tuned: Checkpoint
+) -> None:
+    """Raise :class:`ConfigError` (naming the patterns) when ``include`` patterns are given and
+    none of them matches any of ``names``: a typo must not pass for "nothing changed"."""
+    if not include:
+        return
+    compiled = _compile(tuple(include), "--include")
+    if any(r.search(n) for n in names for r in compiled):
+        return
+    shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "") if names else "none"
+    raise ConfigError(
+        f"--include {' '.join(include)} matches no tensor name of {base.source} or "
+        f"{tuned.source} (names look like: {shown})"
+    )
 
 
 def _embedding_name(ckpt: Checkpoint) -> str | None:

@@ -18,6 +18,16 @@ from rlsparse_lib.plotting.style import (
 )
 from rlsparse_lib.rules import PAPER_SPARSITY, PAPER_TOL, MaskRule
 
+#: legends under their panel (``loc`` is the legend's anchor point below the x-axis label)
+_BELOW = {"fontsize": "xx-small", "loc": "upper center", "bbox_to_anchor": (0.5, -0.22), "ncols": 1}
+
+
+def _at_most_100(ax) -> None:
+    """Stop a percentage axis at 100 % (autoscaling's margin would show 101–105 %)."""
+    low, high = ax.get_ylim()
+    if high > 100:
+        ax.set_ylim(low, 100)
+
 
 def plot_dynamics(
     series,
@@ -43,31 +53,52 @@ def plot_dynamics(
     with paper_style():
         fig, axes = new_figure("double", 3.0, ncols=3)
         a, b, d = axes
-        a.plot(x, 100 * s["sparsity"], "o-", ms=3, color=c[0], label=rule)
+        a.plot(x, 100 * s["sparsity"], "o-", ms=3, color=c[0], label=rule, clip_on=False)
         if PAPER_SPARSITY in s.columns and rule != MaskRule("abs", PAPER_TOL).describe():
-            a.plot(x, 100 * s[PAPER_SPARSITY], "s--", ms=3, color=c[1], label="|Δ| ≤ 1e-5")
+            a.plot(
+                x,
+                100 * s[PAPER_SPARSITY],
+                "s--",
+                ms=3,
+                color=c[1],
+                label="|Δ| ≤ 1e-5",
+                clip_on=False,
+            )
         a.set_title("(a) vs θ0")
         a.set_ylabel("update sparsity")
         pct_axis(a)
-        a.legend(fontsize="xx-small", loc="lower left")
+        _at_most_100(a)
+        handles, labels = a.get_legend_handles_labels()
         if accuracy:
             ax2 = a.twinx()
             for (name, vals), color in zip(accuracy.items(), c[3:], strict=False):
-                ax2.plot(x, 100 * np.asarray(vals, float), "^:", ms=3, color=color, label=name)
+                ax2.plot(
+                    x,
+                    100 * np.asarray(vals, float),
+                    "^:",
+                    ms=3,
+                    color=color,
+                    label=name,
+                    clip_on=False,
+                )
             ax2.set_ylabel("accuracy (dotted)")
             ax2.grid(False)
             ax2.spines["right"].set_visible(True)
             pct_axis(ax2)
-            ax2.legend(fontsize="xx-small", loc="upper right")
+            _at_most_100(ax2)
+            more = ax2.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        a.legend(handles, labels, **_BELOW)  # below the axes: never on the curves
         step = 100 * s["step_sparsity"]
         mean = float(step.mean())
-        b.plot(x, step, "o-", ms=3, color=c[2])
+        b.plot(x, step, "o-", ms=3, color=c[2], clip_on=False)
         b.axhline(mean, color="k", lw=0.8, ls=":", label=f"mean {mean:.1f}%")
         b.set_ylim(min(step.min(), mean - 1) - 0.5, max(step.max(), mean + 1) + 0.5)
         b.set_title("(b) consecutive")
         b.set_ylabel("sparsity θ(k−1) → θ(k)")
         pct_axis(b)
-        b.legend(fontsize="xx-small")
+        _at_most_100(b)
+        b.legend(**_BELOW)
         d.plot(
             x,
             100 * s["outside_final_fraction"],
@@ -80,7 +111,8 @@ def plot_dynamics(
         d.set_title("(c) reverted updates")
         d.set_ylabel("% of all weights")
         pct_axis(d)
-        d.legend(fontsize="xx-small", loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=1)
+        _at_most_100(d)
+        d.legend(**_BELOW)
         for ax in axes:
             ax.set_xlabel("training step" if has_steps else "checkpoint k")
     labels = list(s["label"]) if "label" in s.columns else None
@@ -151,6 +183,7 @@ def plot_monitor(monitor):
                     ms=2,
                     color=c[0],
                     label="stored bf16 value",
+                    clip_on=False,
                 )
             if f"sparsity_{suffix}" in monitor:
                 label = "fp32 master weight" if "sparsity_vs_init_bf16" in monitor else "weight"
@@ -161,9 +194,10 @@ def plot_monitor(monitor):
                     ms=2,
                     color=c[1],
                     label=label,
+                    clip_on=False,
                 )
-            ax.set(xlabel="step", ylabel="unchanged weights", title=title, ylim=(-2, 102))
+            ax.set(xlabel="step", ylabel="unchanged weights", title=title, ylim=(0, 100))
             pct_axis(ax)
-        a.legend(fontsize="x-small")
+        a.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.25), ncols=2)
     attach_provenance(fig, figure="monitor_per_step", n_steps=len(monitor))
     return fig

@@ -76,7 +76,14 @@ def plot_binade_curve(tables, update_sizes: Sequence[float] = ()):
                 first = panels[label]
                 share_ax.bar(e, 100 * b["share_of_weights"], width=0.8, color="#dddddd", zorder=0)
             ax.plot(
-                e, 100 * b["sparsity"], "o-", ms=3, color=color, label=label or "sparsity", zorder=3
+                e,
+                100 * b["sparsity"],
+                "o-",
+                ms=3,
+                color=color,
+                label=label or "sparsity",
+                zorder=3,
+                clip_on=False,
             )
         if first is not None and update_sizes:
             dtype = first["compare_dtype"].mode().iat[0]
@@ -91,13 +98,14 @@ def plot_binade_curve(tables, update_sizes: Sequence[float] = ()):
                 )
         ax.set_zorder(share_ax.get_zorder() + 1)
         ax.patch.set_visible(False)
-        ax.set_xlabel("|θ0| binade  e  (|θ0| ∈ [2^e, 2^(e+1)))")
+        ax.set_xlabel(r"$|\theta_0|$ binade $e$:  $2^{e} \leq |\theta_0| < 2^{e+1}$")
         ax.set_ylabel("update sparsity")
         share_ax.set_ylabel("% of weights (bars)", color="#888888")
         pct_axis(ax)
         pct_axis(share_ax)
-        ax.set_ylim(0, 105)
-        ax.legend(fontsize="xx-small", loc="upper left")
+        ax.set_ylim(0, 100)
+        # under the axes: the curve and the threshold lines cross every corner of the panel
+        ax.legend(fontsize="xx-small", loc="upper center", bbox_to_anchor=(0.5, -0.25))
     attach_provenance(
         fig,
         figure="precision_binade_curve",
