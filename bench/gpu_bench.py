@@ -139,7 +139,7 @@ def ceilings(dev, scale: float, repeat: int) -> dict:
     """Device-to-device copy (read + write), pinned H2D, and page cache -> pinned reads."""
     import torch
 
-    from rlsparse_lib.diff.kernels.cuda import _fill
+    from rlsparse_lib.diff.gpu_executor import _fill
 
     nbytes = int(2 * 2**30 * scale)
     src = torch.randint(-(2**31), 2**31 - 1, (nbytes // 4,), dtype=torch.int32, device=dev)

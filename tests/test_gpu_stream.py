@@ -22,8 +22,9 @@ if not torch.cuda.is_available():  # must precede the first import of triton
 import pytest
 
 from rlsparse_lib.cli import main
+from rlsparse_lib.diff import gpu_executor
 from rlsparse_lib.diff.config import DiffConfig
-from rlsparse_lib.diff.engine import diff_checkpoints
+from rlsparse_lib.diff.engine import diff_checkpoints, unit_executor
 from rlsparse_lib.diff.kernels import cuda as cuda_mod
 from rlsparse_lib.diff.kernels import get_kernel
 from rlsparse_lib.errors import CheckpointError, ConfigError
@@ -124,7 +125,7 @@ def test_slot_counts_and_parallel_fill(pair, gpu: str, slots: int, chunk: int, m
     """Any number of slots and chunk size, and the reader pool's piecewise fill, give the
     CPU path's counts."""
     b, t = pair
-    monkeypatch.setattr(cuda_mod, "_SPLIT", 256)  # bytes: every chunk is filled in pieces
+    monkeypatch.setattr(gpu_executor, "_SPLIT", 256)  # bytes: every chunk is filled in pieces
     use_kernel(monkeypatch, device=cuda_mod.default_device(), slots=slots, readers=3)
     gpu_rep = diff_checkpoints(b, t, DiffConfig(device="cuda", chunk_elems=chunk), progress=False)
     cpu_rep = diff_checkpoints(b, t, DiffConfig(chunk_elems=chunk), progress=False)
@@ -139,7 +140,7 @@ def test_progress_counts_every_byte(pair, gpu: str) -> None:
     seen: list[int] = []
     with TensorReader(b) as rb, TensorReader(t) as rt:
         for group in plan.shard_groups():
-            kernel.diff_pairs(
+            unit_executor(kernel)(
                 group, rb, rt, kernel, DiffConfig(chunk_elems=CHUNK), None, seen.append
             )
     assert sum(seen) == plan.nbytes
@@ -203,7 +204,7 @@ def test_cpu_path_imports_neither_triton_nor_the_gpu_module(pair) -> None:
     code = (
         "import sys; from rlsparse_lib.cli import main; "
         f"rc = main(['diff', {str(b)!r}, {str(t)!r}, '-q']); "
-        "bad = [m for m in ('triton', 'rlsparse_lib.diff.kernels.cuda') if m in sys.modules]; "
+        "bad = [m for m in ('triton', 'rlsparse_lib.diff.kernels.cuda', 'rlsparse_lib.diff.gpu_executor') if m in sys.modules]; "
         "sys.exit(rc or (3 if bad else 0))"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -50,8 +50,7 @@ def diff_checkpoints(
     base_ck, tuned_ck = open_checkpoint(base), open_checkpoint(tuned)
     plan = pair_checkpoints(base_ck, tuned_ck, config.compare_dtype, config.include, config.exclude)
     kernel = get_kernel(config.device, config.threads)
-    # the GPU kernel brings its own unit executor (pinned buffers, copy/compute overlap)
-    diff_unit = getattr(kernel, "diff_pairs", diff_pairs)
+    diff_unit = unit_executor(kernel)
     mask = _open_mask(mask_out, plan, config) if mask_out is not None else None
     bar = byte_progress(plan.nbytes, "diff", progress)
     partials: list[dict[str, TensorResult]] = []
@@ -70,6 +69,17 @@ def diff_checkpoints(
     seconds = time.perf_counter() - t0
     threads = getattr(kernel, "num_threads", None)
     return build_report(plan, config, partials, kernel.name, seconds, mask_out, threads)
+
+
+def unit_executor(kernel: DiffKernel) -> Callable[..., dict[str, TensorResult]]:
+    """How a unit runs on ``kernel``: :func:`diff_pairs` (the CPU executor), or the GPU executor
+    (:func:`rlsparse_lib.diff.gpu_executor.stream_pairs`: pinned buffers, copy/compute overlap)
+    for a kernel whose ``streams_to_device`` is set. Both take the same arguments."""
+    if getattr(kernel, "streams_to_device", False):
+        from rlsparse_lib.diff.gpu_executor import stream_pairs
+
+        return stream_pairs
+    return diff_pairs
 
 
 def diff_pairs(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from rlsparse_lib.diff.report import DiffReport
+from typing import TYPE_CHECKING
+
 from rlsparse_lib.rules import (
     PAPER_SPARSITY,
     PAPER_TOL,
@@ -11,6 +12,9 @@ from rlsparse_lib.rules import (
     sparsity_column,
     unchanged_column,
 )
+
+if TYPE_CHECKING:  # the report renders itself through this module
+    from rlsparse_lib.diff.report import DiffReport
 
 
 def format_summary(report: DiffReport, by: str = "module", max_list: int = 10) -> str:

@@ -41,6 +41,8 @@ class DiffKernel(Protocol):
     """The per-chunk diff computation; implementations are interchangeable."""
 
     name: str
+    #: True for kernels on a torch device, whose units run through the GPU executor
+    streams_to_device: bool
 
     def diff_chunk(self, a, b, spec: ChunkSpec, mask_out=None) -> DiffStats:
         """Compare one chunk.

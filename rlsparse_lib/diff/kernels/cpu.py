@@ -61,6 +61,7 @@ class CpuKernel:
     """Compiled implementation of :class:`~rlsparse_lib.diff.kernels.DiffKernel`."""
 
     name = "cpu-c"
+    streams_to_device = False
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads
