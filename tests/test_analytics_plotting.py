@@ -168,3 +168,32 @@ def test_figure_modules_take_tables_only() -> None:
         src = inspect.getsource(mod)
         assert "hasattr(" not in src
         assert ".provenance" not in src
+
+
+def test_percent_axes_stop_at_100_and_legends_sit_off_the_curves(results) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    dyn = results["dyn"]
+    figs = [
+        plotting.plot_dynamics(
+            dyn.series(), rule=dyn.rule.describe(), accuracy={"acc": [0.5, 0.6]}
+        ),
+        plotting.plot_binade_curve({"a": results["a"].binade_table()}, update_sizes=[1e-6]),
+        plotting.plot_monitor(pd.DataFrame({"step": [1, 2], "sparsity_step": [0.99, 1.0]})),
+    ]
+    checked = 0
+    for fig in figs:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            if isinstance(ax.yaxis.get_major_formatter(), PercentFormatter):
+                checked += 1
+                assert ax.get_ylim()[1] <= 100, ax.get_ylabel()
+            legend = ax.get_legend()
+            if legend is not None:  # wholly below the axes: it cannot cover a curve
+                box = legend.get_window_extent()
+                assert box.y1 <= ax.get_window_extent().y0, ax.get_ylabel()
+        plt.close(fig)
+    assert checked >= 4
+    binade_label = figs[1].axes[0].get_xlabel()
+    assert binade_label.startswith("$") and r"\theta_0" in binade_label  # mathtext
