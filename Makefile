@@ -74,8 +74,11 @@ figures: setup
 notebooks: setup
 	MPLBACKEND=Agg $(BIN)/rlsparse run all
 
+# the diff against the numpy floor and the paper's approach, then mask overlap (pairs and masks
+# are generated once under bench/out/)
 bench: setup
-	$(BIN)/python bench/diff_bench.py
+	$(BIN)/python bench/diff_bench.py --repeat 3
+	$(BIN)/python bench/overlap_bench.py --repeat 3 --binade
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache data/demo bench/out build
