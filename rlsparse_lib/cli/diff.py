@@ -29,7 +29,7 @@ def add_selection_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from rlsparse_lib.diff.config import DEFAULT_CHUNK, DEFAULT_TOLERANCES
+    from rlsparse_lib.diff.config import DEFAULT_CHUNK, DEFAULT_TOLERANCES, DEFAULT_UNIT_BYTES
 
     p.add_argument("base", metavar="BASE", help="base checkpoint θ0 (folder, file or hub id)")
     p.add_argument(
@@ -91,6 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--chunk-elems", type=int, default=DEFAULT_CHUNK, help=argparse.SUPPRESS)
+    p.add_argument("--unit-bytes", type=int, default=DEFAULT_UNIT_BYTES, help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for hub ids")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         include=tuple(args.include),
         exclude=tuple(args.exclude),
         chunk_elems=args.chunk_elems,
+        max_unit_bytes=args.unit_bytes,
         mask_rule=MaskRule(args.mask_rule, tol),
         device=args.device,
         threads=args.threads,

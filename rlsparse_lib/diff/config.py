@@ -13,6 +13,8 @@ from rlsparse_lib.rules import MaskRule
 #: the paper's grid (1e-5 is its default rule) plus exact equality and 1e-4
 DEFAULT_TOLERANCES = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
 DEFAULT_CHUNK = 1 << 24
+#: bytes (both sides) per work unit: see :mod:`rlsparse_lib.diff.units`
+DEFAULT_UNIT_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class DiffConfig:
         mask_rule: rule for ``mask_out`` bits.
         device: kernel device: ``cpu``, ``cuda`` (Triton, streamed) or ``auto``.
         threads: CPU threads for the kernel (None: all).
+        max_unit_bytes: bound on the bytes read from both sides per work unit (a tensor is never
+            split, so one larger tensor is a unit of its own); results do not depend on it.
     """
 
     tolerances: tuple[float, ...] = DEFAULT_TOLERANCES
@@ -39,6 +43,7 @@ class DiffConfig:
     mask_rule: MaskRule = field(default_factory=MaskRule)
     device: str = "cpu"
     threads: int | None = None
+    max_unit_bytes: int = DEFAULT_UNIT_BYTES
 
     def __post_init__(self) -> None:
         tols = tuple(sorted({float(t) for t in self.tolerances}))
@@ -51,3 +56,5 @@ class DiffConfig:
             raise ConfigError(
                 f"chunk_elems must be a multiple of 8 below 2**31, got {self.chunk_elems}"
             )
+        if self.max_unit_bytes <= 0:
+            raise ConfigError(f"max_unit_bytes must be > 0, got {self.max_unit_bytes}")

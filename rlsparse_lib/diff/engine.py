@@ -1,10 +1,12 @@
 """The streaming diff engine: plan, run per shard pair in bounded chunks, merge into a report.
 
 Memory is bounded by one chunk per side (plus mapped pages, released after each chunk); no model,
-state dict or concatenated delta is ever materialised. Work is organised in units of one
-(base shard, tuned shard) group (:meth:`PairPlan.shard_groups`); :func:`diff_pairs` turns a unit into
-per-tensor partial results and :func:`build_report` merges any set of partials, so distributed or
-resumable executors can reuse the math unchanged.
+state dict or concatenated delta is ever materialised. Work is organised in byte-bounded work
+units of consecutive tensors of one (base shard, tuned shard) group
+(:func:`rlsparse_lib.diff.units.plan_units`); :func:`diff_pairs` turns a unit into per-tensor
+partial results and :func:`rlsparse_lib.diff.units.merge_units` merges them in unit order (whatever
+order they completed in), so distributed or resumable executors reuse the math unchanged and give
+the same report bit for bit.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.kernels import ChunkSpec, DiffKernel, get_kernel
 from rlsparse_lib.diff.report import DiffReport, TensorResult
+from rlsparse_lib.diff.units import merge_units, plan_units
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
 from rlsparse_lib.io.chunks import pair_chunks
 from rlsparse_lib.io.dtypes import cast_words
@@ -53,11 +56,14 @@ def diff_checkpoints(
     diff_unit = unit_executor(kernel)
     mask = _open_mask(mask_out, plan, config) if mask_out is not None else None
     bar = byte_progress(plan.nbytes, "diff", progress)
-    partials: list[dict[str, TensorResult]] = []
+    units = plan_units(plan, config.max_unit_bytes)
+    partials: dict[int, dict[str, TensorResult]] = {}
     try:
         with base_ck.reader() as rb, tuned_ck.reader() as rt:
-            for group in plan.shard_groups():
-                partials.append(diff_unit(group, rb, rt, kernel, config, mask, bar.update))
+            for unit in units:
+                partials[unit.index] = diff_unit(
+                    unit.pairs, rb, rt, kernel, config, mask, bar.update
+                )
     except BaseException:
         if mask is not None:
             mask.close(ok=False)
@@ -68,7 +74,7 @@ def diff_checkpoints(
         mask.close()
     seconds = time.perf_counter() - t0
     threads = getattr(kernel, "num_threads", None)
-    return build_report(plan, config, partials, kernel.name, seconds, mask_out, threads)
+    return merge_units(plan, config, partials, kernel.name, seconds, mask_out, threads, units)
 
 
 def unit_executor(kernel: DiffKernel) -> Callable[..., dict[str, TensorResult]]:

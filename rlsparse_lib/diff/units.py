@@ -1,0 +1,133 @@
+"""Work units: the plan of a diff cut into independently runnable, byte-bounded pieces.
+
+A unit is a run of consecutive tensor pairs of one (base shard, tuned shard) group
+(:meth:`PairPlan.shard_groups`), cut at tensor boundaries so that the bytes read from both sides
+stay within ``max_bytes``; a tensor is never split, so a tensor larger than the bound is a unit of
+its own. Units are numbered in a fixed order (shard-group order, then tensor order within the group),
+which is plan order.
+
+Any executor (the in-process CPU and GPU executors today, a process pool or Ray tomorrow) runs a
+unit into a partial result ``{tensor name: TensorResult}`` (a few MB at most); :func:`merge_units`
+merges the partials **in unit order**, whatever order they completed in. Since no tensor spans two
+units, every tensor's result is computed within one unit, and the report is assembled in plan
+order, so the report is the same bit for bit (counts, float sums, histograms) however the plan is
+cut into units and in whatever order they finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlsparse_lib.diff.config import DEFAULT_UNIT_BYTES, DiffConfig
+from rlsparse_lib.diff.report import DiffReport, TensorResult
+from rlsparse_lib.io.pairing import PairPlan, TensorPair
+
+__all__ = ["DEFAULT_UNIT_BYTES", "WorkUnit", "merge_units", "pair_nbytes", "plan_units"]
+
+
+def pair_nbytes(pair: TensorPair) -> int:
+    """Bytes a pair reads from both sides (compared elements times each side's stored item size;
+    the same measure as :attr:`PairPlan.nbytes` and the progress bar)."""
+    return pair.numel * (pair.base.itemsize + pair.tuned.itemsize)
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """A unit of work: consecutive tensor pairs of one shard group.
+
+    Attributes:
+        index: position in :func:`plan_units`' order (the merge order).
+        base_file, tuned_file: the shard pair all of the unit's tensors are read from.
+        pairs: the tensor pairs, in plan order.
+        nbytes: bytes read from both sides (sum of :func:`pair_nbytes`).
+    """
+
+    index: int
+    base_file: Path
+    tuned_file: Path
+    pairs: tuple[TensorPair, ...]
+    nbytes: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The unit's tensor names, in plan order."""
+        return tuple(p.name for p in self.pairs)
+
+    @property
+    def shard_pair(self) -> tuple[Path, Path]:
+        """(base file, tuned file)."""
+        return self.base_file, self.tuned_file
+
+
+def plan_units(plan: PairPlan, max_bytes: int = DEFAULT_UNIT_BYTES) -> list[WorkUnit]:
+    """Cut ``plan`` into work units of at most ``max_bytes`` read from both sides.
+
+    Units never mix shard groups and never split a tensor (a single tensor above ``max_bytes`` is a
+    unit of its own). Order: shard-group order, then tensor order within the group; every planned
+    pair is in exactly one unit, and concatenating the units' pairs gives the plan's pairs grouped
+    by shard pair.
+
+    Raises:
+        ValueError: when ``max_bytes`` is not positive.
+    """
+    if max_bytes <= 0:
+        raise ValueError(f"max_bytes must be > 0, got {max_bytes}")
+    units: list[WorkUnit] = []
+
+    def flush(run: list[TensorPair], nbytes: int) -> None:
+        if run:
+            first = run[0]
+            units.append(
+                WorkUnit(len(units), first.base.file, first.tuned.file, tuple(run), nbytes)
+            )
+
+    for group in plan.shard_groups():
+        run: list[TensorPair] = []
+        size = 0
+        for pair in group:
+            n = pair_nbytes(pair)
+            if run and size + n > max_bytes:
+                flush(run, size)
+                run, size = [], 0
+            run.append(pair)
+            size += n
+        flush(run, size)
+    return units
+
+
+def merge_units(
+    plan: PairPlan,
+    config: DiffConfig,
+    partials: Mapping[int, Mapping[str, TensorResult]],
+    kernel_name: str,
+    seconds: float | None = None,
+    mask_out: str | Path | None = None,
+    threads: int | None = None,
+    units: list[WorkUnit] | None = None,
+) -> DiffReport:
+    """Merge unit results ``{unit index: {tensor name: TensorResult}}`` into a report.
+
+    The partials are merged in unit-index order, independent of the mapping's (completion) order.
+    When ``units`` is given, every unit must have a result, and each result must hold exactly that
+    unit's tensors. Other arguments as for :func:`rlsparse_lib.diff.engine.build_report`.
+
+    Raises:
+        ValueError: for a missing or unknown unit, or a result that does not match its unit.
+    """
+    from rlsparse_lib.diff.engine import build_report
+
+    if units is not None:
+        expected = {u.index for u in units}
+        missing = sorted(expected - partials.keys())
+        extra = sorted(partials.keys() - expected)
+        if missing or extra:
+            raise ValueError(
+                f"unit results: missing units {missing[:5]}, unknown units {extra[:5]}"
+            )
+        for u in units:
+            if set(partials[u.index]) != set(u.names):
+                raise ValueError(f"unit {u.index}: result tensors do not match the unit's tensors")
+    ordered = [dict(partials[i]) for i in sorted(partials)]
+    return build_report(plan, config, ordered, kernel_name, seconds, mask_out, threads)
