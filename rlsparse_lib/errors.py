@@ -15,6 +15,11 @@ class PairingError(RlsparseError):
     """Two checkpoints cannot be compared (e.g. no tensor in common)."""
 
 
+class QuantizedWeightsError(PairingError):
+    """Tensors hold weights rlsparse cannot decode (FP8/FP4/FP6 codes, MXFP4, a
+    quantization_config's packed weights) and were not excluded: no silent partial headline."""
+
+
 class ConfigError(RlsparseError):
     """An option or configuration value is invalid."""
 

@@ -23,7 +23,7 @@ from rlsparse_lib.diff.stats import BINADE_BINS, ULP_LOG2_MIN, DiffStats
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.dtypes import FLOAT_FORMATS
 from rlsparse_lib.io.naming import parse_param_name
-from rlsparse_lib.io.pairing import TensorPair
+from rlsparse_lib.io.pairing import TensorPair, skip_category
 from rlsparse_lib.provenance import load_report_json, save_report_json
 from rlsparse_lib.rules import (
     rule_suffix,
@@ -184,7 +184,7 @@ class DiffReport:
         tolerances: the absolute tolerance grid (ascending).
         rel_eta: η of the relative probe.
         tensors: float tensors compared (full statistics).
-        buffers: integer/bool/fp8 tensors compared bitwise only (not in the float numbers).
+        buffers: integer/bool tensors compared bitwise only (not in the float numbers).
         skipped: ``{"name", "reason", ...}`` for every tensor not compared.
         tied: notes on tied weights (counted once).
         provenance: inputs, dtypes, rules, kernel, versions, timing.
@@ -257,6 +257,40 @@ class DiffReport:
             if t == tol:
                 return k
         raise KeyError(f"tolerance {tol!r} not on the grid {list(self.tolerances)}")
+
+    def coverage(self) -> dict:
+        """Which share of the model's elements the headline covers (every element counted once).
+
+        ``n_elements_total`` = headline (float tensors compared) + ``buffers`` (integer/bool,
+        bitwise only) + ``excluded`` (left out by --include/--exclude) + ``not_compared``
+        (missing on one side, shape/dtype mismatch, rows only on one side of a resized tensor);
+        a skipped tensor counts with the larger of its two sizes, tied duplicates not at all
+        (``tied`` counts them). ``share`` = ``n_elements_headline / n_elements_total`` (None for
+        an empty model). Computed from the tensor lists, so reports saved before the key existed
+        get it too.
+        """
+        headline = sum(t.numel for t in self.tensors)
+        groups = {k: [0, 0] for k in ("buffers", "excluded", "not_compared", "tied")}
+        groups["buffers"] = [len(self.buffers), sum(b.numel for b in self.buffers)]
+        for s in self.skipped:
+            g = groups[skip_category(str(s.get("reason", "")))]
+            g[0] += 1
+            g[1] += max(int(s.get("numel_base", 0) or 0), int(s.get("numel_tuned", 0) or 0))
+        partial_rows = 0
+        for t in [*self.tensors, *self.buffers]:
+            if t.shape_base != t.shape_tuned:
+                partial_rows += max(math.prod(t.shape_base), math.prod(t.shape_tuned)) - t.numel
+        groups["not_compared"][1] += partial_rows
+        total = headline + sum(groups[k][1] for k in ("buffers", "excluded", "not_compared"))
+        out: dict[str, Any] = {
+            "n_elements_total": total,
+            "n_elements_headline": headline,
+            "share": headline / total if total else None,
+        }
+        for k, (n_t, n_e) in groups.items():
+            out[k] = {"n_tensors": n_t, "n_elements": n_e}
+        out["not_compared"]["n_elements_partial_rows"] = partial_rows
+        return out
 
     # ---- tables ---------------------------------------------------------------------------
     def rules(self) -> list[tuple[str, str]]:
@@ -455,6 +489,7 @@ class DiffReport:
         }
         return {
             "schema": SCHEMA,
+            "coverage": self.coverage(),
             "n_params": n,
             "n_changed": self.n_changed,
             "sparsity": self.sparsity if n else None,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the report renders itself through this module
 def format_summary(report: DiffReport, by: str = "module", max_list: int = 10) -> str:
     """A readable summary: inputs, sparsity per rule, a per-``by`` table, skipped/partial/tied."""
     prov = report.provenance
-    lines = []
+    lines = coverage_lines(report.coverage())
     for side in ("base", "tuned"):
         d = prov.get("inputs", {}).get(side)
         if d:
@@ -88,6 +88,50 @@ def format_summary(report: DiffReport, by: str = "module", max_list: int = 10) -
             f"took {prov['seconds']:.2f} s ({prov.get('kernel')}, {prov.get('threads')} threads)"
         )
     return "\n".join(lines)
+
+
+def coverage_lines(cov: dict) -> list[str]:
+    """The summary's first line(s): which share of the model's elements the headline covers, and
+    where the rest went (excluded by --include/--exclude, bitwise buffers, not compared)."""
+    total = cov["n_elements_total"]
+    line = f"headline covers {_pct(cov['share'])} of {_human(total)} elements"
+    rest = []
+    for key, label in (
+        ("excluded", "excluded by --include/--exclude"),
+        ("buffers", "integer/bool buffers, bitwise only"),
+        ("not_compared", "not compared: missing, mismatched or resized rows"),
+    ):
+        n = cov[key]["n_elements"]
+        if n:
+            rest.append(f"{_pct(n / total)} {label}")
+    if rest:
+        line += f" ({'; '.join(rest)})"
+    lines = [line]
+    if cov["share"] is not None and cov["share"] < 1:
+        lines.append(
+            f"  the numbers below describe {_human(cov['n_elements_headline'])} of "
+            f"{_human(total)} elements, not the whole model"
+        )
+    return lines
+
+
+def _pct(share: float | None) -> str:
+    """A share as a percentage that never rounds a partial share to 100 % or a non-empty one to 0 %."""
+    if share is None:
+        return "n/a"
+    for digits in range(1, 10):  # more digits until a partial share stops looking whole or empty
+        text = f"{100 * share:.{digits}f}"
+        if not ((float(text) == 100 and share < 1) or (float(text) == 0 and share > 0)):
+            break
+    return f"{text} %"
+
+
+def _human(n: int) -> str:
+    """1234 -> '1,234'; 1.2e9 -> '1.2 B' (K, M, B, T above 10,000)."""
+    for scale, unit in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if n >= max(scale, 10**4):
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:,}"
 
 
 def _group_table(report: DiffReport, by: str) -> list[str]:

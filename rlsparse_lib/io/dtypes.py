@@ -30,25 +30,53 @@ SAFETENSORS_DTYPES: dict[str, str] = {
     "F64": "float64",
     "F8_E4M3": "float8_e4m3fn",
     "F8_E5M2": "float8_e5m2",
+    "F8_E8M0": "float8_e8m0fnu",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F4": "float4_e2m1fn",
+    "F6_E2M3": "float6_e2m3fn",
+    "F6_E3M2": "float6_e3m2fn",
 }
 
-ITEMSIZE: dict[str, int] = {
-    "bool": 1,
-    "uint8": 1,
-    "int8": 1,
-    "int16": 2,
-    "uint16": 2,
-    "int32": 4,
-    "uint32": 4,
-    "int64": 8,
-    "uint64": 8,
-    "float16": 2,
-    "bfloat16": 2,
-    "float32": 4,
-    "float64": 8,
-    "float8_e4m3fn": 1,
-    "float8_e5m2": 1,
+#: element width in bits of every dtype; sub-byte types are packed, so a tensor of ``numel``
+#: elements takes ``ceil(numel * bits / 8)`` bytes (:func:`nbytes_of`)
+DTYPE_BITS: dict[str, int] = {
+    "bool": 8,
+    "uint8": 8,
+    "int8": 8,
+    "int16": 16,
+    "uint16": 16,
+    "int32": 32,
+    "uint32": 32,
+    "int64": 64,
+    "uint64": 64,
+    "float16": 16,
+    "bfloat16": 16,
+    "float32": 32,
+    "float64": 64,
+    "float8_e4m3fn": 8,
+    "float8_e5m2": 8,
+    "float8_e8m0fnu": 8,
+    "float8_e4m3fnuz": 8,
+    "float8_e5m2fnuz": 8,
+    "float4_e2m1fn": 4,
+    "float6_e2m3fn": 6,
+    "float6_e3m2fn": 6,
 }
+
+#: low-precision float dtypes stored as codes rlsparse has no decoding for (they need scales or a
+#: quantization scheme to mean weights): tensors in them are refused by name when paired
+UNDECODED_DTYPES: frozenset[str] = frozenset(
+    d for d in DTYPE_BITS if d.startswith(("float8_", "float4_", "float6_"))
+)
+
+#: integer and bool dtypes: buffers (position ids, step counters, masks) compared bitwise
+INTEGER_DTYPES: frozenset[str] = frozenset(
+    d for d in DTYPE_BITS if d == "bool" or d.startswith(("int", "uint"))
+)
+
+#: bytes per element of the whole-byte dtypes (sub-byte float4/float6 have none: see DTYPE_BITS)
+ITEMSIZE: dict[str, int] = {d: b // 8 for d, b in DTYPE_BITS.items() if b % 8 == 0}
 
 WORD_DTYPES: dict[int, np.dtype] = {
     1: np.dtype(np.uint8),
@@ -108,6 +136,19 @@ ULP_FORMATS: dict[str, tuple[int, int]] = {
     **{name: (f.mant_bits, f.emin) for name, f in FLOAT_FORMATS.items()},
     "float64": (52, -1022),
 }
+
+
+def nbytes_of(dtype: str, numel: int) -> int:
+    """Bytes of ``numel`` packed elements of ``dtype``: ``ceil(numel * bits / 8)``."""
+    return -(-numel * DTYPE_BITS[dtype] // 8)
+
+
+def safetensors_code(dtype: str) -> str:
+    """The safetensors header code of a torch-style dtype name (the name itself if none)."""
+    for code, name in SAFETENSORS_DTYPES.items():
+        if name == dtype:
+            return code
+    return dtype
 
 
 def is_float(dtype: str) -> bool:

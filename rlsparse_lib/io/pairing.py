@@ -2,6 +2,20 @@
 
 Nothing is dropped silently: every name in either checkpoint ends up either in
 :attr:`PairPlan.pairs` (compared, possibly partially) or in :attr:`PairPlan.skipped` with a reason.
+
+Never a silent partial headline: a tensor holding weights rlsparse cannot decode is refused by name
+(:class:`~rlsparse_lib.errors.QuantizedWeightsError`) unless ``--exclude``/``--include`` leave it
+out. The rule (:func:`quantized_tensors`):
+
+* float8 / float4 / float6 dtypes (``F8_E4M3``, ``F8_E5M2``, ``F8_E8M0``, ``F8_E4M3FNUZ``,
+  ``F8_E5M2FNUZ``, ``F4``, ``F6_E2M3``, ``F6_E3M2``) are weight codes, never buffers; their
+  ``<name>_scale_inv`` / ``<name>_scale`` siblings belong to the same scheme;
+* ``uint8`` tensors named ``*_blocks`` / ``*_scales`` are MXFP4 weights;
+* under a ``config.json`` ``quantization_config`` (any ``quant_method``) also integer tensors named
+  like packed weights (``*weight``, ``qweight``, ``qzeros``, ``g_idx``, ``*_packed``, ...) and float
+  tensors named like quantization parameters (``scales``, ``*_scale``, ``absmax``, ``SCB``, ...);
+* every other integer / bool tensor (position ids, step counters, attention masks) is a buffer,
+  compared bitwise and kept out of the float headline, whose coverage the report states.
 """
 
 from __future__ import annotations
@@ -11,12 +25,124 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from rlsparse_lib.errors import ConfigError, PairingError
+from rlsparse_lib.errors import ConfigError, PairingError, QuantizedWeightsError
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorInfo
-from rlsparse_lib.io.dtypes import COMPARE_DTYPES, FLOAT_FORMATS, is_float
+from rlsparse_lib.io.dtypes import (
+    COMPARE_DTYPES,
+    FLOAT_FORMATS,
+    INTEGER_DTYPES,
+    UNDECODED_DTYPES,
+    is_float,
+    safetensors_code,
+)
 
 _HEADS = ("lm_head.weight", "embed_out.weight")
 _EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
+
+#: how :attr:`Skipped.reason` starts for tensors left out by the user's --include / --exclude
+EXCLUDED_PREFIXES = ("excluded by --exclude", "not matched by --include")
+#: how :attr:`Skipped.reason` starts for tied duplicates (counted once, as the tensor they tie to)
+TIED_PREFIX = "tied to "
+#: scale siblings of low-precision weights (``<weight>_scale_inv``: DeepSeek-V3 block scales)
+_SCALE_SUFFIXES = ("_scale_inv", "_scale")
+_MXFP4_SUFFIXES = ("_blocks", "_scales")
+#: under a quantization_config: integer tensors with these names are packed weights ...
+_PACKED_INT = re.compile(
+    r"(weight|qweight|qzeros|g_idx|_packed|_shape|_blocks|_scales|zero_point|quant_map|absmax"
+    r"|SCB|weight_format)$|quant_state"
+)
+#: ... and float tensors with these names are quantization parameters
+_QUANT_PARAM = re.compile(r"(scales|_scale|_scale_inv|absmax|quant_map|SCB|zero_point|qzeros)$")
+_MAX_NAMED = 3
+
+
+def skip_category(reason: str) -> str:
+    """``excluded`` (by --include/--exclude), ``tied`` (counted once elsewhere) or
+    ``not_compared`` (missing on one side, shape or dtype mismatch) for a skip reason."""
+    if reason.startswith(EXCLUDED_PREFIXES):
+        return "excluded"
+    if reason.startswith(TIED_PREFIX):
+        return "tied"
+    return "not_compared"
+
+
+def quantization_method(ckpt: Checkpoint) -> str | None:
+    """``quant_method`` of the checkpoint's ``config.json`` ``quantization_config`` (``"?"``
+    when the config has one without a method), or None when it declares none."""
+    for cfg in (ckpt.config, ckpt.config.get("text_config")):
+        if isinstance(cfg, dict) and cfg.get("quantization_config") is not None:
+            qc = cfg["quantization_config"]
+            method = qc.get("quant_method") if isinstance(qc, dict) else None
+            return str(method) if method else "?"
+    return None
+
+
+def quantized_tensors(ckpt: Checkpoint) -> dict[str, str]:
+    """Tensors of ``ckpt`` that hold weights rlsparse cannot decode, with their scheme.
+
+    See the module docstring for the rule; integer/bool tensors outside a quantization scheme are
+    buffers and not listed.
+    """
+    method = quantization_method(ckpt)
+    config = f" (quantization_config quant_method={method})" if method else ""
+    out: dict[str, str] = {}
+    tensors = ckpt.tensors
+    for name, info in tensors.items():
+        if info.dtype in UNDECODED_DTYPES:
+            code = safetensors_code(info.dtype)
+            scales = [name + s for s in _SCALE_SUFFIXES if name + s in tensors]
+            if scales:
+                suffix = scales[0][len(name) :]
+                out[name] = f"{code} weights with block scales *{suffix}{config}"
+                for sib in scales:
+                    out.setdefault(sib, out[name])
+            else:
+                out.setdefault(name, f"{code} weight codes (no decoding){config}")
+        elif info.dtype == "uint8" and name.endswith(_MXFP4_SUFFIXES):
+            out[name] = f"MXFP4 weights (U8 *_blocks/*_scales){config}"
+    if method is not None:
+        for name, info in tensors.items():
+            if name in out:
+                continue
+            if (info.dtype in INTEGER_DTYPES and _PACKED_INT.search(name)) or (
+                is_float(info.dtype) and _QUANT_PARAM.search(name)
+            ):
+                out[name] = f"quantized weights{config}"
+    return out
+
+
+def check_quantized(
+    base: Checkpoint, tuned: Checkpoint, names: list[str], selected: set[str]
+) -> None:
+    """Raise :class:`QuantizedWeightsError` naming every selected tensor (first few + count per
+    scheme) that holds weights rlsparse cannot decode; ``selected``: names not left out by
+    --include/--exclude. A quantization_config with no such tensor only adds a warning."""
+    per_side = [quantized_tensors(ckpt) for ckpt in (base, tuned)]
+    found = {**per_side[1], **per_side[0]}
+    refused = [n for n in names if n in found and n in selected]
+    for ckpt, side in zip((base, tuned), per_side, strict=True):
+        method = quantization_method(ckpt)
+        note = (
+            f"{ckpt.source}: config.json declares quantization_config quant_method={method} "
+            "but no tensor is stored quantized; compared as stored"
+        )
+        if method is not None and not side and note not in ckpt.warnings:
+            ckpt.warnings.append(note)
+    if not refused:
+        return
+    schemes: dict[str, list[str]] = {}
+    for n in refused:
+        schemes.setdefault(found[n], []).append(n)
+    parts = []
+    for scheme, members in schemes.items():
+        shown = ", ".join(members[:_MAX_NAMED])
+        more = f", … ({len(members) - _MAX_NAMED} more)" if len(members) > _MAX_NAMED else ""
+        parts.append(f"{scheme}: {len(members)} tensor(s): {shown}{more}")
+    raise QuantizedWeightsError(
+        f"{base.source} vs {tuned.source}: {len(refused)} tensor(s) hold weights rlsparse cannot "
+        f"decode — {'; '.join(parts)}. Not supported yet; exclude them with --exclude REGEX to "
+        "diff the rest (the summary then states the share of elements the headline covers)"
+    )
 
 
 @dataclass(frozen=True)
@@ -28,7 +154,8 @@ class TensorPair:
         base, tuned: the stored tensors.
         compare_dtype: dtype both sides are cast to before comparing (None for bitwise-only pairs).
         numel: elements compared (the leading rows when the row counts differ).
-        kind: ``float`` (full statistics) or ``bitwise`` (integer/bool/fp8 buffers: changed count only).
+        kind: ``float`` (full statistics) or ``bitwise`` (integer/bool buffers: changed count only;
+            low-precision weight codes are refused, never compared bitwise).
         note: why the comparison is partial or cast, or empty.
     """
 
@@ -107,6 +234,9 @@ def pair_checkpoints(
 
     Raises:
         PairingError: when the two checkpoints have no tensor in common.
+        QuantizedWeightsError: when a tensor not left out by ``include``/``exclude`` holds
+            weights rlsparse cannot decode (float8/float4/float6 codes, their scales, MXFP4,
+            a quantization_config's packed weights); the message names them and the scheme.
         ConfigError: for an unknown compare dtype, an invalid regex, or ``include`` patterns that
             match no tensor name.
     """
@@ -119,6 +249,12 @@ def pair_checkpoints(
     plan = PairPlan(base, tuned)
     names = list(base.tensors) + [n for n in tuned.tensors if n not in base.tensors]
     check_include_matches(include, names, base, tuned)
+    check_quantized(
+        base,
+        tuned,
+        names,
+        {n for n in names if _filter_reason(n, inc, exc, include, exclude) is None},
+    )
     for name in names:
         b, t = base.tensors.get(name), tuned.tensors.get(name)
         numel_b, numel_t = (b.numel if b else 0), (t.numel if t else 0)
@@ -286,6 +422,4 @@ def _pair(
         return TensorPair(name, b, t, cmp, numel, "float", "; ".join(notes))
     if b.dtype != t.dtype:
         return Skipped(name, f"dtype mismatch {b.dtype} vs {t.dtype}", b.numel, t.numel)
-    if b.dtype.startswith("float8"):
-        notes.append(f"{b.dtype}: raw codes compared bitwise (block scales not applied)")
     return TensorPair(name, b, t, None, numel, "bitwise", "; ".join(notes))

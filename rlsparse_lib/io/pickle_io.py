@@ -29,6 +29,9 @@ _TORCH_TO_NAME = {
     "torch.float64": "float64",
     "torch.float8_e4m3fn": "float8_e4m3fn",
     "torch.float8_e5m2": "float8_e5m2",
+    "torch.float8_e8m0fnu": "float8_e8m0fnu",
+    "torch.float8_e4m3fnuz": "float8_e4m3fnuz",
+    "torch.float8_e5m2fnuz": "float8_e5m2fnuz",
 }
 
 

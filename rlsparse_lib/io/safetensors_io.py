@@ -20,7 +20,7 @@ import numpy as np
 
 from rlsparse_lib.atomic import atomic_path
 from rlsparse_lib.errors import CheckpointError
-from rlsparse_lib.io.dtypes import ITEMSIZE, SAFETENSORS_DTYPES, word_dtype
+from rlsparse_lib.io.dtypes import DTYPE_BITS, SAFETENSORS_DTYPES, nbytes_of, word_dtype
 from rlsparse_lib.io.tensor_info import TensorInfo
 
 _MAX_HEADER = 100 * 1024 * 1024
@@ -88,11 +88,11 @@ def _parse_entry(
     ):
         raise CheckpointError(f"{where}: corrupt data_offsets {offsets!r}")
     dtype = SAFETENSORS_DTYPES[code]
-    expected = math.prod(shape) * ITEMSIZE[dtype]
+    expected = nbytes_of(dtype, math.prod(shape))  # ceil(numel * bits / 8): F4/F6 are packed
     if offsets[1] - offsets[0] != expected:
         raise CheckpointError(
             f"{where}: data_offsets span {offsets[1] - offsets[0]} bytes but shape {shape} "
-            f"of {dtype} needs {expected}"
+            f"of {dtype} ({DTYPE_BITS[dtype]} bits) needs {expected}"
         )
     if offsets[1] > data_size:
         raise CheckpointError(
@@ -186,7 +186,7 @@ class SafetensorsWriter:
         offset = 0
         self._sizes: dict[str, int] = {}
         for name, dtype, shape in self._specs:
-            nbytes = math.prod(shape) * ITEMSIZE[dtype]
+            nbytes = nbytes_of(dtype, math.prod(shape))
             self._entries[name] = {
                 "dtype": _DTYPE_CODES[dtype],
                 "shape": list(shape),

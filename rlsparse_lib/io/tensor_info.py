@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlsparse_lib.io.dtypes import ITEMSIZE
+from rlsparse_lib.io.dtypes import ITEMSIZE, nbytes_of
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,10 @@ class TensorInfo:
 
     @property
     def itemsize(self) -> int:
+        """Bytes per element (whole-byte dtypes only; sub-byte float4/float6 raise KeyError)."""
         return ITEMSIZE[self.dtype]
 
     @property
     def nbytes(self) -> int:
-        return self.numel * self.itemsize
+        """Stored bytes: ``ceil(numel * bits / 8)`` (sub-byte dtypes are packed)."""
+        return nbytes_of(self.dtype, self.numel)
