@@ -27,7 +27,6 @@ from rlsparse_lib.io.dtypes import cast_words
 from rlsparse_lib.io.maskfile import MaskWriter, packed_size
 from rlsparse_lib.io.pairing import PairPlan, TensorPair, pair_checkpoints
 from rlsparse_lib.progress import byte_progress
-from rlsparse_lib.provenance import build_provenance, versions
 
 
 def diff_checkpoints(
@@ -139,46 +138,6 @@ def diff_pairs(
     return out
 
 
-def build_report(
-    plan: PairPlan,
-    config: DiffConfig,
-    partials: Iterable[dict[str, TensorResult]],
-    kernel_name: str,
-    seconds: float | None = None,
-    mask_out: str | Path | None = None,
-    threads: int | None = None,
-) -> DiffReport:
-    """Merge partial results (any split of the plan's work) into a report, in plan order.
-
-    ``kernel_name``, ``seconds``, ``mask_out`` and ``threads`` (the kernel's) go to provenance.
-    """
-    merged: dict[str, TensorResult] = {}
-    for part in partials:
-        for name, res in part.items():
-            merged[name] = merged[name].merge(res) if name in merged else res
-    missing = [p.name for p in plan.pairs if p.name not in merged]
-    if missing:
-        raise ValueError(f"partial results lack {len(missing)} planned tensors, e.g. {missing[0]}")
-    results = [merged[p.name] for p in plan.pairs]
-    return DiffReport(
-        tolerances=config.tolerances,
-        rel_eta=config.rel_eta,
-        tensors=[r for r in results if r.kind == "float"],
-        buffers=[r for r in results if r.kind == "bitwise"],
-        skipped=[
-            {
-                "name": s.name,
-                "reason": s.reason,
-                "numel_base": s.numel_base,
-                "numel_tuned": s.numel_tuned,
-            }
-            for s in plan.skipped
-        ],
-        tied=list(plan.tied),
-        provenance=_provenance(plan, config, kernel_name, seconds, mask_out, threads),
-    )
-
-
 def _open_mask(path: str | Path, plan: PairPlan, config: DiffConfig) -> MaskWriter:
     shapes = {p.name: p.compared_shape for p in plan.float_pairs}
     rule = {"kind": config.mask_rule.kind, "tol": config.mask_rule.tol}
@@ -187,62 +146,3 @@ def _open_mask(path: str | Path, plan: PairPlan, config: DiffConfig) -> MaskWrit
         for side, ck in (("base", plan.base), ("tuned", plan.tuned))
     }
     return MaskWriter(path, shapes, rule, sources)
-
-
-def _versions() -> dict:
-    """Library versions (the shared :func:`rlsparse_lib.provenance.versions`)."""
-    return versions()
-
-
-def _provenance(
-    plan: PairPlan,
-    config: DiffConfig,
-    kernel: str,
-    seconds: float | None,
-    mask_out: str | Path | None,
-    threads: int | None,
-) -> dict:
-    stored: dict[str, int] = {}
-    compare: dict[str, int] = {}
-    for p in plan.pairs:
-        key = f"{p.base.dtype}->{p.tuned.dtype}"
-        stored[key] = stored.get(key, 0) + 1
-        ck = p.compare_dtype or f"bitwise {p.base.dtype}"
-        compare[ck] = compare.get(ck, 0) + 1
-    inputs = {"base": plan.base.describe(), "tuned": plan.tuned.describe()}
-    settings = {
-        "tolerances": [float(t) for t in config.tolerances],
-        "rel_eta": config.rel_eta,
-        "compare_dtype": config.compare_dtype,
-        "include": list(config.include),
-        "exclude": list(config.exclude),
-        "mask_rule": {"kind": config.mask_rule.kind, "tol": config.mask_rule.tol},
-    }
-    fields = {
-        "inputs": inputs,
-        "stored_dtypes": stored,
-        "compare_dtypes": compare,
-        "compare_dtype_policy": config.compare_dtype or "base stored dtype",
-        "rules": {
-            "bitwise": "bit patterns differ in the compare dtype (NaN==NaN if same bits; +0 != -0)",
-            "tolerance": "|Δ| <= tol, Δ = θ1 - θ0 in float32 from compare-dtype values, compared "
-            "in float64; identical bits are unchanged under every rule",
-            "tolerances": [float(t) for t in config.tolerances],
-            "relative": f"|Δ| <= η·max(|θ0|,|θ1|), η = {config.rel_eta!r}",
-            "ulp_unit": "ULP of θ0 in the base's stored dtype",
-        },
-        "include": list(config.include),
-        "exclude": list(config.exclude),
-        "n_skipped": len(plan.skipped),
-        "partial": [{"name": p.name, "note": p.note} for p in plan.pairs if p.partial],
-        "casts": [{"name": p.name, "note": p.note} for p in plan.pairs if "cast" in p.note],
-        "mask_out": None
-        if mask_out is None
-        else {"path": str(mask_out), "rule": config.mask_rule.describe()},
-        "kernel": kernel,
-        "chunk_elems": config.chunk_elems,
-        "threads": threads or config.threads,
-        "seconds": seconds,
-        "warnings": plan.base.warnings + plan.tuned.warnings,
-    }
-    return build_provenance("diff", settings=settings, sources=inputs, **fields)

@@ -1,4 +1,5 @@
-"""Work units: the plan of a diff cut into independently runnable, byte-bounded pieces.
+"""Work units: the plan of a diff cut into independently runnable, byte-bounded pieces, and the
+merge of their results into a report (:func:`merge_units`, :func:`build_report`).
 
 A unit is a run of consecutive tensor pairs of one (base shard, tuned shard) group
 (:meth:`PairPlan.shard_groups`), cut at tensor boundaries so that the bytes read from both sides
@@ -16,13 +17,14 @@ cut into units and in whatever order they finish.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlsparse_lib.diff.config import DEFAULT_UNIT_BYTES, DiffConfig
 from rlsparse_lib.diff.report import DiffReport, TensorResult
 from rlsparse_lib.io.pairing import PairPlan, TensorPair
+from rlsparse_lib.provenance import build_provenance, versions
 
 __all__ = ["DEFAULT_UNIT_BYTES", "WorkUnit", "merge_units", "pair_nbytes", "plan_units"]
 
@@ -111,13 +113,11 @@ def merge_units(
 
     The partials are merged in unit-index order, independent of the mapping's (completion) order.
     When ``units`` is given, every unit must have a result, and each result must hold exactly that
-    unit's tensors. Other arguments as for :func:`rlsparse_lib.diff.engine.build_report`.
+    unit's tensors. Other arguments as for :func:`build_report`.
 
     Raises:
         ValueError: for a missing or unknown unit, or a result that does not match its unit.
     """
-    from rlsparse_lib.diff.engine import build_report
-
     if units is not None:
         expected = {u.index for u in units}
         missing = sorted(expected - partials.keys())
@@ -131,3 +131,102 @@ def merge_units(
                 raise ValueError(f"unit {u.index}: result tensors do not match the unit's tensors")
     ordered = [dict(partials[i]) for i in sorted(partials)]
     return build_report(plan, config, ordered, kernel_name, seconds, mask_out, threads)
+
+
+def build_report(
+    plan: PairPlan,
+    config: DiffConfig,
+    partials: Iterable[dict[str, TensorResult]],
+    kernel_name: str,
+    seconds: float | None = None,
+    mask_out: str | Path | None = None,
+    threads: int | None = None,
+) -> DiffReport:
+    """Merge partial results (any split of the plan's work) into a report, in plan order.
+
+    ``kernel_name``, ``seconds``, ``mask_out`` and ``threads`` (the kernel's) go to provenance.
+    """
+    merged: dict[str, TensorResult] = {}
+    for part in partials:
+        for name, res in part.items():
+            merged[name] = merged[name].merge(res) if name in merged else res
+    missing = [p.name for p in plan.pairs if p.name not in merged]
+    if missing:
+        raise ValueError(f"partial results lack {len(missing)} planned tensors, e.g. {missing[0]}")
+    results = [merged[p.name] for p in plan.pairs]
+    return DiffReport(
+        tolerances=config.tolerances,
+        rel_eta=config.rel_eta,
+        tensors=[r for r in results if r.kind == "float"],
+        buffers=[r for r in results if r.kind == "bitwise"],
+        skipped=[
+            {
+                "name": s.name,
+                "reason": s.reason,
+                "numel_base": s.numel_base,
+                "numel_tuned": s.numel_tuned,
+            }
+            for s in plan.skipped
+        ],
+        tied=list(plan.tied),
+        provenance=_provenance(plan, config, kernel_name, seconds, mask_out, threads),
+    )
+
+
+def _versions() -> dict:
+    """Library versions (the shared :func:`rlsparse_lib.provenance.versions`)."""
+    return versions()
+
+
+def _provenance(
+    plan: PairPlan,
+    config: DiffConfig,
+    kernel: str,
+    seconds: float | None,
+    mask_out: str | Path | None,
+    threads: int | None,
+) -> dict:
+    stored: dict[str, int] = {}
+    compare: dict[str, int] = {}
+    for p in plan.pairs:
+        key = f"{p.base.dtype}->{p.tuned.dtype}"
+        stored[key] = stored.get(key, 0) + 1
+        ck = p.compare_dtype or f"bitwise {p.base.dtype}"
+        compare[ck] = compare.get(ck, 0) + 1
+    inputs = {"base": plan.base.describe(), "tuned": plan.tuned.describe()}
+    settings = {
+        "tolerances": [float(t) for t in config.tolerances],
+        "rel_eta": config.rel_eta,
+        "compare_dtype": config.compare_dtype,
+        "include": list(config.include),
+        "exclude": list(config.exclude),
+        "mask_rule": {"kind": config.mask_rule.kind, "tol": config.mask_rule.tol},
+    }
+    fields = {
+        "inputs": inputs,
+        "stored_dtypes": stored,
+        "compare_dtypes": compare,
+        "compare_dtype_policy": config.compare_dtype or "base stored dtype",
+        "rules": {
+            "bitwise": "bit patterns differ in the compare dtype (NaN==NaN if same bits; +0 != -0)",
+            "tolerance": "|Δ| <= tol, Δ = θ1 - θ0 in float32 from compare-dtype values, compared "
+            "in float64; identical bits are unchanged under every rule",
+            "tolerances": [float(t) for t in config.tolerances],
+            "relative": f"|Δ| <= η·max(|θ0|,|θ1|), η = {config.rel_eta!r}",
+            "ulp_unit": "ULP of θ0 in the base's stored dtype",
+        },
+        "include": list(config.include),
+        "exclude": list(config.exclude),
+        "n_skipped": len(plan.skipped),
+        "partial": [{"name": p.name, "note": p.note} for p in plan.pairs if p.partial],
+        "casts": [{"name": p.name, "note": p.note} for p in plan.pairs if "cast" in p.note],
+        "mask_out": None
+        if mask_out is None
+        else {"path": str(mask_out), "rule": config.mask_rule.describe()},
+        "kernel": kernel,
+        "chunk_elems": config.chunk_elems,
+        "threads": threads or config.threads,
+        "seconds": seconds,
+        "warnings": plan.base.warnings + plan.tuned.warnings,
+    }
+    return build_provenance("diff", settings=settings, sources=inputs, **fields)
