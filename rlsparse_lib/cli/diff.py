@@ -8,6 +8,7 @@ examples:
   rlsparse diff base/ tuned/
   rlsparse diff base/ tuned/ --json report.json --csv tensors.csv --mask-out changed.mask.safetensors
   rlsparse diff Org/model-SFT Org/model-DPO --compare-dtype bfloat16 --tol 1e-5
+  rlsparse diff base/ tuned/ --json report.json --resume diff.resume/ --cluster local:8
 """
 
 from __future__ import annotations
@@ -92,6 +93,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--chunk-elems", type=int, default=DEFAULT_CHUNK, help=argparse.SUPPRESS)
     p.add_argument("--unit-bytes", type=int, default=DEFAULT_UNIT_BYTES, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=None,
+        help="keep each finished work unit in DIR; rerunning the same command skips them "
+        "(refused when DIR was made for other inputs or settings)",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="local[:N]",
+        default=None,
+        help="run work units on a pool of N processes (default N: CPU count); "
+        "default: in this process",
+    )
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for hub ids")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
@@ -120,7 +135,15 @@ def run(args: argparse.Namespace) -> int:
     )
     base = open_checkpoint(args.base, args.cache_dir)
     tuned = open_checkpoint(args.tuned, args.cache_dir)
-    report = diff_checkpoints(base, tuned, config, mask_out=args.mask_out, progress=not args.quiet)
+    report = diff_checkpoints(
+        base,
+        tuned,
+        config,
+        mask_out=args.mask_out,
+        progress=not args.quiet,
+        resume=args.resume,
+        cluster=args.cluster,
+    )
     if args.json:
         report.save_json(args.json)
     if args.csv:

@@ -15,6 +15,8 @@ DEFAULT_TOLERANCES = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
 DEFAULT_CHUNK = 1 << 24
 #: bytes (both sides) per work unit: see :mod:`rlsparse_lib.diff.units`
 DEFAULT_UNIT_BYTES = 4 << 30
+#: DiffConfig fields that change a report's numbers (the others only change how fast it runs)
+RESULT_FIELDS = ("tolerances", "rel_eta", "compare_dtype", "include", "exclude", "mask_rule")
 
 
 @dataclass(frozen=True)
@@ -58,3 +60,15 @@ class DiffConfig:
             )
         if self.max_unit_bytes <= 0:
             raise ConfigError(f"max_unit_bytes must be > 0, got {self.max_unit_bytes}")
+
+    def result_settings(self) -> dict[str, object]:
+        """The result-changing settings (:data:`RESULT_FIELDS`) as plain JSON values."""
+        out: dict[str, object] = {}
+        for name in RESULT_FIELDS:
+            value = getattr(self, name)
+            if name == "mask_rule":
+                value = {"kind": value.kind, "tol": float(value.tol)}
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[name] = value
+        return out

@@ -17,10 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from rlsparse_lib.diff.cluster import parse_cluster, run_units_local, worker_threads
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.kernels import ChunkSpec, DiffKernel, get_kernel
 from rlsparse_lib.diff.report import DiffReport, TensorResult
-from rlsparse_lib.diff.units import merge_units, plan_units
+from rlsparse_lib.diff.resume import ResumeDir
+from rlsparse_lib.diff.units import WorkUnit, merge_units, plan_units
+from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
 from rlsparse_lib.io.chunks import pair_chunks
 from rlsparse_lib.io.dtypes import cast_words
@@ -35,6 +38,8 @@ def diff_checkpoints(
     config: DiffConfig | None = None,
     mask_out: str | Path | None = None,
     progress: bool = True,
+    resume: str | Path | None = None,
+    cluster: str | None = None,
 ) -> DiffReport:
     """Compare two checkpoints tensor by tensor.
 
@@ -43,26 +48,60 @@ def diff_checkpoints(
         config: comparison settings.
         mask_out: write the packed changed mask (by ``config.mask_rule``) of every float tensor here.
         progress: show a progress bar (bytes read, with ETA).
+        resume: a folder keeping the unit plan and each finished unit's result
+            (:mod:`rlsparse_lib.diff.resume`): units already there are not run again.
+        cluster: ``local`` or ``local:N``: run units on a pool of N processes
+            (:mod:`rlsparse_lib.diff.cluster`); None runs them in this process.
 
     Returns:
         The merged :class:`DiffReport`.
+
+    Raises:
+        ConfigError: ``resume`` or ``cluster`` with ``mask_out``, ``cluster`` with a GPU device,
+            or a ``resume`` folder made for other inputs, settings or unit plan.
     """
     config = config or DiffConfig()
     t0 = time.perf_counter()
+    workers = None
+    if cluster is not None:
+        workers = parse_cluster(cluster)
+        if mask_out is not None:
+            raise ConfigError("--cluster with --mask-out is not supported yet")
+        if config.device != "cpu":
+            raise ConfigError("--cluster runs the CPU executor: use --device cpu")
+    if resume is not None and mask_out is not None:
+        raise ConfigError("--resume with --mask-out is not supported yet")
     base_ck, tuned_ck = open_checkpoint(base), open_checkpoint(tuned)
     plan = pair_checkpoints(base_ck, tuned_ck, config.compare_dtype, config.include, config.exclude)
     kernel = get_kernel(config.device, config.threads)
-    diff_unit = unit_executor(kernel)
+    units = plan_units(plan, config.max_unit_bytes)
+    store = ResumeDir.open(resume, base_ck, tuned_ck, config, units) if resume is not None else None
+    partials: dict[int, dict[str, TensorResult]] = store.load_done() if store else {}
+    todo = [u for u in units if u.index not in partials]
     mask = _open_mask(mask_out, plan, config) if mask_out is not None else None
     bar = byte_progress(plan.nbytes, "diff", progress)
-    units = plan_units(plan, config.max_unit_bytes)
-    partials: dict[int, dict[str, TensorResult]] = {}
+    bar.update(sum(u.nbytes for u in units if u.index in partials))
+
+    def finished(unit: WorkUnit, partial: dict[str, TensorResult]) -> None:
+        if store is not None:
+            store.save(unit.index, partial)
+        partials[unit.index] = partial
+
+    threads = getattr(kernel, "num_threads", None)
     try:
-        with base_ck.reader() as rb, tuned_ck.reader() as rt:
-            for unit in units:
-                partials[unit.index] = diff_unit(
-                    unit.pairs, rb, rt, kernel, config, mask, bar.update
-                )
+        if workers is not None:
+            threads = worker_threads(config, workers)
+
+            def done_in_pool(unit: WorkUnit, partial: dict[str, TensorResult]) -> None:
+                finished(unit, partial)
+                bar.update(unit.nbytes)
+
+            run_units_local(todo, base_ck, tuned_ck, config, workers, done_in_pool, diff_pairs)
+        else:
+            diff_unit = unit_executor(kernel)
+            with base_ck.reader() as rb, tuned_ck.reader() as rt:
+                for unit in todo:
+                    finished(unit, diff_unit(unit.pairs, rb, rt, kernel, config, mask, bar.update))
     except BaseException:
         if mask is not None:
             mask.close(ok=False)
@@ -72,7 +111,6 @@ def diff_checkpoints(
     if mask is not None:
         mask.close()
     seconds = time.perf_counter() - t0
-    threads = getattr(kernel, "num_threads", None)
     return merge_units(plan, config, partials, kernel.name, seconds, mask_out, threads, units)
 
 

@@ -17,33 +17,14 @@ with the same result-changing settings. The key, stored in the report's provenan
 
 from __future__ import annotations
 
-import hashlib
-import re
-from pathlib import Path
-
-from rlsparse_lib.diff.config import DiffConfig
+from rlsparse_lib.diff.config import RESULT_FIELDS, DiffConfig
 from rlsparse_lib.io.checkpoint import Checkpoint
+from rlsparse_lib.io.digest import file_digest
+
+__all__ = ["CACHE_VERSION", "RESULT_FIELDS", "cache_key", "content_key", "file_digest"]
 
 #: bump when a diff report of the same inputs and settings would hold different numbers
 CACHE_VERSION = 1
-#: DiffConfig fields that change a report's numbers
-RESULT_FIELDS = ("tolerances", "rel_eta", "compare_dtype", "include", "exclude", "mask_rule")
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_memo: dict[tuple, str] = {}
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (a hub blob's own name; memoized by path, size, mtime, inode)."""
-    real = Path(path).resolve()
-    if real.parent.name == "blobs" and _SHA256.fullmatch(real.name):
-        return real.name
-    st = real.stat()
-    memo_key = (str(real), st.st_size, st.st_mtime_ns, st.st_ino)
-    if memo_key not in _memo:
-        with real.open("rb") as fh:
-            _memo[memo_key] = hashlib.file_digest(fh, "sha256").hexdigest()
-    return _memo[memo_key]
 
 
 def content_key(ckpt: Checkpoint) -> list[list[str]]:
@@ -53,15 +34,7 @@ def content_key(ckpt: Checkpoint) -> list[list[str]]:
 
 def settings_key(config: DiffConfig) -> dict[str, object]:
     """The result-changing settings of ``config`` as plain JSON values."""
-    out: dict[str, object] = {}
-    for name in RESULT_FIELDS:
-        value = getattr(config, name)
-        if name == "mask_rule":
-            value = {"kind": value.kind, "tol": float(value.tol)}
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[name] = value
-    return out
+    return config.result_settings()
 
 
 def cache_key(base: Checkpoint, tuned: Checkpoint, config: DiffConfig) -> dict[str, object]:

@@ -1,0 +1,182 @@
+"""Resumable diffs: a folder that holds the unit plan and one result file per finished unit.
+
+``rlsparse diff BASE TUNED --resume DIR`` (``diff_checkpoints(..., resume=DIR)``) keeps in ``DIR``
+
+* ``manifest.json``: the schema and :data:`VERSION`, the input fingerprints, the result-changing
+  settings (:meth:`DiffConfig.result_settings`) and their ``config_hash``, and the unit plan
+  (each unit's shard pair, tensor names and bytes);
+* ``unit-<index>.json``: the partial result of each finished unit (``TensorResult.to_dict``),
+  written atomically (temporary name, then rename) as soon as the unit is done.
+
+The input fingerprints are content digests: per weight file its name, size and the sha256 of its
+bytes (:func:`rlsparse_lib.io.digest.file_digest`: a hub-cache blob is named by its sha256 and is
+not read; a local file is read once more to hash it). Size and mtime, or a header hash, would not
+notice re-saved weights of the same shapes.
+
+A rerun of the same command skips the finished units and merges their stored partials with the new
+ones in unit order; JSON round-trips Python floats exactly, so the report is the same bit for bit as
+an uninterrupted run's (except timing). A folder made from other inputs, settings or unit plan is
+refused (:class:`ResumeMismatchError`, naming what differs); it is never silently mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rlsparse_lib.atomic import write_text_atomic
+from rlsparse_lib.diff.config import DiffConfig
+from rlsparse_lib.diff.report import TensorResult
+from rlsparse_lib.diff.units import WorkUnit
+from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.io.checkpoint import Checkpoint
+from rlsparse_lib.io.digest import file_digest
+from rlsparse_lib.provenance import config_hash
+
+__all__ = ["SCHEMA", "VERSION", "ResumeDir", "ResumeMismatchError", "build_manifest"]
+
+SCHEMA = "rlsparse-diff-resume"
+#: bump when a unit file of the same inputs and settings would hold different numbers
+VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ResumeMismatchError(ConfigError):
+    """A resume folder was made from other inputs, settings or unit plan (exit 2)."""
+
+
+def input_fingerprint(ckpt: Checkpoint) -> list[dict[str, Any]]:
+    """``[{file, size, sha256}, ...]`` of a checkpoint's weight files, in shard order."""
+    return [
+        {"file": f.name, "size": f.stat().st_size, "sha256": file_digest(f)} for f in ckpt.files
+    ]
+
+
+def _unit_record(unit: WorkUnit) -> dict[str, Any]:
+    return {
+        "index": unit.index,
+        "base_file": unit.base_file.name,
+        "tuned_file": unit.tuned_file.name,
+        "names": list(unit.names),
+        "nbytes": unit.nbytes,
+    }
+
+
+def build_manifest(
+    base: Checkpoint, tuned: Checkpoint, config: DiffConfig, units: list[WorkUnit]
+) -> dict[str, Any]:
+    """The manifest of diffing ``base`` against ``tuned`` with ``config`` cut into ``units``."""
+    settings = config.result_settings()
+    return {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "inputs": {"base": input_fingerprint(base), "tuned": input_fingerprint(tuned)},
+        "settings": settings,
+        "config_hash": config_hash(settings),
+        "unit_bytes": config.max_unit_bytes,
+        "units": [_unit_record(u) for u in units],
+    }
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two manifests, in words."""
+    out: list[str] = []
+    if old.get("schema") != SCHEMA or old.get("version") != VERSION:
+        return [
+            f"format (found {old.get('schema')} v{old.get('version')}, need {SCHEMA} v{VERSION})"
+        ]
+    for side in ("base", "tuned"):
+        was = {f["file"]: f for f in old.get("inputs", {}).get(side, [])}
+        now = {f["file"]: f for f in new["inputs"][side]}
+        if was.keys() != now.keys():
+            out.append(f"{side} weight files ({sorted(was)} vs {sorted(now)})")
+            continue
+        changed = [n for n in now if was[n] != now[n]]
+        if changed:
+            out.append(f"{side} weights' content ({', '.join(changed[:3])})")
+    if old.get("config_hash") != new["config_hash"]:
+        keys = sorted(
+            k for k in new["settings"] if old.get("settings", {}).get(k) != new["settings"][k]
+        )
+        out.append(f"settings ({', '.join(keys) or 'config hash'})")
+    if old.get("units") != new["units"]:
+        why = (
+            f"--unit-bytes {old.get('unit_bytes')} vs {new['unit_bytes']}"
+            if old.get("unit_bytes") != new["unit_bytes"]
+            else "tensor selection or layout"
+        )
+        out.append(f"unit plan ({why})")
+    return out
+
+
+class ResumeDir:
+    """A resume folder: checks or writes the manifest, loads and stores unit results."""
+
+    def __init__(self, path: str | Path, manifest: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self._names = {u["index"]: set(u["names"]) for u in manifest["units"]}
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        base: Checkpoint,
+        tuned: Checkpoint,
+        config: DiffConfig,
+        units: list[WorkUnit],
+    ) -> ResumeDir:
+        """Open ``path`` for this diff: write its manifest when new, else check it matches.
+
+        Raises:
+            ResumeMismatchError: the folder was made for other inputs, settings or unit plan.
+            ConfigError: ``path`` is not a folder, or its manifest cannot be read.
+        """
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"--resume {path}: exists and is not a directory")
+        manifest = build_manifest(base, tuned, config, units)
+        mpath = path / MANIFEST
+        if mpath.is_file():
+            try:
+                old = json.loads(mpath.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"--resume {path}: cannot read {MANIFEST} ({err})") from err
+            diffs = _differences(old if isinstance(old, dict) else {}, manifest)
+            if diffs:
+                raise ResumeMismatchError(
+                    f"--resume {path}: made for another diff; differs in: {'; '.join(diffs)}"
+                    " (use a new folder, or delete this one)"
+                )
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(mpath, json.dumps(manifest, indent=1) + "\n")
+        return cls(path, manifest)
+
+    def unit_path(self, index: int) -> Path:
+        return self.path / f"unit-{index:06d}.json"
+
+    def load_done(self) -> dict[int, dict[str, TensorResult]]:
+        """The stored partials of finished units (a file that does not match its unit is ignored,
+        and the unit is run again)."""
+        done: dict[int, dict[str, TensorResult]] = {}
+        for index, names in self._names.items():
+            p = self.unit_path(index)
+            if not p.is_file():
+                continue
+            try:
+                data = json.loads(p.read_text(encoding="utf-8"))
+                results = [TensorResult.from_dict(d) for d in data["results"]]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            partial = {r.name: r for r in results}
+            if data.get("index") == index and set(partial) == names:
+                done[index] = partial
+        return done
+
+    def save(self, index: int, partial: Mapping[str, TensorResult]) -> None:
+        """Store a finished unit's partial result atomically."""
+        data = {"index": index, "results": [r.to_dict() for r in partial.values()]}
+        write_text_atomic(self.unit_path(index), json.dumps(data) + "\n")

@@ -1,0 +1,31 @@
+"""Content digests of weight files: the sha256 of their bytes.
+
+A file in a Hugging Face cache resolves to ``blobs/<sha256>`` (the hub names blobs by their
+content), so hub checkpoints are digested without reading them; any other file is hashed once per
+process (memoized by path, size, mtime and inode). A header fingerprint is not enough: every
+checkpoint of one model saved the same way has the same header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+__all__ = ["file_digest"]
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_memo: dict[tuple, str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (a hub blob's own name; memoized by path, size, mtime, inode)."""
+    real = Path(path).resolve()
+    if real.parent.name == "blobs" and _SHA256.fullmatch(real.name):
+        return real.name
+    st = real.stat()
+    memo_key = (str(real), st.st_size, st.st_mtime_ns, st.st_ino)
+    if memo_key not in _memo:
+        with real.open("rb") as fh:
+            _memo[memo_key] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return _memo[memo_key]

@@ -1,0 +1,284 @@
+"""Resumable diffs (``--resume DIR``) and the local process-pool executor (``--cluster local:N``):
+both give the uninterrupted in-process report bit for bit (except timing / kernel threads)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlsparse_lib.cli import main
+from rlsparse_lib.diff import engine
+from rlsparse_lib.diff.cluster import parse_cluster, run_units_local
+from rlsparse_lib.diff.config import DiffConfig
+from rlsparse_lib.diff.engine import diff_checkpoints, diff_pairs
+from rlsparse_lib.diff.report import DiffReport
+from rlsparse_lib.diff.resume import ResumeMismatchError
+from rlsparse_lib.diff.units import plan_units
+from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.io.checkpoint import open_checkpoint
+from rlsparse_lib.io.pairing import pair_checkpoints
+
+from .ckpt_factory import save_hf
+from .test_diff_exact import planted
+
+UNIT_BYTES = 3_000  # many small units
+
+
+def _json(rep: DiffReport | dict, kernel_fields: bool = False) -> str:
+    d = rep.to_dict() if isinstance(rep, DiffReport) else dict(rep)
+    d["provenance"] = dict(d["provenance"])
+    d["provenance"].pop("seconds", None)
+    if kernel_fields:
+        d["provenance"].pop("threads", None)
+        d["provenance"].pop("kernel", None)
+    return json.dumps(d, sort_keys=True)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("resume")
+    base, tuned, _ = planted()
+    return save_hf(root / "base", base, shards=3), save_hf(root / "tuned", tuned, shards=2)
+
+
+@pytest.fixture(scope="module")
+def reference(pair) -> DiffReport:
+    return diff_checkpoints(*pair, DiffConfig(max_unit_bytes=UNIT_BYTES), progress=False)
+
+
+def _n_units(pair) -> int:
+    plan = pair_checkpoints(open_checkpoint(pair[0]), open_checkpoint(pair[1]))
+    return len(plan_units(plan, UNIT_BYTES))
+
+
+class _Counting:
+    """An executor wrapper that counts units and raises after ``fail_after`` of them."""
+
+    def __init__(self, original, fail_after: int | None = None) -> None:
+        self.original = original
+        self.calls = 0
+        self.fail_after = fail_after
+
+    def __call__(self, kernel):
+        inner = self.original(kernel)
+
+        def run(*args, **kw):
+            if self.fail_after is not None and self.calls >= self.fail_after:
+                raise KeyboardInterrupt("interrupted")
+            self.calls += 1
+            return inner(*args, **kw)
+
+        return run
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    original = engine.unit_executor
+
+    def install(fail_after: int | None = None) -> _Counting:
+        c = _Counting(original, fail_after)
+        monkeypatch.setattr(engine, "unit_executor", c)
+        return c
+
+    return install
+
+
+def test_resume_after_interrupt_skips_finished_units(tmp_path, pair, reference, counting) -> None:
+    n = _n_units(pair)
+    assert n > 6
+    cfg = DiffConfig(max_unit_bytes=UNIT_BYTES)
+    k = 4
+    c = counting(fail_after=k)
+    with pytest.raises(KeyboardInterrupt):
+        diff_checkpoints(*pair, cfg, progress=False, resume=tmp_path / "r")
+    assert c.calls == k
+    assert len(list((tmp_path / "r").glob("unit-*.json"))) == k
+    assert (tmp_path / "r" / "manifest.json").is_file()
+    c = counting()
+    rep = diff_checkpoints(*pair, cfg, progress=False, resume=tmp_path / "r")
+    assert c.calls == n - k  # finished units are not recomputed
+    assert _json(rep) == _json(reference)
+    # a third run computes nothing and still gives the same report
+    c = counting()
+    rep = diff_checkpoints(*pair, cfg, progress=False, resume=tmp_path / "r")
+    assert c.calls == 0
+    assert _json(rep) == _json(reference)
+
+
+def test_resume_refuses_other_inputs_or_settings(tmp_path, pair) -> None:
+    cfg = DiffConfig(max_unit_bytes=UNIT_BYTES)
+    r = tmp_path / "r"
+    diff_checkpoints(*pair, cfg, progress=False, resume=r)
+    with pytest.raises(ResumeMismatchError, match=r"settings \(tolerances\)"):
+        diff_checkpoints(
+            *pair,
+            DiffConfig(max_unit_bytes=UNIT_BYTES, tolerances=(0.0, 1e-3)),
+            progress=False,
+            resume=r,
+        )
+    with pytest.raises(ResumeMismatchError, match=r"unit plan .*--unit-bytes"):
+        diff_checkpoints(*pair, DiffConfig(max_unit_bytes=UNIT_BYTES * 2), progress=False, resume=r)
+    # same names, shapes, dtypes and file sizes; one value changed: the content digest notices
+    other = tmp_path / "tuned2"
+    shutil.copytree(pair[1], other)
+    from safetensors.torch import load_file, save_file
+
+    shard = sorted(other.glob("*.safetensors"))[0]
+    state = load_file(shard)
+    name = next(iter(state))
+    t = state[name].clone()
+    t.view(-1)[0] = t.view(-1)[0] + 1
+    state[name] = t
+    save_file(state, str(shard), metadata={"format": "pt"})
+    st = shard.stat()
+    os.utime(shard, ns=(st.st_atime_ns, (pair[1] / shard.name).stat().st_mtime_ns))
+    with pytest.raises(ResumeMismatchError, match=rf"tuned weights' content \({shard.name}"):
+        diff_checkpoints(pair[0], other, cfg, progress=False, resume=r)
+    # the CLI: one line, exit 2
+    code = main(["diff", str(pair[0]), str(other), "--unit-bytes", str(UNIT_BYTES), "-q"])
+    assert code == 0
+    argv = ["diff", str(pair[0]), str(other), "--unit-bytes", str(UNIT_BYTES), "--resume", str(r)]
+    assert main([*argv, "-q", "--json", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_resume_and_cluster_refuse_mask_out(tmp_path, pair) -> None:
+    with pytest.raises(ConfigError, match="--resume with --mask-out is not supported yet"):
+        diff_checkpoints(*pair, mask_out=tmp_path / "m.safetensors", resume=tmp_path / "r")
+    with pytest.raises(ConfigError, match="--cluster with --mask-out is not supported yet"):
+        diff_checkpoints(*pair, mask_out=tmp_path / "m.safetensors", cluster="local:2")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_cluster_specs() -> None:
+    assert parse_cluster("local:3") == 3
+    assert parse_cluster("local") == (os.cpu_count() or 1)
+    with pytest.raises(ConfigError, match="--cluster ray needs the optional extra"):
+        parse_cluster("ray")
+    for bad in ("local:0", "local:x", "dask"):
+        with pytest.raises(ConfigError):
+            parse_cluster(bad)
+
+
+def test_cluster_local_matches_in_process(tmp_path, pair, reference, counting) -> None:
+    cfg = DiffConfig(max_unit_bytes=UNIT_BYTES)
+    rep = diff_checkpoints(*pair, cfg, progress=False, cluster="local:2")
+    assert _json(rep, kernel_fields=True) == _json(reference, kernel_fields=True)
+    # interrupted in process, finished on the pool, then nothing left to do
+    c = counting(fail_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        diff_checkpoints(*pair, cfg, progress=False, resume=tmp_path / "r")
+    assert c.calls == 3
+    rep = diff_checkpoints(*pair, cfg, progress=False, resume=tmp_path / "r", cluster="local:2")
+    assert _json(rep, kernel_fields=True) == _json(reference, kernel_fields=True)
+    assert len(list((tmp_path / "r").glob("unit-*.json"))) == _n_units(pair)
+    # the CLI
+    out = tmp_path / "c.json"
+    argv = ["diff", *map(str, pair), "--unit-bytes", str(UNIT_BYTES), "--cluster", "local:2"]
+    assert main([*argv, "--json", str(out), "-q"]) == 0
+    loaded = json.loads(out.read_text())
+    ref = json.loads(json.dumps(reference.to_dict()))
+    assert _json(loaded, kernel_fields=True) == _json(ref, kernel_fields=True)
+
+
+def flaky_executor(pairs, *args, mark: Path, **kw):
+    """Raises OSError the first time it runs (per marker file), then runs the CPU executor."""
+    if not mark.exists():
+        mark.write_text("failed once")
+        raise OSError("transient read error")
+    return diff_pairs(pairs, *args, **kw)
+
+
+def broken_executor(pairs, *args, **kw):
+    raise OSError("always fails")
+
+
+def test_cluster_retries_an_oserror_once(tmp_path, pair) -> None:
+    flaky = functools.partial(flaky_executor, mark=tmp_path / "mark")
+    b, t = open_checkpoint(pair[0]), open_checkpoint(pair[1])
+    cfg = DiffConfig(max_unit_bytes=UNIT_BYTES)
+    units = plan_units(pair_checkpoints(b, t), UNIT_BYTES)[:3]
+    done: dict[int, dict] = {}
+    run_units_local(units, b, t, cfg, 2, lambda u, p: done.__setitem__(u.index, p), flaky)
+    assert sorted(done) == [u.index for u in units]
+    assert (tmp_path / "mark").exists()
+    with pytest.raises(OSError, match="always fails"):
+        run_units_local(units, b, t, cfg, 2, lambda u, p: None, broken_executor)
+
+
+def test_cluster_bad_input_names_the_file(tmp_path, pair) -> None:
+    tuned = tmp_path / "tuned"
+    shutil.copytree(pair[1], tuned)
+    ckb, ckt = open_checkpoint(pair[0]), open_checkpoint(tuned)
+    # truncate a shard after the parent planned: the worker's own open names the file
+    shard = sorted(tuned.glob("*.safetensors"))[0]
+    with shard.open("r+b") as fh:
+        fh.truncate(shard.stat().st_size // 2)
+    with pytest.raises(Exception, match=shard.name):
+        diff_checkpoints(
+            ckb, ckt, DiffConfig(max_unit_bytes=UNIT_BYTES), progress=False, cluster="local:2"
+        )
+
+
+_SLOW_RUN = """
+import sys, time
+from rlsparse_lib.diff import engine
+original = engine.unit_executor
+def slow(kernel):
+    inner = original(kernel)
+    def run(*a, **k):
+        time.sleep(0.2)
+        return inner(*a, **k)
+    return run
+engine.unit_executor = slow
+from rlsparse_lib.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_leaves_no_output_and_rerun_resumes(tmp_path, pair, reference) -> None:
+    r, out, csv = tmp_path / "r", tmp_path / "out.json", tmp_path / "out.csv"
+    argv = [*map(str, pair), "--unit-bytes", str(UNIT_BYTES), "--resume", str(r), "-q"]
+    argv += ["--json", str(out), "--csv", str(csv)]
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_RUN, "diff", *argv])
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(r.glob("unit-*.json"))) < 2:
+            assert proc.poll() is None, "the run ended before it was killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = len(list(r.glob("unit-*.json")))
+    assert 2 <= done < _n_units(pair)
+    assert not out.exists() and not csv.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    assert main(["diff", *argv]) == 0
+    assert _json(json.loads(out.read_text())) == _json(json.loads(json.dumps(reference.to_dict())))
+
+
+def test_resume_torch_free_state_dict_roundtrip(tmp_path) -> None:
+    """Float sums survive the unit files exactly (fp32 tensors with wide |Δ| values)."""
+    g = torch.Generator().manual_seed(1)
+    base = {
+        f"model.layers.{i}.mlp.up_proj.weight": torch.randn(16, 8, generator=g) for i in range(6)
+    }
+    tuned = {k: v + 1e-3 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+    b, t = save_hf(tmp_path / "b", base), save_hf(tmp_path / "t", tuned)
+    cfg = DiffConfig(max_unit_bytes=1)
+    ref = diff_checkpoints(b, t, cfg, progress=False)
+    diff_checkpoints(b, t, cfg, progress=False, resume=tmp_path / "r")
+    again = diff_checkpoints(b, t, cfg, progress=False, resume=tmp_path / "r")
+    assert _json(again) == _json(ref)
