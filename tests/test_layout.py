@@ -85,5 +85,15 @@ def test_top_level_is_infrastructure_only() -> None:
     top = sorted(p.name for p in PKG.glob("*.py"))
     assert len(top) <= 8, top
     folders = {p.name for p in PKG.iterdir() if (p / "__init__.py").exists()}
-    expected = {"io", "diff", "masks", "analysis", "training", "experiments", "plotting", "cli"}
+    expected = {
+        "io",
+        "diff",
+        "masks",
+        "analysis",
+        "training",
+        "experiments",
+        "plotting",
+        "cli",
+        "patches",
+    }
     assert folders == expected

@@ -41,6 +41,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("rlsparse_lib.cli.run", "execute experiment notebooks through papermill"),
     "figures": ("rlsparse_lib.cli.figures", "regenerate every figure from stored results"),
     "demo": ("rlsparse_lib.cli.demo", "the main job on the embedded default"),
+    "patch": (
+        "rlsparse_lib.cli.patch",
+        "lossless sparse patch of a checkpoint pair (create) and its bit-exact rebuild (apply)",
+    ),
 }
 
 
