@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from rlsparse_lib.atomic import atomic_path
-from rlsparse_lib.diff.stats import BINADE_BINS, ULP_LOG2_MIN, DiffStats
+from rlsparse_lib.diff.stats import BINADE_BINS, NONFINITE_FIELDS, ULP_LOG2_MIN, DiffStats
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.dtypes import FLOAT_FORMATS
 from rlsparse_lib.io.naming import parse_param_name
@@ -47,14 +47,6 @@ BINADE_COLUMNS = [
     "sparsity",
     "share_of_weights",
 ]
-_NONFINITE_FIELDS = (
-    "n_zero_delta",
-    "n_nonfinite_delta",
-    "n_nan_base",
-    "n_inf_base",
-    "n_nan_tuned",
-    "n_inf_tuned",
-)
 
 
 @dataclass
@@ -250,7 +242,7 @@ class DiffReport:
     def nonfinite(self, total: DiffStats | None = None) -> dict:
         """Counts of NaN/Inf values (base, tuned) and of non-finite Δ over all float tensors."""
         total = self.totals() if total is None else total
-        return {f: getattr(total, f) for f in _NONFINITE_FIELDS if f != "n_zero_delta"}
+        return {f: getattr(total, f) for f in NONFINITE_FIELDS if f != "n_zero_delta"}
 
     def _tol_index(self, tol: float) -> int:
         for k, t in enumerate(self.tolerances):
@@ -337,7 +329,7 @@ class DiffReport:
                 frac = sparsity(n, t.numel)
                 row[sparsity_column(suffix)] = float("nan") if frac is None else frac
             row.update(_norms(s))
-            row.update({f: getattr(s, f) for f in _NONFINITE_FIELDS})
+            row.update({f: getattr(s, f) for f in NONFINITE_FIELDS})
             rows.append(row)
         return rows
 

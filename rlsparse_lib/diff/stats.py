@@ -19,10 +19,8 @@ ULP_BINS = 96
 #: binade histograms are indexed by the compare format's exponent field (0..255)
 BINADE_BINS = 256
 
-_INT_FIELDS = (
-    "numel",
-    "n_changed",
-    "n_rel_unchanged",
+#: counts of zero and non-finite deltas and of non-finite values on each side
+NONFINITE_FIELDS = (
     "n_zero_delta",
     "n_nonfinite_delta",
     "n_nan_base",
@@ -30,6 +28,7 @@ _INT_FIELDS = (
     "n_nan_tuned",
     "n_inf_tuned",
 )
+_INT_FIELDS = ("numel", "n_changed", "n_rel_unchanged", *NONFINITE_FIELDS)
 _SUM_FIELDS = ("sum_abs_delta", "sum_sq_delta", "sum_sq_base")
 _ARRAY_FIELDS = ("n_le_tol", "ulp_hist", "binade_total", "binade_changed")
 
