@@ -206,7 +206,7 @@ def kernel_bench(dev, scale: float, repeat: int, sweep: bool) -> list[dict]:
     import torch
 
     from rlsparse_lib.diff.config import DEFAULT_TOLERANCES
-    from rlsparse_lib.diff.kernels import ChunkSpec
+    from rlsparse_lib.diff.kernels.protocol import ChunkSpec
     from rlsparse_lib.diff.kernels.triton_diff import Tuning, launch_diff
     from rlsparse_lib.rules import MaskRule
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from rlsparse_lib.diff.kernels import ChunkSpec
 from rlsparse_lib.diff.kernels.cpu import CpuKernel, tolerance_table
+from rlsparse_lib.diff.kernels.protocol import ChunkSpec
 from rlsparse_lib.diff.stats import ULP_BINS, ULP_LOG2_MIN
 from rlsparse_lib.io.dtypes import FLOAT_FORMATS
 from rlsparse_lib.rules import MaskRule

@@ -20,9 +20,9 @@ if not torch.cuda.is_available():  # must precede the first import of triton
 import numpy as np
 import pytest
 
-from rlsparse_lib.diff.kernels import ChunkSpec
 from rlsparse_lib.diff.kernels.cpu import CpuKernel
 from rlsparse_lib.diff.kernels.cuda import CudaKernel
+from rlsparse_lib.diff.kernels.protocol import ChunkSpec
 from rlsparse_lib.diff.kernels.triton_diff import Tuning, floor_f32, launch_diff
 from rlsparse_lib.diff.stats import ULP_LOG2_MIN
 from rlsparse_lib.io.synthetic import bf16_words_to_float, to_bf16_words
@@ -292,7 +292,7 @@ def test_tunings_agree(tuning: Tuning) -> None:
 
 COMPILE = """
 import re, sys
-from rlsparse_lib.diff.kernels import ChunkSpec
+from rlsparse_lib.diff.kernels.protocol import ChunkSpec
 from rlsparse_lib.rules import MaskRule
 from rlsparse_lib.diff.kernels.triton_diff import Tuning, compile_for
 from rlsparse_lib.diff.config import DEFAULT_TOLERANCES as T

@@ -20,9 +20,9 @@ if not torch.cuda.is_available():  # must precede the first import of triton
 import numpy as np
 import pytest
 
-from rlsparse_lib.diff.kernels import ChunkSpec
 from rlsparse_lib.diff.kernels.cpu import CpuKernel
 from rlsparse_lib.diff.kernels.cuda import CudaKernel
+from rlsparse_lib.diff.kernels.protocol import ChunkSpec
 from rlsparse_lib.training.monitor import SparsityMonitor
 
 from .ckpt_factory import TINY, bump_bits, pick, random_state, save_hf

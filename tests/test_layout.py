@@ -16,6 +16,7 @@ def _module_name(path: Path) -> str:
 def _import_graph() -> dict[str, set[str]]:
     """Module -> rlsparse modules it imports anywhere in its body (function-local included)."""
     modules = {_module_name(p): p for p in PKG.rglob("*.py")}
+    compiled = {_module_name(p.with_suffix(".py")) for p in PKG.rglob("*.pyx")}  # C extensions
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for mod, path in modules.items():
         is_pkg = path.name == "__init__.py"
@@ -39,9 +40,16 @@ def _import_graph() -> dict[str, set[str]]:
                 if node.level:
                     anchor = mod.split(".")[: len(mod.split(".")) - node.level + is_pkg]
                     base = ".".join([*anchor, base] if base else anchor)
-                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+                # ``from pkg import submodule`` depends on the submodule; ``from pkg import name``
+                # on the package
+                subs = [
+                    f"{base}.{a.name}"
+                    for a in node.names
+                    if f"{base}.{a.name}" in modules or f"{base}.{a.name}" in compiled
+                ]
+                targets = subs + ([base] if len(subs) < len(node.names) else [])
             for t in targets:
-                if t in modules and t != mod:
+                if t in modules and t != mod:  # a C extension imports nothing of ours
                     graph[mod].add(t)
     return graph
 
@@ -54,10 +62,6 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[m] = 1
         stack.append(m)
         for n in sorted(graph[m]):
-            # a submodule importing its own package (for what the package defines) is not a
-            # cycle of concepts; a package that imports a submodule that imports back is
-            if m.startswith(n + "."):
-                continue
             if state.get(n) == 1:
                 return [*stack[stack.index(n) :], n]
             if n not in state and (found := visit(n)):
@@ -79,6 +83,8 @@ def test_no_import_cycle() -> None:
 def test_cycle_finder_finds_a_cycle() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+    # a package whose __init__ imports a submodule that imports the package back
+    assert _cycle({"p": {"p.a"}, "p.a": {"p"}}) == ["p", "p.a", "p"]
 
 
 def test_top_level_is_infrastructure_only() -> None:

@@ -15,8 +15,7 @@ import torch
 from rlsparse_lib.cli import main
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
-from rlsparse_lib.diff.report import DiffReport
-from rlsparse_lib.diff.summary import format_summary
+from rlsparse_lib.diff.report import DiffReport, format_summary
 from rlsparse_lib.errors import QuantizedWeightsError
 from rlsparse_lib.io.checkpoint import open_checkpoint
 from rlsparse_lib.io.pairing import pair_checkpoints

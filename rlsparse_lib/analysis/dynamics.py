@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from rlsparse_lib.diff.config import DEFAULT_TOLERANCES
-from rlsparse_lib.diff.kernels import ChunkSpec, get_kernel
+from rlsparse_lib.diff.kernels import get_kernel
+from rlsparse_lib.diff.kernels.protocol import ChunkSpec
 from rlsparse_lib.diff.stats import DiffStats
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint, open_checkpoint

@@ -92,7 +92,7 @@ def _compute_lines(paths) -> list[str]:
 
 def _synthetic(out: Path, seed: int) -> int:
     from rlsparse_lib.diff.engine import diff_checkpoints
-    from rlsparse_lib.diff.summary import format_summary
+    from rlsparse_lib.diff.report import format_summary
     from rlsparse_lib.io.synthetic import LlamaShape, fp32_master_update, write_pair
 
     shape = LlamaShape(

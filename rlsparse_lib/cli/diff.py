@@ -114,7 +114,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rlsparse_lib.diff.config import DiffConfig
     from rlsparse_lib.diff.engine import diff_checkpoints
-    from rlsparse_lib.diff.summary import format_summary
+    from rlsparse_lib.diff.report import format_summary
     from rlsparse_lib.io.checkpoint import open_checkpoint
     from rlsparse_lib.rules import MaskRule
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from rlsparse_lib.diff.cluster import parse_cluster, run_units_local, worker_threads
 from rlsparse_lib.diff.config import DiffConfig
-from rlsparse_lib.diff.kernels import ChunkSpec, DiffKernel, get_kernel
+from rlsparse_lib.diff.kernels import get_kernel
+from rlsparse_lib.diff.kernels.protocol import ChunkSpec, DiffKernel
 from rlsparse_lib.diff.report import DiffReport, TensorResult
 from rlsparse_lib.diff.resume import ResumeDir
 from rlsparse_lib.diff.units import WorkUnit, merge_units, plan_units

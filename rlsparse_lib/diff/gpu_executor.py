@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rlsparse_lib.diff.kernels import ChunkSpec
 from rlsparse_lib.diff.kernels.cuda import SIGNED, CudaKernel, device_context
+from rlsparse_lib.diff.kernels.protocol import ChunkSpec
 from rlsparse_lib.diff.report import TensorResult
 from rlsparse_lib.io.chunks import Chunk, pair_chunks
 

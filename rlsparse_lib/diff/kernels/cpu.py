@@ -15,7 +15,7 @@ from functools import cache
 
 import numpy as np
 
-from rlsparse_lib.diff.kernels import ChunkSpec
+from rlsparse_lib.diff.kernels.protocol import ChunkSpec
 from rlsparse_lib.diff.stats import BINADE_BINS, ULP_BINS, DiffStats
 from rlsparse_lib.io.dtypes import FLOAT_FORMATS, ULP_FORMATS, decode_tables
 

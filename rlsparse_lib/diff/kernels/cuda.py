@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import torch
 
-from rlsparse_lib.diff.kernels import ChunkSpec
+from rlsparse_lib.diff.kernels.protocol import ChunkSpec
 from rlsparse_lib.diff.stats import DiffStats
 from rlsparse_lib.errors import ConfigError
 

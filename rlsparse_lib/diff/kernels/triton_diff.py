@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rlsparse_lib.diff.kernels import ChunkSpec
+from rlsparse_lib.diff.kernels.protocol import ChunkSpec
 from rlsparse_lib.diff.stats import BINADE_BINS, ULP_BINS, ULP_LOG2_MIN, DiffStats
 from rlsparse_lib.io.dtypes import FLOAT_FORMATS, ULP_FORMATS
 
