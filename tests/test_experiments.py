@@ -105,13 +105,14 @@ def test_diff_cache_is_reused_only_for_the_same_bytes_and_settings(tmp_path, cou
 
 def test_cache_key_names_files_by_content_and_hub_blobs_by_name(tmp_path) -> None:
     from rlsparse_lib.diff.config import DiffConfig
-    from rlsparse_lib.experiments.diffcache import cache_key, file_digest, settings_key
+    from rlsparse_lib.experiments.diffcache import cache_key
     from rlsparse_lib.io.checkpoint import open_checkpoint
+    from rlsparse_lib.io.digest import file_digest
 
     base, tuned = _pair(tmp_path, k=3)
     key = cache_key(open_checkpoint(base), open_checkpoint(tuned), DiffConfig())
     assert key["base"][0][0] == "model.safetensors" and key["base"] != key["tuned"]
-    assert settings_key(DiffConfig(compare_dtype="bfloat16"))["compare_dtype"] == "bfloat16"
+    assert DiffConfig(compare_dtype="bfloat16").result_settings()["compare_dtype"] == "bfloat16"
     blob = tmp_path / "blobs" / ("ab" * 32)
     blob.parent.mkdir()
     blob.write_bytes(b"not hashed")

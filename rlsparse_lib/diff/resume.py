@@ -8,7 +8,7 @@
 * ``unit-<index>.json``: the partial result of each finished unit (``TensorResult.to_dict``),
   written atomically (temporary name, then rename) as soon as the unit is done.
 
-The input fingerprints are content digests: per weight file its name, size and the sha256 of its
+The input fingerprints are content digests: per weight file its name and the sha256 of its
 bytes (:func:`rlsparse_lib.io.digest.file_digest`: a hub-cache blob is named by its sha256 and is
 not read; a local file is read once more to hash it). Size and mtime, or a header hash, would not
 notice re-saved weights of the same shapes.
@@ -32,7 +32,7 @@ from rlsparse_lib.diff.report import TensorResult
 from rlsparse_lib.diff.units import WorkUnit
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint
-from rlsparse_lib.io.digest import file_digest
+from rlsparse_lib.io.digest import files_digest
 from rlsparse_lib.provenance import config_hash
 
 __all__ = ["SCHEMA", "VERSION", "ResumeDir", "ResumeMismatchError", "build_manifest"]
@@ -45,13 +45,6 @@ MANIFEST = "manifest.json"
 
 class ResumeMismatchError(ConfigError):
     """A resume folder was made from other inputs, settings or unit plan (exit 2)."""
-
-
-def input_fingerprint(ckpt: Checkpoint) -> list[dict[str, Any]]:
-    """``[{file, size, sha256}, ...]`` of a checkpoint's weight files, in shard order."""
-    return [
-        {"file": f.name, "size": f.stat().st_size, "sha256": file_digest(f)} for f in ckpt.files
-    ]
 
 
 def _unit_record(unit: WorkUnit) -> dict[str, Any]:
@@ -72,7 +65,7 @@ def build_manifest(
     return {
         "schema": SCHEMA,
         "version": VERSION,
-        "inputs": {"base": input_fingerprint(base), "tuned": input_fingerprint(tuned)},
+        "inputs": {"base": files_digest(base.files), "tuned": files_digest(tuned.files)},
         "settings": settings,
         "config_hash": config_hash(settings),
         "unit_bytes": config.max_unit_bytes,
@@ -88,8 +81,8 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
             f"format (found {old.get('schema')} v{old.get('version')}, need {SCHEMA} v{VERSION})"
         ]
     for side in ("base", "tuned"):
-        was = {f["file"]: f for f in old.get("inputs", {}).get(side, [])}
-        now = {f["file"]: f for f in new["inputs"][side]}
+        was = dict(map(tuple, old.get("inputs", {}).get(side, [])))  # file name -> sha256
+        now = dict(map(tuple, new["inputs"][side]))
         if was.keys() != now.keys():
             out.append(f"{side} weight files ({sorted(was)} vs {sorted(now)})")
             continue

@@ -17,31 +17,19 @@ with the same result-changing settings. The key, stored in the report's provenan
 
 from __future__ import annotations
 
-from rlsparse_lib.diff.config import RESULT_FIELDS, DiffConfig
+from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.io.checkpoint import Checkpoint
-from rlsparse_lib.io.digest import file_digest
-
-__all__ = ["CACHE_VERSION", "RESULT_FIELDS", "cache_key", "content_key", "file_digest"]
+from rlsparse_lib.io.digest import files_digest
 
 #: bump when a diff report of the same inputs and settings would hold different numbers
 CACHE_VERSION = 1
-
-
-def content_key(ckpt: Checkpoint) -> list[list[str]]:
-    """``[[file name, sha256], ...]`` of a checkpoint's weight files, in shard order."""
-    return [[f.name, file_digest(f)] for f in ckpt.files]
-
-
-def settings_key(config: DiffConfig) -> dict[str, object]:
-    """The result-changing settings of ``config`` as plain JSON values."""
-    return config.result_settings()
 
 
 def cache_key(base: Checkpoint, tuned: Checkpoint, config: DiffConfig) -> dict[str, object]:
     """The cache key of diffing ``base`` against ``tuned`` with ``config`` (see the module doc)."""
     return {
         "version": CACHE_VERSION,
-        "base": content_key(base),
-        "tuned": content_key(tuned),
-        "settings": settings_key(config),
+        "base": files_digest(base.files),
+        "tuned": files_digest(tuned.files),
+        "settings": config.result_settings(),
     }

@@ -87,37 +87,14 @@ class Chunk:
 
 
 class ChunkStream:
-    """Iterator of :class:`Chunk` over one tensor; see :func:`stream_chunks`.
+    """Iterator of :class:`Chunk` over one tensor, made by :func:`stream_chunks`.
 
     Use it in a ``for`` loop (or ``with`` block for an explicit close); closing releases the
     chunk in hand.
     """
 
-    def __init__(
-        self,
-        name: str,
-        numel: int,
-        sources: Sequence[WordSource],
-        chunk_elems: int,
-        stored: Sequence[str | None] | None = None,
-        compare: str | None = None,
-        on_bytes: Callable[[int], object] | None = None,
-        cast: CastFn = cast_words,
-    ) -> None:
-        if chunk_elems < 1:
-            raise ValueError(f"chunk_elems must be positive, got {chunk_elems}")
-        if numel < 0:
-            raise ValueError(f"numel must be >= 0, got {numel}")
-        if stored is not None and len(stored) != len(sources):
-            raise ValueError(f"{len(sources)} sources but {len(stored)} stored dtypes")
-        if compare is not None and stored is None:
-            raise ValueError("a cast to a compare dtype needs the sources' stored dtypes")
-        casts: tuple[str | None, ...] = (
-            tuple(stored) if compare is not None and stored is not None else (None,) * len(sources)
-        )
-        self._gen = _stream(
-            name, numel, tuple(sources), chunk_elems, casts, compare, on_bytes, cast
-        )
+    def __init__(self, chunks: Generator[Chunk, None, None]) -> None:
+        self._gen = chunks
 
     def __iter__(self) -> ChunkStream:
         return self
@@ -161,7 +138,20 @@ def stream_chunks(
             consumer is done with it; the calls sum to the bytes of the whole range.
         cast: ``cast(words, stored, compare)``, the cast applied (default :func:`cast_words`).
     """
-    return ChunkStream(name, numel, sources, chunk_elems, stored, compare, on_bytes, cast)
+    if chunk_elems < 1:
+        raise ValueError(f"chunk_elems must be positive, got {chunk_elems}")
+    if numel < 0:
+        raise ValueError(f"numel must be >= 0, got {numel}")
+    if stored is not None and len(stored) != len(sources):
+        raise ValueError(f"{len(sources)} sources but {len(stored)} stored dtypes")
+    if compare is not None and stored is None:
+        raise ValueError("a cast to a compare dtype needs the sources' stored dtypes")
+    casts: tuple[str | None, ...] = (
+        tuple(stored) if compare is not None and stored is not None else (None,) * len(sources)
+    )
+    return ChunkStream(
+        _stream(name, numel, tuple(sources), chunk_elems, casts, compare, on_bytes, cast)
+    )
 
 
 def pair_chunks(
@@ -176,9 +166,15 @@ def pair_chunks(
 ) -> ChunkStream:
     """Chunks of a pair's compared elements: ``chunk.base`` and ``chunk.tuned``, cast to
     ``compare`` (e.g. ``pair.compare_dtype``) or raw when ``compare`` is None."""
-    stored = (pair.base.dtype, pair.tuned.dtype)
-    return ChunkStream(
-        pair.name, pair.numel, (base, tuned), chunk_elems, stored, compare, on_bytes, cast
+    return stream_chunks(
+        pair.name,
+        pair.numel,
+        (base, tuned),
+        chunk_elems,
+        stored=(pair.base.dtype, pair.tuned.dtype),
+        compare=compare,
+        on_bytes=on_bytes,
+        cast=cast,
     )
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["file_digest"]
+__all__ = ["file_digest", "files_digest"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _memo: dict[tuple, str] = {}
@@ -29,3 +30,9 @@ def file_digest(path: Path) -> str:
         with real.open("rb") as fh:
             _memo[memo_key] = hashlib.file_digest(fh, "sha256").hexdigest()
     return _memo[memo_key]
+
+
+def files_digest(files: Iterable[Path]) -> list[list[str]]:
+    """``[[file name, sha256], ...]`` of a checkpoint's weight files, in shard order: the content
+    fingerprint of a checkpoint (the diff cache's key and a resume folder's inputs)."""
+    return [[Path(f).name, file_digest(f)] for f in files]

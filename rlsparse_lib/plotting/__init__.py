@@ -21,7 +21,6 @@ redrawn from stored CSV/JSON alone. One module per thing plotted:
 
 from __future__ import annotations
 
-from rlsparse_lib.diff.report import layer_module_table
 from rlsparse_lib.plotting.dynamics import plot_dynamics, plot_monitor, plot_parameter_fate
 from rlsparse_lib.plotting.overlap import plot_overlap_heatmap
 from rlsparse_lib.plotting.precision import (
@@ -43,7 +42,6 @@ from rlsparse_lib.plotting.training import plot_training_curves
 
 __all__ = [
     "attach_provenance",
-    "layer_module_table",
     "paper_style",
     "plot_binade_curve",
     "plot_causes",

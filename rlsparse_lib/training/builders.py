@@ -99,27 +99,20 @@ def build_trainer(
         }
         # TRL only reads the rewards; its RewardFunc allows None entries (list is invariant)
         reward = cast("Callable[..., list[float | None]]", task.reward_function("train"))
+        trainer: dict[str, Any] = {
+            "model": model,
+            "reward_funcs": [reward],
+            "train_dataset": dataset,
+            "processing_class": tokenizer,
+            "callbacks": callbacks,
+        }
         if cfg.kind == "grpo":
             if r.loss_type is not None:
                 rl_args["loss_type"] = r.loss_type
             if r.scale_rewards is not None:
                 rl_args["scale_rewards"] = r.scale_rewards
-            return trl.GRPOTrainer(
-                model=model,
-                reward_funcs=[reward],
-                args=trl.GRPOConfig(**rl_args),
-                train_dataset=dataset,
-                processing_class=tokenizer,
-                callbacks=callbacks,
-            )
-        return trl.RLOOTrainer(
-            model=model,
-            reward_funcs=[reward],
-            args=trl.RLOOConfig(**rl_args),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            callbacks=callbacks,
-        )
+            return trl.GRPOTrainer(args=trl.GRPOConfig(**rl_args), **trainer)
+        return trl.RLOOTrainer(args=trl.RLOOConfig(**rl_args), **trainer)
     if cfg.kind in ("sft", "rft"):
         sft_args = trl.SFTConfig(
             **args,
@@ -140,39 +133,24 @@ def build_trainer(
     ref = copy.deepcopy(model).eval()
     for q in ref.parameters():
         q.requires_grad_(False)
-    extra: dict[str, Any] = {}
+    pref_args: dict[str, Any] = {
+        **args,
+        "per_device_train_batch_size": t.batch_size,
+        "max_length": max_length,
+        "beta": p.beta,
+        "disable_dropout": True,
+    }
+    trainer = {
+        "model": model,
+        "ref_model": ref,
+        "train_dataset": dataset,
+        "processing_class": tokenizer,
+        "callbacks": callbacks,
+    }
     if cfg.kind == "dpo":
         if p.loss_type is not None:  # DPOConfig takes a list of losses
-            extra["loss_type"] = [p.loss_type]
-        return trl.DPOTrainer(
-            model=model,
-            ref_model=ref,
-            args=trl.DPOConfig(
-                **args,
-                per_device_train_batch_size=t.batch_size,
-                max_length=max_length,
-                beta=p.beta,
-                disable_dropout=True,
-                **extra,
-            ),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            callbacks=callbacks,
-        )
+            pref_args["loss_type"] = [p.loss_type]
+        return trl.DPOTrainer(args=trl.DPOConfig(**pref_args), **trainer)
     if p.loss_type is not None:  # KTOConfig takes one name
-        extra["loss_type"] = p.loss_type
-    return trl.KTOTrainer(
-        model=model,
-        ref_model=ref,
-        args=trl.KTOConfig(
-            **args,
-            per_device_train_batch_size=t.batch_size,
-            max_length=max_length,
-            beta=p.beta,
-            disable_dropout=True,
-            **extra,
-        ),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
+        pref_args["loss_type"] = p.loss_type
+    return trl.KTOTrainer(args=trl.KTOConfig(**pref_args), **trainer)
