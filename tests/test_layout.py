@@ -103,3 +103,23 @@ def test_top_level_is_infrastructure_only() -> None:
         "patches",
     }
     assert folders == expected
+
+
+def test_notebooks_import_names_the_library_has() -> None:
+    """A moved module or name breaks a notebook only when it runs (minutes); catch it here."""
+    import importlib
+    import importlib.util
+    import json
+
+    notebooks = sorted((PKG.parent / "notebooks").glob("*.ipynb"))
+    assert notebooks
+    for nb in notebooks:
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rlsparse_lib"):
+                module = importlib.import_module(node.module or "")
+                for alias in node.names:
+                    assert hasattr(module, alias.name) or importlib.util.find_spec(
+                        f"{node.module}.{alias.name}"
+                    ), f"{nb.name}: from {node.module} import {alias.name}"
