@@ -7,9 +7,18 @@
       OUT: a new folder (model.safetensors + TUNED's config/tokenizer files) equal to TUNED bit
       for bit; a wrong base or a damaged patch exits 2 naming the tensor and leaves no OUT
 
+  rlsparse patch export BASE PATCH --format trl|vllm [--encoding raw|gap_delta] -o FILE
+      TRL's sparse_weight_patch safetensors ({name}.idx / {name}.val, metadata
+      format=sparse_weight_patch) or vLLM's form ({name}.indices int32 / {name}.values); the
+      patch's fingerprints travel in the metadata
+  rlsparse patch import BASE FILE -o PATCH
+      such a file (from TRL, vLLM tooling or an export) over BASE -> an rlsparse patch
+
 examples:
   rlsparse patch create base/ rl-step100/ -o step100.rlpatch
   rlsparse patch apply base/ step100.rlpatch -o rebuilt/
+  rlsparse patch export base/ step100.rlpatch --format trl -o step100.safetensors
+  rlsparse patch import base/ step100.safetensors -o step100-again.rlpatch
 """
 
 from __future__ import annotations
@@ -38,13 +47,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument(
         "-o", "--out", dest="out_root", metavar="OUT", required=True, help="new output folder"
     )
+    e = sub.add_parser("export", help="write a patch in TRL's or vLLM's sparse form")
+    e.add_argument("base", metavar="BASE")
+    e.add_argument("patch", metavar="PATCH")
+    e.add_argument("--format", dest="form", choices=("trl", "vllm"), default="trl")
+    e.add_argument(
+        "--encoding",
+        choices=("raw", "gap_delta"),
+        default="raw",
+        help="TRL index encoding: raw int32, or gap_delta uint16/uint32 gaps (default raw)",
+    )
+    e.add_argument("--model-version", type=int, default=0, help="TRL metadata model_version")
+    e.add_argument("-o", "--out", metavar="FILE", required=True, help="safetensors file to write")
+    i = sub.add_parser("import", help="turn a TRL / vLLM sparse file over BASE into a patch")
+    i.add_argument("base", metavar="BASE")
+    i.add_argument("src", metavar="FILE")
+    i.add_argument("-o", "--out", metavar="PATCH", required=True, help="patch file to write")
+    i.add_argument("--xform", choices=("sub", "xor"), default=None)
+    i.add_argument("--level", type=int, default=3, help="zstandard level (default 3)")
 
 
 def run(args: argparse.Namespace) -> int:
     from rlsparse_lib.patches import apply_patch, create_patch
+    from rlsparse_lib.patches.interop import export_patch, import_patch
 
+    if args.action == "export":
+        summary = export_patch(
+            args.base, args.patch, args.out, args.form, args.encoding, args.model_version
+        )
+        print(json.dumps(summary))
+        return 0
+    if args.action == "import":
+        summary = import_patch(args.base, args.src, args.out, xform=args.xform, level=args.level)
     if args.action == "create":
         summary = create_patch(args.base, args.tuned, args.out, xform=args.xform, level=args.level)
+    if args.action in ("create", "import"):
         changed = summary["elements_changed"]
         per = summary["bytes"] / changed if changed else float("nan")
         print(
@@ -53,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             f"{summary['tensors_patched']} tensors patched, {summary['tensors_whole']} whole, "
             f"{summary['tensors_removed']} removed"
         )
-    else:
+    if args.action == "apply":
         summary = apply_patch(args.base, args.patch, args.out_root)
         print(json.dumps(summary))
     return 0

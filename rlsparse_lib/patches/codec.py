@@ -129,7 +129,7 @@ def encode_block(
     return k, code, idx, values
 
 
-def decode_block(
+def decode_changes(
     base: np.ndarray,
     n_changed: int,
     code: str,
@@ -137,16 +137,18 @@ def decode_block(
     values: bytes,
     xform: str,
     dctx: zstd.ZstdDecompressor,
-) -> np.ndarray:
-    """Apply one block to a chunk of base words; returns the tuned words (a new array).
+) -> tuple[np.ndarray, np.ndarray]:
+    """One block's changes against a chunk of base words.
+
+    Returns:
+        (positions in the chunk, int64 ascending; their replacement words, ``base.dtype``).
 
     Raises:
         ValueError: the streams do not decode to ``n_changed`` positions inside the chunk.
     """
-    out = base.copy()
-    if n_changed == 0:
-        return out
     n = base.size
+    if n_changed == 0:
+        return np.zeros(0, np.int64), base[:0].copy()
     raw_idx = dctx.decompress(idx)
     if code == "bitmap":
         if len(raw_idx) != (n + 7) // 8:
@@ -164,5 +166,4 @@ def decode_block(
     else:
         raise ValueError(f"unknown index code {code!r}")
     coded = from_planes(dctx.decompress(values), base.dtype, n_changed)
-    out[pos] = inverse(base[pos], coded, xform)
-    return out
+    return pos, inverse(base[pos], coded, xform)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import zstandard as zstd
@@ -26,10 +27,10 @@ AUX_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
 AUX_MAX_BYTES = 64 << 20
 
 
-def _check_dtype(ckpt: Checkpoint, info: TensorInfo) -> None:
+def _check_dtype(source: str, info: TensorInfo) -> None:
     if info.dtype not in ITEMSIZE:
         raise PatchError(
-            f"{ckpt.source}: tensor '{info.name}': sub-byte dtype {info.dtype} is not supported "
+            f"{source}: tensor '{info.name}': sub-byte dtype {info.dtype} is not supported "
             "by patches"
         )
 
@@ -63,6 +64,20 @@ class _Blobs:
         return block
 
 
+class TunedSource(Protocol):
+    """What a patch is made towards: a checkpoint, or a virtual one (an imported sparse patch
+    over its base). ``reader()`` gives ``words(name, start, stop)`` / ``release`` as
+    :class:`TensorReader` does."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def tensors(self) -> dict[str, TensorInfo]: ...
+
+    def reader(self) -> Any: ...
+
+
 def create_patch(
     base: str | Path | Checkpoint,
     tuned: str | Path | Checkpoint,
@@ -71,17 +86,55 @@ def create_patch(
     level: int = LEVEL,
     chunk: int = CHUNK,
 ) -> dict[str, Any]:
-    """Write a lossless patch turning ``base`` into ``tuned`` to ``out`` (atomically).
+    """Write a lossless patch turning ``base`` into ``tuned`` to ``out`` (atomically); TUNED's
+    config/tokenizer files travel with it.
+
+    Returns:
+        a summary: tensors patched / whole / removed, elements changed, patch bytes.
+    """
+    t_ckpt = open_checkpoint(tuned)
+    return encode_patch(base, t_ckpt, out, xform, level, chunk, aux_files=_aux_files(t_ckpt))
+
+
+def _aux_files(ckpt: Checkpoint) -> list[Path]:
+    if not ckpt.path.is_dir():
+        return []
+    weight_names = {f.name for f in ckpt.files}
+    return [
+        f
+        for f in sorted(ckpt.path.iterdir())
+        if f.is_file()
+        and f.suffix in AUX_SUFFIXES
+        and f.name not in weight_names
+        and not f.name.endswith(".index.json")
+        and f.stat().st_size <= AUX_MAX_BYTES
+    ]
+
+
+def encode_patch(
+    base: str | Path | Checkpoint,
+    tuned: TunedSource,
+    out: str | Path,
+    xform: str = "sub",
+    level: int = LEVEL,
+    chunk: int = CHUNK,
+    aux_files: list[Path] | None = None,
+    verify: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Stream ``base`` and ``tuned`` chunk by chunk into a patch file at ``out`` (atomically).
+
+    ``verify``, when given, sees the finished manifest before anything is written (and may raise
+    to refuse it: e.g. fingerprints an imported patch carried).
 
     Returns:
         a summary: tensors patched / whole / removed, elements changed, patch bytes.
     """
     if xform not in XFORMS:
         raise PatchError(f"unknown value transform {xform!r} (one of {', '.join(XFORMS)})")
-    b_ckpt, t_ckpt = open_checkpoint(base), open_checkpoint(tuned)
-    for ck in (b_ckpt, t_ckpt):
+    b_ckpt = open_checkpoint(base)
+    for ck in (b_ckpt, tuned):
         for info in ck.tensors.values():
-            _check_dtype(ck, info)
+            _check_dtype(ck.source, info)
     cctx = zstd.ZstdCompressor(level=level)
     entries: list[dict[str, Any]] = []
     base_entries: dict[str, dict[str, Any]] = {}
@@ -89,12 +142,12 @@ def create_patch(
     out = Path(out)
     with (
         b_ckpt.reader() as b_r,
-        t_ckpt.reader() as t_r,
+        tuned.reader() as t_r,
         tempfile.TemporaryFile(dir=out.parent if out.parent.exists() else None) as tmp,
     ):
         blobs = _Blobs(tmp)
         for name, info in b_ckpt.tensors.items():
-            other = t_ckpt.tensors.get(name)
+            other = tuned.tensors.get(name)
             if other is not None and (other.dtype, other.shape) == (info.dtype, info.shape):
                 continue  # hashed while patched below
             base_entries[name] = {
@@ -102,7 +155,7 @@ def create_patch(
                 "shape": list(info.shape),
                 "sha256": tensor_sha256(b_r, info, chunk),
             }
-        for name, info in t_ckpt.tensors.items():
+        for name, info in tuned.tensors.items():
             b_info = b_ckpt.tensors.get(name)
             same = b_info is not None and (b_info.dtype, b_info.shape) == (info.dtype, info.shape)
             entry: dict[str, Any] = {
@@ -146,21 +199,12 @@ def create_patch(
                 changed_total += n_changed
             entries.append(entry)
         files = []
-        if t_ckpt.path.is_dir():
-            weight_names = {f.name for f in t_ckpt.files}
-            for f in sorted(t_ckpt.path.iterdir()):
-                if (
-                    f.is_file()
-                    and f.suffix in AUX_SUFFIXES
-                    and f.name not in weight_names
-                    and not f.name.endswith(".index.json")
-                    and f.stat().st_size <= AUX_MAX_BYTES
-                ):
-                    raw = f.read_bytes()
-                    block = blobs.add(cctx.compress(raw))
-                    block.update(name=f.name, raw_sha256=hashlib.sha256(raw).hexdigest())
-                    files.append(block)
-        removed = [n for n in b_ckpt.tensors if n not in t_ckpt.tensors]
+        for f in aux_files or []:
+            raw = f.read_bytes()
+            block = blobs.add(cctx.compress(raw))
+            block.update(name=f.name, raw_sha256=hashlib.sha256(raw).hexdigest())
+            files.append(block)
+        removed = [n for n in b_ckpt.tensors if n not in tuned.tensors]
         manifest = {
             "format": "rlsparse-patch",
             "xform": xform,
@@ -171,8 +215,10 @@ def create_patch(
             "files": files,
             "blob_size": blobs.size,
             "base_source": str(b_ckpt.source),
-            "tuned_source": str(t_ckpt.source),
+            "tuned_source": str(tuned.source),
         }
+        if verify is not None:
+            verify(manifest)
         with atomic_path(out) as tmp_out:
             write_patch(tmp_out, manifest, tmp)
     patched = [e for e in entries if e["kind"] == "patch"]
