@@ -13,6 +13,14 @@
       patch's fingerprints travel in the metadata
   rlsparse patch import BASE FILE -o PATCH
       such a file (from TRL, vLLM tooling or an export) over BASE -> an rlsparse patch
+  rlsparse patch chain SERIES... -o CHAIN --every N [--steps S...]
+      a checkpoint series (a run folder of step_N / checkpoint-N folders, or checkpoints in
+      order) as a full anchor every N checkpoints plus a patch from each to the next
+  rlsparse patch rebuild CHAIN STEP -o OUT
+      checkpoint STEP bit for bit (nearest anchor, then the patches after it); a broken link
+      exits 2 naming its step and file
+  rlsparse patch verify CHAIN
+      check every link (file SHA-256, patch checksums, base = previous link) without rebuilding
 
 examples:
   rlsparse patch create base/ rl-step100/ -o step100.rlpatch
@@ -65,12 +73,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("-o", "--out", metavar="PATCH", required=True, help="patch file to write")
     i.add_argument("--xform", choices=("sub", "xor"), default=None)
     i.add_argument("--level", type=int, default=3, help="zstandard level (default 3)")
+    ch = sub.add_parser("chain", help="a checkpoint series as anchors plus patches")
+    ch.add_argument("series", nargs="+", metavar="SERIES", help="a run folder, or checkpoints")
+    ch.add_argument("-o", "--out", dest="out_root", metavar="CHAIN", required=True)
+    ch.add_argument("--every", type=int, default=10, help="a full anchor every N (default 10)")
+    ch.add_argument("--steps", nargs="+", type=int, metavar="STEP", help="step per checkpoint")
+    ch.add_argument("--xform", choices=("sub", "xor"), default="sub")
+    ch.add_argument("--level", type=int, default=3, help="zstandard level (default 3)")
+    ch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    rb = sub.add_parser("rebuild", help="rebuild one step of a chain")
+    rb.add_argument("chain", metavar="CHAIN")
+    rb.add_argument("step", type=int, metavar="STEP")
+    rb.add_argument("-o", "--out", dest="out_root", metavar="OUT", required=True)
+    rb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    vf = sub.add_parser("verify", help="check every link of a chain")
+    vf.add_argument("chain", metavar="CHAIN")
 
 
 def run(args: argparse.Namespace) -> int:
     from rlsparse_lib.patches import apply_patch, create_patch
     from rlsparse_lib.patches.interop import export_patch, import_patch
 
+    if args.action in ("chain", "rebuild", "verify"):
+        return _chain(args)
     if args.action == "export":
         summary = export_patch(
             args.base, args.patch, args.out, args.form, args.encoding, args.model_version
@@ -93,4 +118,33 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "apply":
         summary = apply_patch(args.base, args.patch, args.out_root)
         print(json.dumps(summary))
+    return 0
+
+
+def _chain(args: argparse.Namespace) -> int:
+    from rlsparse_lib.patches.chain import build_chain, rebuild, verify_chain
+
+    if args.action == "verify":
+        print(json.dumps(verify_chain(args.chain)))
+    elif args.action == "rebuild":
+        print(json.dumps(rebuild(args.chain, args.step, args.out_root, progress=not args.quiet)))
+    else:
+        m = build_chain(
+            args.series,
+            args.out_root,
+            every=args.every,
+            steps=args.steps,
+            xform=args.xform,
+            level=args.level,
+            progress=not args.quiet,
+        )
+        for link in m["links"]:
+            print(
+                f"step {link['step']:>8}  {link['kind']:<6}  {link['bytes']:>14,} B  "
+                f"{link['elements_changed']:>12,} changed  {link['file']}"
+            )
+        print(
+            f"chain {args.out_root}: {m['bytes']:,} bytes for {len(m['links'])} checkpoints "
+            f"({m['checkpoint_bytes']:,} bytes as full copies)"
+        )
     return 0

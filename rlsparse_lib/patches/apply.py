@@ -65,7 +65,7 @@ def _write(ckpt: Checkpoint, patch: Patch, folder: Path) -> None:
                 if hashlib.sha256(raw).hexdigest() != f["raw_sha256"]:
                     raise PatchError(f"{patch.path}: file {f['name']}: corrupt patch data")
                 (folder / Path(f["name"]).name).write_bytes(raw)
-    if not m["files"] and ckpt.path.is_dir():
+    if not m["files"] and ckpt.files and ckpt.path.is_dir():
         for src in sorted(ckpt.path.glob("*.json")):
             if not src.name.endswith(".index.json"):
                 shutil.copyfile(src, folder / src.name)
