@@ -108,6 +108,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "default: in this process",
     )
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for hub ids")
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="download hub ids into the HF cache first (default: stream them with HTTP Range "
+        "requests, no local copy)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -133,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
     )
-    base = open_checkpoint(args.base, args.cache_dir)
-    tuned = open_checkpoint(args.tuned, args.cache_dir)
+    base = open_checkpoint(args.base, args.cache_dir, download=args.download)
+    tuned = open_checkpoint(args.tuned, args.cache_dir, download=args.download)
     report = diff_checkpoints(
         base,
         tuned,

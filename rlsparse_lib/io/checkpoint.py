@@ -3,7 +3,9 @@
 Supported: a single ``model.safetensors``, sharded ``*.safetensors`` with
 ``model.safetensors.index.json``, ``pytorch_model*.bin`` (with or without an index, read with
 ``torch.load(weights_only=True)``), a single weight file given directly, and ``org/name[@rev]``
-hub ids (safetensors and JSON only). Inventories come from headers; no tensor data is read.
+hub ids (safetensors and JSON only): streamed with HTTP Range requests by default
+(:mod:`rlsparse_lib.io.hub_stream`, no local copy), or downloaded into the HF cache with
+``download=True``. Inventories come from headers; no tensor data is read.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from rlsparse_lib.errors import CheckpointError
 from rlsparse_lib.io.hub import download_snapshot, looks_like_hub_id
+from rlsparse_lib.io.hub_stream import HubRepo, RangeFiles, StreamSettings, open_repo
 from rlsparse_lib.io.pickle_io import PickleFiles
 from rlsparse_lib.io.pickle_io import inventory as pickle_inventory
 from rlsparse_lib.io.safetensors_io import MappedFiles, SafetensorsWriter, read_header
@@ -47,6 +50,8 @@ class Checkpoint:
         config: ``config.json`` next to the weights, if any.
         revision: hub commit hash when resolved from the hub.
         warnings: non-fatal findings (ignored entries, unreadable config).
+        remote: the streamed hub repository (files are ``org/name@commit/file`` keys), or None
+            for local files.
     """
 
     source: str
@@ -58,6 +63,7 @@ class Checkpoint:
     config: dict = field(default_factory=dict)
     revision: str | None = None
     warnings: list[str] = field(default_factory=list)
+    remote: HubRepo | None = None
 
     @property
     def n_params(self) -> int:
@@ -74,7 +80,8 @@ class Checkpoint:
             t = self.tensors[name]
             h.update(f"{name}|{t.dtype}|{t.shape}|{t.file.name}|{t.offset}\n".encode())
         for f in self.files:
-            h.update(f"{f.name}:{f.stat().st_size}\n".encode())
+            size = self.remote.remote[f].size if self.remote else f.stat().st_size
+            h.update(f"{f.name}:{size}\n".encode())
         return h.hexdigest()
 
     def tied_embeddings(self) -> bool:
@@ -86,7 +93,8 @@ class Checkpoint:
         return bool(isinstance(text, dict) and text.get("tie_word_embeddings"))
 
     def describe(self) -> dict:
-        """JSON-able provenance record."""
+        """JSON-able provenance record (with ``transport``: how a hub checkpoint was streamed, its
+        pinned commit and the bytes fetched so far; None for local files)."""
         dtypes: dict[str, int] = {}
         for t in self.tensors.values():
             dtypes[t.dtype] = dtypes.get(t.dtype, 0) + 1
@@ -101,6 +109,7 @@ class Checkpoint:
             "revision": self.revision,
             "fingerprint": self.fingerprint(),
             "tied_embeddings": self.tied_embeddings(),
+            "transport": None if self.remote is None else self.remote.describe(),
         }
 
     def reader(self) -> TensorReader:
@@ -112,7 +121,13 @@ class TensorReader:
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
-        self._files = MappedFiles() if ckpt.format == "safetensors" else PickleFiles()
+        self._files: MappedFiles | PickleFiles | RangeFiles
+        if ckpt.remote is not None:
+            self._files = ckpt.remote.reader()
+        elif ckpt.format == "safetensors":
+            self._files = MappedFiles()
+        else:
+            self._files = PickleFiles()
 
     def words(self, name: str, start: int, stop: int) -> np.ndarray:
         """Flat elements ``[start, stop)`` of tensor ``name`` as unsigned words (zero-copy when possible)."""
@@ -135,14 +150,20 @@ class TensorReader:
 
 
 def open_checkpoint(
-    spec: str | Path | Checkpoint, cache_dir: str | Path | None = None
+    spec: str | Path | Checkpoint,
+    cache_dir: str | Path | None = None,
+    download: bool = False,
+    stream: StreamSettings | None = None,
 ) -> Checkpoint:
     """Resolve a local path or hub id and read its tensor inventory.
 
     Args:
         spec: folder, weight file, ``*.index.json`` file, ``org/name[@revision]``, or an
             already-open :class:`Checkpoint` (returned as is).
-        cache_dir: Hugging Face cache folder for hub ids.
+        cache_dir: Hugging Face cache folder for hub ids with ``download``.
+        download: download a hub id's safetensors into the HF cache (as before streaming)
+            instead of streaming it with Range requests.
+        stream: streaming settings (default: :meth:`StreamSettings.from_env`).
 
     Raises:
         CheckpointError: with the file (and tensor) named, for anything missing or corrupt.
@@ -153,6 +174,8 @@ def open_checkpoint(
     path = Path(text).expanduser()
     revision = None
     if not path.exists():
+        if looks_like_hub_id(text) and not download:
+            return _open_remote(text, open_repo(text, stream))
         if looks_like_hub_id(text):
             path, revision = download_snapshot(text, cache_dir)
         else:
@@ -160,6 +183,33 @@ def open_checkpoint(
     ckpt = _open_local(text, path)
     ckpt.revision = revision
     return ckpt
+
+
+def _open_remote(source: str, repo: HubRepo) -> Checkpoint:
+    """A streamed hub checkpoint: the inventory from the files' headers read by Range requests."""
+    ckpt = Checkpoint(
+        source=source,
+        path=Path(repo.key),
+        format="safetensors",
+        files=repo.files,
+        tensors={},
+        config=repo.config,
+        revision=repo.commit,
+        warnings=list(repo.warnings),
+        remote=repo,
+    )
+    for f in repo.files:
+        _add_tensors(ckpt, f, repo.headers[f])
+    if repo.weight_map is not None:
+        _check_weight_map(f"{repo.key}/{repo.index_name}", repo.weight_map, ckpt)
+    return ckpt
+
+
+def _add_tensors(ckpt: Checkpoint, f: Path, tensors: dict[str, TensorInfo]) -> None:
+    for name, info in tensors.items():
+        if name in ckpt.tensors:
+            raise CheckpointError(f"{f}: tensor '{name}' also stored in {ckpt.tensors[name].file}")
+        ckpt.tensors[name] = info
 
 
 def _open_local(source: str, path: Path) -> Checkpoint:
@@ -188,12 +238,7 @@ def _open_local(source: str, path: Path) -> Checkpoint:
         else:
             tensors, aliases, warns = pickle_inventory(f)
             ckpt.warnings.extend(warns)
-        for name, info in tensors.items():
-            if name in ckpt.tensors:
-                raise CheckpointError(
-                    f"{f}: tensor '{name}' also stored in {ckpt.tensors[name].file}"
-                )
-            ckpt.tensors[name] = info
+        _add_tensors(ckpt, f, tensors)
         ckpt.aliases.update(aliases)
     if index is not None:
         _check_index(index, ckpt)
@@ -251,7 +296,11 @@ def _files_from_index(index: Path) -> list[Path]:
 
 
 def _check_index(index: Path, ckpt: Checkpoint) -> None:
-    for name, fname in _load_index(index).items():
+    _check_weight_map(str(index), _load_index(index), ckpt)
+
+
+def _check_weight_map(index: str, weight_map: dict[str, str], ckpt: Checkpoint) -> None:
+    for name, fname in weight_map.items():
         info = ckpt.tensors.get(name)
         if info is None or info.file.name != Path(fname).name:
             raise CheckpointError(f"{index}: tensor '{name}' is not in shard '{fname}'")

@@ -41,17 +41,39 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:
-            raw_len = fh.read(8)
-            if len(raw_len) < 8:
-                raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes)")
-            (hlen,) = struct.unpack("<Q", raw_len)
-            if hlen == 0 or hlen > _MAX_HEADER or hlen > size - 8:
-                raise CheckpointError(
-                    f"{path}: corrupt safetensors header (header length {hlen}, file size {size})"
-                )
+            hlen = header_length(path, fh.read(8), size)
             header_bytes = fh.read(hlen)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    return parse_header(path, header_bytes, size)
+
+
+def header_length(path: Path, raw_len: bytes, size: int) -> int:
+    """The header length N from a safetensors file's first 8 bytes (``size``: the file's bytes).
+
+    Raises:
+        CheckpointError: naming ``path`` for a too-short file or an impossible length.
+    """
+    if len(raw_len) < 8:
+        raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes)")
+    (hlen,) = struct.unpack("<Q", raw_len[:8])
+    if hlen == 0 or hlen > _MAX_HEADER or hlen > size - 8:
+        raise CheckpointError(
+            f"{path}: corrupt safetensors header (header length {hlen}, file size {size})"
+        )
+    return int(hlen)
+
+
+def parse_header(
+    path: Path, header_bytes: bytes, size: int
+) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Validate the JSON header (``header_bytes``, the N bytes after the 8-byte length) of a
+    safetensors file of ``size`` bytes named ``path`` (a local file or a remote one's key).
+
+    Raises:
+        CheckpointError: as for :func:`read_header`.
+    """
+    hlen = len(header_bytes)
     try:
         header = json.loads(header_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

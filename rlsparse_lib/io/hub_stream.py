@@ -1,0 +1,683 @@
+"""Stream hub checkpoints with HTTP Range requests: no local copy, bounded memory.
+
+Only the hub's documented routes are used, so the same code runs against huggingface.co, a mirror
+named by ``HF_ENDPOINT`` and the loopback stand-in of the tests:
+
+* ``GET /api/models/{id}[/revision/{rev}]``: the commit (``sha``) and the file list. The commit of
+  this first answer is pinned for the whole run: every file is resolved at that commit.
+* ``HEAD /{id}/resolve/{commit}/{file}``: a ``302`` to a signed location (the CDN) with the file's
+  size (``X-Linked-Size``), etag (``X-Linked-ETag``) and commit (``X-Repo-Commit``); relative
+  redirects (renamed repos) are followed. Small JSON files (config, index) are fetched whole.
+* ``GET <signed location>`` with ``Range: bytes=a-b``: the answer must be ``206`` with
+  ``Content-Range: bytes a-b/size``. A server that ignores Range (``200``) is refused with a
+  message naming the file: never a silent full download, never a wrong answer.
+
+Failures: ``5xx``, connection resets, timeouts and short bodies are retried with exponential
+backoff (a short body resumes where it stopped); ``403`` on a signed location re-resolves the file
+(expired signature) and checks that its size and etag did not change; ``429`` waits for
+``Retry-After``; an etag that changes between answers (the file was replaced on the server) stops
+the run with a message. The token is ``huggingface_hub.get_token()`` (``HF_TOKEN``), sent to the
+hub's own host only, never to the CDN.
+
+Memory: a reader holds at most the chunk in use and one prefetched chunk per checkpoint side (the
+engine's ``chunk_elems`` words), plus one read-ahead block per file for small tensors
+(``block_bytes``); a chunk is fetched as ``part_bytes`` Range requests on up to ``connections``
+threads that write straight into the chunk's buffer. Nothing is written to disk.
+
+Settings come from :class:`StreamSettings` (``RLSPARSE_HUB_CONNECTIONS``,
+``RLSPARSE_HUB_PART_MB``, ``RLSPARSE_HUB_TIMEOUT``, ``RLSPARSE_HUB_RETRIES`` in the environment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpx
+import numpy as np
+
+from rlsparse_lib.errors import CheckpointError, ConfigError
+from rlsparse_lib.io.dtypes import word_dtype
+from rlsparse_lib.io.hub import split_revision
+from rlsparse_lib.io.safetensors_io import header_length, parse_header
+from rlsparse_lib.io.tensor_info import TensorInfo
+
+__all__ = ["HubRepo", "RangeFiles", "StreamSettings", "StreamStats", "open_repo"]
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+#: bytes read first from each file: the 8-byte length and, usually, the whole header
+_HEAD_BYTES = 1 << 16
+#: small JSON files (config, index) are fetched whole up to this size
+_MAX_JSON = 64 << 20
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How hub files are streamed.
+
+    Attributes:
+        connections: parallel Range requests (threads and pooled connections) per process.
+        part_bytes: bytes per Range request (a chunk is split into parts of this size).
+        block_bytes: reads smaller than this are served from one read-ahead block per file.
+        timeout: seconds for connecting and for each read on a connection.
+        retries: attempts per request beyond the first (5xx, resets, short reads, 403, 429).
+        backoff: first retry delay in seconds, doubled at each attempt up to ``max_backoff``.
+        max_wait: longest ``Retry-After`` honoured (longer hints fail the run with a message).
+    """
+
+    connections: int = 8
+    part_bytes: int = 16 << 20
+    block_bytes: int = 4 << 20
+    timeout: float = 30.0
+    retries: int = 6
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    max_wait: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.connections < 1 or self.part_bytes < 1 or self.block_bytes < 1:
+            raise ConfigError("hub streaming: connections, part and block sizes must be > 0")
+        if self.retries < 0 or self.timeout <= 0:
+            raise ConfigError("hub streaming: retries must be >= 0 and timeout > 0")
+
+    @classmethod
+    def from_env(cls) -> StreamSettings:
+        """Defaults, overridden by ``RLSPARSE_HUB_CONNECTIONS``, ``RLSPARSE_HUB_PART_MB``,
+        ``RLSPARSE_HUB_TIMEOUT`` and ``RLSPARSE_HUB_RETRIES``."""
+        kw: dict[str, Any] = {}
+        for var, key, conv in (
+            ("RLSPARSE_HUB_CONNECTIONS", "connections", int),
+            ("RLSPARSE_HUB_PART_MB", "part_bytes", lambda v: int(float(v) * (1 << 20))),
+            ("RLSPARSE_HUB_TIMEOUT", "timeout", float),
+            ("RLSPARSE_HUB_RETRIES", "retries", int),
+        ):
+            value = os.environ.get(var)
+            if value:
+                try:
+                    kw[key] = conv(value)
+                except ValueError:
+                    raise ConfigError(f"{var}={value!r}: not a number") from None
+        return cls(**kw)
+
+
+@dataclass
+class StreamStats:
+    """What one checkpoint's streaming cost (thread-safe counters, recorded in provenance)."""
+
+    bytes_fetched: int = 0
+    requests: int = 0
+    retries: int = 0
+    reresolves: int = 0
+    rate_limited: int = 0
+    waited_s: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: float) -> None:
+        with self._lock:
+            for key, value in counts.items():
+                setattr(self, key, getattr(self, key) + value)
+
+    def as_dict(self) -> dict[str, float]:
+        with self._lock:
+            return {
+                "bytes_fetched": self.bytes_fetched,
+                "requests": self.requests,
+                "retries": self.retries,
+                "reresolves": self.reresolves,
+                "rate_limited": self.rate_limited,
+                "waited_s": round(self.waited_s, 3),
+            }
+
+
+@dataclass
+class RemoteFile:
+    """One file of a pinned commit: its resolve URL and current signed location.
+
+    ``key`` is the path-like name used for it in :class:`TensorInfo` (``org/name@commit/file``).
+    """
+
+    key: Path
+    url: str
+    location: str
+    size: int
+    etag: str | None
+    range_etag: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+def endpoint() -> str:
+    """``HF_ENDPOINT`` when set (read at call time), else huggingface_hub's default endpoint."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+class HubSession:
+    """HTTP client of one endpoint: pooled connections, the token, retries and the thread pool."""
+
+    def __init__(self, settings: StreamSettings, base_url: str, token: str | None) -> None:
+        self.settings = settings
+        self.base_url = base_url
+        self._host = urlsplit(base_url).netloc
+        self._auth = {"authorization": f"Bearer {token}"} if token else {}
+        limits = httpx.Limits(
+            max_connections=settings.connections + 4,
+            max_keepalive_connections=settings.connections + 4,
+        )
+        self.client = httpx.Client(
+            timeout=httpx.Timeout(settings.timeout),
+            limits=limits,
+            headers={"accept-encoding": "identity", "user-agent": "rlsparse"},
+        )
+        self.pool = ThreadPoolExecutor(settings.connections, thread_name_prefix="rlsparse-hub")
+
+    def _headers(self, url: str) -> dict[str, str]:
+        """The token only for the hub's own host (never for a CDN's signed location)."""
+        return dict(self._auth) if urlsplit(url).netloc == self._host else {}
+
+    # ---- retry policy ---------------------------------------------------------------------
+    def wait_before_retry(
+        self, what: str, attempt: int, reason: str, stats: StreamStats, retry_after: float = 0.0
+    ) -> None:
+        """Sleep before retry ``attempt`` (1-based): ``Retry-After`` when given, else backoff.
+
+        Raises:
+            CheckpointError: when the retries are used up or the server asks to wait too long.
+        """
+        s = self.settings
+        if attempt > s.retries:
+            raise CheckpointError(f"{what}: gave up after {s.retries} retries ({reason})")
+        if retry_after > s.max_wait:
+            raise CheckpointError(
+                f"{what}: rate limited, the server asks to wait {retry_after:.0f} s "
+                f"(more than {s.max_wait:.0f} s); try later"
+            )
+        delay = retry_after or min(s.max_backoff, s.backoff * 2 ** (attempt - 1))
+        stats.add(retries=1, waited_s=delay)
+        time.sleep(delay)
+
+    def request(
+        self, method: str, url: str, what: str, stats: StreamStats, **kw: Any
+    ) -> httpx.Response:
+        """A small request (metadata, JSON) with the retry policy; the body is read."""
+        attempt = 0
+        while True:
+            try:
+                r = self.client.request(method, url, headers=self._headers(url), **kw)
+                stats.add(requests=1)
+            except httpx.TransportError as exc:
+                attempt += 1
+                self.wait_before_retry(what, attempt, f"{type(exc).__name__}: {exc}", stats)
+                continue
+            if r.status_code == 429:
+                attempt += 1
+                stats.add(rate_limited=1)
+                self.wait_before_retry(what, attempt, "HTTP 429", stats, retry_after_s(r))
+                continue
+            if r.status_code >= 500:
+                attempt += 1
+                self.wait_before_retry(what, attempt, f"HTTP {r.status_code}", stats)
+                continue
+            return r
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.client.close()
+
+
+def retry_after_s(r: httpx.Response) -> float:
+    """Seconds from a ``Retry-After`` header (seconds or an HTTP date); 1 s when absent."""
+    value = r.headers.get("retry-after", "").strip()
+    if not value:
+        return 1.0
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return 1.0
+
+
+_sessions: dict[tuple, HubSession] = {}
+_sessions_lock = threading.Lock()
+
+
+def session(settings: StreamSettings) -> HubSession:
+    """The process's session for the current endpoint, token and settings (shared by both sides
+    of a pair, so ``connections`` bounds the whole process)."""
+    from huggingface_hub import get_token
+
+    base, token = endpoint(), get_token()
+    key = (base, token, settings)
+    with _sessions_lock:
+        if key not in _sessions:
+            _sessions[key] = HubSession(settings, base, token)
+        return _sessions[key]
+
+
+# ---- one repository at a pinned commit ------------------------------------------------------------
+class HubRepo:
+    """A hub checkpoint at a pinned commit: its weight files' headers, config and index.
+
+    Made by :func:`open_repo`. Attributes: ``spec`` (as given), ``repo_id``, ``commit`` (pinned),
+    ``files`` (weight files in shard order, as ``org/name@commit/file`` keys), ``remote`` (by key),
+    ``headers`` (tensors by file key), ``weight_map`` (the index's, or None), ``config``,
+    ``warnings`` and ``stats``.
+    """
+
+    def __init__(self, spec: str, repo_id: str, commit: str, sess: HubSession) -> None:
+        self.spec = spec
+        self.repo_id = repo_id
+        self.commit = commit
+        self.session = sess
+        self.stats = StreamStats()
+        self.files: tuple[Path, ...] = ()
+        self.remote: dict[Path, RemoteFile] = {}
+        self.headers: dict[Path, dict[str, TensorInfo]] = {}
+        self.weight_map: dict[str, str] | None = None
+        self.index_name: str | None = None
+        self.config: dict = {}
+        self.warnings: list[str] = []
+
+    @property
+    def key(self) -> str:
+        """``org/name@commit``: reopens the same files (e.g. in a ``--cluster`` worker)."""
+        return f"{self.repo_id}@{self.commit}"
+
+    def url(self, filename: str) -> str:
+        """The resolve URL of ``filename`` at the pinned commit."""
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(
+            self.repo_id, filename, revision=self.commit, endpoint=self.session.base_url
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: endpoint, pinned commit, files with size and etag, and the bytes fetched."""
+        return {
+            "kind": "http-range",
+            "endpoint": self.session.base_url,
+            "repo_id": self.repo_id,
+            "commit": self.commit,
+            "files": {k.name: {"size": rf.size, "etag": rf.etag} for k, rf in self.remote.items()},
+            **self.stats.as_dict(),
+        }
+
+    def reader(self) -> RangeFiles:
+        return RangeFiles(self)
+
+    # ---- resolve ---------------------------------------------------------------------------
+    def resolve(self, filename: str) -> RemoteFile:
+        """``HEAD`` the resolve URL (relative redirects followed) -> signed location, size, etag.
+
+        Raises:
+            CheckpointError: missing/gated file, no size, or a commit other than the pinned one.
+        """
+        url = self.url(filename)
+        key = Path(self.key) / filename
+        where = f"{self.repo_id}@{self.commit[:12]}/{filename}"
+        target = url
+        for _ in range(10):
+            r = self.session.request("HEAD", target, where, self.stats, follow_redirects=False)
+            _check_status(r, where)
+            commit = r.headers.get("x-repo-commit")
+            if commit and commit != self.commit:
+                raise CheckpointError(
+                    f"{where}: the hub answered for commit {commit}, not the pinned {self.commit}"
+                )
+            linked = r.headers.get("x-linked-size")
+            if r.status_code in _REDIRECTS:
+                location = urljoin(target, r.headers.get("location", ""))
+                if linked is None and urlsplit(location).netloc == urlsplit(target).netloc:
+                    target = location  # a renamed repo or a relative redirect: follow it
+                    continue
+                size = linked
+                etag = r.headers.get("x-linked-etag") or r.headers.get("etag")
+            elif r.status_code == 200:
+                location = target
+                size = linked or r.headers.get("content-length")
+                etag = r.headers.get("x-linked-etag") or r.headers.get("etag")
+            else:
+                raise CheckpointError(f"{where}: unexpected HTTP {r.status_code} on resolve")
+            if size is None or not size.isdigit():
+                raise CheckpointError(f"{where}: the hub did not say the file's size")
+            return RemoteFile(key, url, location, int(size), etag)
+        raise CheckpointError(f"{where}: too many redirects on resolve")
+
+    def reresolve(self, rf: RemoteFile, failed: str) -> None:
+        """Refresh an expired signed location (after a 403); the file must be unchanged."""
+        with rf.lock:
+            if rf.location != failed:  # another thread refreshed it already
+                return
+            fresh = self.resolve(rf.key.name)
+            if (fresh.size, fresh.etag) != (rf.size, rf.etag):
+                raise CheckpointError(
+                    f"{rf.key}: changed on the server during the run (size/etag "
+                    f"{rf.size}/{rf.etag} -> {fresh.size}/{fresh.etag}); rerun"
+                )
+            rf.location = fresh.location
+            self.stats.add(reresolves=1)
+
+    def get_json(self, filename: str) -> Any:
+        """A small JSON file of the pinned commit, fetched whole (redirects followed)."""
+        where = f"{self.repo_id}@{self.commit[:12]}/{filename}"
+        r = self.session.request(
+            "GET", self.url(filename), where, self.stats, follow_redirects=True
+        )
+        _check_status(r, where)
+        if len(r.content) > _MAX_JSON:
+            raise CheckpointError(f"{where}: JSON file larger than {_MAX_JSON} bytes")
+        self.stats.add(bytes_fetched=len(r.content))
+        try:
+            return json.loads(r.content)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{where}: invalid JSON ({exc})") from exc
+
+    # ---- Range reads -----------------------------------------------------------------------
+    def read_into(self, rf: RemoteFile, start: int, out: memoryview) -> None:
+        """Fill ``out`` with bytes ``[start, start + len(out))`` of ``rf`` (one Range request,
+        retried; a short body resumes where it stopped)."""
+        sess, attempt = self.session, 0
+        while len(out):
+            end = start + len(out) - 1
+            location = rf.location
+            headers = {"range": f"bytes={start}-{end}", **sess._headers(location)}
+            try:
+                with sess.client.stream("GET", location, headers=headers) as r:
+                    self.stats.add(requests=1)
+                    status = r.status_code
+                    if status == 206:
+                        self._check_range(rf, r, start, end)
+                        got = 0
+                        for piece in r.iter_raw():
+                            n = len(piece)
+                            if got + n > len(out):
+                                raise CheckpointError(
+                                    f"{rf.key}: the server sent more bytes than the range asked"
+                                )
+                            out[got : got + n] = piece
+                            got += n
+                        self.stats.add(bytes_fetched=got)
+                        if got == len(out):
+                            return
+                        start, out = start + got, out[got:]
+                        raise httpx.RemoteProtocolError(f"short body ({got} bytes)")
+                    if status == 200:
+                        raise CheckpointError(
+                            f"{rf.key}: the server ignored the Range request (HTTP 200, not 206); "
+                            "refusing to download the whole file silently: use --download"
+                        )
+                    if status == 403:
+                        attempt += 1
+                        sess.wait_before_retry(str(rf.key), attempt, "HTTP 403", self.stats, 1e-3)
+                        self.reresolve(rf, location)
+                        continue
+                    if status == 429:
+                        attempt += 1
+                        self.stats.add(rate_limited=1)
+                        sess.wait_before_retry(
+                            str(rf.key), attempt, "HTTP 429", self.stats, retry_after_s(r)
+                        )
+                        continue
+                    if status >= 500:
+                        attempt += 1
+                        sess.wait_before_retry(str(rf.key), attempt, f"HTTP {status}", self.stats)
+                        continue
+                    raise CheckpointError(
+                        f"{rf.key}: HTTP {status} for bytes {start}-{end} of {rf.size}"
+                    )
+            except httpx.TransportError as exc:
+                attempt += 1
+                sess.wait_before_retry(
+                    str(rf.key), attempt, f"{type(exc).__name__}: {exc}", self.stats
+                )
+
+    def _check_range(self, rf: RemoteFile, r: httpx.Response, start: int, end: int) -> None:
+        found = r.headers.get("content-range", "")
+        m = _CONTENT_RANGE.fullmatch(found.strip())
+        if m is None or (int(m[1]), int(m[2]), int(m[3])) != (start, end, rf.size):
+            raise CheckpointError(
+                f"{rf.key}: wrong Content-Range {found!r} for bytes {start}-{end}/{rf.size}"
+            )
+        etag = r.headers.get("etag")
+        if etag is None:
+            return
+        with rf.lock:
+            if rf.range_etag is None:
+                rf.range_etag = etag
+            elif rf.range_etag != etag:
+                raise CheckpointError(
+                    f"{rf.key}: changed on the server during the run (ETag {rf.range_etag} -> "
+                    f"{etag}); rerun"
+                )
+
+    def fetch(self, key: Path, start: int, stop: int) -> Fetch:
+        """Start fetching bytes ``[start, stop)`` of file ``key`` in ``part_bytes`` parts on the
+        session's threads; :meth:`Fetch.result` waits for them."""
+        rf = self.remote[key]
+        buf = np.empty(stop - start, np.uint8)
+        view = buf.data
+        part = self.session.settings.part_bytes
+        futures = [
+            self.session.pool.submit(
+                self.read_into, rf, start + lo, view[lo : min(stop - start, lo + part)]
+            )
+            for lo in range(0, stop - start, part)
+        ]
+        return Fetch(buf, futures)
+
+    def read(self, key: Path, start: int, stop: int) -> np.ndarray:
+        """Bytes ``[start, stop)`` of file ``key`` (``uint8``), fetched in parallel parts."""
+        return self.fetch(key, start, stop).result()
+
+    # ---- open ------------------------------------------------------------------------------
+    def _load(self, siblings: list[str]) -> None:
+        top = [s for s in siblings if "/" not in s]
+        names = set(top)
+        index: str | None = None
+        weights: list[str] = []
+        if "model.safetensors.index.json" in names:
+            index = "model.safetensors.index.json"
+        elif "model.safetensors" in names:
+            weights = ["model.safetensors"]
+        else:
+            indexes = sorted(s for s in top if s.endswith(".safetensors.index.json"))
+            if len(indexes) == 1:
+                index = indexes[0]
+            else:
+                weights = sorted(s for s in top if s.endswith(".safetensors"))
+        if index is not None:
+            self.index_name = index
+            self.weight_map = _weight_map(self.get_json(index), f"{self.key}/{index}")
+            weights = list(dict.fromkeys(self.weight_map.values()))
+            missing = [w for w in weights if w not in names]
+            if missing:
+                raise CheckpointError(f"{self.key}/{index}: names missing shard '{missing[0]}'")
+        if not weights:
+            raise CheckpointError(
+                f"hub checkpoint '{self.spec}' has no .safetensors weights; rlsparse never "
+                "downloads pickled .bin files from the hub. Convert it locally and pass the folder."
+            )
+        remote = list(self.session.pool.map(self.resolve, weights))
+        self.remote = {rf.key: rf for rf in remote}
+        self.files = tuple(rf.key for rf in remote)
+        for rf, header in zip(remote, self.session.pool.map(self._header, remote), strict=True):
+            self.headers[rf.key] = header
+        if "config.json" in names:
+            try:
+                cfg = self.get_json("config.json")
+                self.config = cfg if isinstance(cfg, dict) else {}
+            except CheckpointError as exc:
+                self.warnings.append(f"{exc}; tied weights detected from data only")
+
+    def _header(self, rf: RemoteFile) -> dict[str, TensorInfo]:
+        """Parse a file's header (read on the calling thread: this runs on the pool)."""
+        first = bytearray(min(rf.size, _HEAD_BYTES))
+        self.read_into(rf, 0, memoryview(first))
+        hlen = header_length(rf.key, bytes(first[:8]), rf.size)
+        raw = bytes(first[8 : 8 + hlen])
+        if len(raw) < hlen:
+            rest = bytearray(hlen - len(raw))
+            self.read_into(rf, len(first), memoryview(rest))
+            raw += bytes(rest)
+        tensors, _ = parse_header(rf.key, raw, rf.size)
+        return tensors
+
+
+@dataclass
+class Fetch:
+    """A byte range being fetched: its buffer and the part requests filling it."""
+
+    buf: np.ndarray
+    futures: list[Future]
+
+    def result(self) -> np.ndarray:
+        """The filled buffer; raises the first part's error (the other parts are cancelled)."""
+        try:
+            for f in self.futures:
+                f.result()
+        except BaseException:
+            self.cancel()
+            raise
+        return self.buf
+
+    def cancel(self) -> None:
+        for f in self.futures:
+            f.cancel()
+        for f in self.futures:  # parts already running write into buf: let them end first
+            if not f.cancelled():
+                f.exception()
+
+
+def _check_status(r: httpx.Response, where: str) -> None:
+    if r.status_code in (401, 403):
+        raise CheckpointError(
+            f"{where}: HTTP {r.status_code}: gated or private; set HF_TOKEN to a token with access"
+        )
+    if r.status_code == 404:
+        raise CheckpointError(f"{where}: not found on {endpoint()} (HTTP 404)")
+
+
+def _weight_map(data: object, where: str) -> dict[str, str]:
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{where}: corrupt index file (no 'weight_map')")
+    return {str(k): str(v) for k, v in weight_map.items()}
+
+
+def open_repo(spec: str, settings: StreamSettings | None = None) -> HubRepo:
+    """Pin ``org/name[@rev]``'s commit (model info), resolve its safetensors files and read their
+    headers with Range requests.
+
+    Raises:
+        CheckpointError: offline (``HF_HUB_OFFLINE``), unreachable endpoint, unknown or gated
+            repo, no safetensors weights, corrupt headers, a server that ignores Range.
+    """
+    if _offline():
+        raise CheckpointError(
+            f"'{spec}' is not a local path and HF_HUB_OFFLINE is set; pass a local folder"
+        )
+    sess = session(settings or StreamSettings.from_env())
+    repo_id, revision = split_revision(spec)
+    stats = StreamStats()
+    url = f"{sess.base_url}/api/models/{repo_id}"
+    if revision:
+        url += f"/revision/{quote(revision, safe='')}"
+    try:
+        r = sess.request("GET", url, spec, stats, follow_redirects=True)
+    except CheckpointError as exc:
+        raise CheckpointError(f"'{spec}': cannot reach {sess.base_url} ({exc})") from None
+    if r.status_code in (401, 403, 404):
+        raise CheckpointError(
+            f"'{spec}': no such model on {sess.base_url}, or it is gated/private "
+            f"(HTTP {r.status_code}); check the id and revision, or set HF_TOKEN"
+        )
+    if r.status_code != 200:
+        raise CheckpointError(f"'{spec}': model info answered HTTP {r.status_code}")
+    try:
+        info = r.json()
+        commit = str(info["sha"])
+        siblings = [str(s["rfilename"]) for s in info.get("siblings") or []]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"'{spec}': unexpected model info from {url} ({exc})") from None
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise CheckpointError(f"'{spec}': model info has no commit hash (sha={commit!r})")
+    repo = HubRepo(spec, repo_id, commit, sess)
+    repo.stats.add(**{k: v for k, v in stats.as_dict().items()})
+    repo._load(siblings)
+    return repo
+
+
+class RangeFiles:
+    """The reader of a :class:`HubRepo`, with the interface of
+    :class:`~rlsparse_lib.io.safetensors_io.MappedFiles`: ``words``/``prefetch``/``release``.
+
+    ``prefetch`` starts fetching the next chunk in the background (at most ``_DEPTH`` ranges
+    pending); ``words`` takes it (or fetches now); small reads come from a read-ahead block.
+    """
+
+    _DEPTH = 2
+
+    def __init__(self, repo: HubRepo) -> None:
+        self.repo = repo
+        self._pending: dict[tuple[Path, int, int], Fetch] = {}
+        self._blocks: dict[Path, tuple[int, np.ndarray]] = {}
+
+    def _span(self, info: TensorInfo, start: int, stop: int) -> tuple[Path, int, int]:
+        return info.file, info.offset + start * info.itemsize, info.offset + stop * info.itemsize
+
+    def words(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
+        """Elements ``[start, stop)`` of ``info`` as raw unsigned words (a fresh, aligned array)."""
+        key, b0, b1 = self._span(info, start, stop)
+        word = word_dtype(info.dtype)
+        pending = self._pending.pop((key, b0, b1), None)
+        if pending is not None:
+            return pending.result().view(word)
+        if b1 - b0 >= self.repo.session.settings.block_bytes:
+            return self.repo.read(key, b0, b1).view(word)
+        block = self._blocks.get(key)
+        if block is None or not (block[0] <= b0 and b1 <= block[0] + len(block[1])):
+            size = self.repo.remote[key].size
+            hi = min(size, max(b1, b0 + self.repo.session.settings.block_bytes))
+            block = (b0, self.repo.read(key, b0, hi))
+            self._blocks[key] = block
+        raw = block[1][b0 - block[0] : b1 - block[0]]
+        if (b0 - block[0]) % word.itemsize:
+            raw = raw.copy()
+        return raw.view(word)
+
+    def prefetch(self, info: TensorInfo, start: int, stop: int) -> None:
+        """Start fetching ``[start, stop)`` in the background (large ranges only)."""
+        span = self._span(info, start, stop)
+        if span[2] - span[1] < self.repo.session.settings.block_bytes:
+            return
+        if span not in self._pending and len(self._pending) < self._DEPTH:
+            self._pending[span] = self.repo.fetch(*span)
+
+    def release(self, info: TensorInfo, start: int, stop: int) -> None:
+        """Drop a prefetched range that was never read (the chunk's own buffer dies with it)."""
+        pending = self._pending.pop(self._span(info, start, stop), None)
+        if pending is not None:
+            pending.cancel()
+
+    def close(self) -> None:
+        for pending in self._pending.values():
+            pending.cancel()
+        self._pending.clear()
+        self._blocks.clear()
