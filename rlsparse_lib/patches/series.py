@@ -42,6 +42,8 @@ def checkpoint_series(
         if len(series) < 2:
             raise ConfigError(f"{run}: fewer than two step_N / checkpoint-N folders with weights")
         return series
+    if len(paths) == 1 and not Path(paths[0]).exists():
+        raise ConfigError(f"{paths[0]}: no such file or folder")
     if len(paths) < 2:
         raise ConfigError("a checkpoint series needs at least two checkpoints (or a run folder)")
     if steps is None:
