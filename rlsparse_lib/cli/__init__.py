@@ -45,6 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rlsparse_lib.cli.patch",
         "lossless sparse patch of a checkpoint pair (create) and its bit-exact rebuild (apply)",
     ),
+    "budget": (
+        "rlsparse_lib.cli.budget",
+        "weight-sync budget of a checkpoint series: payload per codec, cadence, granularity",
+    ),
 }
 
 
