@@ -9,6 +9,8 @@ PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 LOCK   := requirements/lock.txt
 # Triton runs the GPU kernels here through its interpreter (tests only); a CPU install leaves it out.
 LOCK_TRITON := requirements/lock-triton.txt
+# Ray for --cluster ray (the optional extra rlsparse[ray]); the tests install it and run on it.
+LOCK_RAY := requirements/lock-ray.txt
 # torch is installed first and pinned. Without an NVIDIA GPU it is PyTorch's CPU-only build: from a
 # wheel folder or index in pip's own configuration if one has it, else from PyTorch's index
 # (TORCH_INDEX). From PyPI alone torch==2.13.0 is the CUDA build plus several GB of NVIDIA packages.
@@ -42,6 +44,10 @@ $(VENV)/.triton-stamp: $(STAMP) $(LOCK_TRITON)
 	$(PIP) --no-deps -r $(LOCK_TRITON)
 	touch $@
 
+$(VENV)/.ray-stamp: $(STAMP) $(LOCK_RAY)
+	$(PIP) --no-deps -r $(LOCK_RAY)
+	touch $@
+
 # refresh the locks from pyproject.toml's ranges (needs the registries); commit the result. The lock
 # is resolved against the CPU torch build, then written without its build tag.
 lock: setup
@@ -53,14 +59,18 @@ lock: setup
 	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
 	  --constraint $(LOCK) --extra gpu -o $(VENV)/lock-gpu.txt pyproject.toml
 	grep -E '^triton==' $(VENV)/lock-gpu.txt > $(LOCK_TRITON)
+	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --constraint $(LOCK) --extra ray -o $(VENV)/lock-ray-full.txt pyproject.toml
+	{ echo "# ray and those of its dependencies that lock.txt lacks (make lock)"; \
+	  grep -E '^[A-Za-z0-9]' $(VENV)/lock-ray-full.txt | sed 's/ .*//' | grep -vxFf $(LOCK); } > $(LOCK_RAY)
 
 demo: setup
 	$(BIN)/rlsparse demo
 
-test: setup $(VENV)/.triton-stamp
+test: setup $(VENV)/.triton-stamp $(VENV)/.ray-stamp
 	TQDM_DISABLE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q
 
-test-fast: setup $(VENV)/.triton-stamp
+test-fast: setup $(VENV)/.triton-stamp $(VENV)/.ray-stamp
 	TQDM_DISABLE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup

@@ -18,7 +18,7 @@ import torch
 
 from rlsparse_lib.cli import main
 from rlsparse_lib.diff import engine
-from rlsparse_lib.diff.cluster import parse_cluster, run_units_local
+from rlsparse_lib.diff.cluster import Cluster, parse_cluster, run_units_local
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints, diff_pairs
 from rlsparse_lib.diff.report import DiffReport
@@ -38,6 +38,7 @@ def _json(rep: DiffReport | dict, kernel_fields: bool = False) -> str:
     d = rep.to_dict() if isinstance(rep, DiffReport) else dict(rep)
     d["provenance"] = dict(d["provenance"])
     d["provenance"].pop("seconds", None)
+    d["provenance"].pop("execution", None)
     if kernel_fields:
         d["provenance"].pop("threads", None)
         d["provenance"].pop("kernel", None)
@@ -152,20 +153,50 @@ def test_resume_refuses_other_inputs_or_settings(tmp_path, pair) -> None:
     assert not (tmp_path / "x.json").exists()
 
 
-def test_resume_and_cluster_refuse_mask_out(tmp_path, pair) -> None:
-    with pytest.raises(ConfigError, match="--resume with --mask-out is not supported yet"):
-        diff_checkpoints(*pair, mask_out=tmp_path / "m.safetensors", resume=tmp_path / "r")
-    with pytest.raises(ConfigError, match="--cluster with --mask-out is not supported yet"):
-        diff_checkpoints(*pair, mask_out=tmp_path / "m.safetensors", cluster="local:2")
-    assert not (tmp_path / "m.safetensors").exists()
+def _mask_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def reference_mask(pair, tmp_path_factory) -> bytes:
+    out = tmp_path_factory.mktemp("mask") / "m.safetensors"
+    diff_checkpoints(*pair, DiffConfig(max_unit_bytes=UNIT_BYTES), mask_out=out, progress=False)
+    return _mask_bytes(out)
+
+
+def test_mask_out_with_resume_and_cluster(tmp_path, pair, reference_mask, counting) -> None:
+    """Unit mask slices assembled in unit order give the plain run's mask file byte for byte."""
+    cfg = DiffConfig(max_unit_bytes=UNIT_BYTES)
+    m, r = tmp_path / "m.safetensors", tmp_path / "r"
+    diff_checkpoints(*pair, cfg, progress=False, mask_out=m, cluster="local:2")
+    assert _mask_bytes(m) == reference_mask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # slices removed
+    # interrupted: no mask file; the slices of finished units stay in the resume folder
+    c = counting(fail_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        diff_checkpoints(*pair, cfg, progress=False, resume=r, mask_out=tmp_path / "m2")
+    assert c.calls == 3 and not (tmp_path / "m2").exists()
+    assert len(list(r.glob("unit-*.mask.safetensors"))) == 3
+    c = counting()
+    diff_checkpoints(*pair, cfg, progress=False, resume=r, mask_out=tmp_path / "m2")
+    assert c.calls == _n_units(pair) - 3
+    assert _mask_bytes(tmp_path / "m2") == reference_mask
+    # a resume folder made without a mask reruns its units to get their slices
+    r2 = tmp_path / "r2"
+    diff_checkpoints(*pair, cfg, progress=False, resume=r2)
+    rep = diff_checkpoints(
+        *pair, cfg, progress=False, resume=r2, mask_out=tmp_path / "m3", cluster="local:2"
+    )
+    assert _mask_bytes(tmp_path / "m3") == reference_mask
+    assert rep.provenance["execution"]["n_run"] == _n_units(pair)
 
 
 def test_cluster_specs() -> None:
-    assert parse_cluster("local:3") == 3
-    assert parse_cluster("local") == (os.cpu_count() or 1)
-    with pytest.raises(ConfigError, match="--cluster ray needs the optional extra"):
-        parse_cluster("ray")
-    for bad in ("local:0", "local:x", "dask"):
+    assert parse_cluster("local:3") == Cluster("local", 3)
+    assert parse_cluster("local") == Cluster("local", os.cpu_count() or 1)
+    assert parse_cluster("ray") == Cluster("ray")
+    assert parse_cluster("ray://head:10001") == Cluster("ray", address="ray://head:10001")
+    for bad in ("local:0", "local:x", "dask", "ray://", "ray:2"):
         with pytest.raises(ConfigError):
             parse_cluster(bad)
 
@@ -203,15 +234,16 @@ def broken_executor(pairs, *args, **kw):
     raise OSError("always fails")
 
 
-def test_cluster_retries_an_oserror_once(tmp_path, pair) -> None:
+def test_cluster_retries_an_oserror(tmp_path, pair) -> None:
     flaky = functools.partial(flaky_executor, mark=tmp_path / "mark")
     b, t = open_checkpoint(pair[0]), open_checkpoint(pair[1])
     cfg = DiffConfig(max_unit_bytes=UNIT_BYTES)
     units = plan_units(pair_checkpoints(b, t), UNIT_BYTES)[:3]
     done: dict[int, dict] = {}
-    run_units_local(units, b, t, cfg, 2, lambda u, p: done.__setitem__(u.index, p), flaky)
+    run_units_local(units, b, t, cfg, 2, lambda u, o: done.__setitem__(u.index, o), flaky)
     assert sorted(done) == [u.index for u in units]
     assert (tmp_path / "mark").exists()
+    assert sorted(o.attempts for o in done.values()) == [1, 1, 2]
     with pytest.raises(OSError, match="always fails"):
         run_units_local(units, b, t, cfg, 2, lambda u, p: None, broken_executor)
 

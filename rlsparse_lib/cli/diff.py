@@ -9,6 +9,7 @@ examples:
   rlsparse diff base/ tuned/ --json report.json --csv tensors.csv --mask-out changed.mask.safetensors
   rlsparse diff Org/model-SFT Org/model-DPO --compare-dtype bfloat16 --tol 1e-5
   rlsparse diff base/ tuned/ --json report.json --resume diff.resume/ --cluster local:8
+  rlsparse diff base/ tuned/ --json report.json --mask-out m.safetensors --cluster ray
 """
 
 from __future__ import annotations
@@ -102,10 +103,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--cluster",
-        metavar="local[:N]",
+        metavar="local[:N]|ray[://HOST:PORT]",
         default=None,
-        help="run work units on a pool of N processes (default N: CPU count); "
-        "default: in this process",
+        help="run work units on a pool of N processes (default N: CPU count) or as Ray tasks "
+        "(RAY_ADDRESS, the address given, else a local Ray instance; pip install "
+        "'rlsparse[ray]'); default: in this process",
     )
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for hub ids")
     p.add_argument(

@@ -1,64 +1,219 @@
-"""Executors that run work units outside the calling process: ``--cluster local[:N]``.
+"""Executors that run work units outside the calling process: ``--cluster local[:N]`` and
+``--cluster ray[://HOST:PORT]``.
 
 ``local[:N]`` runs units on a :class:`~concurrent.futures.ProcessPoolExecutor` of ``N`` worker
 processes (default: the CPU count; ``forkserver`` start method where available, else ``spawn``).
-Each worker opens the two checkpoints itself from their local paths (a hub id's snapshot folder),
-pairs them with the run's settings (once per worker) and runs the CPU executor
-(:func:`rlsparse_lib.diff.engine.diff_pairs`) on its unit, returning the partial result as
-``TensorResult.to_dict`` dicts. The caller merges the partials in unit order, so the report is the
-same bit for bit as an in-process run's (the CPU kernel's float sums are per fixed partition of a
-chunk, independent of thread count). Bad input fails fast (the first error cancels the queued
-units and is raised as is, naming the file and tensor); an ``OSError`` in a worker is retried once.
+``ray`` runs each unit as a Ray core task (:mod:`rlsparse_lib.diff.ray_executor`, the one module
+that imports Ray).
 
-``ray`` is reserved for an optional extra and not implemented yet.
+Either way each unit runs :func:`rlsparse_lib.diff.worker.run_unit` in a worker process, which
+reads its tensors from the checkpoint paths and returns the unit's partial result. The caller
+merges the partials in unit order, so the report is the same bit for bit as an in-process run's
+(the CPU kernel's float sums are per fixed partition of a chunk, independent of thread count).
+
+Failures: bad input (:class:`~rlsparse_lib.errors.RlsparseError`) fails fast, raised as is with the
+file and tensor named, and the queued units are cancelled; an ``OSError`` or ``TimeoutError`` is
+retried (:data:`ATTEMPTS` attempts per unit); a crashed worker process (killed, out of memory) loses
+only its unit, which is run again on a fresh worker (the process pool is rebuilt; Ray retries the
+task).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.report import TensorResult
 from rlsparse_lib.diff.units import WorkUnit
+from rlsparse_lib.diff.worker import ATTEMPTS, RETRIED, UnitOutcome, run_unit, unit_args
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint
-from rlsparse_lib.io.pairing import TensorPair
+from rlsparse_lib.progress import byte_progress
 
-__all__ = ["parse_cluster", "run_units_local", "worker_threads"]
+__all__ = [
+    "Cluster",
+    "ExecutionLog",
+    "UnitProgress",
+    "parse_cluster",
+    "run_units",
+    "run_units_local",
+    "worker_threads",
+]
 
-#: attempts per unit when a worker raises OSError (a transient read error is retried once)
-ATTEMPTS = 2
+
+@dataclass(frozen=True)
+class Cluster:
+    """A parsed ``--cluster`` spec.
+
+    Attributes:
+        kind: ``local`` (process pool) or ``ray``.
+        workers: processes of a local pool (None for ray).
+        address: a Ray address (``ray://HOST:PORT``), or None: ``RAY_ADDRESS`` when set, else a
+            local Ray instance on this machine's cores.
+    """
+
+    kind: str
+    workers: int | None = None
+    address: str | None = None
 
 
-def parse_cluster(spec: str) -> int:
-    """Workers of a ``--cluster`` spec: ``local`` (CPU count) or ``local:N``.
+OnDone = Callable[[WorkUnit, UnitOutcome], object]
+
+
+class ExecutionLog:
+    """How a run's units were executed, for the provenance (:meth:`summary`): per-unit timing,
+    host and attempts, the retries, and which units came from a resume folder."""
+
+    def __init__(self, units: list[WorkUnit], executor: str, resumed: set[int]) -> None:
+        self.executor = executor
+        self.n_units = len(units)
+        self.resumed = sorted(resumed)
+        self.host = socket.gethostname()
+        self.records: dict[int, dict[str, Any]] = {}
+        self.kernels: set[str] = set()
+
+    def record(self, unit: WorkUnit, outcome: UnitOutcome) -> None:
+        """Note a finished unit."""
+        self.kernels.add(outcome.kernel)
+        self.records[unit.index] = {
+            "index": unit.index,
+            "nbytes": unit.nbytes,
+            "seconds": outcome.seconds,
+            "host": outcome.host,
+            "attempts": outcome.attempts,
+        }
+
+    def kernel(self, device: str) -> str:
+        """The kernel(s) the units ran on (``device`` when none ran here)."""
+        return ",".join(sorted(self.kernels)) or device
+
+    def summary(self) -> dict[str, Any]:
+        """``{"executor", "n_units", "n_run", "n_resumed", "retries", "retried_units", "hosts",
+        "units": [{"index", "nbytes", "seconds", "host", "attempts"}...]}`` (units in index
+        order; ``retries`` counts the reruns this driver saw: Ray's own task retries are not)."""
+        units = [self.records[i] for i in sorted(self.records)]
+        hosts: dict[str, int] = {}
+        for r in units:
+            hosts[r["host"]] = hosts.get(r["host"], 0) + 1
+        return {
+            "executor": self.executor,
+            "n_units": self.n_units,
+            "n_run": len(units),
+            "n_resumed": len(self.resumed),
+            "retries": sum(r["attempts"] - 1 for r in units),
+            "retried_units": [r["index"] for r in units if r["attempts"] > 1],
+            "hosts": hosts,
+            "units": units,
+        }
+
+
+class UnitProgress:
+    """The driver's one progress bar over a run's units: bytes (rate, ETA) and units done.
+
+    In-process executors advance it chunk by chunk (:meth:`update`); executors elsewhere by a
+    whole unit when it is reported (:meth:`unit_done` with ``streamed=False``). Units taken from a
+    resume folder count as done from the start."""
+
+    def __init__(self, units: list[WorkUnit], done: set[int], desc: str, enabled: bool) -> None:
+        self.n_total = len(units)
+        self.n_done = len(done)
+        self.bar = byte_progress(sum(u.nbytes for u in units), desc, enabled)
+        self.bar.update(sum(u.nbytes for u in units if u.index in done))
+        self._postfix()
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix(units=f"{self.n_done}/{self.n_total}", refresh=False)
+
+    def update(self, nbytes: int) -> None:
+        """Bytes read within a unit."""
+        self.bar.update(nbytes)
+
+    def unit_done(self, unit: WorkUnit, streamed: bool) -> None:
+        """A unit finished; its bytes are added unless they were streamed through :meth:`update`."""
+        if not streamed:
+            self.bar.update(unit.nbytes)
+        self.n_done += 1
+        self._postfix()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def parse_cluster(spec: str) -> Cluster:
+    """A ``--cluster`` spec: ``local`` (CPU count workers), ``local:N``, ``ray`` or
+    ``ray://HOST:PORT``.
 
     Raises:
-        ConfigError: for ``ray`` (not implemented) or anything else malformed.
+        ConfigError: for anything else.
     """
+    if spec == "ray":
+        return Cluster("ray")
+    if spec.startswith("ray://"):
+        if not spec.removeprefix("ray://"):
+            raise ConfigError(f"--cluster {spec!r}: expected ray://HOST:PORT")
+        return Cluster("ray", address=spec)
     kind, _, count = spec.partition(":")
-    if kind == "ray":
-        raise ConfigError("--cluster ray needs the optional extra: not implemented yet")
     if kind != "local":
-        raise ConfigError(f"--cluster {spec!r}: expected local or local:N")
+        raise ConfigError(f"--cluster {spec!r}: expected local, local:N, ray or ray://HOST:PORT")
     if not count:
-        return os.cpu_count() or 1
+        return Cluster("local", os.cpu_count() or 1)
     try:
         n = int(count)
     except ValueError:
         n = 0
     if n <= 0:
         raise ConfigError(f"--cluster {spec!r}: N must be a positive integer")
-    return n
+    return Cluster("local", n)
 
 
-def worker_threads(config: DiffConfig, workers: int) -> int:
-    """CPU kernel threads per worker: ``config.threads``, else the cores shared among workers."""
-    return config.threads or max(1, (os.cpu_count() or 1) // workers)
+def worker_threads(config: DiffConfig, cluster: Cluster) -> int:
+    """Kernel threads per unit: ``config.threads``, else the cores shared among a local pool's
+    workers, else (ray) 1: Ray schedules one task per CPU it has."""
+    if config.threads:
+        return config.threads
+    if cluster.kind == "local" and cluster.workers:
+        return max(1, (os.cpu_count() or 1) // cluster.workers)
+    return 1
+
+
+def run_units(
+    cluster: Cluster,
+    units: list[WorkUnit],
+    base: Checkpoint,
+    tuned: Checkpoint,
+    config: DiffConfig,
+    on_done: OnDone,
+    executor: Callable[..., dict[str, TensorResult]],
+    mask_dir: Path | None = None,
+) -> None:
+    """Run ``units`` on ``cluster``; ``on_done(unit, outcome)`` is called in the calling process as
+    each unit finishes (in completion order). ``executor`` is the CPU executor
+    (:func:`rlsparse_lib.diff.engine.diff_pairs`, passed by reference to the workers; a unit on a
+    ``cuda`` device runs the GPU executor instead). With ``mask_dir``, each unit saves its mask
+    slice there (``unit-<index>.mask.safetensors``).
+
+    Raises:
+        ConfigError: a device other than ``cpu`` on a local pool, or ``auto`` on Ray.
+    """
+    if cluster.kind == "local":
+        if config.device != "cpu":
+            raise ConfigError("--cluster local runs the CPU executor: use --device cpu")
+        assert cluster.workers is not None  # parse_cluster sets it for local
+        run_units_local(units, base, tuned, config, cluster.workers, on_done, executor, mask_dir)
+        return
+    if config.device not in ("cpu", "cuda"):
+        raise ConfigError("--cluster ray: choose --device cpu or --device cuda (not auto)")
+    from rlsparse_lib.diff.ray_executor import run_units_ray
+
+    run_units_ray(units, base, tuned, config, cluster.address, on_done, executor, mask_dir)
 
 
 def run_units_local(
@@ -67,62 +222,43 @@ def run_units_local(
     tuned: Checkpoint,
     config: DiffConfig,
     workers: int,
-    on_done: Callable[[WorkUnit, dict[str, TensorResult]], object],
+    on_done: OnDone,
     executor: Callable[..., dict[str, TensorResult]],
+    mask_dir: Path | None = None,
 ) -> None:
-    """Run ``units`` on a pool of ``workers`` processes; ``on_done(unit, partial)`` is called in the
-    calling process as each unit finishes (in completion order). ``executor`` is the CPU executor
-    (:func:`rlsparse_lib.diff.engine.diff_pairs`, passed by reference to the workers)."""
+    """Run ``units`` on a pool of ``workers`` processes (see :func:`run_units`). A worker that dies
+    breaks the pool: the pool is rebuilt and the units it had not returned are run again, each up
+    to :data:`ATTEMPTS` times in all."""
     if not units:
         return
-    threads = worker_threads(config, workers)
+    threads = worker_threads(config, Cluster("local", workers))
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    args = (executor, str(base.path), str(tuned.path), config, threads)
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=ctx)
-    try:
-        pending: dict[Future, tuple[WorkUnit, int]] = {}
-        for u in units:
-            pending[pool.submit(_run_unit, *args, u.names)] = (u, 1)
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                unit, attempt = pending.pop(fut)
-                err = fut.exception()
-                if err is None:
-                    on_done(unit, {d["name"]: TensorResult.from_dict(d) for d in fut.result()})
-                elif isinstance(err, OSError) and attempt < ATTEMPTS:
-                    pending[pool.submit(_run_unit, *args, unit.names)] = (unit, attempt + 1)
-                else:
-                    raise err
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-# ---- in the worker process ----------------------------------------------------------------------
-_opened: dict[tuple, tuple[Checkpoint, Checkpoint, dict[str, TensorPair]]] = {}
-
-
-def _run_unit(
-    executor: Callable[..., dict[str, TensorResult]],
-    base_path: str,
-    tuned_path: str,
-    config: DiffConfig,
-    threads: int,
-    names: tuple[str, ...],
-) -> list[dict]:
-    """Open (once per worker), pair, and diff one unit's tensors; partial results as dicts."""
-    from rlsparse_lib.diff.kernels import get_kernel
-    from rlsparse_lib.io.checkpoint import open_checkpoint
-    from rlsparse_lib.io.pairing import pair_checkpoints
-
-    key = (base_path, tuned_path, config.compare_dtype, config.include, config.exclude)
-    if key not in _opened:
-        b, t = open_checkpoint(Path(base_path)), open_checkpoint(Path(tuned_path))
-        plan = pair_checkpoints(b, t, config.compare_dtype, config.include, config.exclude)
-        _opened[key] = (b, t, {p.name: p for p in plan.pairs})
-    b, t, pairs = _opened[key]
-    kernel = get_kernel("cpu", threads)
-    with b.reader() as rb, t.reader() as rt:
-        out = executor([pairs[n] for n in names], rb, rt, kernel, config)
-    return [r.to_dict() for r in out.values()]
+    queue = [(u, 1) for u in units]
+    while queue:
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=ctx)
+        try:
+            pending: dict[Future, tuple[WorkUnit, int]] = {}
+            for u, attempt in queue:
+                args = unit_args(executor, base, tuned, config, threads, u, mask_dir)
+                pending[pool.submit(run_unit, *args)] = (u, attempt)
+            queue = []
+            broken = False
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    unit, attempt = pending.pop(fut)
+                    err = fut.exception()
+                    if err is None:
+                        on_done(unit, UnitOutcome.from_worker(fut.result(), attempt))
+                        continue
+                    if not isinstance(err, (*RETRIED, BrokenProcessPool)) or attempt >= ATTEMPTS:
+                        raise err
+                    broken = broken or isinstance(err, BrokenProcessPool)
+                    if broken:  # run again once the pool is rebuilt
+                        queue.append((unit, attempt + 1))
+                    else:
+                        args = unit_args(executor, base, tuned, config, threads, unit, mask_dir)
+                        pending[pool.submit(run_unit, *args)] = (unit, attempt + 1)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -11,26 +11,40 @@ the same report bit for bit.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
-from rlsparse_lib.diff.cluster import parse_cluster, run_units_local, worker_threads
+from rlsparse_lib.diff.cluster import (
+    ExecutionLog,
+    UnitProgress,
+    parse_cluster,
+    run_units,
+    worker_threads,
+)
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.kernels import get_kernel
 from rlsparse_lib.diff.kernels.protocol import ChunkSpec, DiffKernel
 from rlsparse_lib.diff.report import DiffReport, TensorResult
 from rlsparse_lib.diff.resume import ResumeDir
-from rlsparse_lib.diff.units import WorkUnit, merge_units, plan_units
-from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.diff.units import (
+    MaskSlice,
+    WorkUnit,
+    assemble_mask,
+    mask_slice_path,
+    merge_units,
+    plan_units,
+)
+from rlsparse_lib.diff.worker import UnitOutcome
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
 from rlsparse_lib.io.chunks import pair_chunks
 from rlsparse_lib.io.dtypes import cast_words
 from rlsparse_lib.io.maskfile import MaskWriter, packed_size
 from rlsparse_lib.io.pairing import PairPlan, TensorPair, pair_checkpoints
-from rlsparse_lib.progress import byte_progress
 
 
 def diff_checkpoints(
@@ -51,68 +65,86 @@ def diff_checkpoints(
         progress: show a progress bar (bytes read, with ETA).
         resume: a folder keeping the unit plan and each finished unit's result
             (:mod:`rlsparse_lib.diff.resume`): units already there are not run again.
-        cluster: ``local`` or ``local:N``: run units on a pool of N processes
-            (:mod:`rlsparse_lib.diff.cluster`); None runs them in this process.
+        cluster: ``local[:N]`` (a pool of N processes) or ``ray[://HOST:PORT]`` (Ray tasks): where
+            the units run (:mod:`rlsparse_lib.diff.cluster`); None runs them in this process.
 
     Returns:
         The merged :class:`DiffReport`.
 
     Raises:
-        ConfigError: ``resume`` or ``cluster`` with ``mask_out``, ``cluster`` with a GPU device,
-            or a ``resume`` folder made for other inputs, settings or unit plan.
+        ConfigError: a malformed ``cluster``, a device the cluster cannot run, or a ``resume``
+            folder made for other inputs, settings or unit plan.
     """
     config = config or DiffConfig()
     t0 = time.perf_counter()
-    workers = None
-    if cluster is not None:
-        workers = parse_cluster(cluster)
-        if mask_out is not None:
-            raise ConfigError("--cluster with --mask-out is not supported yet")
-        if config.device != "cpu":
-            raise ConfigError("--cluster runs the CPU executor: use --device cpu")
-    if resume is not None and mask_out is not None:
-        raise ConfigError("--resume with --mask-out is not supported yet")
+    spec = parse_cluster(cluster) if cluster is not None else None
     base_ck, tuned_ck = open_checkpoint(base), open_checkpoint(tuned)
-    plan = pair_checkpoints(base_ck, tuned_ck, config.compare_dtype, config.include, config.exclude)
-    kernel = get_kernel(config.device, config.threads)
+    plan = pair_checkpoints(
+        base_ck, tuned_ck, config.compare_dtype, config.include, config.exclude, dequantize=True
+    )
+    kernel = get_kernel(config.device, config.threads) if spec is None else None
     units = plan_units(plan, config.max_unit_bytes)
     store = ResumeDir.open(resume, base_ck, tuned_ck, config, units) if resume is not None else None
-    partials: dict[int, dict[str, TensorResult]] = store.load_done() if store else {}
+    # units run elsewhere or earlier keep their part of the mask in a slice file
+    sliced = mask_out is not None and (store is not None or spec is not None)
+    partials: dict[int, dict[str, TensorResult]] = store.load_done(sliced) if store else {}
     todo = [u for u in units if u.index not in partials]
+    log = ExecutionLog(units, "in-process" if cluster is None else cluster, set(partials))
     mask = _open_mask(mask_out, plan, config) if mask_out is not None else None
-    bar = byte_progress(plan.nbytes, "diff", progress)
-    bar.update(sum(u.nbytes for u in units if u.index in partials))
+    slice_dir = None
+    if sliced:
+        assert mask_out is not None
+        slice_dir = (
+            store.path
+            if store
+            else Path(tempfile.mkdtemp(".units", ".mask-", Path(mask_out).parent))
+        )
+    bar = UnitProgress(units, set(partials), "diff", progress)
 
-    def finished(unit: WorkUnit, partial: dict[str, TensorResult]) -> None:
+    def finished(unit: WorkUnit, outcome: UnitOutcome) -> None:
         if store is not None:
-            store.save(unit.index, partial)
-        partials[unit.index] = partial
+            store.save(unit.index, outcome.partial)
+        partials[unit.index] = outcome.partial
+        log.record(unit, outcome)
+        bar.unit_done(unit, streamed=spec is None)
 
     threads = getattr(kernel, "num_threads", None)
     try:
-        if workers is not None:
-            threads = worker_threads(config, workers)
-
-            def done_in_pool(unit: WorkUnit, partial: dict[str, TensorResult]) -> None:
-                finished(unit, partial)
-                bar.update(unit.nbytes)
-
-            run_units_local(todo, base_ck, tuned_ck, config, workers, done_in_pool, diff_pairs)
+        if spec is not None:
+            threads = worker_threads(config, spec)
+            run_units(spec, todo, base_ck, tuned_ck, config, finished, diff_pairs, slice_dir)
         else:
+            assert kernel is not None
             diff_unit = unit_executor(kernel)
             with base_ck.reader() as rb, tuned_ck.reader() as rt:
                 for unit in todo:
-                    finished(unit, diff_unit(unit.pairs, rb, rt, kernel, config, mask, bar.update))
+                    t = time.perf_counter()
+                    unit_mask = MaskSlice() if slice_dir is not None else mask
+                    partial = diff_unit(unit.pairs, rb, rt, kernel, config, unit_mask, bar.update)
+                    if slice_dir is not None:
+                        assert isinstance(unit_mask, MaskSlice)
+                        unit_mask.save(mask_slice_path(slice_dir, unit.index))
+                    seconds = time.perf_counter() - t
+                    finished(unit, UnitOutcome(partial, kernel.name, seconds, log.host))
+        if mask is not None and slice_dir is not None:
+            assemble_mask(
+                mask, units, {u.index: mask_slice_path(slice_dir, u.index) for u in units}
+            )
     except BaseException:
         if mask is not None:
             mask.close(ok=False)
         raise
     finally:
         bar.close()
+        if slice_dir is not None and store is None:
+            shutil.rmtree(slice_dir, ignore_errors=True)
     if mask is not None:
         mask.close()
     seconds = time.perf_counter() - t0
-    return merge_units(plan, config, partials, kernel.name, seconds, mask_out, threads, units)
+    name = kernel.name if kernel is not None else log.kernel(config.device)
+    report = merge_units(plan, config, partials, name, seconds, mask_out, threads, units)
+    report.provenance["execution"] = log.summary()
+    return report
 
 
 def unit_executor(kernel: DiffKernel) -> Callable[..., dict[str, TensorResult]]:

@@ -6,7 +6,9 @@
   settings (:meth:`DiffConfig.result_settings`) and their ``config_hash``, and the unit plan
   (each unit's shard pair, tensor names and bytes);
 * ``unit-<index>.json``: the partial result of each finished unit (``TensorResult.to_dict``),
-  written atomically (temporary name, then rename) as soon as the unit is done.
+  written atomically (temporary name, then rename) as soon as the unit is done;
+* ``unit-<index>.mask.safetensors``: with ``--mask-out``, the unit's packed mask slice, written
+  (atomically) before its result; the mask file is assembled from the slices in unit order.
 
 The input fingerprints are content digests: per weight file its name and the sha256 of its
 bytes (:func:`rlsparse_lib.io.digest.file_digest`: a hub-cache blob is named by its sha256 and is
@@ -29,7 +31,7 @@ from typing import Any
 from rlsparse_lib.atomic import write_text_atomic
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.report import TensorResult
-from rlsparse_lib.diff.units import WorkUnit
+from rlsparse_lib.diff.units import WorkUnit, mask_slice_path
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint
 from rlsparse_lib.io.digest import files_digest
@@ -151,13 +153,14 @@ class ResumeDir:
     def unit_path(self, index: int) -> Path:
         return self.path / f"unit-{index:06d}.json"
 
-    def load_done(self) -> dict[int, dict[str, TensorResult]]:
+    def load_done(self, masks: bool = False) -> dict[int, dict[str, TensorResult]]:
         """The stored partials of finished units (a file that does not match its unit is ignored,
-        and the unit is run again)."""
+        and the unit is run again). With ``masks``, a unit counts as finished only when its mask
+        slice (:func:`~rlsparse_lib.diff.units.mask_slice_path`) is there too."""
         done: dict[int, dict[str, TensorResult]] = {}
         for index, names in self._names.items():
             p = self.unit_path(index)
-            if not p.is_file():
+            if not p.is_file() or (masks and not mask_slice_path(self.path, index).is_file()):
                 continue
             try:
                 data = json.loads(p.read_text(encoding="utf-8"))

@@ -21,18 +21,31 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from rlsparse_lib.atomic import atomic_path
 from rlsparse_lib.diff.config import DEFAULT_UNIT_BYTES, DiffConfig
 from rlsparse_lib.diff.report import DiffReport, TensorResult
+from rlsparse_lib.io.maskfile import MaskWriter
 from rlsparse_lib.io.pairing import PairPlan, TensorPair
 from rlsparse_lib.provenance import build_provenance, versions
 
-__all__ = ["DEFAULT_UNIT_BYTES", "WorkUnit", "merge_units", "pair_nbytes", "plan_units"]
+__all__ = [
+    "DEFAULT_UNIT_BYTES",
+    "MaskSlice",
+    "WorkUnit",
+    "assemble_mask",
+    "mask_slice_path",
+    "merge_units",
+    "pair_nbytes",
+    "plan_units",
+]
 
 
 def pair_nbytes(pair: TensorPair) -> int:
-    """Bytes a pair reads from both sides (compared elements times each side's stored item size;
-    the same measure as :attr:`PairPlan.nbytes` and the progress bar)."""
-    return pair.numel * (pair.base.itemsize + pair.tuned.itemsize)
+    """Bytes a pair reads from both sides (:attr:`TensorPair.nbytes`; the same measure as
+    :attr:`PairPlan.nbytes` and the progress bar)."""
+    return pair.nbytes
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,47 @@ def plan_units(plan: PairPlan, max_bytes: int = DEFAULT_UNIT_BYTES) -> list[Work
             size += n
         flush(run, size)
     return units
+
+
+def mask_slice_path(folder: str | Path, index: int) -> Path:
+    """Where unit ``index`` keeps its mask slice in ``folder``."""
+    return Path(folder) / f"unit-{index:06d}.mask.safetensors"
+
+
+class MaskSlice:
+    """The packed changed masks of one unit's float tensors, collected in memory (the
+    ``MaskWriter.write`` interface the executors write chunks to) and saved as one file, so that a
+    unit run elsewhere, or in an earlier run, adds its part to the mask file
+    (:func:`assemble_mask`). A unit's slice is at most 1/16 of the bytes it reads."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[np.ndarray]] = {}
+
+    def write(self, name: str, packed: np.ndarray) -> None:
+        """Append packed bytes (uint8) of tensor ``name`` (the next byte-aligned chunk)."""
+        self.parts.setdefault(name, []).append(np.ascontiguousarray(packed, np.uint8))
+
+    def save(self, path: str | Path) -> None:
+        """Write the slice as a safetensors file of uint8 tensors, atomically."""
+        from safetensors.numpy import save
+
+        data = save({name: np.concatenate(chunks) for name, chunks in self.parts.items()})
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+
+
+def assemble_mask(
+    writer: MaskWriter, units: Iterable[WorkUnit], slices: Mapping[int, Path]
+) -> None:
+    """Write the units' mask slices (files saved by :meth:`MaskSlice.save`, by unit index) into
+    ``writer`` in unit order: the same bytes as a run that streamed its chunks into ``writer``."""
+    from safetensors.numpy import load_file
+
+    for unit in units:
+        packed = load_file(str(slices[unit.index]))
+        for name in unit.names:
+            if name in packed and packed[name].size:
+                writer.write(name, packed[name])
 
 
 def merge_units(

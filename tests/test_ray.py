@@ -1,0 +1,156 @@
+"""``--cluster ray``: the same report and mask bit for bit as the in-process run, a crashed worker's
+unit retried, bad input failing fast by name, and resume after a kill. One local Ray instance
+(2 CPUs, no dashboard) is shared by the module's tests."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlsparse_lib.cli import main
+from rlsparse_lib.diff.cluster import Cluster, run_units
+from rlsparse_lib.diff.config import DiffConfig
+from rlsparse_lib.diff.engine import diff_checkpoints, diff_pairs
+from rlsparse_lib.diff.ray_executor import task_options
+from rlsparse_lib.diff.units import plan_units
+from rlsparse_lib.errors import CheckpointError
+from rlsparse_lib.io.checkpoint import open_checkpoint
+from rlsparse_lib.io.pairing import pair_checkpoints
+
+from .ckpt_factory import save_hf
+from .test_diff_exact import planted
+from .test_resume_cluster import _SLOW_RUN, UNIT_BYTES, _json
+
+ray = pytest.importorskip("ray")
+
+
+def _key(rep) -> str:
+    """The report's JSON without timing, kernel threads or the mask's path."""
+    d = json.loads(json.dumps(rep.to_dict() if hasattr(rep, "to_dict") else rep))
+    d["provenance"].pop("mask_out")
+    return _json(d, kernel_fields=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[Path, Path]:
+    """A sharded, mixed-layout pair: base in 3 shards, tuned in 2."""
+    root = tmp_path_factory.mktemp("ray")
+    base, tuned, _ = planted()
+    return save_hf(root / "base", base, shards=3), save_hf(root / "tuned", tuned, shards=2)
+
+
+@pytest.fixture(scope="module")
+def reference(pair, tmp_path_factory) -> tuple[str, bytes]:
+    """The in-process report's JSON (kernel fields aside) and mask bytes."""
+    mask = tmp_path_factory.mktemp("ref") / "m.safetensors"
+    rep = diff_checkpoints(*pair, DiffConfig(max_unit_bytes=UNIT_BYTES), mask, progress=False)
+    return _key(rep), mask.read_bytes()
+
+
+@pytest.mark.parametrize("cluster", ["local:1", "local:2", "ray"])
+def test_executors_match_the_in_process_run(tmp_path, pair, reference, cluster) -> None:
+    mask = tmp_path / "m.safetensors"
+    cfg = DiffConfig(max_unit_bytes=UNIT_BYTES)
+    rep = diff_checkpoints(*pair, cfg, mask, progress=False, cluster=cluster)
+    assert _key(rep) == reference[0]
+    assert mask.read_bytes() == reference[1]
+    execution = rep.provenance["execution"]
+    n = len(plan_units(pair_checkpoints(*map(open_checkpoint, pair)), UNIT_BYTES))
+    assert execution["executor"] == cluster and execution["n_run"] == n
+    assert [u["index"] for u in execution["units"]] == list(range(n))
+    assert rep.provenance["kernel"] == "cpu-c"
+
+
+def crashing_executor(pairs, *args, mark: Path, **kw):
+    """Kills its worker process the first time it runs (per marker file), then runs the CPU
+    executor: a worker that dies mid-unit."""
+    if not mark.exists():
+        mark.write_text("crashed once")
+        os._exit(1)
+    return diff_pairs(pairs, *args, **kw)
+
+
+@pytest.mark.parametrize("cluster", [Cluster("ray"), Cluster("local", 2)])
+def test_a_crashed_worker_is_retried(tmp_path, pair, cluster) -> None:
+    b, t = open_checkpoint(pair[0]), open_checkpoint(pair[1])
+    cfg = DiffConfig(max_unit_bytes=UNIT_BYTES)
+    units = plan_units(pair_checkpoints(b, t), UNIT_BYTES)[:4]
+    crashing = functools.partial(crashing_executor, mark=tmp_path / "mark")
+    done: dict = {}
+    run_units(cluster, units, b, t, cfg, lambda u, o: done.__setitem__(u.index, o), crashing)
+    assert (tmp_path / "mark").exists()
+    assert sorted(done) == [u.index for u in units]
+    expected = diff_pairs(
+        [p for u in units for p in u.pairs], b.reader(), t.reader(), _cpu_kernel(), cfg
+    )
+    got = {name: r for o in done.values() for name, r in o.partial.items()}
+    assert {k: r.to_dict() for k, r in got.items()} == {k: r.to_dict() for k, r in expected.items()}
+
+
+def _cpu_kernel():
+    from rlsparse_lib.diff.kernels import get_kernel
+
+    return get_kernel("cpu")
+
+
+def test_bad_input_fails_fast_naming_the_file(tmp_path, pair) -> None:
+    tuned = tmp_path / "tuned"
+    shutil.copytree(pair[1], tuned)
+    ckb, ckt = open_checkpoint(pair[0]), open_checkpoint(tuned)
+    shard = sorted(tuned.glob("*.safetensors"))[0]
+    with shard.open("r+b") as fh:  # truncated after the driver planned
+        fh.truncate(shard.stat().st_size // 2)
+    t0 = time.monotonic()
+    with pytest.raises(CheckpointError, match=shard.name):
+        diff_checkpoints(
+            ckb, ckt, DiffConfig(max_unit_bytes=UNIT_BYTES), progress=False, cluster="ray"
+        )
+    assert time.monotonic() - t0 < 60  # not retried until some timeout
+
+
+def test_task_options_request_a_gpu_for_cuda_and_retry_only_transient_errors() -> None:
+    cpu = task_options(DiffConfig(), 1)
+    assert cpu["num_gpus"] == 0 and cpu["num_cpus"] == 1
+    assert cpu["retry_exceptions"] == [OSError, TimeoutError] and cpu["max_retries"] >= 1
+    assert cpu["scheduling_strategy"] == "DEFAULT"  # never pinned to a node
+    assert task_options(DiffConfig(device="cuda"), 4)["num_gpus"] == 1
+
+
+def test_ray_resumes_a_killed_run(tmp_path, pair, reference) -> None:
+    """A run killed with SIGKILL leaves no output; ``--cluster ray`` then finishes the rest."""
+    r, out, mask = tmp_path / "r", tmp_path / "out.json", tmp_path / "m.safetensors"
+    argv = [*map(str, pair), "--unit-bytes", str(UNIT_BYTES), "--resume", str(r), "-q"]
+    argv += ["--json", str(out), "--mask-out", str(mask)]
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_RUN, "diff", *argv])
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(r.glob("unit-*.json"))) < 2:
+            assert proc.poll() is None, "the run ended before it was killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not out.exists() and not mask.exists()
+    done = len(list(r.glob("unit-*.json")))
+    assert main(["diff", *argv, "--cluster", "ray"]) == 0
+    loaded = json.loads(out.read_text())
+    assert loaded["provenance"]["execution"]["n_resumed"] == done
+    assert _key(loaded) == reference[0]
+    assert mask.read_bytes() == reference[1]
