@@ -82,3 +82,46 @@ def pick(numel: int, k: int, seed: int) -> torch.Tensor:
 
 def numel(state: dict[str, torch.Tensor]) -> int:
     return sum(math.prod(t.shape) for t in state.values())
+
+
+def save_placed(
+    folder: Path,
+    state: dict[str, torch.Tensor],
+    shard_of: dict[str, int],
+    config: dict | None = None,
+) -> Path:
+    """Save ``state`` as HF shards plus an index, tensor ``n`` in shard ``shard_of.get(n, 0)``
+    (e.g. a scale in another shard than its weight)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = max(shard_of.values(), default=0) + 1
+    weight_map = {}
+    for i in range(shards):
+        fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: t.contiguous() for n, t in state.items() if shard_of.get(n, 0) == i}
+        save_file(part, str(folder / fname), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, fname))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def fp8_block_quantize(
+    w: torch.Tensor, block: tuple[int, int] = (128, 128)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-style FP8 of a float matrix ``[..., R, C]``: codes ``float8_e4m3fn`` and
+    ``scale_inv`` float32 ``[..., ceil(R/b0), ceil(C/b1)]`` (block amax / 448; edge blocks
+    truncated)."""
+    *lead, r, c = w.shape
+    b0, b1 = block
+    sr, sc = -(-r // b0), -(-c // b1)
+    pad = torch.zeros(*lead, sr * b0, sc * b1)
+    pad[..., :r, :c] = w.float()
+    blocks = pad.reshape(*lead, sr, b0, sc, b1)
+    amax = blocks.abs().amax(dim=(-3, -1)).clamp_min(1e-12)
+    scale = (amax / 448).float()
+    expanded = scale.repeat_interleave(b0, -2).repeat_interleave(b1, -1)[..., :r, :c]
+    codes = (w.float() / expanded).to(torch.float8_e4m3fn)
+    return codes, scale

@@ -37,6 +37,16 @@ from rlsparse_lib.rules import (
 )
 
 SCHEMA = "rlsparse.diff/1"
+#: integer counts of a tensor's ``quant`` view (beside ``scheme`` and ``block``): raw blocks/codes
+#: and those whose bytes differ, scale entries and those that differ, elements whose dequantized
+#: value changed only through their scale
+QUANT_COUNTS = (
+    "raw_n",
+    "raw_changed",
+    "scales_n",
+    "scales_changed",
+    "scale_only_changed",
+)
 #: columns of :meth:`DiffReport.binade_table`
 BINADE_COLUMNS = [
     "compare_dtype",
@@ -63,6 +73,8 @@ class TensorResult:
         numel: compared elements; n_changed: elements whose bits differ.
         note: partial comparison or casts.
         stats: float statistics (None for bitwise tensors).
+        quant: raw-code view of a quantized pair compared on its dequantized values (see
+            :data:`QUANT_COUNTS`), or None.
     """
 
     name: str
@@ -77,6 +89,7 @@ class TensorResult:
     n_changed: int = 0
     note: str = ""
     stats: DiffStats | None = None
+    quant: dict | None = None
 
     @classmethod
     def empty(cls, pair: TensorPair, n_tol: int) -> TensorResult:
@@ -121,6 +134,7 @@ class TensorResult:
             numel=self.numel + other.numel,
             n_changed=self.n_changed + other.n_changed,
             stats=stats,
+            quant=_merge_quant(self.quant, other.quant),
         )
 
     def to_dict(self) -> dict:
@@ -145,6 +159,8 @@ class TensorResult:
         }
         if self.stats is not None:
             out["stats"] = self.stats.to_dict()
+        if self.quant is not None:
+            out["quant"] = self.quant
         return out
 
     def float_stats(self) -> DiffStats:
@@ -167,6 +183,7 @@ class TensorResult:
             n_changed=d["n_changed"],
             note=d.get("note", ""),
             stats=DiffStats.from_dict(d["stats"]) if "stats" in d else None,
+            quant=d.get("quant"),
         )
 
 
@@ -282,6 +299,18 @@ class DiffReport:
         for k, (n_t, n_e) in groups.items():
             out[k] = {"n_tensors": n_t, "n_elements": n_e}
         out["not_compared"]["n_elements_partial_rows"] = partial_rows
+        return out
+
+    def quant_summary(self) -> dict:
+        """Raw-code views summed per quantization scheme: ``{scheme: {QUANT_COUNTS..., "tensors"}}``
+        over the tensors compared on dequantized values (empty when there are none)."""
+        out: dict[str, dict] = {}
+        for t in self.tensors:
+            if t.quant is not None:
+                s = out.setdefault(t.quant["scheme"], {k: 0 for k in (*QUANT_COUNTS, "tensors")})
+                for k in QUANT_COUNTS:
+                    s[k] += int(t.quant[k])
+                s["tensors"] += 1
         return out
 
     # ---- tables ---------------------------------------------------------------------------
@@ -505,6 +534,7 @@ class DiffReport:
             "buffers": [b.to_dict() for b in self.buffers],
             "skipped": self.skipped,
             "tied": self.tied,
+            "quant_summary": self.quant_summary(),
             "provenance": self.provenance,
         }
 
@@ -544,6 +574,13 @@ class DiffReport:
             ConfigError: unreadable file or another schema (the file is named).
         """
         return cls.from_dict(load_report_json(path, SCHEMA))
+
+
+def _merge_quant(a: dict | None, b: dict | None) -> dict | None:
+    """Raw-code views of two disjoint ranges of one tensor: the counts summed."""
+    if a is None or b is None:
+        return a or b
+    return {**a, **{k: int(a[k]) + int(b[k]) for k in QUANT_COUNTS}}
 
 
 def _norms(s: DiffStats) -> dict:
@@ -664,6 +701,17 @@ def format_summary(report: DiffReport, by: str = "module", max_list: int = 10) -
         _listing("casts", [f"{p['name']}: {p['note']}" for p in prov.get("casts", [])], max_list)
     )
     lines.extend(_listing("tied", report.tied, max_list))
+    lines.extend(
+        _listing(
+            "quantized (headline on dequantized values; raw blocks/codes beside)",
+            [
+                f"{k}: {v['tensors']} tensor(s), {v['raw_changed']:,} of {v['raw_n']:,} raw "
+                f"blocks/codes changed"
+                for k, v in report.quant_summary().items()
+            ],
+            max_list,
+        )
+    )
     lines.extend(
         _listing(
             "buffers (bitwise only, not in the numbers above)",

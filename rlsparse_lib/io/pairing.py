@@ -16,6 +16,11 @@ out. The rule (:func:`quantized_tensors`):
   tensors named like quantization parameters (``scales``, ``*_scale``, ``absmax``, ``SCB``, ...);
 * every other integer / bool tensor (position ids, step counters, attention masks) is a buffer,
   compared bitwise and kept out of the float headline, whose coverage the report states.
+
+With ``dequantize=True`` (``rlsparse diff``) the layouts :mod:`rlsparse_lib.io.quant` decodes
+(FP8 block scales, compressed-tensors FP8, MXFP4) are paired instead as one logical tensor each
+(codes + scales; the scales are consumed, not counted), compared on their dequantized values;
+a quantized side may meet a float side (a user's dequantized copy). Everything else stays refused.
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ from rlsparse_lib.errors import ConfigError, PairingError, QuantizedWeightsError
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorInfo
 from rlsparse_lib.io.dtypes import (
     COMPARE_DTYPES,
+    DTYPE_BITS,
     FLOAT_FORMATS,
     INTEGER_DTYPES,
     UNDECODED_DTYPES,
     is_float,
     safetensors_code,
 )
+from rlsparse_lib.io.quant import QuantTensor, consumed, quant_layout
 
 _HEADS = ("lm_head.weight", "embed_out.weight")
 _EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
@@ -77,16 +84,16 @@ def quantization_method(ckpt: Checkpoint) -> str | None:
     return None
 
 
-def quantized_tensors(ckpt: Checkpoint) -> dict[str, str]:
+def quantized_tensors(ckpt: Checkpoint, decoded: frozenset[str] = frozenset()) -> dict[str, str]:
     """Tensors of ``ckpt`` that hold weights rlsparse cannot decode, with their scheme.
 
     See the module docstring for the rule; integer/bool tensors outside a quantization scheme are
-    buffers and not listed.
+    buffers and not listed; ``decoded``: stored names decoded as part of a logical tensor.
     """
     method = quantization_method(ckpt)
     config = f" (quantization_config quant_method={method})" if method else ""
     out: dict[str, str] = {}
-    tensors = ckpt.tensors
+    tensors = {n: i for n, i in ckpt.tensors.items() if n not in decoded}
     for name, info in tensors.items():
         if info.dtype in UNDECODED_DTYPES:
             code = safetensors_code(info.dtype)
@@ -112,21 +119,26 @@ def quantized_tensors(ckpt: Checkpoint) -> dict[str, str]:
 
 
 def check_quantized(
-    base: Checkpoint, tuned: Checkpoint, names: list[str], selected: set[str]
+    base: Checkpoint,
+    tuned: Checkpoint,
+    names: list[str],
+    selected: set[str],
+    decoded: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset()),
 ) -> None:
     """Raise :class:`QuantizedWeightsError` naming every selected tensor (first few + count per
     scheme) that holds weights rlsparse cannot decode; ``selected``: names not left out by
-    --include/--exclude. A quantization_config with no such tensor only adds a warning."""
-    per_side = [quantized_tensors(ckpt) for ckpt in (base, tuned)]
+    --include/--exclude; ``decoded``: per side, stored names decoded as logical tensors. A
+    quantization_config with no such tensor only adds a warning."""
+    per_side = [quantized_tensors(ck, d) for ck, d in zip((base, tuned), decoded, strict=True)]
     found = {**per_side[1], **per_side[0]}
     refused = [n for n in names if n in found and n in selected]
-    for ckpt, side in zip((base, tuned), per_side, strict=True):
+    for ckpt, side, dec in zip((base, tuned), per_side, decoded, strict=True):
         method = quantization_method(ckpt)
         note = (
             f"{ckpt.source}: config.json declares quantization_config quant_method={method} "
             "but no tensor is stored quantized; compared as stored"
         )
-        if method is not None and not side and note not in ckpt.warnings:
+        if method is not None and not side and not dec and note not in ckpt.warnings:
             ckpt.warnings.append(note)
     if not refused:
         return
@@ -157,6 +169,8 @@ class TensorPair:
         kind: ``float`` (full statistics) or ``bitwise`` (integer/bool buffers: changed count only;
             low-precision weight codes are refused, never compared bitwise).
         note: why the comparison is partial or cast, or empty.
+        quant_base, quant_tuned: the quantized layout of a side decoded before comparing
+            (``base``/``tuned`` are then its logical tensor), or None for a plain tensor.
     """
 
     name: str
@@ -166,6 +180,20 @@ class TensorPair:
     numel: int
     kind: str
     note: str = ""
+    quant_base: QuantTensor | None = None
+    quant_tuned: QuantTensor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes read from both sides: the compared elements' share of the stored bytes (a
+        quantized side: codes plus scales)."""
+        total = 0
+        for info, qt in ((self.base, self.quant_base), (self.tuned, self.quant_tuned)):
+            if qt is not None:
+                total += qt.nbytes
+            else:
+                total += -(-self.numel * DTYPE_BITS[info.dtype] // 8)
+        return total
 
     @property
     def compared_shape(self) -> tuple[int, ...]:
@@ -207,7 +235,7 @@ class PairPlan:
     @property
     def nbytes(self) -> int:
         """Bytes read from both sides."""
-        return sum(p.numel * (p.base.itemsize + p.tuned.itemsize) for p in self.pairs)
+        return sum(p.nbytes for p in self.pairs)
 
     def shard_groups(self) -> list[list[TensorPair]]:
         """Pairs grouped by (base file, tuned file), in file order: the units of work."""
@@ -223,14 +251,17 @@ def pair_checkpoints(
     compare_dtype: str | None = None,
     include: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
+    dequantize: bool = False,
 ) -> PairPlan:
     """Pair two checkpoints' tensors.
 
     Args:
         compare_dtype: cast both sides to this float dtype (default: each base tensor's stored
-            dtype; float64 is compared as float32).
+            dtype; float64 is compared as float32; dequantized tensors: bfloat16).
         include: if given, only names matching one of these regexes are compared.
         exclude: names matching any of these regexes are not compared.
+        dequantize: pair the quantized layouts :mod:`rlsparse_lib.io.quant` decodes as logical
+            tensors (the diff engine does); otherwise they are refused like any quantized weight.
 
     Raises:
         PairingError: when the two checkpoints have no tensor in common.
@@ -239,6 +270,8 @@ def pair_checkpoints(
             a quantization_config's packed weights); the message names them and the scheme.
         ConfigError: for an unknown compare dtype, an invalid regex, or ``include`` patterns that
             match no tensor name.
+        CheckpointError: (``dequantize``) a missing scale, a scale shape that does not fit its
+            weight, or an unknown block size.
     """
     if compare_dtype is not None and compare_dtype not in COMPARE_DTYPES:
         raise ConfigError(
@@ -247,16 +280,20 @@ def pair_checkpoints(
     inc = _compile(include, "--include")
     exc = _compile(exclude, "--exclude")
     plan = PairPlan(base, tuned)
-    names = list(base.tensors) + [n for n in tuned.tensors if n not in base.tensors]
+    layouts = (quant_layout(base), quant_layout(tuned)) if dequantize else ({}, {})
+    b_tensors, b_used = _logical(base, layouts[0])
+    t_tensors, t_used = _logical(tuned, layouts[1])
+    names = list(b_tensors) + [n for n in t_tensors if n not in b_tensors]
     check_include_matches(include, names, base, tuned)
     check_quantized(
         base,
         tuned,
         names,
         {n for n in names if _filter_reason(n, inc, exc, include, exclude) is None},
+        (b_used, t_used),
     )
     for name in names:
-        b, t = base.tensors.get(name), tuned.tensors.get(name)
+        b, t = b_tensors.get(name), t_tensors.get(name)
         numel_b, numel_t = (b.numel if b else 0), (t.numel if t else 0)
         reason = _filter_reason(name, inc, exc, include, exclude)
         head_note = ""
@@ -273,7 +310,7 @@ def pair_checkpoints(
             plan.skipped.append(Skipped(name, reason, numel_b, numel_t))
             continue
         assert b is not None and t is not None
-        pair = _pair(name, b, t, compare_dtype)
+        pair = _pair(name, b, t, compare_dtype, layouts[0].get(name), layouts[1].get(name))
         if isinstance(pair, Skipped):
             plan.skipped.append(pair)
         elif head_note:
@@ -293,6 +330,21 @@ def pair_checkpoints(
         key=lambda p: (files_b[p.base.file], files_t[p.tuned.file], p.base.offset, p.name)
     )
     return plan
+
+
+def _logical(
+    ckpt: Checkpoint, layout: dict[str, QuantTensor]
+) -> tuple[dict[str, TensorInfo], frozenset[str]]:
+    """The checkpoint's tensors with every decoded layout as one logical tensor (at its codes'
+    place), and the stored names those logical tensors consume."""
+    used = consumed(layout)
+    out: dict[str, TensorInfo] = {}
+    for name, info in ckpt.tensors.items():
+        if name not in used:
+            out[name] = info
+        elif name == layout[used[name]].codes.name:
+            out[used[name]] = layout[used[name]].info
+    return out, frozenset(used)
 
 
 def _compile(patterns: tuple[str, ...], flag: str) -> list[re.Pattern]:
@@ -398,8 +450,15 @@ def _embedding_name(ckpt: Checkpoint) -> str | None:
 
 
 def _pair(
-    name: str, b: TensorInfo, t: TensorInfo, compare_dtype: str | None
+    name: str,
+    b: TensorInfo,
+    t: TensorInfo,
+    compare_dtype: str | None,
+    qb: QuantTensor | None = None,
+    qt: QuantTensor | None = None,
 ) -> TensorPair | Skipped:
+    if qb is not None or qt is not None:
+        return _quant_pair(name, b, t, compare_dtype, qb, qt)
     notes = []
     if b.shape != t.shape:
         if len(b.shape) != len(t.shape) or not b.shape or b.shape[1:] != t.shape[1:]:
@@ -423,3 +482,41 @@ def _pair(
     if b.dtype != t.dtype:
         return Skipped(name, f"dtype mismatch {b.dtype} vs {t.dtype}", b.numel, t.numel)
     return TensorPair(name, b, t, None, numel, "bitwise", "; ".join(notes))
+
+
+def _quant_pair(
+    name: str,
+    b: TensorInfo,
+    t: TensorInfo,
+    compare_dtype: str | None,
+    qb: QuantTensor | None,
+    qt: QuantTensor | None,
+) -> TensorPair | Skipped:
+    """A pair with a quantized side: compared on dequantized values (bfloat16 unless
+    ``compare_dtype`` says otherwise); the other side is quantized too or a float tensor."""
+    if b.shape != t.shape:
+        return Skipped(name, f"shape mismatch {list(b.shape)} vs {list(t.shape)}", b.numel, t.numel)
+    for q, info in ((qb, b), (qt, t)):
+        if q is None and not is_float(info.dtype):
+            return Skipped(name, f"dtype mismatch {b.dtype} vs {t.dtype}", b.numel, t.numel)
+    cmp = compare_dtype or "bfloat16"
+    notes = []
+    for side, q, info in (("base", qb, b), ("tuned", qt, t)):
+        if q is not None:
+            notes.append(f"{side} {q.scheme} dequantized to {cmp}")
+        elif info.dtype != cmp:
+            notes.append(f"{side} {info.dtype} cast to {cmp}")
+    if not same_layout(qb, qt):
+        notes.append("no raw-code views: they need the same scheme on both sides")
+    return TensorPair(name, b, t, cmp, b.numel, "float", "; ".join(notes), qb, qt)
+
+
+def same_layout(qb: QuantTensor | None, qt: QuantTensor | None) -> bool:
+    """Whether both sides are quantized alike (scheme, block, scale dtype and shape), so their
+    raw codes and scales compare one to one."""
+    return (
+        qb is not None
+        and qt is not None
+        and (qb.scheme, qb.block, qb.scales.dtype, qb.scales.shape)
+        == (qt.scheme, qt.block, qt.scales.dtype, qt.scales.shape)
+    )

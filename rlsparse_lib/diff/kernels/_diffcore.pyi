@@ -66,3 +66,32 @@ def diff32(
     btot: np.ndarray,
     flt: np.ndarray,
 ) -> None: ...
+
+def dequant_fp8(
+    codes: np.ndarray,
+    ncols: int,
+    scales: np.ndarray,
+    srow: np.ndarray,
+    scols: int,
+    col_block: int,
+    table: np.ndarray,
+    out: np.ndarray,
+    threads: int,
+) -> None: ...
+def dequant_mxfp4(
+    blocks: np.ndarray,
+    scales: np.ndarray,
+    e2m1: np.ndarray,
+    e8m0: np.ndarray,
+    out: np.ndarray,
+    threads: int,
+) -> None: ...
+def quant_counts(
+    ca: np.ndarray,
+    cb: np.ndarray,
+    da: np.ndarray,
+    db: np.ndarray,
+    nibbles: int,
+    counts: np.ndarray,
+    threads: int,
+) -> None: ...

@@ -55,6 +55,14 @@ cdef extern from "diffcore.h" nogil:
     int rls_diff32(const uint32_t *a, const uint32_t *b, int64_t n, int32_t st_mant,
                    int32_t st_emin, const rls_spec *spec, rls_out *out)
     int rls_max_threads()
+    void rls_dequant_fp8(const uint8_t *codes, int64_t nrows, int64_t ncols, const float *scales,
+                         const int64_t *srow, int64_t scols, int64_t col_block,
+                         const float *table, uint16_t *out, int32_t threads)
+    void rls_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t ngroups,
+                           const float *e2m1, const float *e8m0, uint16_t *out, int32_t threads)
+    void rls_quant_counts(const uint8_t *ca, const uint8_t *cb, const uint16_t *da,
+                          const uint16_t *db, int64_t n, int32_t nibbles, int64_t *counts,
+                          int32_t threads)
 
 
 #: sizes and field indices of the output arrays
@@ -154,3 +162,52 @@ def diff32(const uint32_t[::1] a, const uint32_t[::1] b, int st_mant, int st_emi
         rc = rls_diff32(&a[0], &b[0], n, st_mant, st_emin, &s, &o)
     if rc:
         raise MemoryError("diff kernel: out of memory")
+
+
+def dequant_fp8(const uint8_t[::1] codes, int64_t ncols, const float[::1] scales,
+                const int64_t[::1] srow, int64_t scols, int64_t col_block,
+                const float[::1] table, uint16_t[::1] out, int threads):
+    """FP8 codes uint8[nrows * ncols] -> bfloat16 words ``out`` (see diffcore.h)."""
+    cdef int64_t nrows = srow.shape[0]
+    if ncols < 1 or col_block < 1 or scols != -(-ncols // col_block):
+        raise ValueError(f"{scols} scale columns do not cover {ncols} columns in blocks of {col_block}")
+    if codes.shape[0] != nrows * ncols or out.shape[0] != nrows * ncols:
+        raise ValueError("codes and out must hold nrows * ncols elements")
+    if table.shape[0] != 256:
+        raise ValueError("the FP8 table must hold 256 entries")
+    cdef int64_t r
+    for r in range(nrows):
+        if srow[r] < 0 or (srow[r] + 1) * scols > scales.shape[0]:
+            raise ValueError(f"scale row {srow[r]} out of range")
+    if nrows == 0:
+        return
+    with nogil:
+        rls_dequant_fp8(&codes[0], nrows, ncols, &scales[0], &srow[0], scols, col_block,
+                        &table[0], &out[0], threads)
+
+
+def dequant_mxfp4(const uint8_t[::1] blocks, const uint8_t[::1] scales, const float[::1] e2m1,
+                  const float[::1] e8m0, uint16_t[::1] out, int threads):
+    """MXFP4 blocks uint8[16 * G] and scales uint8[G] -> bfloat16 words ``out[32 * G]``."""
+    cdef int64_t g = scales.shape[0]
+    if blocks.shape[0] != 16 * g or out.shape[0] != 32 * g:
+        raise ValueError("blocks must hold 16 and out 32 elements per scale")
+    if e2m1.shape[0] != 16 or e8m0.shape[0] != 256:
+        raise ValueError("decode tables must hold 16 and 256 entries")
+    if g == 0:
+        return
+    with nogil:
+        rls_dequant_mxfp4(&blocks[0], &scales[0], g, &e2m1[0], &e8m0[0], &out[0], threads)
+
+
+def quant_counts(const uint8_t[::1] ca, const uint8_t[::1] cb, const uint16_t[::1] da,
+                 const uint16_t[::1] db, int nibbles, int64_t[::1] counts, int threads):
+    """Adds (codes changed, changed through the scale only) of n decoded elements to counts[2]."""
+    cdef int64_t n = da.shape[0]
+    cdef int64_t nc = (n + 1) // 2 if nibbles else n
+    if db.shape[0] != n or ca.shape[0] != nc or cb.shape[0] != nc or counts.shape[0] != 2:
+        raise ValueError("code and word arrays do not match")
+    if n == 0:
+        return
+    with nogil:
+        rls_quant_counts(&ca[0], &cb[0], &da[0], &db[0], n, nibbles, &counts[0], threads)

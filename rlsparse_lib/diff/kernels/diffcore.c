@@ -413,3 +413,62 @@ int rls_diff32(const uint32_t *a, const uint32_t *b, int64_t n, int32_t st_mant,
     const job_t job = {a, b, n, 32, NULL, NULL, NULL, st_mant, st_emin};
     return run_parts(&job, spec, out, NULL);
 }
+
+/* ---- dequantization ---- */
+
+static inline uint16_t bf16_rne(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0xFFFFu;
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+static int threads_or_max(int32_t threads) { return threads > 0 ? threads : rls_max_threads(); }
+
+void rls_dequant_fp8(const uint8_t *codes, int64_t nrows, int64_t ncols, const float *scales,
+                     const int64_t *srow, int64_t scols, int64_t col_block, const float *table,
+                     uint16_t *out, int32_t threads) {
+#pragma omp parallel for schedule(static) num_threads(threads_or_max(threads))
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *c = codes + r * ncols;
+        const float *s = scales + srow[r] * scols;
+        uint16_t *o = out + r * ncols;
+        for (int64_t b = 0, c0 = 0; c0 < ncols; b++, c0 += col_block) {
+            const int64_t c1 = c0 + col_block < ncols ? c0 + col_block : ncols;
+            const float sb = s[b];
+            for (int64_t j = c0; j < c1; j++) o[j] = bf16_rne(table[c[j]] * sb);
+        }
+    }
+}
+
+void rls_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t ngroups,
+                       const float *e2m1, const float *e8m0, uint16_t *out, int32_t threads) {
+#pragma omp parallel for schedule(static) num_threads(threads_or_max(threads))
+    for (int64_t g = 0; g < ngroups; g++) {
+        const uint8_t *b = blocks + g * 16;
+        const float s = e8m0[scales[g]];
+        uint16_t *o = out + g * 32;
+        for (int k = 0; k < 16; k++) {
+            o[2 * k] = bf16_rne(e2m1[b[k] & 15] * s);
+            o[2 * k + 1] = bf16_rne(e2m1[b[k] >> 4] * s);
+        }
+    }
+}
+
+void rls_quant_counts(const uint8_t *ca, const uint8_t *cb, const uint16_t *da, const uint16_t *db,
+                      int64_t n, int32_t nibbles, int64_t *counts, int32_t threads) {
+    int64_t raw = 0, scale_only = 0;
+#pragma omp parallel for schedule(static) reduction(+ : raw, scale_only) \
+    num_threads(threads_or_max(threads))
+    for (int64_t i = 0; i < n; i++) {
+        int same;
+        if (nibbles)
+            same = ((ca[i >> 1] ^ cb[i >> 1]) >> ((i & 1) * 4) & 15) == 0;
+        else
+            same = ca[i] == cb[i];
+        raw += !same;
+        scale_only += same & (da[i] != db[i]);
+    }
+    counts[0] += raw;
+    counts[1] += scale_only;
+}

@@ -71,4 +71,25 @@ int rls_diff32(const uint32_t *a, const uint32_t *b, int64_t n, int32_t st_mant,
 /* Threads a parallel region gets by default. */
 int rls_max_threads(void);
 
+/* ---- dequantization: codes and scales -> bfloat16 words (see rlsparse_lib/io/quant.py) ----
+ * Every value is bf16_rne(float32 code value * float32 scale): the product rounded in float32,
+ * then to bfloat16 to nearest even; a NaN becomes 0xFFFF (what torch's CPU cast writes). */
+
+/* FP8 (one byte per code): `nrows` rows of `ncols` codes; row r uses the scale row
+ * scales + srow[r] * scols, column c its entry c / col_block. `table` float32[256] decodes a code. */
+void rls_dequant_fp8(const uint8_t *codes, int64_t nrows, int64_t ncols, const float *scales,
+                     const int64_t *srow, int64_t scols, int64_t col_block, const float *table,
+                     uint16_t *out, int32_t threads);
+
+/* MXFP4: `ngroups` groups of 16 bytes (32 E2M1 codes, low nibble first) and one E8M0 byte each;
+ * `e2m1` float32[16] decodes a nibble, `e8m0` float32[256] a scale byte. */
+void rls_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t ngroups,
+                       const float *e2m1, const float *e8m0, uint16_t *out, int32_t threads);
+
+/* Raw-code views of n decoded elements: counts[0] += elements whose code differs, counts[1] +=
+ * elements whose code is equal but whose decoded words `da`, `db` differ. Codes are bytes
+ * (`nibbles` 0) or packed nibbles, low first (`nibbles` 1: element i in byte i / 2). */
+void rls_quant_counts(const uint8_t *ca, const uint8_t *cb, const uint16_t *da, const uint16_t *db,
+                      int64_t n, int32_t nibbles, int64_t *counts, int32_t threads);
+
 #endif

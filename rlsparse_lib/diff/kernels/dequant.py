@@ -1,0 +1,132 @@
+"""Dequantization on the chunk stream: a quantized logical tensor read as bfloat16 words.
+
+:class:`DequantSource` is a :class:`~rlsparse_lib.io.chunks.WordSource` whose ``words`` are the
+dequantized values of a :class:`~rlsparse_lib.io.quant.QuantTensor`, decoded by the compiled
+kernel (``diffcore.c``: a float32 decode table per code, the float32 product with the scale,
+rounded to bfloat16 to nearest even) from the codes and only the scale rows the range needs. The
+chunk stream then treats it like any stored bfloat16 tensor (casts, release, prefetch), so the
+diff kernel, the tolerance grid, the relative probe and the ULP/binade views apply unchanged.
+Ranges are cut in whole scale slabs (:func:`quant_step`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rlsparse_lib.diff.kernels import _diffcore
+from rlsparse_lib.io.checkpoint import TensorReader
+from rlsparse_lib.io.dtypes import cast_words
+from rlsparse_lib.io.quant import (
+    MX_GROUP,
+    MX_GROUP_BYTES,
+    QuantTensor,
+    e2m1_table,
+    e8m0_table,
+    fp8_table,
+)
+
+__all__ = ["DequantSource", "count_codes", "count_scales", "quant_step"]
+
+
+def quant_step(chunk_elems: int, *layouts: QuantTensor | None) -> int:
+    """Elements per chunk for a pair with these quantized sides: a multiple of every side's
+    alignment (FP8: whole scale slabs of rows; MXFP4: whole rows) and of 8 (packed masks), about
+    ``chunk_elems`` and at least one aligned unit."""
+    unit = 8
+    for qt in layouts:
+        if qt is not None:
+            rows = 1 if qt.scheme == "mxfp4" else qt.slab_rows()
+            unit = math.lcm(unit, rows * qt.cols)
+    return max(unit, chunk_elems // unit * unit)
+
+
+class DequantSource:
+    """Element-ranged bfloat16 words of a quantized logical tensor (a ``WordSource``).
+
+    ``words(name, start, stop)`` needs ``start`` on a row boundary (FP8) or a 32-element group
+    boundary (MXFP4) and ``stop`` likewise or at the end. After each call :attr:`codes` holds the
+    range's raw codes (uint8; packed nibbles for MXFP4) and :attr:`code_bytes` their byte count.
+    """
+
+    def __init__(self, reader: TensorReader, qt: QuantTensor, threads: int | None = None) -> None:
+        self.reader = reader
+        self.qt = qt
+        self.threads = threads or 0
+        self.codes = np.empty(0, np.uint8)
+        self.code_bytes = 0
+
+    def _code_range(self, start: int, stop: int) -> tuple[int, int]:
+        if self.qt.scheme == "mxfp4":
+            return start // 2, stop // 2
+        return start, stop
+
+    def words(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Dequantized elements ``[start, stop)`` as bfloat16 words (uint16)."""
+        qt = self.qt
+        out = np.empty(stop - start, np.uint16)
+        if qt.scheme == "mxfp4":
+            if start % MX_GROUP or (stop % MX_GROUP and stop != qt.numel):
+                raise ValueError(f"{name}: MXFP4 range [{start}, {stop}) is not group-aligned")
+            g0, g1 = start // MX_GROUP, stop // MX_GROUP
+            codes = self.reader.words(qt.codes.name, g0 * MX_GROUP_BYTES, g1 * MX_GROUP_BYTES)
+            scales = self.reader.words(qt.scales.name, g0, g1)
+            _diffcore.dequant_mxfp4(codes, scales, e2m1_table(), e8m0_table(), out, self.threads)
+            self.reader.release(qt.scales.name, g0, g1)
+        else:
+            c = qt.cols
+            if start % c or stop % c:
+                raise ValueError(f"{name}: FP8 range [{start}, {stop}) is not row-aligned")
+            srow = qt.scale_rows(start // c, stop // c)
+            _, scols = qt.scale_grid()
+            s0, s1 = (int(srow[0]), int(srow[-1]) + 1) if srow.size else (0, 0)
+            raw = self.reader.words(qt.scales.name, s0 * scols, s1 * scols)
+            scales = cast_words(raw, qt.scales.dtype, "float32").view(np.float32)
+            codes = self.reader.words(qt.codes.name, start, stop)
+            col_block = c if qt.block is None else qt.block[1]
+            _diffcore.dequant_fp8(
+                codes, c, scales, srow - s0, scols, col_block, fp8_table(), out, self.threads
+            )
+            self.reader.release(qt.scales.name, s0 * scols, s1 * scols)
+        self.codes = codes
+        self.code_bytes = codes.nbytes
+        return out
+
+    def prefetch(self, name: str, start: int, stop: int) -> None:
+        self.reader.prefetch(self.qt.codes.name, *self._code_range(start, stop))
+
+    def release(self, name: str, start: int, stop: int) -> None:
+        self.codes = np.empty(0, np.uint8)
+        self.reader.release(self.qt.codes.name, *self._code_range(start, stop))
+
+
+def count_codes(
+    a: DequantSource, b: DequantSource, words_a: np.ndarray, words_b: np.ndarray, counts: np.ndarray
+) -> None:
+    """Add (codes that differ, elements changed through their scale only) of the current chunk
+    to ``counts`` int64[2]; ``words_a``/``words_b``: the chunk's dequantized bfloat16 words."""
+    nibbles = int(a.qt.scheme == "mxfp4")
+    _diffcore.quant_counts(a.codes, b.codes, words_a, words_b, nibbles, counts, a.threads)
+
+
+def count_scales(
+    base: TensorReader,
+    tuned: TensorReader,
+    qb: QuantTensor,
+    qt: QuantTensor,
+    chunk_elems: int,
+) -> int:
+    """Scale entries whose stored bits differ between two same-shaped scale tensors (read in
+    chunks of ``chunk_elems``, pages released)."""
+    n = qb.scales.numel
+    changed = 0
+    for start in range(0, n, chunk_elems):
+        stop = min(n, start + chunk_elems)
+        wa = base.words(qb.scales.name, start, stop)
+        wb = tuned.words(qt.scales.name, start, stop)
+        changed += int(np.count_nonzero(wa != wb))
+        del wa, wb
+        base.release(qb.scales.name, start, stop)
+        tuned.release(qt.scales.name, start, stop)
+    return changed
