@@ -8,6 +8,7 @@ fraction per element, row, column, 128×128 block, 64 KiB chunk and tensor. Per 
 
 examples:
   rlsparse budget runs/grpo/                       # a run folder of step_N / checkpoint-N
+  rlsparse budget runs/grpo/monitor.jsonl          # a run's monitor log (monitor codecs on)
   rlsparse budget c0/ c1/ c2/ --steps 0 10 20 --every 1 10 --period 10 60 --json budget.json
 """
 
@@ -44,18 +45,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rlsparse_lib.atomic import atomic_path
     from rlsparse_lib.errors import ConfigError
-    from rlsparse_lib.patches.budget import CODECS, sync_budget
+    from rlsparse_lib.patches.budget import CODECS, budget_from_monitor, sync_budget
 
     if any(n < 1 for n in args.every) or any(t <= 0 for t in args.period):
         raise ConfigError("--every must be >= 1 and --period > 0")
-    bud = sync_budget(
-        args.series,
-        steps=args.steps,
-        every=tuple(args.every),
-        periods=tuple(args.period),
-        level=args.level,
-        progress=not args.quiet,
-    )
+    if len(args.series) == 1 and args.series[0].endswith(".jsonl"):
+        bud = budget_from_monitor(args.series[0], tuple(args.every), tuple(args.period))
+    else:
+        bud = sync_budget(
+            args.series,
+            steps=args.steps,
+            every=tuple(args.every),
+            periods=tuple(args.period),
+            level=args.level,
+            progress=not args.quiet,
+        )
     if args.json:
         bud.save_json(args.json)
     if args.csv:
@@ -68,11 +72,12 @@ def run(args: argparse.Namespace) -> int:
         show[c] = s[f"B_per_changed_{c}"]
     print("per sync: sparsity (%) and B per changed element")
     print(show.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    g = bud.granularity.pivot_table(
-        index=["step_from", "step_to"], columns="granularity", values="unchanged_fraction"
-    )
-    print("unchanged fraction (%) per granularity")
-    print((100 * g).to_string(float_format=lambda x: f"{x:.2f}"))
+    if len(bud.granularity):
+        g = bud.granularity.pivot_table(
+            index=["step_from", "step_to"], columns="granularity", values="unchanged_fraction"
+        )
+        print("unchanged fraction (%) per granularity")
+        print((100 * g).to_string(float_format=lambda x: f"{x:.2f}"))
     cad = bud.cadence.pivot_table(index="every", columns="codec", values="bytes_per_sync")
     print("mean MB per sync with a dense anchor every N syncs")
     print((cad / 1e6).to_string(float_format=lambda x: f"{x:.3f}"))

@@ -13,12 +13,14 @@ For each pair of consecutive checkpoints (θ_t → θ_{t+1}) one streaming pass 
   skip) and tensor.
 
 :func:`sync_budget` returns these as DataFrames, with the anchor-cadence trade-off (a full dense
-anchor every N syncs) and the bandwidth to sync every T seconds.
+anchor every N syncs) and the bandwidth to sync every T seconds; :func:`budget_from_monitor` the
+same per-sync and cadence tables from a run's monitor log.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import numpy as np
 import pandas as pd
 import zstandard as zstd
 
+from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import open_checkpoint
 from rlsparse_lib.patches.codec import encode_block
 from rlsparse_lib.patches.create import CHUNK, LEVEL
@@ -91,6 +94,23 @@ class _Units:
         return out
 
 
+def codec_bytes(
+    base: np.ndarray, tuned: np.ndarray, cctx: zstd.ZstdCompressor
+) -> tuple[int, dict[str, int]]:
+    """Payload of one chunk pair of raw words (same unsigned dtype) under each codec.
+
+    Returns:
+        (changed elements, ``{codec: bytes}`` for ``raw``, ``rlsparse``, ``xor_zstd``, ``dense``).
+    """
+    k, _, idx, vals = encode_block(base, tuned, "sub", cctx)
+    return k, {
+        "raw": k * (INDEX_BYTES + base.itemsize),
+        "rlsparse": len(idx) + len(vals),
+        "xor_zstd": len(cctx.compress((base ^ tuned).tobytes())),
+        "dense": base.nbytes,
+    }
+
+
 def step_budget(
     base: Any, tuned: Any, level: int = LEVEL, chunk: int = CHUNK, progress: bool = False
 ) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
@@ -121,10 +141,10 @@ def step_budget(
             for start in range(0, info.numel, chunk):
                 stop = min(info.numel, start + chunk)
                 b, t = b_r.words(name, start, stop), t_r.words(name, start, stop)
-                k, _, idx, vals = encode_block(b, t, "sub", cctx)
-                row["bytes_xor_zstd"] += len(cctx.compress((b ^ t).tobytes()))
+                k, sizes = codec_bytes(b, t, cctx)
+                for c in ("rlsparse", "xor_zstd"):
+                    row[f"bytes_{c}"] += sizes[c]
                 if k:
-                    row["bytes_rlsparse"] += len(idx) + len(vals)
                     units.mark(np.flatnonzero(b != t) + start)
                 n_changed += k
                 b_r.release(name, start, stop)
@@ -252,3 +272,43 @@ def sync_budget(
     )
     cadence = cadence_table(table, list(every), list(periods), anchor)
     return Budget(table, pd.DataFrame(grows), cadence, prov)
+
+
+def budget_from_monitor(
+    log: str | Path,
+    every: tuple[int, ...] = (1, 5, 10, 20),
+    periods: tuple[float, ...] = (10.0, 60.0, 300.0),
+) -> Budget:
+    """The budget from a run's ``monitor.jsonl`` written with ``SparsityMonitor(codecs=True)``
+    (one sync per record; no granularity table: the log holds counts only).
+
+    Raises:
+        ConfigError: unreadable log, or records without ``patch_bytes_*``.
+    """
+    log = Path(log)
+    try:
+        recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{log}: cannot read a monitor log ({exc})") from exc
+    if not recs or any("patch_bytes_raw" not in r for r in recs):
+        raise ConfigError(f"{log}: monitor records without patch bytes (monitor codecs off)")
+    rows = []
+    prev = 0
+    for r in recs:
+        bf16 = "changed_step_bf16" in r
+        k = r["changed_step_bf16" if bf16 else "changed_step"]
+        row: dict[str, Any] = {"step_from": prev, "step_to": r["step"], "n_elements": r["n_params"]}
+        row["n_changed"] = k
+        row["sparsity_bitwise"] = sparsity_from_changed(k, r["n_params"])
+        for c in CODECS:
+            row[f"bytes_{c}"] = r[f"patch_bytes_{c}"]
+            row[f"B_per_changed_{c}"] = r[f"patch_bytes_{c}"] / k if k else float("nan")
+        rows.append(row)
+        prev = r["step"]
+    table = pd.DataFrame(rows)
+    anchor = int(recs[-1]["patch_bytes_dense"])
+    settings = {"every": list(every), "periods": list(periods), "monitor_log": str(log)}
+    prov = build_provenance("budget", settings=settings, budget_settings=settings)
+    cadence = cadence_table(table, list(every), list(periods), anchor)
+    empty = pd.DataFrame(columns=["step_from", "step_to", "granularity", "n_units", "n_unchanged"])
+    return Budget(table, empty, cadence, prov)

@@ -12,11 +12,18 @@ mixed / fp32 runs). For fp32 weights it also records the same counts on the bf16
 (``*_bf16``), which is what the run's bf16 checkpoints show. The compare runs on integer views
 (int16 for bf16, int32 for fp32) of tensors on the parameters' own device (CPU or CUDA, no host
 copies); each record costs one device→host sync for the counts.
+
+With ``codecs=True`` each record also carries the payload of that step's sync (θ_{s−1} → θ_s of
+the bf16 weights an inference engine receives): ``patch_bytes_<codec>`` for ``raw`` (int32 index +
+value), ``rlsparse`` (the ``rlsparse patch`` codec), ``xor_zstd`` and ``dense``, computed on host
+copies with :func:`rlsparse_lib.patches.budget.codec_bytes` (the numbers ``rlsparse budget`` gives
+for the saved checkpoints). ``seconds`` accumulates the time spent measuring (the overhead).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +56,16 @@ class SparsityMonitor(TrainerCallback):
             changed_* / n_params``).
     """
 
-    def __init__(self, every: int = 1, log_path: str | Path | None = None) -> None:
+    def __init__(
+        self, every: int = 1, log_path: str | Path | None = None, codecs: bool = False
+    ) -> None:
         if every < 1:
             raise ValueError("every must be >= 1")
         self.every = every
+        self.codecs = codecs
+        #: seconds spent in :meth:`measure` (the monitor's overhead; not in the records, which
+        #: stay deterministic)
+        self.seconds = 0.0
         self.log_path = Path(log_path) if log_path is not None else None
         self.records: list[dict[str, Any]] = []
         self._params: list[torch.Tensor] = []
@@ -81,6 +94,7 @@ class SparsityMonitor(TrainerCallback):
     # ---- measurement -----------------------------------------------------------------------
     def measure(self, step: int) -> dict[str, Any]:
         """Count changed weights now (vs θ0 and vs the last snapshot) and append a record."""
+        t0 = time.perf_counter()
         counts = [
             _count((words(p) for p in self._params), self._init),
             _count((words(p) for p in self._params), self._prev),
@@ -97,11 +111,32 @@ class SparsityMonitor(TrainerCallback):
         for key, c in zip(keys, values, strict=True):
             rec[f"changed_{key}"] = int(c)
             rec[f"sparsity_{key}"] = sparsity_from_changed(int(c), n)
+        if self.codecs:
+            rec.update(self._patch_bytes())
         self.records.append(rec)
+        self.seconds += time.perf_counter() - t0
         if self.log_path is not None:
             with open(self.log_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(rec) + "\n")
         return rec
+
+    def _patch_bytes(self) -> dict[str, int]:
+        """Payload per codec of the step's sync (bf16 view when the weights are not bf16)."""
+        import zstandard as zstd
+
+        from rlsparse_lib.patches.budget import CODECS, codec_bytes
+
+        cctx = zstd.ZstdCompressor(level=3)
+        prev = self._prev16 if self.bf16_view else self._prev
+        total = dict.fromkeys(CODECS, 0)
+        for p, ref in zip(self._params, prev, strict=True):
+            cur = (bf16_words(p) if self.bf16_view else words(p)).reshape(-1).cpu().numpy()
+            old = ref.reshape(-1).cpu().numpy()
+            unsigned = f"uint{8 * cur.itemsize}"
+            _, sizes = codec_bytes(old.view(unsigned), cur.view(unsigned), cctx)
+            for c, b in sizes.items():
+                total[c] += b
+        return {f"patch_bytes_{c}": b for c, b in total.items()}
 
     # ---- Trainer hooks ---------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
