@@ -125,3 +125,46 @@ def fp8_block_quantize(
     expanded = scale.repeat_interleave(b0, -2).repeat_interleave(b1, -1)[..., :r, :c]
     codes = (w.float() / expanded).to(torch.float8_e4m3fn)
     return codes, scale
+
+
+def bf16_counts_ref(a: torch.Tensor, b: torch.Tensor, tols, eta: float) -> dict:
+    """Every headline count of two whole bf16 tensors (the independent reference of a diff)."""
+    wa, wb = a.view(torch.int16).reshape(-1), b.view(torch.int16).reshape(-1)
+    fa, fb = a.float().reshape(-1), b.float().reshape(-1)
+    changed = wa != wb
+    d = (fb - fa).abs()
+    fin = changed & torch.isfinite(d)
+    dd = d.double()
+    ref = torch.maximum(fa.abs(), fb.abs()).double()
+    return {
+        "numel": a.numel(),
+        "n_changed": int(changed.sum()),
+        "n_le_tol": [int((fin & (dd <= t)).sum()) for t in tols],
+        "n_rel_unchanged": int((fin & (dd <= eta * ref)).sum()),
+        "n_zero_delta": int((fin & (d == 0)).sum()),
+        "n_nonfinite_delta": int((changed & ~torch.isfinite(d)).sum()),
+        "n_nan_base": int(fa.isnan().sum()),
+        "n_nan_tuned": int(fb.isnan().sum()),
+    }
+
+
+def quant_views_ref(
+    codes_b: torch.Tensor,
+    codes_t: torch.Tensor,
+    scales_b: torch.Tensor,
+    scales_t: torch.Tensor,
+    deq_b: torch.Tensor,
+    deq_t: torch.Tensor,
+) -> dict:
+    """Raw-code views of a quantized pair from whole tensors: ``codes_*`` one integer code per
+    logical element, ``deq_*`` the dequantized bf16 tensors."""
+    same_code = codes_b.reshape(-1) == codes_t.reshape(-1)
+    deq_changed = deq_b.view(torch.int16).reshape(-1) != deq_t.view(torch.int16).reshape(-1)
+    word = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[scales_b.element_size()]
+    return {
+        "raw_n": codes_b.numel(),
+        "raw_changed": int((~same_code).sum()),
+        "scales_n": scales_b.numel(),
+        "scales_changed": int((scales_b.view(word) != scales_t.view(word)).sum()),
+        "scale_only_changed": int((same_code & deq_changed).sum()),
+    }

@@ -14,7 +14,7 @@ from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
 from rlsparse_lib.diff.report import DiffReport
 
-from .ckpt_factory import fp8_block_quantize, save_hf, save_placed
+from .ckpt_factory import bf16_counts_ref, fp8_block_quantize, quant_views_ref, save_hf, save_placed
 
 Q = "model.layers.0.self_attn.q_proj.weight"  # [200, 300]: partial block row and column
 EXPERTS = [f"model.layers.0.mlp.experts.{e}.{p}" for e in range(3) for p in ("gate", "down")]
@@ -112,39 +112,6 @@ def dequant_ref(codes: torch.Tensor, scale: torch.Tensor, block=BLOCK) -> torch.
     return (codes.float() * s[..., :r, :c]).to(torch.bfloat16)
 
 
-def counts_ref(a: torch.Tensor, b: torch.Tensor) -> dict:
-    """Every headline count of two bf16 tensors, from their whole values."""
-    wa, wb = a.view(torch.int16).reshape(-1), b.view(torch.int16).reshape(-1)
-    fa, fb = a.float().reshape(-1), b.float().reshape(-1)
-    changed = wa != wb
-    d = (fb - fa).abs()
-    fin = changed & torch.isfinite(d)
-    dd = d.double()
-    ref = torch.maximum(fa.abs(), fb.abs()).double()
-    return {
-        "numel": a.numel(),
-        "n_changed": int(changed.sum()),
-        "n_le_tol": [int((fin & (dd <= t)).sum()) for t in TOLS],
-        "n_rel_unchanged": int((fin & (dd <= ETA * ref)).sum()),
-        "n_zero_delta": int((fin & (d == 0)).sum()),
-        "n_nonfinite_delta": int((changed & ~torch.isfinite(d)).sum()),
-        "n_nan_base": int(fa.isnan().sum()),
-        "n_nan_tuned": int(fb.isnan().sum()),
-    }
-
-
-def quant_ref(cb, ct, sb, st, deq_b, deq_t) -> dict:
-    same_code = cb.view(torch.uint8) == ct.view(torch.uint8)
-    deq_changed = deq_b.view(torch.int16) != deq_t.view(torch.int16)
-    return {
-        "raw_n": cb.numel(),
-        "raw_changed": int((~same_code).sum()),
-        "scales_n": sb.numel(),
-        "scales_changed": int((sb.view(torch.int32) != st.view(torch.int32)).sum()),
-        "scale_only_changed": int((same_code & deq_changed).sum()),
-    }
-
-
 def _check(report: DiffReport, base: dict, tuned: dict, tuned_dequantized: bool = False) -> None:
     rows = {t.name: t for t in report.tensors}
     fp8 = [n for n in base if base[n].dtype == torch.float8_e4m3fn]
@@ -157,7 +124,7 @@ def _check(report: DiffReport, base: dict, tuned: dict, tuned_dequantized: bool 
             if tuned_dequantized
             else dequant_ref(tuned[name], tuned[name + "_scale_inv"])
         )
-        want = counts_ref(db, dt)
+        want = bf16_counts_ref(db, dt, TOLS, ETA)
         res = rows[name]
         s = res.float_stats()
         got = {
@@ -175,9 +142,9 @@ def _check(report: DiffReport, base: dict, tuned: dict, tuned_dequantized: bool 
         if tuned_dequantized:
             assert res.quant is None
         else:
-            q = quant_ref(
-                base[name],
-                tuned[name],
+            q = quant_views_ref(
+                base[name].view(torch.uint8),
+                tuned[name].view(torch.uint8),
                 base[name + "_scale_inv"],
                 tuned[name + "_scale_inv"],
                 db,

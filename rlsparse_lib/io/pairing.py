@@ -41,7 +41,7 @@ from rlsparse_lib.io.dtypes import (
     is_float,
     safetensors_code,
 )
-from rlsparse_lib.io.quant import QuantTensor, consumed, quant_layout
+from rlsparse_lib.io.quant import QuantTensor, activation_scales, consumed, quant_layout
 
 _HEADS = ("lm_head.weight", "embed_out.weight")
 _EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
@@ -290,7 +290,9 @@ def pair_checkpoints(
         tuned,
         names,
         {n for n in names if _filter_reason(n, inc, exc, include, exclude) is None},
-        (b_used, t_used),
+        (b_used | activation_scales(base), t_used | activation_scales(tuned))
+        if dequantize
+        else (frozenset(), frozenset()),
     )
     for name in names:
         b, t = b_tensors.get(name), t_tensors.get(name)

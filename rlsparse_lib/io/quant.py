@@ -57,6 +57,8 @@ E2M1_VALUES = (
 #: elements per MXFP4 scale group, and bytes of codes per group
 MX_GROUP = 32
 MX_GROUP_BYTES = 16
+#: compressed-tensors activation / KV-cache scale names (compared as plain float tensors)
+_ACTIVATION_SCALES = (".input_scale", ".output_scale", ".k_scale", ".v_scale")
 #: the report's ``quant.scheme`` values
 SCHEMES = ("fp8_block", "mxfp4", "ct_fp8_tensor", "ct_fp8_channel", "ct_fp8_block")
 
@@ -175,6 +177,18 @@ def quant_layout(ckpt: Checkpoint) -> dict[str, QuantTensor]:
                 f"{ckpt.source}: MXFP4 scales {name} without {name.removesuffix('_scales')}_blocks"
             )
     return out
+
+
+def activation_scales(ckpt: Checkpoint) -> frozenset[str]:
+    """Float activation / KV-cache scales of a compressed-tensors checkpoint (``*.input_scale``,
+    ``*.output_scale``, ``*.k_scale``, ``*.v_scale``): no weight codes' scales, so they are
+    compared as the plain float tensors they are."""
+    qc = quantization_config(ckpt)
+    if qc is None or qc.get("quant_method") != "compressed-tensors":
+        return frozenset()
+    return frozenset(
+        n for n, i in ckpt.tensors.items() if n.endswith(_ACTIVATION_SCALES) and is_float(i.dtype)
+    )
 
 
 def consumed(layout: dict[str, QuantTensor]) -> dict[str, str]:
