@@ -33,7 +33,7 @@ def smoke_root(tmp_path_factory) -> Path:
 
 
 def test_the_collection_is_complete() -> None:
-    assert [p.stem.split("_", 1)[0] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(10)]
+    assert [p.stem.split("_", 1)[0] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(11)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
@@ -280,6 +280,20 @@ def _check_precision(r: dict) -> None:
             assert m["fp32_master_sparsity_bitwise"] <= m["sparsity_bitwise"], (kind, mode)
 
 
+def _check_pair_report(r: dict) -> None:
+    """The smoke pair's headline equals a naive whole-tensor count of equal bf16 words."""
+    import torch
+    from safetensors.torch import load_file
+
+    base = load_file(str(Path(r["base"]) / "model.safetensors"))
+    tuned = load_file(str(Path(r["tuned"]) / "model.safetensors"))
+    same = sum(int((base[k].view(torch.int16) == tuned[k].view(torch.int16)).sum()) for k in base)
+    total = sum(v.numel() for v in base.values())
+    assert r["headline"]["sparsity_bitwise"] == same / total < 1.0
+    assert set(r["inputs"]) == {"base", "tuned"} and r["rank"]["n_matrices"] > 0
+    assert {"pair_tolerance_curve", "pair_layer_module", "pair_binade"} <= set(r["figures"])
+
+
 CHECKS = {
     "00_quickstart": _check_quickstart,
     "01_update_sparsity": _check_update_sparsity,
@@ -291,4 +305,5 @@ CHECKS = {
     "07_dynamics": _check_dynamics,
     "08_causes": _check_causes,
     "09_precision": _check_precision,
+    "10_pair_report": _check_pair_report,
 }

@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("rlsparse_lib.cli.eval", "greedy accuracy of a checkpoint on a verifiable task"),
     "run": ("rlsparse_lib.cli.run", "execute experiment notebooks through papermill"),
     "figures": ("rlsparse_lib.cli.figures", "regenerate every figure from stored results"),
+    "report": ("rlsparse_lib.cli.report", "one pair's report notebook rendered as one HTML file"),
     "demo": ("rlsparse_lib.cli.demo", "the main job on the embedded default"),
     "patch": (
         "rlsparse_lib.cli.patch",

@@ -163,6 +163,31 @@ def _precision_per_step(exp):
     return plotting.plot_monitor(exp.load_table("per_step"))
 
 
+# ---- 10_pair_report (one pair; its stored diff is diffs/pair.json.gz) --------------------------
+def _pair_tolerance_curve(exp):
+    import pandas as pd
+
+    return plotting.plot_tolerance_curves(pd.DataFrame([_diff(exp, "pair").headline()]))
+
+
+def _pair_layer_module(exp):
+    return plotting.plot_layer_module_sparsity({"pair": _diff(exp, "pair").layer_module_table()})
+
+
+def _pair_binade(exp):
+    return plotting.plot_binade_curve({"pair": _diff(exp, "pair").binade_table()})
+
+
+def _pair_ulp_histogram(exp):
+    return plotting.plot_ulp_histogram({"pair": _diff(exp, "pair").ulp_histogram()})
+
+
+def _pair_rank(exp):
+    if not (exp.results / "rank_by_module.csv").is_file():
+        return None  # RANK=False
+    return plotting.plot_rank_bars({"pair": exp.load_table("rank_by_module")})
+
+
 #: every figure under figures/, by id (= file stem), in drawing order
 FIGURES: dict[str, FigureSpec] = {
     "quickstart_layer_module": FigureSpec("00_quickstart", _quickstart_layer_module),
@@ -184,6 +209,11 @@ FIGURES: dict[str, FigureSpec] = {
     "precision_lr": FigureSpec("09_precision", _precision_lr),
     "precision_binade": FigureSpec("09_precision", _precision_binade),
     "precision_per_step": FigureSpec("09_precision", _precision_per_step),
+    "pair_tolerance_curve": FigureSpec("10_pair_report", _pair_tolerance_curve),
+    "pair_layer_module": FigureSpec("10_pair_report", _pair_layer_module),
+    "pair_binade": FigureSpec("10_pair_report", _pair_binade),
+    "pair_ulp_histogram": FigureSpec("10_pair_report", _pair_ulp_histogram),
+    "pair_update_rank": FigureSpec("10_pair_report", _pair_rank),
 }
 
 

@@ -282,3 +282,135 @@ def _environment() -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# ---- the pair report: one pair, or every pair of a registry --------------------------------------
+PAIR_NOTEBOOK = "10_pair_report"
+
+
+def render_html(notebook: Path, output: Path) -> Path:
+    """Render an executed notebook as one standalone HTML file (figures embedded), atomically."""
+    from nbconvert import HTMLExporter
+
+    from rlsparse_lib.atomic import write_text_atomic
+
+    body, _ = HTMLExporter(embed_images=True).from_filename(str(notebook))
+    write_text_atomic(output, body)
+    return output
+
+
+def report_pair(
+    base: str,
+    tuned: str,
+    output: str | Path,
+    params: dict[str, object] | None = None,
+    out_root: str | None = None,
+    log: bool = True,
+) -> Path:
+    """Run the pair-report notebook on ``base`` and ``tuned`` and render it to ``output`` (HTML).
+
+    The notebook's results and figures go under ``out_root`` when given, else into a temporary
+    folder removed afterwards; only the HTML file stays.
+
+    Raises:
+        RlsparseError: the output cannot be written, or the notebook failed (e.g. a checkpoint
+            cannot be reached), with the reason.
+    """
+    import tempfile
+
+    from rlsparse_lib.atomic import check_writable
+
+    check_writable(output)
+    nb = resolve(PAIR_NOTEBOOK)[0]
+    with tempfile.TemporaryDirectory(prefix="rlsparse-report-") as tmp:
+        root = Path(out_root or tmp)
+        values = {**(params or {}), "BASE": base, "TUNED": tuned, "OUT_ROOT": str(root)}
+        executed = execute(nb, values, root / "data" / "runs" / "notebooks" / nb.name, log=log)
+        return render_html(executed, Path(output))
+
+
+def registry_entries(registry: Path) -> list[dict]:
+    """Every pair of a registry YAML (each top-level list of ``{id, base, tuned, ...}``), with
+    local paths made absolute (relative to the YAML's folder when they exist there).
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or holds no pairs.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(registry.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{registry}: cannot read a pair registry ({err})") from None
+    entries = [
+        dict(e)
+        for v in (data.values() if isinstance(data, dict) else [])
+        if isinstance(v, list)
+        for e in v
+        if isinstance(e, dict) and "id" in e
+    ]
+    if not entries:
+        raise ConfigError(f"{registry}: no pairs (expected lists of {{id, base, tuned}})")
+    for e in entries:
+        for side in ("base", "tuned"):
+            spec = e.get(side)
+            if spec and (registry.parent / str(spec)).exists():
+                e[side] = str((registry.parent / str(spec)).resolve())
+    return entries
+
+
+def run_pairs(
+    registry: str | Path,
+    params: dict[str, object],
+    out_root: str | None = None,
+    log: bool = True,
+) -> list[dict]:
+    """Run the pair-report notebook once per pair of ``registry`` (a model family's batch).
+
+    Each pair's notebook, results and figures go under
+    ``<root>/data/runs/pairs/<registry>/<id>/``, the executed notebook rendered as ``report.html``
+    there. A pair that cannot be run (no hub id, unreachable, gated, a failing cell) is listed
+    with the reason, never skipped silently; ``summary.json`` lists every pair's status.
+
+    Returns:
+        One row per pair: ``id``, ``base``, ``tuned``, ``status`` (``done``, ``no public hub id``,
+        ``unreachable: <reason>`` for a checkpoint out of reach, ``failed: <reason>`` for another
+        failing cell), ``html`` and ``sparsity_bitwise`` when done.
+    """
+    import json
+
+    from rlsparse_lib.atomic import write_text_atomic
+
+    registry = Path(registry)
+    entries = registry_entries(registry)
+    nb = resolve(PAIR_NOTEBOOK)[0]
+    batch = output_paths(out_root or str(params.get("OUT_ROOT") or "")).runs / "pairs"
+    batch = batch / registry.stem
+    rows = []
+    for e in entries:
+        row = {"id": str(e["id"]), "base": e.get("base"), "tuned": e.get("tuned")}
+        if not row["base"] or not row["tuned"]:
+            rows.append({**row, "status": "no public hub id"})
+            continue
+        root = batch / str(e["id"])
+        values = {**params, "BASE": row["base"], "TUNED": row["tuned"], "OUT_ROOT": str(root)}
+        try:
+            executed = execute(nb, values, root / f"{nb.stem}.ipynb", log=log)
+        except RlsparseError as err:  # a checkpoint out of reach, or another failing cell
+            cause = getattr(err.__cause__, "ename", "")
+            kind = "unreachable" if cause == "CheckpointError" else "failed"
+            rows.append({**row, "status": f"{kind}: {err}"})
+            continue
+        html = render_html(executed, root / "report.html")
+        record = json.loads((root / "data/results" / nb.stem / "record.json").read_text("utf-8"))
+        rows.append(
+            {
+                **row,
+                "status": "done",
+                "html": str(html),
+                "sparsity_bitwise": record["headline"].get("sparsity_bitwise"),
+            }
+        )
+    batch.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(batch / "summary.json", json.dumps(rows, indent=1) + "\n")
+    return rows
