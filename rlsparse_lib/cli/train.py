@@ -4,6 +4,8 @@ Outputs go to data/runs/<name>/: the checkpoint series step_XXXXXX/ (bf16, plus 
 keeps fp32 weights), run.json (config, seeds, versions, losses, rewards, evaluation before and
 after, in-training sparsity monitor, final update sparsity), monitor.jsonl, eval_*.jsonl.
 The config is checked completely before anything is written (unknown keys are errors).
+A run that was killed or crashed (data/runs/.<name>.partial/) is resumed from its last saved state
+(saved with every checkpoint) and ends bit-identical to an uninterrupted run; --restart starts over.
 On a CPU without native bf16 (RLSPARSE_CPU_BF16=native|emulated overrides the detection),
 precision mixed computes in fp32 (fp32 master weights, bf16 checkpoints as always); the compute
 dtype used and the CPU verdict are printed and recorded in run.json.
@@ -12,6 +14,7 @@ examples:
   rlsparse train data/configs/cpu/grpo.yaml
   rlsparse train data/configs/cpu/sft.yaml --set precision=bf16 --name cpu-sft-bf16
   rlsparse train data/configs/cpu/grpo.yaml --set train.steps=5 rl.beta=0.04 --overwrite
+  rlsparse train data/configs/cpu/grpo.yaml --restart   # a killed cpu-grpo: start over
   rlsparse diff data/runs/cpu-grpo/step_000000 data/runs/cpu-grpo/step_000020
 """
 
@@ -34,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="run name (folder under data/runs/; default: the config's)")
     p.add_argument("--out-root", type=Path, help="write under OUT_ROOT/data/runs/ instead")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard a partial (killed) run of this name and start over "
+        "(default: resume it from its last saved state, bit-identically)",
+    )
     p.add_argument("--dry-run", action="store_true", help="validate and print the config only")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -56,7 +65,14 @@ def run(args: argparse.Namespace) -> int:
     from rlsparse_lib.training.precision_modes import compute_line
     from rlsparse_lib.training.runner import train
 
-    result = train(cfg, out_root=args.out_root, overwrite=args.overwrite, progress=not args.quiet)
+    result = train(
+        cfg,
+        out_root=args.out_root,
+        overwrite=args.overwrite,
+        restart=args.restart,
+        progress=not args.quiet,
+        say=print,
+    )
     m = result.manifest
     print(f"run: {result.path}")
     print(compute_line(m))

@@ -75,8 +75,10 @@ def run_config(
 
 
 def ensure_run(cfg, paths: Paths, progress: bool = True):
-    """The finished run of ``cfg``: reused when ``run.json`` records the same config, else trained."""
+    """The finished run of ``cfg``: reused when ``run.json`` records the same config, else trained
+    (a killed run of the same config is resumed; one of another config is started over)."""
     from rlsparse_lib.training import train
+    from rlsparse_lib.training.resume import config_mismatch
     from rlsparse_lib.training.runner import RunResult
 
     folder = paths.runs / cfg.name
@@ -86,7 +88,11 @@ def ensure_run(cfg, paths: Paths, progress: bool = True):
         same = _canonical(recorded.get("config")) == _canonical(cfg.to_dict())
         if recorded.get("status") == "complete" and same:
             return RunResult(folder, recorded)
-    return train(cfg, out_root=paths.root, overwrite=True, progress=progress)
+    partial = paths.runs / f".{cfg.name}.partial"
+    restart = partial.exists() and config_mismatch(partial, cfg.to_dict()) is not None
+    return train(
+        cfg, out_root=paths.root, overwrite=True, restart=restart, progress=progress, say=print
+    )
 
 
 def _canonical(obj: object) -> object:

@@ -2,9 +2,10 @@
 
 All kinds share the optimizer, schedule, precision and logging settings (:func:`common_args`; on a
 CPU without native bf16, ``mixed`` computes in fp32: :mod:`~rlsparse_lib.training.precision_modes`);
-checkpointing is done by :class:`~rlsparse_lib.training.checkpoints.CheckpointSaver`, so the
-trainers' own saving is off. GRPO/RLOO take the task's scorer as their reward function; DPO/KTO get
-an explicit frozen copy of the initial model as reference.
+checkpoints are written by :class:`~rlsparse_lib.training.checkpoints.CheckpointSaver`; the
+trainers' own saving keeps the resumable state (:mod:`~rlsparse_lib.training.resume`). GRPO/RLOO
+take the task's scorer as their reward function; DPO/KTO get an explicit frozen copy of the
+initial model as reference.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def common_args(
         "use_cpu": use_cpu,
         "activation_checkpointing": t.gradient_checkpointing,
         "logging_steps": 1,
-        "save_strategy": "no",
+        # resumable states with every checkpoint (training/resume.py renames and rotates them)
+        "save_strategy": "steps" if cfg.checkpoints.every else "no",
+        "save_steps": cfg.checkpoints.every or 500,
+        "save_total_limit": None,
         "eval_strategy": "no",
         "report_to": "none",
         "disable_tqdm": True,

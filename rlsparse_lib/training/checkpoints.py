@@ -65,15 +65,19 @@ def save_checkpoint(model, tokenizer, folder: str | Path, dtype: str) -> Path:
     return write_folder_atomic(folder, write, replace=True)
 
 
+def step_entry(step: int, fp32: bool) -> dict:
+    """The manifest entry of θ_step: its bf16 folder (and fp32 subfolder) inside the run."""
+    name = STEP_FORMAT.format(step)
+    return {"step": step, "bf16": name, **({"fp32": f"{name}/fp32"} if fp32 else {})}
+
+
 def save_step(model, tokenizer, run_dir: str | Path, step: int, fp32: bool) -> dict:
     """Save θ_step as bf16 (and fp32 when ``fp32``); return the manifest entry."""
     folder = step_dir(run_dir, step)
     save_checkpoint(model, tokenizer, folder, "bfloat16")
-    entry = {"step": step, "bf16": folder.name}
     if fp32:
         save_checkpoint(model, tokenizer, folder / "fp32", "float32")
-        entry["fp32"] = f"{folder.name}/fp32"
-    return entry
+    return step_entry(step, fp32)
 
 
 def matches_checkpoint(model, folder: str | Path) -> str | None:
@@ -102,27 +106,38 @@ def _int_dtype(dtype):
 
 
 class CheckpointSaver(TrainerCallback):
-    """Saves θ_k every ``every`` steps and at the last step; checks θ0 at the start of training.
+    """Saves θ_k every ``every`` steps and at the last step; checks θ_start at the start of training.
 
     θ0 is written before the trainer is built (``save_step(..., 0, ...)``); ``on_train_begin``
     verifies that the weights training starts from are bit-identical to it, so ``rlsparse diff
-    step_000000 step_k`` measures exactly the training's change.
+    step_000000 step_k`` measures exactly the training's change. A resumed run (``start`` > 0,
+    ``saved``: the entries of the checkpoints already written) checks θ_start the same way.
     """
 
-    def __init__(self, run_dir: str | Path, tokenizer, every: int, fp32: bool) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        tokenizer,
+        every: int,
+        fp32: bool,
+        start: int = 0,
+        saved: list[dict] | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.tokenizer = tokenizer
         self.every = every
         self.fp32 = fp32
-        self.saved: list[dict] = []
+        self.start = start
+        self.saved: list[dict] = list(saved or [])
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        init = step_dir(self.run_dir, 0)
-        for folder in [init, *([init / "fp32"] if self.fp32 else [])]:
+        first = step_dir(self.run_dir, self.start)
+        for folder in [first, *([first / "fp32"] if self.fp32 else [])]:
             bad = matches_checkpoint(model, folder)
             if bad is not None:
                 raise RuntimeError(
-                    f"the trainer changed '{bad}' before step 0: {folder} is not θ0 of this run"
+                    f"the trainer changed '{bad}' before step {self.start}: {folder} is not "
+                    f"θ{self.start} of this run"
                 )
 
     def on_step_end(self, args, state, control, model=None, **kwargs):

@@ -397,6 +397,13 @@ def _check(cfg: RunConfig, where: str) -> None:
         need(r.epsilon is None or r.epsilon > 0, "rl.epsilon", "> 0 or null", r.epsilon)
         need(r.temperature > 0, "rl.temperature", "> 0", r.temperature)
         need(r.num_iterations >= 1, "rl.num_iterations", ">= 1", r.num_iterations)
+        need(
+            cfg.checkpoints.every % r.num_iterations == 0,
+            "checkpoints.every",
+            f"a multiple of rl.num_iterations ({r.num_iterations}): a run resumes from a "
+            "checkpoint only where new completions are generated",
+            cfg.checkpoints.every,
+        )
         if cfg.kind == "rloo":
             need(
                 r.loss_type is None and r.scale_rewards is None,

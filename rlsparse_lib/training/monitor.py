@@ -69,20 +69,29 @@ class SparsityMonitor(TrainerCallback):
         self.log_path = Path(log_path) if log_path is not None else None
         self.records: list[dict[str, Any]] = []
         self._params: list[torch.Tensor] = []
+        #: θ0 by parameter name, in the parameters' dtype, for a resumed run (set with ``records``
+        #: up to the resume step); None: θ0 is the model at ``attach``
+        self.init: dict[str, torch.Tensor] | None = None
 
     # ---- reference copies ------------------------------------------------------------------
     def attach(self, model: torch.nn.Module) -> None:
-        """Take θ0 from ``model`` (called by ``on_train_begin``; call directly outside a Trainer)."""
-        self._params = [p for _, p in model.named_parameters()]
+        """Take θ0 from ``model`` or ``self.init`` and θ_{s−1} from ``model`` (called by
+        ``on_train_begin``; call directly outside a Trainer)."""
+        named = list(model.named_parameters())
+        self._params = [p for _, p in named]
         self.n_params = sum(p.numel() for p in self._params)
         dtypes = {p.dtype for p in self._params}
         self.dtype = str(next(iter(dtypes))).removeprefix("torch.") if len(dtypes) == 1 else "mixed"
         self.bf16_view = any(p.dtype != torch.bfloat16 for p in self._params)
-        self._init = [words(p).clone() for p in self._params]
-        self._prev = [w.clone() for w in self._init]
+        init = [
+            p if self.init is None else self.init[n].to(device=p.device, dtype=p.dtype)
+            for n, p in named
+        ]
+        self._init = [words(p).clone() for p in init]
+        self._prev = [words(p).clone() for p in self._params]
         if self.bf16_view:
-            self._init16 = [bf16_words(p) for p in self._params]
-            self._prev16 = [w.clone() for w in self._init16]
+            self._init16 = [bf16_words(p) for p in init]
+            self._prev16 = [bf16_words(p) for p in self._params]
 
     def _snapshot_prev(self) -> None:
         for dst, p in zip(self._prev, self._params, strict=True):

@@ -12,9 +12,11 @@ Outputs (``data/runs/<name>/``, see ``docs/training.md``)::
     eval_before.jsonl   greedy completions and scores on the held-out split (and eval_after.jsonl)
     random_mask.safetensors   the random control mask, when ``mask.random`` is set
 
-The run is written to ``data/runs/.<name>.partial/`` and renamed when complete. Bad input
-(:class:`~rlsparse_lib.errors.RlsparseError`) removes the partial folder; a crash keeps it for
-inspection (the next run of that name replaces it).
+The run is written to ``data/runs/.<name>.partial/`` and renamed when complete. Every file in it
+is written atomically. A killed or crashed run is **resumed** by the next run of that name from its
+last saved state (every ``checkpoints.every`` steps; :mod:`~rlsparse_lib.training.resume`) and
+reaches bit-identical checkpoints, history and monitor records; ``restart`` starts it over. Bad
+input (:class:`~rlsparse_lib.errors.RlsparseError`) in a fresh run removes the partial folder.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import platform
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,7 @@ from rlsparse_lib.progress import progress_bar
 from rlsparse_lib.training.config import RunConfig
 from rlsparse_lib.training.cpu_compute import CpuBf16, detect_cpu_bf16
 from rlsparse_lib.training.precision_modes import Precision
+from rlsparse_lib.training.resume import ResumePoint
 
 SCHEMA = "rlsparse.run/1"
 
@@ -67,15 +72,25 @@ def train(
     *,
     out_root: str | Path | None = None,
     overwrite: bool = False,
+    restart: bool = False,
     progress: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run ``cfg``; return the finished run.
 
+    A partial run of the same name (``.<name>.partial``, killed or crashed) is resumed from its
+    last saved state unless ``restart``; ``say`` is told which (one line).
+
     Raises:
-        ConfigError: the run folder exists (and not ``overwrite``), a bad mask, model or task.
+        ConfigError: the run folder exists (and not ``overwrite``); a partial run of that name has
+            another config, precision or library versions (and not ``restart``); a bad mask,
+            model or task.
         DataError: no usable training data (e.g. no correct own sample for RFT).
     """
     import torch
+
+    from rlsparse_lib.training.models import library_versions
+    from rlsparse_lib.training.resume import resume_point
 
     paths = Paths.at(out_root)
     final = paths.runs / cfg.name
@@ -86,18 +101,32 @@ def train(
         raise ConfigError(f"mask.path: no such mask file {mask_path}")
     device = _device(cfg.device)
     cpu = detect_cpu_bf16()  # before anything is written: a bad RLSPARSE_CPU_BF16 is an error
+    precision = Precision.for_device(cfg.precision, device.type, cpu)
     partial = paths.runs / f".{cfg.name}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+    start = None
+    if partial.exists() and not restart:
+        start = resume_point(partial, cfg.to_dict(), precision.describe(), library_versions())
+        if start is None and say is not None:
+            say(f"{partial} has no saved training state yet: starting {cfg.name} over")
+    if start is None:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+    elif say is not None:
+        say(
+            f"resuming {cfg.name} from its state at step {start.step} of {cfg.train.steps} "
+            f"({partial}; --restart starts over)"
+        )
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
-        manifest = _run(cfg, partial, paths, mask_path, progress, device, cpu)
+        manifest = _run(cfg, partial, paths, mask_path, progress, device, cpu, precision, start)
     except RlsparseError:
-        shutil.rmtree(partial, ignore_errors=True)
+        if start is None:
+            shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
+    shutil.rmtree(partial / ".trainer", ignore_errors=True)
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
@@ -112,14 +141,16 @@ def _run(
     progress: bool,
     device,
     cpu: CpuBf16,
+    precision: Precision,
+    start: ResumePoint | None,
 ) -> dict[str, Any]:
     import torch
     from transformers import set_seed
 
     from rlsparse_lib.masks.ops import random_mask_like
     from rlsparse_lib.training.builders import build_trainer
-    from rlsparse_lib.training.checkpoints import CheckpointSaver, save_step
-    from rlsparse_lib.training.data import build_rows, sample_own
+    from rlsparse_lib.training.checkpoints import CheckpointSaver, save_step, step_entry
+    from rlsparse_lib.training.data import OwnSamples, build_rows, sample_own
     from rlsparse_lib.training.evaluation import evaluate
     from rlsparse_lib.training.models import (
         library_versions,
@@ -128,12 +159,12 @@ def _run(
         resolve_model,
     )
     from rlsparse_lib.training.monitor import SparsityMonitor
+    from rlsparse_lib.training.resume import StateKeeper, restore_trl_counters, write_prelude
     from rlsparse_lib.training.subnetwork import GradientMask
     from rlsparse_lib.training.tasks import Task
 
     t_start = time.perf_counter()
     load_start = _loadavg()
-    precision = Precision.for_device(cfg.precision, device.type, cpu)
     task = Task(cfg.task)
     set_seed(cfg.seed)
     model_dir = resolve_model(cfg.model, paths, progress)
@@ -141,9 +172,15 @@ def _run(
     model.to(device)
     _check_prompt_lengths(cfg, task, tokenizer)
 
-    write_text_atomic(run_dir / "config.yaml", _yaml(cfg.to_dict()))
     fp32 = precision.keeps_fp32 and cfg.checkpoints.fp32
-    init_entry = save_step(model, tokenizer, run_dir, 0, fp32)
+    trainer_dir = run_dir / ".trainer"
+    if start is None:
+        write_text_atomic(run_dir / "config.yaml", _yaml(cfg.to_dict()))
+        init_entry = save_step(model, tokenizer, run_dir, 0, fp32)
+        if cfg.monitor.every and precision.keeps_fp32 and not fp32:  # θ0 for a resumed monitor
+            _save_weights(model, trainer_dir / "theta0.safetensors")
+    else:
+        init_entry = step_entry(0, fp32)
 
     mask_cb = None
     mask_info: dict[str, Any] | None = None
@@ -168,35 +205,56 @@ def _run(
             "random_seed": cfg.mask.random_seed if cfg.mask.random else None,
         }
 
-    eval_before = None
-    if cfg.eval.before:
-        eval_before = _evaluate(
-            evaluate, model, tokenizer, task, cfg, run_dir / "eval_before.jsonl", progress
+    if start is None:
+        eval_before = None
+        if cfg.eval.before:
+            eval_before = _evaluate(
+                evaluate, model, tokenizer, task, cfg, run_dir / "eval_before.jsonl", progress
+            )
+        own = None
+        if cfg.uses_own_samples:
+            assert cfg.sampling is not None
+            set_seed(cfg.seed)
+            own = sample_own(
+                model, tokenizer, task, cfg.sampling, cfg.train.max_completion_length, progress
+            )
+        write_prelude(
+            run_dir,
+            {
+                "precision": precision.describe(),
+                "versions": library_versions(),
+                "eval_before": eval_before,
+                "own_samples": own.rows if own else None,
+            },
         )
-
-    own = None
-    if cfg.uses_own_samples:
-        assert cfg.sampling is not None
-        set_seed(cfg.seed)
-        own = sample_own(
-            model, tokenizer, task, cfg.sampling, cfg.train.max_completion_length, progress
-        )
+    else:
+        eval_before = start.prelude["eval_before"]
+        rows_own = start.prelude["own_samples"]
+        own = OwnSamples(rows_own) if rows_own is not None else None
     rows = build_rows(cfg, task, own)
 
-    saver = CheckpointSaver(run_dir, tokenizer, cfg.checkpoints.every, fp32)
-    callbacks: list = [saver]
+    begin = 0 if start is None else start.step
+    saved = [] if start is None else _checkpoints_upto(run_dir, begin, fp32)
+    saver = CheckpointSaver(run_dir, tokenizer, cfg.checkpoints.every, fp32, begin, saved)
+    keeper = StateKeeper(
+        trainer_dir,
+        start.train_seconds if start else 0.0,
+        [*start.resumes, {"from_step": start.step, "at": _now()}] if start else [],
+        begin if start else None,
+    )
+    callbacks: list = [saver, keeper]
     monitor = None
     if cfg.monitor.every:
         monitor = SparsityMonitor(cfg.monitor.every, run_dir / "monitor.jsonl")
+        if start is not None:
+            _resume_monitor(monitor, run_dir, begin, precision, fp32)
         callbacks.append(monitor)
     if mask_cb is not None:
         callbacks.append(mask_cb)
-    bar = _ProgressCallback(cfg.name, cfg.train.steps, progress)
+    bar = _ProgressCallback(cfg.name, cfg.train.steps, progress, begin)
     callbacks.append(bar)
 
     set_seed(cfg.seed)
-    trainer_dir = run_dir / ".trainer"
-    t_train = time.perf_counter()
     with warnings.catch_warnings():
         # TRL 1.16 calls transformers' deprecated gradient-checkpointing names internally
         warnings.filterwarnings(
@@ -214,12 +272,13 @@ def _run(
             precision=precision,
         )
         trainer.remove_callback(PrinterCallback)  # our progress bar shows the latest loss / reward
+        if start is not None:
+            restore_trl_counters(trainer, start, cfg.train.grad_accum)
         try:
-            trainer.train()
+            trainer.train(resume_from_checkpoint=str(start.path) if start else None)
         finally:
             bar.close()
-    train_seconds = time.perf_counter() - t_train
-    shutil.rmtree(trainer_dir, ignore_errors=True)
+    train_seconds = keeper.train_seconds
     model = trainer.model
 
     eval_after = None
@@ -265,6 +324,7 @@ def _run(
         "monitor": monitor.records if monitor else None,
         "mask": {**mask_info, **mask_cb.describe()} if mask_cb and mask_info else None,
         "final_diff": _final_diff(run_dir, checkpoints),
+        "resumes": keeper.resumes,
         "timing": {
             "total_seconds": time.perf_counter() - t_start,
             "train_seconds": train_seconds,
@@ -276,12 +336,73 @@ def _run(
     return manifest
 
 
+def _checkpoints_upto(run_dir: Path, step: int, fp32: bool) -> list[dict]:
+    """Entries of the checkpoints 0 < s <= ``step`` in ``run_dir``; later ones (from after the
+    resumed state) and unfinished temporary folders are removed."""
+    from rlsparse_lib.training.checkpoints import STEP_FORMAT, step_entry
+
+    out = []
+    for p in sorted(run_dir.iterdir()):
+        if p.name.startswith(".step_"):  # a write_folder_atomic temporary of a killed save
+            shutil.rmtree(p, ignore_errors=True)
+            continue
+        if not (p.is_dir() and p.name.startswith("step_")):
+            continue
+        s = int(p.name.removeprefix("step_"))
+        if s > step:
+            shutil.rmtree(p)
+        elif s > 0 and p.name == STEP_FORMAT.format(s):
+            out.append(step_entry(s, fp32))
+    return out
+
+
+def _resume_monitor(monitor, run_dir: Path, step: int, precision: Precision, fp32: bool) -> None:
+    """Give a resumed run's monitor θ0 and its records up to ``step`` (the log is cut there)."""
+    from safetensors.torch import load_file
+
+    from rlsparse_lib.training.resume import read_records
+
+    if precision.keeps_fp32:
+        theta0 = (
+            run_dir
+            / ("step_000000/fp32" if fp32 else ".trainer")
+            / ("model.safetensors" if fp32 else "theta0.safetensors")
+        )
+    else:
+        theta0 = run_dir / "step_000000" / "model.safetensors"
+    monitor.init = load_file(str(theta0))
+    monitor.records = read_records(run_dir / "monitor.jsonl", step)
+    write_text_atomic(
+        run_dir / "monitor.jsonl", "".join(json.dumps(r) + "\n" for r in monitor.records)
+    )
+
+
+def _save_weights(model, path: Path) -> None:
+    """The parameters (tied ones once) in their own dtype, atomically."""
+    from safetensors.torch import save_file
+
+    from rlsparse_lib.atomic import atomic_path
+    from rlsparse_lib.training.checkpoints import state_to_save
+
+    dtype = next(model.parameters()).dtype
+    with atomic_path(path) as tmp:
+        save_file(state_to_save(model, dtype), str(tmp))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 class _ProgressCallback(TrainerCallback):
     """A progress bar over optimizer steps with the latest loss / reward."""
 
-    def __init__(self, name: str, steps: int, enabled: bool) -> None:
+    def __init__(self, name: str, steps: int, enabled: bool, initial: int = 0) -> None:
         self.bar = progress_bar(
-            total=steps, desc=f"train {name}", unit="step", disable=None if enabled else True
+            total=steps,
+            initial=initial,
+            desc=f"train {name}",
+            unit="step",
+            disable=None if enabled else True,
         )
 
     def on_step_end(self, args, state, control, **kwargs):
