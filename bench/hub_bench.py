@@ -1,0 +1,134 @@
+"""Hub Range streaming over loopback vs the local diff of the same files (issue 14 item 4).
+
+Writes a synthetic bf16 pair (``--mb`` MB per side), serves it with the loopback hub stand-in
+(``tests/hub_standin.py``, in its own process so server and client do not share a GIL), and runs,
+each in a fresh niced process so peak RSS is its own: the local diff of the folders and the
+streamed diff of the hub ids. Prints wall time, throughput of checkpoint data (both sides, the diff
+included), peak RSS, the ratios, and the wall time expected for 8B/70B/671B pairs at 1 and
+10 Gbit/s from the measured per-byte cost: ``max(bytes / link, bytes × cost per byte)``.
+
+    python bench/hub_bench.py --mb 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: bytes of one side of a public pair: bf16 8B and 70B, FP8 671B (DeepSeek-V3 as stored)
+MODELS = {"8B (bf16)": 16.1e9, "70B (bf16)": 141e9, "671B (fp8)": 689e9}
+LINKS = {"1 Gbit/s": 1e9 / 8, "10 Gbit/s": 10e9 / 8}
+
+
+def _write_pair(folder: Path, mb: int) -> None:
+    import numpy as np
+
+    from rlsparse_lib.io.synthetic import base_values, to_bf16_words, write_pair
+
+    n_tensors = 16
+    rows = max(1, mb * (1 << 20) // 2 // n_tensors // 4096)
+    tensors = [(f"model.layers.{i}.mlp.up_proj.weight", (rows, 4096)) for i in range(n_tensors)]
+    rng = np.random.default_rng(0)
+
+    def make(name: str, shape: tuple[int, ...]):
+        base = to_bf16_words(base_values(name, shape, rng)).ravel()
+        tuned = base.copy()
+        hit = rng.random(base.size) < 0.2
+        tuned[hit] += np.uint16(1)
+        return base.reshape(shape), tuned.reshape(shape)
+
+    write_pair(folder / "base", folder / "tuned", tensors, make, shards=2)
+
+
+def _serve(folder: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    from tests.hub_standin import HubStandin
+
+    with HubStandin({"bench/base": folder / "base", "bench/tuned": folder / "tuned"}) as hub:
+        print(hub.endpoint, flush=True)
+        sys.stdin.read()  # until the parent closes the pipe
+
+
+def _measure(base: str, tuned: str) -> None:
+    os.nice(10)
+    from rlsparse_lib.diff.engine import diff_checkpoints
+
+    t0 = time.perf_counter()
+    report = diff_checkpoints(base, tuned, progress=False)
+    seconds = time.perf_counter() - t0
+    inputs = report.provenance["inputs"]
+    fetched = sum((inputs[s].get("transport") or {}).get("bytes_fetched", 0) for s in inputs)
+    data = sum(t.numel * 2 * 2 for t in report.tensors)  # bf16, both sides
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": seconds, "bytes": data, "fetched": fetched, "peak_rss": peak}))
+
+
+def _child(*args: str, env: dict | None = None) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, env=env, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mb", type=int, default=512, help="MB per side (default: %(default)s)")
+    p.add_argument("--serve", help=argparse.SUPPRESS)
+    p.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        return _serve(Path(args.serve))
+    if args.measure:
+        return _measure(*args.measure)
+    with tempfile.TemporaryDirectory(prefix="hub-bench-") as tmp:
+        folder = Path(tmp)
+        _write_pair(folder, args.mb)
+        local = _child("--measure", str(folder / "base"), str(folder / "tuned"))
+        server = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(folder)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert server.stdout is not None
+            endpoint = server.stdout.readline().strip()
+            env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"}
+            stream = _child("--measure", "bench/base", "bench/tuned", env=env)
+        finally:
+            server.terminate()
+            server.wait()
+    mb = 1 << 20
+    print(
+        f"pair: {local['bytes'] / mb:.0f} MiB of bf16 checkpoint data (both sides), {os.cpu_count()} CPUs"
+    )
+    for name, r in (("local", local), ("stream", stream)):
+        rate = r["bytes"] / r["seconds"] / 1e6
+        print(
+            f"{name:>6}: {r['seconds']:.2f} s, {rate:.0f} MB/s, peak RSS {r['peak_rss'] / mb:.0f} MiB,"
+            f" fetched {r['fetched'] / mb:.0f} MiB"
+        )
+    print(
+        f"stream/local: time x{stream['seconds'] / local['seconds']:.2f}, "
+        f"peak RSS x{stream['peak_rss'] / local['peak_rss']:.2f}"
+    )
+    cost = stream["seconds"] / stream["bytes"]  # seconds per byte of checkpoint data, diff included
+    print("expected wall time of a streamed pair (both sides): max(bytes / link, bytes x cost)")
+    for model, side in MODELS.items():
+        cells = [
+            f"{link}: {max(2 * side / bw, 2 * side * cost) / 60:.0f} min"
+            for link, bw in LINKS.items()
+        ]
+        print(f"  {model:>11}: " + ", ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
