@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 
 from rlsparse_lib.cli import main
+from rlsparse_lib.diff import cluster as cluster_module
 from rlsparse_lib.diff.cluster import Cluster, run_units
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints, diff_pairs
 from rlsparse_lib.diff.ray_executor import task_options
 from rlsparse_lib.diff.units import plan_units
+from rlsparse_lib.diff.worker import Task
 from rlsparse_lib.errors import CheckpointError
 from rlsparse_lib.io.checkpoint import open_checkpoint
 from rlsparse_lib.io.pairing import pair_checkpoints
@@ -86,14 +88,14 @@ def crashing_executor(pairs, *args, mark: Path, **kw):
     return diff_pairs(pairs, *args, **kw)
 
 
-@pytest.mark.parametrize("cluster", [Cluster("ray"), Cluster("local", 2)])
-def test_a_crashed_worker_is_retried(tmp_path, pair, cluster) -> None:
+@pytest.mark.parametrize("spec", [Cluster("ray"), Cluster("local", 2)])
+def test_a_crashed_worker_is_retried(tmp_path, pair, spec) -> None:
     b, t = open_checkpoint(pair[0]), open_checkpoint(pair[1])
     cfg = DiffConfig(max_unit_bytes=UNIT_BYTES)
     units = plan_units(pair_checkpoints(b, t), UNIT_BYTES)[:4]
     crashing = functools.partial(crashing_executor, mark=tmp_path / "mark")
     done: dict = {}
-    run_units(cluster, units, b, t, cfg, lambda u, o: done.__setitem__(u.index, o), crashing)
+    run_units(spec, units, b, t, cfg, lambda u, o: done.__setitem__(u.index, o), crashing)
     assert (tmp_path / "mark").exists()
     assert sorted(done) == [u.index for u in units]
     expected = diff_pairs(
@@ -124,12 +126,21 @@ def test_bad_input_fails_fast_naming_the_file(tmp_path, pair) -> None:
     assert time.monotonic() - t0 < 60  # not retried until some timeout
 
 
-def test_task_options_request_a_gpu_for_cuda_and_retry_only_transient_errors() -> None:
-    cpu = task_options(DiffConfig(), 1)
+def test_task_options_request_a_gpu_for_cuda_and_retry_only_transient_errors(
+    monkeypatch, pair
+) -> None:
+    seen: list[Task] = []
+    monkeypatch.setattr(cluster_module, "run_tasks", lambda c, tasks, done: seen.extend(tasks))
+    b, t = open_checkpoint(pair[0]), open_checkpoint(pair[1])
+    units = plan_units(pair_checkpoints(b, t), UNIT_BYTES)
+    for device, threads in (("cpu", None), ("cuda", 4)):
+        cfg = DiffConfig(device=device, threads=threads)
+        run_units(Cluster("ray"), units, b, t, cfg, lambda u, o: None, diff_pairs)
+    cpu, cuda = task_options(seen[0]), task_options(seen[-1])
     assert cpu["num_gpus"] == 0 and cpu["num_cpus"] == 1
     assert cpu["retry_exceptions"] == [OSError, TimeoutError] and cpu["max_retries"] >= 1
     assert cpu["scheduling_strategy"] == "DEFAULT"  # never pinned to a node
-    assert task_options(DiffConfig(device="cuda"), 4)["num_gpus"] == 1
+    assert cuda["num_gpus"] == 1 and cuda["num_cpus"] == 4
 
 
 def test_ray_resumes_a_killed_run(tmp_path, pair, reference) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from rlsparse_lib.cli import main
 from rlsparse_lib.diff import engine
-from rlsparse_lib.diff.cluster import Cluster, parse_cluster, run_units_local
+from rlsparse_lib.diff.cluster import Cluster, parse_cluster, run_units
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints, diff_pairs
 from rlsparse_lib.diff.report import DiffReport
@@ -240,12 +240,13 @@ def test_cluster_retries_an_oserror(tmp_path, pair) -> None:
     cfg = DiffConfig(max_unit_bytes=UNIT_BYTES)
     units = plan_units(pair_checkpoints(b, t), UNIT_BYTES)[:3]
     done: dict[int, dict] = {}
-    run_units_local(units, b, t, cfg, 2, lambda u, o: done.__setitem__(u.index, o), flaky)
+    local = Cluster("local", 2)
+    run_units(local, units, b, t, cfg, lambda u, o: done.__setitem__(u.index, o), flaky)
     assert sorted(done) == [u.index for u in units]
     assert (tmp_path / "mark").exists()
     assert sorted(o.attempts for o in done.values()) == [1, 1, 2]
     with pytest.raises(OSError, match="always fails"):
-        run_units_local(units, b, t, cfg, 2, lambda u, p: None, broken_executor)
+        run_units(local, units, b, t, cfg, lambda u, o: None, broken_executor)
 
 
 def test_cluster_bad_input_names_the_file(tmp_path, pair) -> None:

@@ -33,7 +33,15 @@ from typing import Any
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.report import TensorResult
 from rlsparse_lib.diff.units import WorkUnit
-from rlsparse_lib.diff.worker import ATTEMPTS, RETRIED, UnitOutcome, run_unit, unit_args
+from rlsparse_lib.diff.worker import (
+    ATTEMPTS,
+    RETRIED,
+    Task,
+    TaskDone,
+    UnitOutcome,
+    run_unit,
+    unit_args,
+)
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint
 from rlsparse_lib.progress import byte_progress
@@ -43,8 +51,8 @@ __all__ = [
     "ExecutionLog",
     "UnitProgress",
     "parse_cluster",
+    "run_tasks",
     "run_units",
-    "run_units_local",
     "worker_threads",
 ]
 
@@ -184,6 +192,18 @@ def worker_threads(config: DiffConfig, cluster: Cluster) -> int:
     return 1
 
 
+def run_tasks(cluster: Cluster, tasks: list[Task], on_done: TaskDone) -> None:
+    """Run ``tasks`` on ``cluster``; ``on_done(task, result, attempts)`` is called in the calling
+    process as each finishes (in completion order)."""
+    if cluster.kind == "local":
+        assert cluster.workers is not None  # parse_cluster sets it for local
+        run_tasks_local(tasks, cluster.workers, on_done)
+        return
+    from rlsparse_lib.diff.ray_executor import run_tasks_ray
+
+    run_tasks_ray(tasks, cluster.address, on_done)
+
+
 def run_units(
     cluster: Cluster,
     units: list[WorkUnit],
@@ -194,71 +214,70 @@ def run_units(
     executor: Callable[..., dict[str, TensorResult]],
     mask_dir: Path | None = None,
 ) -> None:
-    """Run ``units`` on ``cluster``; ``on_done(unit, outcome)`` is called in the calling process as
-    each unit finishes (in completion order). ``executor`` is the CPU executor
+    """Run a diff's ``units`` on ``cluster``; ``on_done(unit, outcome)`` is called in the calling
+    process as each unit finishes (in completion order). ``executor`` is the CPU executor
     (:func:`rlsparse_lib.diff.engine.diff_pairs`, passed by reference to the workers; a unit on a
     ``cuda`` device runs the GPU executor instead). With ``mask_dir``, each unit saves its mask
-    slice there (``unit-<index>.mask.safetensors``).
+    slice there (:func:`~rlsparse_lib.diff.units.mask_slice_path`).
 
     Raises:
         ConfigError: a device other than ``cpu`` on a local pool, or ``auto`` on Ray.
     """
-    if cluster.kind == "local":
-        if config.device != "cpu":
-            raise ConfigError("--cluster local runs the CPU executor: use --device cpu")
-        assert cluster.workers is not None  # parse_cluster sets it for local
-        run_units_local(units, base, tuned, config, cluster.workers, on_done, executor, mask_dir)
-        return
+    if cluster.kind == "local" and config.device != "cpu":
+        raise ConfigError("--cluster local runs the CPU executor: use --device cpu")
     if config.device not in ("cpu", "cuda"):
         raise ConfigError("--cluster ray: choose --device cpu or --device cuda (not auto)")
-    from rlsparse_lib.diff.ray_executor import run_units_ray
+    threads = worker_threads(config, cluster)
+    gpus = 1 if config.device == "cuda" else 0
+    by_index = {u.index: u for u in units}
+    tasks = [
+        Task(
+            u.index,
+            run_unit,
+            unit_args(executor, base, tuned, config, threads, u, mask_dir),
+            threads,
+            gpus,
+        )
+        for u in units
+    ]
 
-    run_units_ray(units, base, tuned, config, cluster.address, on_done, executor, mask_dir)
+    def done(task: Task, out: dict[str, Any], attempts: int) -> None:
+        on_done(by_index[task.index], UnitOutcome.from_worker(out, attempts))
+
+    run_tasks(cluster, tasks, done)
 
 
-def run_units_local(
-    units: list[WorkUnit],
-    base: Checkpoint,
-    tuned: Checkpoint,
-    config: DiffConfig,
-    workers: int,
-    on_done: OnDone,
-    executor: Callable[..., dict[str, TensorResult]],
-    mask_dir: Path | None = None,
-) -> None:
-    """Run ``units`` on a pool of ``workers`` processes (see :func:`run_units`). A worker that dies
-    breaks the pool: the pool is rebuilt and the units it had not returned are run again, each up
-    to :data:`ATTEMPTS` times in all."""
-    if not units:
+def run_tasks_local(tasks: list[Task], workers: int, on_done: TaskDone) -> None:
+    """Run ``tasks`` on a pool of ``workers`` processes (see :func:`run_tasks`). An ``OSError`` or
+    ``TimeoutError`` is retried; a worker that dies breaks the pool: the pool is rebuilt and the
+    tasks it had not returned are run again; each task runs up to :data:`ATTEMPTS` times in all."""
+    if not tasks:
         return
-    threads = worker_threads(config, Cluster("local", workers))
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    queue = [(u, 1) for u in units]
+    queue = [(task, 1) for task in tasks]
     while queue:
         pool = ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=ctx)
         try:
-            pending: dict[Future, tuple[WorkUnit, int]] = {}
-            for u, attempt in queue:
-                args = unit_args(executor, base, tuned, config, threads, u, mask_dir)
-                pending[pool.submit(run_unit, *args)] = (u, attempt)
+            pending: dict[Future, tuple[Task, int]] = {
+                pool.submit(task.fn, *task.args): (task, attempt) for task, attempt in queue
+            }
             queue = []
             broken = False
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    unit, attempt = pending.pop(fut)
+                    task, attempt = pending.pop(fut)
                     err = fut.exception()
                     if err is None:
-                        on_done(unit, UnitOutcome.from_worker(fut.result(), attempt))
+                        on_done(task, fut.result(), attempt)
                         continue
                     if not isinstance(err, (*RETRIED, BrokenProcessPool)) or attempt >= ATTEMPTS:
                         raise err
                     broken = broken or isinstance(err, BrokenProcessPool)
                     if broken:  # run again once the pool is rebuilt
-                        queue.append((unit, attempt + 1))
+                        queue.append((task, attempt + 1))
                     else:
-                        args = unit_args(executor, base, tuned, config, threads, unit, mask_dir)
-                        pending[pool.submit(run_unit, *args)] = (unit, attempt + 1)
+                        pending[pool.submit(task.fn, *task.args)] = (task, attempt + 1)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

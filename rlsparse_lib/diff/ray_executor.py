@@ -20,18 +20,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from rlsparse_lib.diff.config import DiffConfig
-from rlsparse_lib.diff.report import TensorResult
-from rlsparse_lib.diff.units import WorkUnit
-from rlsparse_lib.diff.worker import ATTEMPTS, RETRIED, UnitOutcome, run_unit, unit_args
+from rlsparse_lib.diff.worker import ATTEMPTS, RETRIED, Task, TaskDone
 from rlsparse_lib.errors import ConfigError, RlsparseError
-from rlsparse_lib.io.checkpoint import Checkpoint
 
-__all__ = ["connect", "run_units_ray", "task_options"]
+__all__ = ["call", "connect", "run_tasks_ray", "task_options"]
 
 
 def _ray() -> ModuleType:
@@ -61,43 +56,35 @@ def connect(address: str | None) -> bool:
     return True
 
 
-def task_options(config: DiffConfig, threads: int) -> dict[str, Any]:
+def task_options(task: Task) -> dict[str, Any]:
     """The Ray task options of a unit: its CPUs and GPU, and its retries."""
     return {
-        "num_cpus": threads,
-        "num_gpus": 1 if config.device == "cuda" else 0,
+        "num_cpus": task.cpus,
+        "num_gpus": task.gpus,
         "max_retries": ATTEMPTS - 1,
         "retry_exceptions": list(RETRIED),
         "scheduling_strategy": "DEFAULT",
     }
 
 
-def run_units_ray(
-    units: list[WorkUnit],
-    base: Checkpoint,
-    tuned: Checkpoint,
-    config: DiffConfig,
-    address: str | None,
-    on_done: Callable[[WorkUnit, UnitOutcome], object],
-    executor: Callable[..., dict[str, TensorResult]],
-    mask_dir: Path | None = None,
-) -> None:
-    """Run ``units`` as Ray tasks (see :func:`rlsparse_lib.diff.cluster.run_units`)."""
-    if not units:
+def call(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """What a Ray task runs: ``fn(*args)``."""
+    return fn(*args)
+
+
+def run_tasks_ray(tasks: list[Task], address: str | None, on_done: TaskDone) -> None:
+    """Run ``tasks`` as Ray tasks (see :func:`rlsparse_lib.diff.cluster.run_tasks`)."""
+    if not tasks:
         return
     ray = _ray()
     started = connect(address)
     try:
-        threads = config.threads or 1  # Ray runs one task per CPU it has
-        task = ray.remote(run_unit).options(**task_options(config, threads))
-        refs = {
-            task.remote(*unit_args(executor, base, tuned, config, threads, u, mask_dir)): u
-            for u in units
-        }
+        remote = ray.remote(call)
+        refs = {remote.options(**task_options(t)).remote(t.fn, *t.args): t for t in tasks}
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
             for ref in ready:
-                unit = refs.pop(ref)
+                task = refs.pop(ref)
                 try:
                     out = ray.get(ref)
                 except Exception as err:
@@ -107,7 +94,7 @@ def run_units_ray(
                     if isinstance(cause, RlsparseError | OSError | TimeoutError):
                         raise cause from None
                     raise
-                on_done(unit, UnitOutcome.from_worker(out))
+                on_done(task, out, 1)
     finally:
         if started:
             ray.shutdown()

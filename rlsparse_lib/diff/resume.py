@@ -1,4 +1,7 @@
-"""Resumable diffs: a folder that holds the unit plan and one result file per finished unit.
+"""Resumable runs: a folder that holds the unit plan and one result file per finished unit.
+
+Every command that runs on work units (``diff``, ``dynamics``, ``overlap``) resumes the same way;
+the diff's folder is described here, the others differ only in their inputs and unit records.
 
 ``rlsparse diff BASE TUNED --resume DIR`` (``diff_checkpoints(..., resume=DIR)``) keeps in ``DIR``
 
@@ -37,7 +40,7 @@ from rlsparse_lib.io.checkpoint import Checkpoint
 from rlsparse_lib.io.digest import files_digest
 from rlsparse_lib.provenance import config_hash
 
-__all__ = ["SCHEMA", "VERSION", "ResumeDir", "ResumeMismatchError", "build_manifest"]
+__all__ = ["SCHEMA", "VERSION", "ResumeDir", "ResumeMismatchError", "build_manifest", "manifest"]
 
 SCHEMA = "rlsparse-diff-resume"
 #: bump when a unit file of the same inputs and settings would hold different numbers
@@ -59,31 +62,53 @@ def _unit_record(unit: WorkUnit) -> dict[str, Any]:
     }
 
 
+def manifest(
+    schema: str,
+    inputs: Mapping[str, Checkpoint],
+    settings: dict[str, Any],
+    unit_bytes: int,
+    units: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A resume manifest: ``schema`` (the command's), the content digests of every input
+    checkpoint by role, the result-changing ``settings`` and their hash, and the unit records
+    (each with its ``index`` and ``names``, the tensors its result file must hold)."""
+    return {
+        "schema": schema,
+        "version": VERSION,
+        "inputs": {role: files_digest(ck.files) for role, ck in inputs.items()},
+        "settings": settings,
+        "config_hash": config_hash(settings),
+        "unit_bytes": unit_bytes,
+        "units": units,
+    }
+
+
 def build_manifest(
     base: Checkpoint, tuned: Checkpoint, config: DiffConfig, units: list[WorkUnit]
 ) -> dict[str, Any]:
     """The manifest of diffing ``base`` against ``tuned`` with ``config`` cut into ``units``."""
-    settings = config.result_settings()
-    return {
-        "schema": SCHEMA,
-        "version": VERSION,
-        "inputs": {"base": files_digest(base.files), "tuned": files_digest(tuned.files)},
-        "settings": settings,
-        "config_hash": config_hash(settings),
-        "unit_bytes": config.max_unit_bytes,
-        "units": [_unit_record(u) for u in units],
-    }
+    return manifest(
+        SCHEMA,
+        {"base": base, "tuned": tuned},
+        config.result_settings(),
+        config.max_unit_bytes,
+        [_unit_record(u) for u in units],
+    )
 
 
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """What differs between two manifests, in words."""
     out: list[str] = []
-    if old.get("schema") != SCHEMA or old.get("version") != VERSION:
+    if old.get("schema") != new["schema"] or old.get("version") != VERSION:
         return [
-            f"format (found {old.get('schema')} v{old.get('version')}, need {SCHEMA} v{VERSION})"
+            f"format (found {old.get('schema')} v{old.get('version')}, "
+            f"need {new['schema']} v{VERSION})"
         ]
-    for side in ("base", "tuned"):
-        was = dict(map(tuple, old.get("inputs", {}).get(side, [])))  # file name -> sha256
+    old_inputs = old.get("inputs", {})
+    if list(old_inputs) != list(new["inputs"]):
+        out.append(f"inputs ({list(old_inputs)} vs {list(new['inputs'])})")
+    for side in new["inputs"]:
+        was = dict(map(tuple, old_inputs.get(side, [])))  # file name -> sha256
         now = dict(map(tuple, new["inputs"][side]))
         if was.keys() != now.keys():
             out.append(f"{side} weight files ({sorted(was)} vs {sorted(now)})")
@@ -123,7 +148,13 @@ class ResumeDir:
         config: DiffConfig,
         units: list[WorkUnit],
     ) -> ResumeDir:
-        """Open ``path`` for this diff: write its manifest when new, else check it matches.
+        """Open ``path`` for this diff (see :meth:`open_manifest`)."""
+        return cls.open_manifest(path, build_manifest(base, tuned, config, units))
+
+    @classmethod
+    def open_manifest(cls, path: str | Path, manifest: dict[str, Any]) -> ResumeDir:
+        """Open ``path`` for the run ``manifest`` describes: write the manifest when new, else
+        check that it matches.
 
         Raises:
             ResumeMismatchError: the folder was made for other inputs, settings or unit plan.
@@ -132,7 +163,6 @@ class ResumeDir:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise ConfigError(f"--resume {path}: exists and is not a directory")
-        manifest = build_manifest(base, tuned, config, units)
         mpath = path / MANIFEST
         if mpath.is_file():
             try:
@@ -142,7 +172,7 @@ class ResumeDir:
             diffs = _differences(old if isinstance(old, dict) else {}, manifest)
             if diffs:
                 raise ResumeMismatchError(
-                    f"--resume {path}: made for another diff; differs in: {'; '.join(diffs)}"
+                    f"--resume {path}: made for another run; differs in: {'; '.join(diffs)}"
                     " (use a new folder, or delete this one)"
                 )
         else:
@@ -153,26 +183,42 @@ class ResumeDir:
     def unit_path(self, index: int) -> Path:
         return self.path / f"unit-{index:06d}.json"
 
-    def load_done(self, masks: bool = False) -> dict[int, dict[str, TensorResult]]:
-        """The stored partials of finished units (a file that does not match its unit is ignored,
-        and the unit is run again). With ``masks``, a unit counts as finished only when its mask
-        slice (:func:`~rlsparse_lib.diff.units.mask_slice_path`) is there too."""
-        done: dict[int, dict[str, TensorResult]] = {}
+    def load_raw(self, masks: bool = False) -> dict[int, dict[str, Any]]:
+        """The stored results of finished units, as saved by :meth:`save_raw`: a file that cannot
+        be read, or whose ``names`` do not match its unit, is ignored (the unit is run again).
+        With ``masks``, a unit counts as finished only when its mask slice
+        (:func:`~rlsparse_lib.diff.units.mask_slice_path`) is there too."""
+        done: dict[int, dict[str, Any]] = {}
         for index, names in self._names.items():
             p = self.unit_path(index)
             if not p.is_file() or (masks and not mask_slice_path(self.path, index).is_file()):
                 continue
             try:
                 data = json.loads(p.read_text(encoding="utf-8"))
-                results = [TensorResult.from_dict(d) for d in data["results"]]
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError):
                 continue
-            partial = {r.name: r for r in results}
-            if data.get("index") == index and set(partial) == names:
-                done[index] = partial
+            ok = isinstance(data, dict) and data.get("index") == index
+            if ok and set(data.get("names", ())) == names:
+                done[index] = data
+        return done
+
+    def save_raw(self, index: int, names: list[str], data: dict[str, Any]) -> None:
+        """Store a finished unit's result (a JSON-able dict) atomically, with its tensor names."""
+        record = {"index": index, "names": names, **data}
+        write_text_atomic(self.unit_path(index), json.dumps(record) + "\n")
+
+    def load_done(self, masks: bool = False) -> dict[int, dict[str, TensorResult]]:
+        """The stored diff partials of finished units (see :meth:`load_raw`)."""
+        done: dict[int, dict[str, TensorResult]] = {}
+        for index, data in self.load_raw(masks).items():
+            try:
+                results = [TensorResult.from_dict(d) for d in data["results"]]
+            except (ValueError, KeyError, TypeError):
+                continue
+            done[index] = {r.name: r for r in results}
         return done
 
     def save(self, index: int, partial: Mapping[str, TensorResult]) -> None:
-        """Store a finished unit's partial result atomically."""
-        data = {"index": index, "results": [r.to_dict() for r in partial.values()]}
-        write_text_atomic(self.unit_path(index), json.dumps(data) + "\n")
+        """Store a finished diff unit's partial result atomically."""
+        results = [r.to_dict() for r in partial.values()]
+        self.save_raw(index, list(partial), {"results": results})

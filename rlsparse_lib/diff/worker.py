@@ -22,12 +22,33 @@ from rlsparse_lib.diff.units import MaskSlice, WorkUnit, mask_slice_path
 from rlsparse_lib.io.checkpoint import Checkpoint
 from rlsparse_lib.io.pairing import TensorPair
 
-__all__ = ["ATTEMPTS", "RETRIED", "UnitOutcome", "run_unit", "unit_args"]
+__all__ = ["ATTEMPTS", "RETRIED", "Task", "TaskDone", "UnitOutcome", "run_unit", "unit_args"]
 
 #: attempts per unit for a transient failure (OSError, TimeoutError, a crashed worker)
 ATTEMPTS = 3
 #: exceptions worth retrying: a transient read error or a timeout; bad input is never retried
 RETRIED = (OSError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit's work for an executor: ``fn(*args)`` in a worker, returning a plain dict.
+
+    Attributes:
+        index: the unit's index (the merge order).
+        fn: a module-level function (pickled by reference).
+        args: its arguments (plain, picklable values).
+        cpus, gpus: what the task asks of Ray (a local pool runs one task per process).
+    """
+
+    index: int
+    fn: Callable[..., dict[str, Any]]
+    args: tuple
+    cpus: int = 1
+    gpus: int = 0
+
+
+TaskDone = Callable[[Task, dict[str, Any], int], object]
 
 
 @dataclass(frozen=True)
