@@ -1,17 +1,33 @@
-"""Sizes of sparse-patch codings on a synthetic bf16 update (README, "Sparse patches").
+"""Sparse patches: codec sizes, create/apply throughput next to ``cp``, payload per codec
+(README, "Sparse patches").
 
-A seeded 16M-element bf16 tensor (normal, std 0.02) and a copy with 1 % / 15 % of its elements,
-at random positions, moved 1-3 ULP up or down. Prints bytes per changed element of each index and
-value coding and of the chosen default (varint gaps or bitmap, whichever is smaller; ``sub``
-zigzag word distance in byte planes; zstandard level 3).
+``codings`` (default): a seeded 16M-element bf16 tensor (normal, std 0.02) and a copy with 1 % /
+15 % of its elements, at random positions, moved 1-3 ULP up or down; bytes per changed element of
+each index and value coding and of the chosen default (varint gaps or bitmap, whichever is
+smaller; ``sub`` zigzag word distance in byte planes; zstandard level 3).
 
-    .venv/bin/python bench/patch_bench.py [--n 16777216]
+``throughput``: a ~1 B-element bf16 pair (16 tensors of 64M elements, written under
+``bench/out/patch_bench/``; generated once, tensor by tensor) at 1 % and 15 % changed: wall time
+and peak RSS of ``cp -r``, ``rlsparse patch create`` and ``rlsparse patch apply`` (each a child
+process, timed by ``/usr/bin/time``; the page cache is warm), and bytes per changed element of each
+codec (``rlsparse budget``'s codecs).
+
+``run``: bytes per changed element of each codec over the consecutive checkpoints of a run folder
+(e.g. ``data/runs/cpu-grpo-sync33-lr1e-05``).
+
+    .venv/bin/python bench/patch_bench.py [codings] [--n 16777216]
+    nice -n 10 .venv/bin/python bench/patch_bench.py throughput [--tensors 16]
+    .venv/bin/python bench/patch_bench.py run data/runs/NAME
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import zstandard as zstd
@@ -30,10 +46,7 @@ def synth(n: int, p: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return base, tuned
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=1 << 24)
-    n = ap.parse_args().n
+def codings(n: int) -> None:
     print("| changed | level | coding | B / changed element |")
     print("|---|---|---|---|")
     for p in (0.01, 0.15):
@@ -63,6 +76,144 @@ def main() -> None:
                     f"| {p:.0%} | {level} | **block: {code} + {xform} planes** ({dt:.2f} s) "
                     f"| **{(len(idx) + len(vals)) / k:.3f}** |"
                 )
+
+
+OUT = Path(__file__).resolve().parent / "out" / "patch_bench"
+PER_TENSOR = 1 << 26
+
+
+def write_pairs(tensors: int) -> dict[str, Path]:
+    """base/ and tuned_01/, tuned_15/ (1 % / 15 % changed), one tensor in memory at a time."""
+    from rlsparse_lib.io.checkpoint import SafetensorsWriter
+
+    folders = {name: OUT / f"{name}_{tensors}" for name in ("base", "tuned_01", "tuned_15")}
+    if all((f / "model.safetensors").is_file() for f in folders.values()):
+        return folders
+    specs = [(f"layers.{i}.weight", "bfloat16", (PER_TENSOR >> 12, 4096)) for i in range(tensors)]
+    for f in folders.values():
+        f.mkdir(parents=True, exist_ok=True)
+    with (
+        SafetensorsWriter(folders["base"] / "model.safetensors", specs) as wb,
+        SafetensorsWriter(folders["tuned_01"] / "model.safetensors", specs) as w1,
+        SafetensorsWriter(folders["tuned_15"] / "model.safetensors", specs) as w15,
+    ):
+        for i, (name, _, _) in enumerate(specs):
+            base, t01 = synth(PER_TENSOR, 0.01, seed=i)
+            wb.write(name, base)
+            w1.write(name, t01)
+            del t01
+            _, t15 = synth(PER_TENSOR, 0.15, seed=i)
+            w15.write(name, t15)
+    return folders
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS GiB) of a child process."""
+    res = subprocess.run(
+        ["/usr/bin/time", "-f", "%e %M", *cmd], capture_output=True, text=True, check=True
+    )
+    wall, kib = res.stderr.strip().splitlines()[-1].split()
+    return float(wall), int(kib) / 2**20
+
+
+def same_tensors(a: Path, b: Path) -> bool:
+    """Whether two checkpoints hold the same tensors (names, dtypes, shapes, raw words)."""
+    from rlsparse_lib.io.checkpoint import open_checkpoint
+
+    ca, cb = open_checkpoint(a), open_checkpoint(b)
+    if {n: (i.dtype, i.shape) for n, i in ca.tensors.items()} != {
+        n: (i.dtype, i.shape) for n, i in cb.tensors.items()
+    }:
+        return False
+    with ca.reader() as ra, cb.reader() as rb:
+        for name, info in ca.tensors.items():
+            for start in range(0, info.numel, 1 << 24):
+                stop = min(info.numel, start + (1 << 24))
+                if not np.array_equal(ra.words(name, start, stop), rb.words(name, start, stop)):
+                    return False
+                ra.release(name, start, stop)
+                rb.release(name, start, stop)
+    return True
+
+
+def throughput(tensors: int) -> None:
+    from rlsparse_lib.patches.budget import CODECS, step_budget
+
+    folders = write_pairs(tensors)
+    size = (folders["base"] / "model.safetensors").stat().st_size
+    cli = [sys.executable, "-m", "rlsparse_lib.cli"]
+    print(f"pair: {tensors} x {PER_TENSOR:,} bf16 elements, {size / 2**30:.2f} GiB per checkpoint")
+    print("| changed | step | wall s | GiB/s of checkpoint | peak RSS GiB | patch bytes |")
+    print("|---|---|---|---|---|---|")
+    per_codec = []
+    for label in ("01", "15"):
+        tuned = folders[f"tuned_{label}"]
+        work = OUT / f"work_{label}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        wall, rss = timed(["cp", "-r", str(tuned), str(work / "copy")])
+        print(f"| {label} % | cp -r | {wall:.1f} | {size / 2**30 / wall:.2f} | {rss:.2f} | |")
+        patch = work / "p.rlpatch"
+        wall, rss = timed(
+            [*cli, "patch", "create", str(folders["base"]), str(tuned), "-o", str(patch)]
+        )
+        nbytes = patch.stat().st_size
+        print(
+            f"| {label} % | patch create | {wall:.1f} | {size / 2**30 / wall:.2f} | {rss:.2f} "
+            f"| {nbytes:,} |"
+        )
+        wall, rss = timed(
+            [*cli, "patch", "apply", str(folders["base"]), str(patch), "-o", str(work / "out")]
+        )
+        print(f"| {label} % | patch apply | {wall:.1f} | {size / 2**30 / wall:.2f} | {rss:.2f} | |")
+        if not same_tensors(tuned, work / "out"):
+            sys.exit("apply did not rebuild TUNED bit for bit")
+        row, _ = step_budget(folders["base"], tuned)
+        per_codec.append((label, row))
+        shutil.rmtree(work)
+    print()
+    print("| changed | " + " | ".join(f"{c} B/changed" for c in CODECS) + " |")
+    print("|---|" + "---|" * len(CODECS))
+    for label, row in per_codec:
+        k = row["n_changed"]
+        print(f"| {label} % | " + " | ".join(f"{row[f'bytes_{c}'] / k:.3f}" for c in CODECS) + " |")
+
+
+def run_codecs(run: str) -> None:
+    from rlsparse_lib.patches.budget import CODECS, sync_budget
+
+    steps = sync_budget([run], progress=False).steps
+    print("| sync | sparsity % | changed | " + " | ".join(f"{c} B/changed" for c in CODECS) + " |")
+    print("|---|---|---|" + "---|" * len(CODECS))
+    for _, r in steps.iterrows():
+        print(
+            f"| {r['step_from']}→{r['step_to']} | {100 * r['sparsity_bitwise']:.3f} | "
+            f"{r['n_changed']:,} | "
+            + " | ".join(f"{r[f'B_per_changed_{c}']:.3f}" for c in CODECS)
+            + " |"
+        )
+    tot = steps[[f"bytes_{c}" for c in CODECS]].sum()
+    k = steps["n_changed"].sum()
+    print(
+        f"| all | | {k:,} | "
+        + " | ".join(f"**{tot[f'bytes_{c}'] / k:.3f}**" for c in CODECS)
+        + " |"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", nargs="?", default="codings", choices=("codings", "throughput", "run"))
+    ap.add_argument("run", nargs="?", help="run folder (for 'run')")
+    ap.add_argument("--n", type=int, default=1 << 24)
+    ap.add_argument("--tensors", type=int, default=16)
+    a = ap.parse_args()
+    if a.what == "codings":
+        codings(a.n)
+    elif a.what == "throughput":
+        throughput(a.tensors)
+    else:
+        run_codecs(a.run)
 
 
 if __name__ == "__main__":
