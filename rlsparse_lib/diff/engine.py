@@ -43,6 +43,7 @@ from rlsparse_lib.diff.worker import UnitOutcome
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
 from rlsparse_lib.io.chunks import pair_chunks
 from rlsparse_lib.io.dtypes import cast_words
+from rlsparse_lib.io.gguf_io import block_views
 from rlsparse_lib.io.maskfile import MaskWriter, packed_size
 from rlsparse_lib.io.pairing import PairPlan, TensorPair, pair_checkpoints
 
@@ -205,6 +206,11 @@ def diff_pairs(
                 assert packed is not None  # allocated whenever there is a mask
                 mask.write(pair.name, packed)
         result.numel = pair.numel
+        blocks = block_views(
+            pair, base.ckpt.encodings.get(pair.name), tuned.ckpt.encodings.get(pair.name)
+        )
+        if blocks is not None:  # GGUF quantized pair: raw blocks beside the dequantized values
+            result.quant = blocks
         out[pair.name] = result
     return out
 

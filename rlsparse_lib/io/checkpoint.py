@@ -2,9 +2,10 @@
 
 Supported: a single ``model.safetensors``, sharded ``*.safetensors`` with
 ``model.safetensors.index.json``, ``pytorch_model*.bin`` (with or without an index, read with
-``torch.load(weights_only=True)``), a single weight file given directly, and ``org/name[@rev]``
-hub ids (safetensors and JSON only): streamed with HTTP Range requests by default
-(:mod:`rlsparse_lib.io.hub_stream`, no local copy), or downloaded into the HF cache with
+``torch.load(weights_only=True)``), a single weight file given directly, a ``.gguf`` file
+(:mod:`rlsparse_lib.io.gguf_io`: quantized tensors read as their dequantized values), and
+``org/name[@rev]`` hub ids (safetensors and JSON only): streamed with HTTP Range requests by
+default (:mod:`rlsparse_lib.io.hub_stream`, no local copy), or downloaded into the HF cache with
 ``download=True``. Inventories come from headers; no tensor data is read.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rlsparse_lib.errors import CheckpointError
+from rlsparse_lib.io.gguf_io import BlockEncoding, GGUFFiles, read_gguf
 from rlsparse_lib.io.hub import download_snapshot, looks_like_hub_id
 from rlsparse_lib.io.hub_stream import HubRepo, RangeFiles, StreamSettings, open_repo
 from rlsparse_lib.io.pickle_io import PickleFiles
@@ -43,7 +45,7 @@ class Checkpoint:
     Attributes:
         source: what the user passed (path or hub id).
         path: local folder or file the weights were found in.
-        format: ``"safetensors"`` or ``"pytorch"``.
+        format: ``"safetensors"``, ``"pytorch"`` or ``"gguf"``.
         files: weight files, in shard order.
         tensors: inventory by tensor name (from headers only).
         aliases: names whose data is shared with another name (tied weights stored once).
@@ -52,6 +54,8 @@ class Checkpoint:
         warnings: non-fatal findings (ignored entries, unreadable config).
         remote: the streamed hub repository (files are ``org/name@commit/file`` keys), or None
             for local files.
+        encodings: block-quantized tensors (GGUF) by name; their ``tensors`` dtype is the
+            dequantized one (float32).
     """
 
     source: str
@@ -64,6 +68,7 @@ class Checkpoint:
     revision: str | None = None
     warnings: list[str] = field(default_factory=list)
     remote: HubRepo | None = None
+    encodings: dict[str, BlockEncoding] = field(default_factory=dict)
 
     @property
     def n_params(self) -> int:
@@ -96,8 +101,10 @@ class Checkpoint:
         """JSON-able provenance record (with ``transport``: how a hub checkpoint was streamed, its
         pinned commit and the bytes fetched so far; None for local files)."""
         dtypes: dict[str, int] = {}
-        for t in self.tensors.values():
-            dtypes[t.dtype] = dtypes.get(t.dtype, 0) + 1
+        for name, t in self.tensors.items():
+            enc = self.encodings.get(name)
+            key = t.dtype if enc is None else enc.scheme
+            dtypes[key] = dtypes.get(key, 0) + 1
         return {
             "source": self.source,
             "path": str(self.path),
@@ -115,15 +122,25 @@ class Checkpoint:
     def reader(self) -> TensorReader:
         return TensorReader(self)
 
+    def undecodable(self) -> dict[str, str]:
+        """Tensors stored in a quantized type no decoder is known for, with their scheme."""
+        return {
+            n: f"{e.scheme} blocks (not decodable by the gguf package)"
+            for n, e in self.encodings.items()
+            if not e.decodable
+        }
+
 
 class TensorReader:
     """Chunked raw-word access to one checkpoint's tensors; use as a context manager."""
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
-        self._files: MappedFiles | PickleFiles | RangeFiles
+        self._files: MappedFiles | PickleFiles | GGUFFiles | RangeFiles
         if ckpt.remote is not None:
             self._files = ckpt.remote.reader()
+        elif ckpt.format == "gguf":
+            self._files = GGUFFiles(ckpt.encodings)
         elif ckpt.format == "safetensors":
             self._files = MappedFiles()
         else:
@@ -213,6 +230,9 @@ def _add_tensors(ckpt: Checkpoint, f: Path, tensors: dict[str, TensorInfo]) -> N
 
 
 def _open_local(source: str, path: Path) -> Checkpoint:
+    if path.is_file() and path.name.endswith(".gguf"):
+        tensors, encodings = read_gguf(path)
+        return Checkpoint(source, path, "gguf", (path,), tensors, encodings=encodings)
     if path.is_dir():
         folder = path
         kind, files, index = _find_weights(path)
@@ -228,7 +248,7 @@ def _open_local(source: str, path: Path) -> Checkpoint:
             kind, files, index = "pytorch", [path], None
         else:
             raise CheckpointError(
-                f"{path}: not a weight file (.safetensors, .bin, .pt, .index.json)"
+                f"{path}: not a weight file (.safetensors, .bin, .pt, .index.json, .gguf)"
             )
     ckpt = Checkpoint(source=source, path=path, format=kind, files=tuple(files), tensors={})
     for f in files:

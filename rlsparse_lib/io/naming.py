@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.(.+)$")
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block|blk)\.(\d+)\.(.+)$")
 _TOP_LEVEL = (
     ("embed_tokens", "embed_tokens"),
     ("wte", "embed_tokens"),
+    ("token_embd", "embed_tokens"),  # GGUF
     ("word_embeddings", "embed_tokens"),
     ("lm_head", "lm_head"),
     ("embed_out", "lm_head"),

@@ -92,7 +92,7 @@ def quantized_tensors(ckpt: Checkpoint, decoded: frozenset[str] = frozenset()) -
     """
     method = quantization_method(ckpt)
     config = f" (quantization_config quant_method={method})" if method else ""
-    out: dict[str, str] = {}
+    out: dict[str, str] = ckpt.undecodable()  # GGUF quantized types without a decoder
     tensors = {n: i for n, i in ckpt.tensors.items() if n not in decoded}
     for name, info in tensors.items():
         if info.dtype in UNDECODED_DTYPES:
