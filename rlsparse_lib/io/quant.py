@@ -316,10 +316,13 @@ def _mxfp4(ckpt: Checkpoint, name: str, blocks: TensorInfo) -> QuantTensor:
 
 @cache
 def fp8_table() -> np.ndarray:
-    """float32[256]: the value of every F8_E4M3 (fn) code (0x7F and 0xFF are NaN)."""
-    import torch
-
-    table = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float().numpy()
+    """float32[256]: the value of every F8_E4M3 (fn) code: sign, 4 exponent bits (bias 7), 3
+    mantissa bits, subnormals at exponent 0, no infinities, 0x7F and 0xFF NaN."""
+    code = np.arange(256)
+    exp, mant = (code >> 3) & 15, code & 7
+    mag = np.where(exp == 0, mant / 8 * 2.0**-6, (1 + mant / 8) * 2.0 ** (exp - 7))
+    table = np.where(code & 0x80, -mag, mag).astype(np.float32)
+    table[(code & 0x7F) == 0x7F] = np.nan
     table.flags.writeable = False
     return table
 

@@ -132,6 +132,66 @@ class CudaKernel:
 
         return int(count_changed(self.words(a), self.words(b)))
 
+    # ---- dequantization on the device (a Decoder of rlsparse_lib.diff.kernels.dequant) ------
+    def _table(self, name: str) -> torch.Tensor:
+        """A decode table of :mod:`rlsparse_lib.io.quant` on this device (uploaded once)."""
+        from rlsparse_lib.io import quant
+
+        tables = self.__dict__.setdefault("_tables", {})
+        if name not in tables:
+            tables[name] = torch.from_numpy(getattr(quant, name)().copy()).to(self.device)
+        return tables[name]
+
+    def _upload(self, x: np.ndarray) -> torch.Tensor:
+        with warnings.catch_warnings():  # read-only mmap views: torch only reads them
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+
+    def dequant_fp8(
+        self,
+        codes: np.ndarray,
+        ncols: int,
+        scales: np.ndarray,
+        srow: np.ndarray,
+        scols: int,
+        col_block: int,
+    ) -> torch.Tensor:
+        """FP8 codes and their scale rows -> int16 bfloat16 words on this device (Triton)."""
+        from rlsparse_lib.diff.kernels.triton_diff import dequant_fp8
+
+        with device_context(self.device):
+            return dequant_fp8(
+                self._upload(codes),
+                ncols,
+                self._upload(scales),
+                self._upload(srow),
+                scols,
+                col_block,
+                self._table("fp8_table"),
+            )
+
+    def dequant_mxfp4(self, blocks: np.ndarray, scales: np.ndarray) -> torch.Tensor:
+        """MXFP4 blocks and scales -> int16 bfloat16 words on this device (Triton)."""
+        from rlsparse_lib.diff.kernels.triton_diff import dequant_mxfp4
+
+        with device_context(self.device):
+            return dequant_mxfp4(
+                self._upload(blocks),
+                self._upload(scales),
+                self._table("e2m1_table"),
+                self._table("e8m0_table"),
+            )
+
+    def quant_counts(self, ca, cb, wa, wb, nibbles: bool) -> tuple[int, int]:
+        """(codes that differ, elements changed through their scale only) on this device."""
+        a, b = self.words(ca).view(torch.uint8), self.words(cb).view(torch.uint8)
+        if nibbles:
+            a = torch.stack([a & 15, a >> 4], dim=-1).reshape(-1)
+            b = torch.stack([b & 15, b >> 4], dim=-1).reshape(-1)
+        same = a == b
+        moved = same & (self.words(wa) != self.words(wb))
+        return int((~same).sum()), int(moved.sum())
+
 
 def device_context(device: torch.device) -> contextlib.AbstractContextManager:
     """``torch.cuda.device(device)`` on a CUDA device, else a no-op context."""

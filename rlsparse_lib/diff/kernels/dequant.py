@@ -3,15 +3,18 @@
 :class:`DequantSource` is a :class:`~rlsparse_lib.io.chunks.WordSource` whose ``words`` are the
 dequantized values of a :class:`~rlsparse_lib.io.quant.QuantTensor`, decoded by the compiled
 kernel (``diffcore.c``: a float32 decode table per code, the float32 product with the scale,
-rounded to bfloat16 to nearest even) from the codes and only the scale rows the range needs. The
-chunk stream then treats it like any stored bfloat16 tensor (casts, release, prefetch), so the
-diff kernel, the tolerance grid, the relative probe and the ULP/binade views apply unchanged.
-Ranges are cut in whole scale slabs (:func:`quant_step`).
+rounded to bfloat16 to nearest even; :class:`CpuDecoder`) or by the same rule in Triton on the
+GPU kernel's device (:class:`~rlsparse_lib.diff.kernels.cuda.CudaKernel`: only codes and scales
+travel to the device), from the codes and only the scale rows the range needs. The chunk stream
+then treats it like any stored bfloat16 tensor (casts, release, prefetch), so the diff kernel,
+the tolerance grid, the relative probe and the ULP/binade views apply unchanged. Ranges are cut
+in whole scale slabs (:func:`quant_step`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,7 +30,73 @@ from rlsparse_lib.io.quant import (
     fp8_table,
 )
 
-__all__ = ["DequantSource", "count_codes", "count_scales", "quant_step"]
+__all__ = [
+    "CpuDecoder",
+    "Decoder",
+    "DequantSource",
+    "count_codes",
+    "count_scales",
+    "quant_step",
+]
+
+
+class Decoder(Protocol):
+    """Where dequantization runs: host arrays in, bfloat16 words out (numpy or device tensors)."""
+
+    def dequant_fp8(
+        self,
+        codes: np.ndarray,
+        ncols: int,
+        scales: np.ndarray,
+        srow: np.ndarray,
+        scols: int,
+        col_block: int,
+    ) -> Any:
+        """FP8 codes uint8[nrows * ncols], float32 scales (flat ``[-1, scols]``), int64
+        ``srow[nrows]`` -> bfloat16 words; see ``rls_dequant_fp8``."""
+        ...
+
+    def dequant_mxfp4(self, blocks: np.ndarray, scales: np.ndarray) -> Any:
+        """MXFP4 blocks uint8[16 * G], scales uint8[G] -> bfloat16 words [32 * G]."""
+        ...
+
+    def quant_counts(self, ca: Any, cb: Any, wa: Any, wb: Any, nibbles: bool) -> tuple[int, int]:
+        """(codes that differ, elements changed through their scale only) of one range."""
+        ...
+
+
+class CpuDecoder:
+    """:class:`Decoder` on the compiled CPU kernel (``threads``: None for all)."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads or 0
+
+    def dequant_fp8(
+        self,
+        codes: np.ndarray,
+        ncols: int,
+        scales: np.ndarray,
+        srow: np.ndarray,
+        scols: int,
+        col_block: int,
+    ) -> np.ndarray:
+        out = np.empty(codes.size, np.uint16)
+        _diffcore.dequant_fp8(
+            codes, ncols, scales, srow, scols, col_block, fp8_table(), out, self.threads
+        )
+        return out
+
+    def dequant_mxfp4(self, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        out = np.empty(scales.size * MX_GROUP, np.uint16)
+        _diffcore.dequant_mxfp4(blocks, scales, e2m1_table(), e8m0_table(), out, self.threads)
+        return out
+
+    def quant_counts(
+        self, ca: np.ndarray, cb: np.ndarray, wa: np.ndarray, wb: np.ndarray, nibbles: bool
+    ) -> tuple[int, int]:
+        counts = np.zeros(2, np.int64)
+        _diffcore.quant_counts(ca, cb, wa, wb, int(nibbles), counts, self.threads)
+        return int(counts[0]), int(counts[1])
 
 
 def quant_step(chunk_elems: int, *layouts: QuantTensor | None) -> int:
@@ -46,15 +115,16 @@ class DequantSource:
     """Element-ranged bfloat16 words of a quantized logical tensor (a ``WordSource``).
 
     ``words(name, start, stop)`` needs ``start`` on a row boundary (FP8) or a 32-element group
-    boundary (MXFP4) and ``stop`` likewise or at the end. After each call :attr:`codes` holds the
-    range's raw codes (uint8; packed nibbles for MXFP4) and :attr:`code_bytes` their byte count.
+    boundary (MXFP4) and ``stop`` likewise or at the end; the words are a numpy array, or a
+    device tensor for a device decoder. After each call :attr:`codes` holds the range's raw codes
+    (uint8; packed nibbles for MXFP4) and :attr:`code_bytes` their byte count.
     """
 
-    def __init__(self, reader: TensorReader, qt: QuantTensor, threads: int | None = None) -> None:
+    def __init__(self, reader: TensorReader, qt: QuantTensor, decoder: Decoder) -> None:
         self.reader = reader
         self.qt = qt
-        self.threads = threads or 0
-        self.codes = np.empty(0, np.uint8)
+        self.decoder = decoder
+        self.codes: Any = np.empty(0, np.uint8)
         self.code_bytes = 0
 
     def _code_range(self, start: int, stop: int) -> tuple[int, int]:
@@ -62,17 +132,16 @@ class DequantSource:
             return start // 2, stop // 2
         return start, stop
 
-    def words(self, name: str, start: int, stop: int) -> np.ndarray:
+    def words(self, name: str, start: int, stop: int) -> Any:
         """Dequantized elements ``[start, stop)`` as bfloat16 words (uint16)."""
         qt = self.qt
-        out = np.empty(stop - start, np.uint16)
         if qt.scheme == "mxfp4":
             if start % MX_GROUP or (stop % MX_GROUP and stop != qt.numel):
                 raise ValueError(f"{name}: MXFP4 range [{start}, {stop}) is not group-aligned")
             g0, g1 = start // MX_GROUP, stop // MX_GROUP
             codes = self.reader.words(qt.codes.name, g0 * MX_GROUP_BYTES, g1 * MX_GROUP_BYTES)
             scales = self.reader.words(qt.scales.name, g0, g1)
-            _diffcore.dequant_mxfp4(codes, scales, e2m1_table(), e8m0_table(), out, self.threads)
+            out = self.decoder.dequant_mxfp4(codes, scales)
             self.reader.release(qt.scales.name, g0, g1)
         else:
             c = qt.cols
@@ -85,9 +154,7 @@ class DequantSource:
             scales = cast_words(raw, qt.scales.dtype, "float32").view(np.float32)
             codes = self.reader.words(qt.codes.name, start, stop)
             col_block = c if qt.block is None else qt.block[1]
-            _diffcore.dequant_fp8(
-                codes, c, scales, srow - s0, scols, col_block, fp8_table(), out, self.threads
-            )
+            out = self.decoder.dequant_fp8(codes, c, scales, srow - s0, scols, col_block)
             self.reader.release(qt.scales.name, s0 * scols, s1 * scols)
         self.codes = codes
         self.code_bytes = codes.nbytes
@@ -102,12 +169,14 @@ class DequantSource:
 
 
 def count_codes(
-    a: DequantSource, b: DequantSource, words_a: np.ndarray, words_b: np.ndarray, counts: np.ndarray
+    a: DequantSource, b: DequantSource, words_a: Any, words_b: Any, counts: np.ndarray
 ) -> None:
     """Add (codes that differ, elements changed through their scale only) of the current chunk
     to ``counts`` int64[2]; ``words_a``/``words_b``: the chunk's dequantized bfloat16 words."""
-    nibbles = int(a.qt.scheme == "mxfp4")
-    _diffcore.quant_counts(a.codes, b.codes, words_a, words_b, nibbles, counts, a.threads)
+    raw, scale_only = a.decoder.quant_counts(
+        a.codes, b.codes, words_a, words_b, a.qt.scheme == "mxfp4"
+    )
+    counts += (raw, scale_only)
 
 
 def count_scales(

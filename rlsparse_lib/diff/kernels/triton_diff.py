@@ -543,3 +543,87 @@ def count_changed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise ValueError("word arrays differ in length or width")
     signed = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
     return torch.count_nonzero(a.view(signed) != b.view(signed))
+
+
+# ---- dequantization (codes + scales -> bfloat16 words; the rule of diffcore.c) ---------------
+
+
+@triton.jit
+def _bf16_rne(p):
+    """float32 values -> bfloat16 words (int32 holding 16 bits): round to nearest even; NaN ->
+    0xFFFF (torch's CPU cast, and the CPU kernel's)."""
+    bits = p.to(tl.int32, bitcast=True)
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & 0xFFFF
+    return tl.where(nan, 0xFFFF, rounded)
+
+
+@triton.jit
+def _dequant_fp8_kernel(
+    codes_ptr, scales_ptr, srow_ptr, table_ptr, out_ptr, n, ncols, scols, col_block,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    code = tl.load(codes_ptr + offs, mask=m, other=0).to(tl.int32) & 0xFF
+    row = offs // ncols
+    col = offs - row * ncols
+    srow = tl.load(srow_ptr + row, mask=m, other=0)
+    scale = tl.load(scales_ptr + srow * scols + col // col_block, mask=m, other=0.0)
+    value = tl.load(table_ptr + code, mask=m, other=0.0)
+    tl.store(out_ptr + offs, _bf16_rne(value * scale).to(tl.int16), mask=m)
+
+
+@triton.jit
+def _dequant_mxfp4_kernel(
+    blocks_ptr, scales_ptr, e2m1_ptr, e8m0_ptr, out_ptr, n, BLOCK: tl.constexpr
+):  # fmt: skip
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    byte = tl.load(blocks_ptr + offs // 2, mask=m, other=0).to(tl.int32) & 0xFF
+    code = (byte >> ((offs & 1) * 4).to(tl.int32)) & 15
+    s = tl.load(scales_ptr + offs // 32, mask=m, other=0).to(tl.int32) & 0xFF
+    value = tl.load(e2m1_ptr + code, mask=m, other=0.0) * tl.load(e8m0_ptr + s, mask=m, other=0.0)
+    tl.store(out_ptr + offs, _bf16_rne(value).to(tl.int16), mask=m)
+
+
+_DEQUANT_BLOCK = 1024
+
+
+def dequant_fp8(
+    codes: torch.Tensor,
+    ncols: int,
+    scales: torch.Tensor,
+    srow: torch.Tensor,
+    scols: int,
+    col_block: int,
+    table: torch.Tensor,
+) -> torch.Tensor:
+    """FP8 codes (uint8/int8 ``[nrows * ncols]``), float32 scales ``[-1, scols]`` flat, int64
+    ``srow[nrows]`` (each row's scale row) and the float32[256] code table, all on one device ->
+    int16 bfloat16 words ``[nrows * ncols]`` (the rule of ``rls_dequant_fp8``)."""
+    n = codes.numel()
+    if n != srow.numel() * ncols or table.numel() != 256 or scols != -(-ncols // col_block):
+        raise ValueError("dequant_fp8: codes, rows, scale columns or table do not match")
+    out = torch.empty(n, dtype=torch.int16, device=codes.device)
+    if n:
+        grid = (triton.cdiv(n, _DEQUANT_BLOCK),)
+        _dequant_fp8_kernel[grid](
+            codes, scales, srow, table, out, n, ncols, scols, col_block, BLOCK=_DEQUANT_BLOCK
+        )
+    return out
+
+
+def dequant_mxfp4(
+    blocks: torch.Tensor, scales: torch.Tensor, e2m1: torch.Tensor, e8m0: torch.Tensor
+) -> torch.Tensor:
+    """MXFP4 blocks (``[16 * G]`` bytes) and E8M0 scales (``[G]`` bytes), with the float32
+    decode tables, on one device -> int16 bfloat16 words ``[32 * G]``."""
+    n = 32 * scales.numel()
+    if blocks.numel() * 2 != n or e2m1.numel() != 16 or e8m0.numel() != 256:
+        raise ValueError("dequant_mxfp4: blocks, scales or tables do not match")
+    out = torch.empty(n, dtype=torch.int16, device=blocks.device)
+    if n:
+        grid = (triton.cdiv(n, _DEQUANT_BLOCK),)
+        _dequant_mxfp4_kernel[grid](blocks, scales, e2m1, e8m0, out, n, BLOCK=_DEQUANT_BLOCK)
+    return out

@@ -1,0 +1,161 @@
+"""Benchmark `rlsparse diff` on quantized pairs (FP8 block scales, MXFP4) next to a bf16 pair of
+the same element count, in the same run (issue 12 item 8).
+
+Generates three pairs of ``--tensors`` matrices of ``--rows`` x ``--cols`` elements (default
+64 x 4096 x 4096 = 1.07 B elements per side) under ``--out`` (cached): DeepSeek-style FP8 codes
+with 128x128 ``*_scale_inv`` blocks, gpt-oss-style MXFP4 ``*_blocks``/``*_scales``, and bf16;
+20 % of the codes (words) differ by one step and a few scales change. Warms the page cache, then
+times ``rlsparse diff`` as a subprocess (median of ``--repeat`` runs; peak RSS from GNU time) and
+reports bytes read per second (both sides, codes plus scales) and elements per second, with the
+ratio to the bf16 diff's bytes per second (target >= 0.8).
+
+usage: nice -n 10 python bench/quant_bench.py [--out bench/out/quant] [--repeat 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+SHARDS = 4
+
+
+def _tensors(kind: str, rows: int, cols: int, index: int, side: str) -> dict[str, torch.Tensor]:
+    """One weight of a pair (``side`` ``base`` or ``tuned``), deterministic in ``index``."""
+    g = torch.Generator().manual_seed(index)
+    name = f"model.layers.{index}.mlp.down_proj"
+    changed = torch.rand(rows * cols, generator=g) < 0.2
+    if kind == "bf16":
+        w = (0.02 * torch.randn(rows, cols, generator=g)).to(torch.bfloat16)
+        if side == "tuned":
+            w.view(torch.int16).reshape(-1)[changed] += 1
+        return {name + ".weight": w}
+    if kind == "fp8":
+        codes = torch.randint(0, 0x7E, (rows, cols), dtype=torch.uint8, generator=g)
+        scale = torch.rand(-(-rows // 128), -(-cols // 128), generator=g) * 1e-3
+        if side == "tuned":
+            codes.reshape(-1)[changed] ^= 1
+            scale[0, :4] *= 1.5
+        return {
+            name + ".weight": codes.view(torch.float8_e4m3fn),
+            name + ".weight_scale_inv": scale,
+        }
+    groups = cols // 32
+    blocks = torch.randint(0, 256, (rows, groups, 16), dtype=torch.uint8, generator=g)
+    scales = torch.randint(115, 125, (rows, groups), dtype=torch.uint8, generator=g)
+    if side == "tuned":
+        blocks.reshape(-1)[changed[: blocks.numel()]] ^= 1
+        scales[0, :4] += 1
+    return {name + "_blocks": blocks, name + "_scales": scales}
+
+
+def ensure_pair(root: Path, kind: str, n: int, rows: int, cols: int) -> tuple[Path, Path]:
+    folder = root / kind
+    spec = json.dumps({"kind": kind, "tensors": n, "rows": rows, "cols": cols, "v": 1})
+    marker = folder / "spec.json"
+    if marker.exists() and marker.read_text() == spec:
+        return folder / "base", folder / "tuned"
+    print(f"generating the {kind} pair ({n * rows * cols / 1e9:.2f} B elements) ...", flush=True)
+    for side in ("base", "tuned"):
+        out = folder / side
+        out.mkdir(parents=True, exist_ok=True)
+        weight_map = {}
+        for s in range(SHARDS):
+            part: dict[str, torch.Tensor] = {}
+            for i in range(s, n, SHARDS):
+                part.update(_tensors(kind, rows, cols, i, side))
+            fname = f"model-{s + 1:05d}-of-{SHARDS:05d}.safetensors"
+            save_file(part, str(out / fname), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(part, fname))
+        index = {"metadata": {}, "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    marker.write_text(spec)
+    return folder / "base", folder / "tuned"
+
+
+def measure(cmd: list[str], repeat: int) -> dict:
+    """Median wall time and the peak RSS (GNU time) over ``repeat`` runs."""
+    walls, rss = [], []
+    for _ in range(repeat):
+        with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                ["/usr/bin/time", "-f", "%M", "-o", tf.name, *cmd],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"{cmd} failed ({proc.returncode}): {proc.stderr[-500:]}")
+            walls.append(time.perf_counter() - t0)
+            rss.append(int(tf.read().split()[-1]) * 1024)
+    return {"wall_s": statistics.median(walls), "peak_rss": max(rss)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=HERE / "out" / "quant")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--tensors", type=int, default=64)
+    ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--cols", type=int, default=4096)
+    ap.add_argument("--quick", action="store_true", help="tiny pairs (a smoke test)")
+    args = ap.parse_args()
+    if args.quick:
+        args.tensors, args.rows, args.cols = 8, 256, 512
+    rlsparse = str(BIN / "rlsparse")
+    rows = []
+    for kind in ("bf16", "fp8", "mxfp4"):
+        base, tuned = ensure_pair(args.out, kind, args.tensors, args.rows, args.cols)
+        for f in [*base.glob("*.safetensors"), *tuned.glob("*.safetensors")]:  # warm the cache
+            with f.open("rb") as fh:
+                while fh.read(1 << 24):
+                    pass
+        report = args.out / f"{kind}.report.json"
+        cmd = [rlsparse, "diff", str(base), str(tuned), "-q", "--by", "none", "--json", str(report)]
+        m = measure(cmd, args.repeat)
+        data = json.loads(report.read_text())
+        nbytes = sum(f.stat().st_size for d in (base, tuned) for f in d.glob("*.safetensors"))
+        rows.append(
+            {
+                "pair": kind,
+                "elements": data["n_params"],
+                "bytes_read": nbytes,
+                "wall_s": m["wall_s"],
+                "bytes_per_s": nbytes / m["wall_s"],
+                "elements_per_s": data["n_params"] / m["wall_s"],
+                "peak_rss": m["peak_rss"],
+                "sparsity": data["sparsity"],
+                "threads": data["provenance"].get("threads"),
+                "quant_summary": data.get("quant_summary", {}),
+            }
+        )
+    bf16 = rows[0]["bytes_per_s"]
+    for r in rows:
+        r["bytes_per_s_vs_bf16"] = r["bytes_per_s"] / bf16
+    (args.out / "quant_bench.json").write_text(json.dumps(rows, indent=2))
+    print(
+        f"{'pair':<7}{'elements':>15}{'GB read':>9}{'s':>8}{'GB/s':>7}{'Gelem/s':>9}"
+        f"{'vs bf16':>9}{'peak RSS':>10}"
+    )
+    for r in rows:
+        print(
+            f"{r['pair']:<7}{r['elements']:>15,}{r['bytes_read'] / 1e9:>9.2f}{r['wall_s']:>8.2f}"
+            f"{r['bytes_per_s'] / 1e9:>7.2f}{r['elements_per_s'] / 1e9:>9.3f}"
+            f"{r['bytes_per_s_vs_bf16']:>8.2f}x{r['peak_rss'] / 2**20:>8.0f} MB"
+        )
+
+
+if __name__ == "__main__":
+    main()
