@@ -28,6 +28,14 @@ from rlsparse_lib.diff.cluster import (
 )
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.kernels import get_kernel
+from rlsparse_lib.diff.kernels.dequant import (
+    CpuDecoder,
+    Decoder,
+    DequantSource,
+    count_codes,
+    count_scales,
+    quant_step,
+)
 from rlsparse_lib.diff.kernels.protocol import ChunkSpec, DiffKernel
 from rlsparse_lib.diff.report import DiffReport, TensorResult
 from rlsparse_lib.diff.resume import ResumeDir
@@ -41,11 +49,11 @@ from rlsparse_lib.diff.units import (
 )
 from rlsparse_lib.diff.worker import UnitOutcome
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
-from rlsparse_lib.io.chunks import pair_chunks
+from rlsparse_lib.io.chunks import ChunkStream, WordSource, pair_chunks, stream_chunks
 from rlsparse_lib.io.dtypes import cast_words
 from rlsparse_lib.io.gguf_io import block_views
 from rlsparse_lib.io.maskfile import MaskWriter, packed_size
-from rlsparse_lib.io.pairing import PairPlan, TensorPair, pair_checkpoints
+from rlsparse_lib.io.pairing import PairPlan, TensorPair, pair_checkpoints, same_layout
 
 
 def diff_checkpoints(
@@ -151,12 +159,25 @@ def diff_checkpoints(
 def unit_executor(kernel: DiffKernel) -> Callable[..., dict[str, TensorResult]]:
     """How a unit runs on ``kernel``: :func:`diff_pairs` (the CPU executor), or the GPU executor
     (:func:`rlsparse_lib.diff.gpu_executor.stream_pairs`: pinned buffers, copy/compute overlap)
-    for a kernel whose ``streams_to_device`` is set. Both take the same arguments."""
+    for a kernel whose ``streams_to_device`` is set; quantized pairs are decoded on the host and
+    run through :func:`diff_pairs` on the same kernel. Both take the same arguments."""
     if getattr(kernel, "streams_to_device", False):
         from rlsparse_lib.diff.gpu_executor import stream_pairs
 
-        return stream_pairs
+        def run(pairs, base, tuned, kernel, config, mask=None, on_bytes=None):
+            pairs = list(pairs)
+            plain = [p for p in pairs if not _quantized(p)]
+            out = stream_pairs(plain, base, tuned, kernel, config, mask, on_bytes) if plain else {}
+            quant = [p for p in pairs if _quantized(p)]
+            out.update(diff_pairs(quant, base, tuned, kernel, config, mask, on_bytes))
+            return {p.name: out[p.name] for p in pairs}
+
+        return run
     return diff_pairs
+
+
+def _quantized(pair: TensorPair) -> bool:
+    return pair.quant_base is not None or pair.quant_tuned is not None
 
 
 def diff_pairs(
@@ -180,10 +201,14 @@ def diff_pairs(
         spec = None
         if pair.kind == "float":
             assert pair.compare_dtype is not None  # float pairs always have a compare dtype
-            spec = ChunkSpec(
-                pair.compare_dtype, pair.base.dtype, tols, config.rel_eta, config.mask_rule
-            )
+            # a dequantized base is stored as bfloat16 for the ULP unit
+            stored = "bfloat16" if pair.quant_base is not None else pair.base.dtype
+            spec = ChunkSpec(pair.compare_dtype, stored, tols, config.rel_eta, config.mask_rule)
         compare = None if spec is None else spec.compare
+        if _quantized(pair):
+            assert spec is not None  # quantized pairs are float pairs
+            out[pair.name] = _diff_quant(pair, base, tuned, kernel, config, spec, mask, on_bytes)
+            continue
         # the engine's own cast_words binding (a test makes it fail to check clean-up)
         chunks = pair_chunks(
             pair,
@@ -213,6 +238,79 @@ def diff_pairs(
             result.quant = blocks
         out[pair.name] = result
     return out
+
+
+def _diff_quant(
+    pair: TensorPair,
+    base: TensorReader,
+    tuned: TensorReader,
+    kernel: DiffKernel,
+    config: DiffConfig,
+    spec: ChunkSpec,
+    mask: MaskWriter | None,
+    on_bytes: Callable[[int], object] | None,
+) -> TensorResult:
+    """A pair with a quantized side, compared on its dequantized bfloat16 values (cast to the
+    compare dtype) chunk by chunk in whole scale slabs; with the same layout on both sides also
+    the raw-code views (``TensorResult.quant``: :data:`rlsparse_lib.diff.report.QUANT_COUNTS`)."""
+    qb, qt = pair.quant_base, pair.quant_tuned
+    # a device kernel decodes on its device (only codes and scales travel) when the values are
+    # compared as the bfloat16 they decode to; otherwise the compiled CPU kernel decodes
+    decoder: Decoder = (
+        kernel  # type: ignore[assignment]
+        if kernel.streams_to_device and spec.compare == "bfloat16"
+        else CpuDecoder(getattr(kernel, "threads", None))
+    )
+    sb: WordSource = base if qb is None else DequantSource(base, qb, decoder)
+    st: WordSource = tuned if qt is None else DequantSource(tuned, qt, decoder)
+    stored = tuple(
+        "bfloat16" if q is not None else i.dtype for q, i in ((qb, pair.base), (qt, pair.tuned))
+    )
+    result = TensorResult.empty(pair, len(spec.tolerances))
+    views = same_layout(qb, qt)
+    counts = np.zeros(2, np.int64)
+    chunks: ChunkStream = stream_chunks(
+        pair.name,
+        pair.numel,
+        (sb, st),
+        quant_step(config.chunk_elems, qb, qt),
+        stored=stored,
+        compare=spec.compare,
+        cast=cast_words,
+    )
+    for chunk in chunks:
+        packed = np.zeros(packed_size(chunk.numel), np.uint8) if mask is not None else None
+        stats = kernel.diff_chunk(chunk.base, chunk.tuned, spec, packed)
+        result.stats = result.float_stats().merge(stats)
+        result.n_changed += stats.n_changed
+        if views:
+            assert isinstance(sb, DequantSource) and isinstance(st, DequantSource)
+            count_codes(sb, st, chunk.raw[0], chunk.raw[1], counts)
+        if mask is not None:
+            assert packed is not None
+            mask.write(pair.name, packed)
+        if on_bytes is not None:
+            on_bytes(
+                sum(
+                    s.code_bytes if isinstance(s, DequantSource) else r.nbytes
+                    for s, r in zip((sb, st), chunk.raw, strict=True)
+                )
+            )
+    if on_bytes is not None:
+        on_bytes(sum(q.scales.nbytes for q in (qb, qt) if q is not None))
+    result.numel = pair.numel
+    if views:
+        assert qb is not None and qt is not None
+        result.quant = {
+            "scheme": qb.scheme,
+            "block": None if qb.block is None else list(qb.block),
+            "raw_n": pair.numel,
+            "raw_changed": int(counts[0]),
+            "scales_n": qb.scales.numel,
+            "scales_changed": count_scales(base, tuned, qb, qt, config.chunk_elems),
+            "scale_only_changed": int(counts[1]),
+        }
+    return result
 
 
 def _open_mask(path: str | Path, plan: PairPlan, config: DiffConfig) -> MaskWriter:
