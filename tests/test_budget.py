@@ -141,3 +141,59 @@ def test_budget_cli(series, tmp_path: Path, capsys) -> None:
     assert data["schema"] == "rlsparse.budget/1"
     assert len(data["steps"]) == 3 and {r["every"] for r in data["cadence"]} == {1, 2}
     assert main(["budget", str(tmp_path / "run" / "step_000000")]) == 2
+
+
+def test_k_step_sparsity_matches_naive(series, tmp_path: Path) -> None:
+    from rlsparse_lib.patches.ksteps import k_step_sparsity
+
+    _, states = series
+    got = k_step_sparsity([str(tmp_path / "run")], ks=(10, 20, 30, 40), progress=False)
+    assert sorted(zip(got["k"], got["step"], strict=True)) == [
+        (10, 0),
+        (10, 10),
+        (10, 20),
+        (20, 0),
+        (20, 10),
+        (30, 0),
+    ]
+    for _, r in got.iterrows():
+        t, k = int(r["step"]), int(r["k"])
+        a, b = states[t // 10], states[(t + k) // 10]
+        same = sum(int((a[k] == b[k]).sum()) for k in a)
+        n = sum(v.size for v in a.values())
+        assert (r["n_elements"], r["n_unchanged"]) == (n, same)
+        assert r["sparsity"] == same / n
+
+
+def test_published_k_step_is_the_mean_of_the_csv(tmp_path: Path) -> None:
+    from rlsparse_lib.patches.ksteps import published_k_step
+
+    csv = tmp_path / "k.csv"
+    csv.write_text(
+        "model_family,model_size,seed,step,k,sparsity,iteration_num,learning_rate,experiment_type\n"
+        "Qwen,1.5B,42,0,1,99.0,1,3e-06,\nQwen,1.5B,43,0,1,98.0,1,3e-06,\n"
+        "Qwen,1.5B,42,0,2,97.0,1,3e-06,\n"
+    )
+    p = published_k_step(csv).set_index("k")
+    assert p.loc[1, "sparsity"] == pytest.approx(0.985) and p.loc[1, "n"] == 2
+    assert p.loc[2, "model"] == "Qwen 1.5B"
+
+
+def test_delta_sync_plots_draw_every_curve(series, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from rlsparse_lib.patches.ksteps import k_step_sparsity
+    from rlsparse_lib.plotting.delta_sync import plot_cadence, plot_k_step, plot_payload
+
+    run = [str(tmp_path / "run")]
+    ks = k_step_sparsity(run, ks=(10, 20), progress=False).assign(label="lr 1e-05")
+    pub = pd.DataFrame(
+        {"model": "Qwen 1.5B", "learning_rate": 3e-6, "k": [1, 2], "sparsity": [0.99, 0.98]}
+    )
+    fig = plot_k_step(ks, pub)
+    assert [len(ax.lines) for ax in fig.axes] == [1, 2]
+    bud = sync_budget(run, every=(1, 2), progress=False)
+    fig = plot_payload(bud.steps.assign(label="a"))
+    assert [len(ax.lines) for ax in fig.axes] == [3, 1]
+    fig = plot_cadence(bud.cadence.assign(label="a"))
+    assert len(fig.axes[0].lines) == 3 + 1
