@@ -176,7 +176,7 @@ def test_hub_id_resolves_through_snapshot_download(monkeypatch, tmp_path: Path, 
         return str(snap)
 
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
-    ck = open_checkpoint("org/model@v1")
+    ck = open_checkpoint("org/model@v1", download=True)
     assert calls["repo_id"] == "org/model" and calls["revision"] == "v1"
     assert all(p.endswith((".safetensors", ".json")) for p in calls["allow_patterns"])
     assert ck.revision == commit and ck.source == "org/model@v1"
@@ -187,4 +187,4 @@ def test_hub_repo_without_safetensors(monkeypatch, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     monkeypatch.setattr("huggingface_hub.snapshot_download", lambda *a, **k: str(tmp_path))
     with pytest.raises(CheckpointError, match=r"has no \.safetensors weights"):
-        open_checkpoint("org/pickles-only")
+        open_checkpoint("org/pickles-only", download=True)

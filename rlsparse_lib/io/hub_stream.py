@@ -59,6 +59,8 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _HEAD_BYTES = 1 << 16
 #: small JSON files (config, index) are fetched whole up to this size
 _MAX_JSON = 64 << 20
+#: a host that cannot be reached at all (no DNS, refused) is retried this often, not ``retries``
+_CONNECT_RETRIES = 1
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,10 @@ class HubSession:
                 stats.add(requests=1)
             except httpx.TransportError as exc:
                 attempt += 1
-                self.wait_before_retry(what, attempt, f"{type(exc).__name__}: {exc}", stats)
+                reason = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, httpx.ConnectError) and attempt > _CONNECT_RETRIES:
+                    raise CheckpointError(f"{what}: cannot connect ({reason})") from None
+                self.wait_before_retry(what, attempt, reason, stats)
                 continue
             if r.status_code == 429:
                 attempt += 1
@@ -591,7 +596,8 @@ def open_repo(spec: str, settings: StreamSettings | None = None) -> HubRepo:
     """
     if _offline():
         raise CheckpointError(
-            f"'{spec}' is not a local path and HF_HUB_OFFLINE is set; pass a local folder"
+            f"'{spec}' is not a local path and could not be fetched: HF_HUB_OFFLINE is set; "
+            "pass a local folder"
         )
     sess = session(settings or StreamSettings.from_env())
     repo_id, revision = split_revision(spec)
