@@ -12,7 +12,7 @@ import torch
 from rlsparse_lib.cli import main
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
-from rlsparse_lib.diff.report import DiffReport
+from rlsparse_lib.diff.report import DiffReport, format_summary
 
 from .ckpt_factory import bf16_counts_ref, fp8_block_quantize, quant_views_ref, save_hf, save_placed
 
@@ -270,3 +270,20 @@ def test_bad_fp8_inputs_exit_2_naming_the_tensor(
     named = Q if what != "block size" else "_proj.weight"  # the first FP8 weight met
     assert named in err and message in err, err
     assert list(out.iterdir()) == []
+
+
+def test_mask_out_marks_exactly_the_dequantized_changes(fp8_pair, tmp_path: Path) -> None:
+    from rlsparse_lib.io.maskfile import MaskFile
+
+    b, t, base, tuned = fp8_pair
+    path = tmp_path / "mask.rlsmask"
+    report = diff_checkpoints(b, t, DiffConfig(chunk_elems=1024), mask_out=path, progress=False)
+    with MaskFile.open(path) as mask:
+        for name in (Q, *EXPERTS_NAMES):
+            db = dequant_ref(base[name], base[name + "_scale_inv"])
+            dt = dequant_ref(tuned[name], tuned[name + "_scale_inv"])
+            want = (db.view(torch.int16) != dt.view(torch.int16)).numpy()
+            assert mask.shapes[name] == tuple(base[name].shape)
+            got = mask.mask(name)
+            assert got.shape == want.shape and (got == want).all(), name
+    assert "scales changed" in format_summary(report)

@@ -707,6 +707,12 @@ def format_summary(report: DiffReport, by: str = "module", max_list: int = 10) -
             [
                 f"{k}: {v['tensors']} tensor(s), {v['raw_changed']:,} of {v['raw_n']:,} raw "
                 f"blocks/codes changed"
+                + (
+                    f"; {v['scales_changed']:,} of {v['scales_n']:,} scales changed; "
+                    f"{v['scale_only_changed']:,} elements changed through their scale only"
+                    if v["scales_n"]
+                    else ""
+                )
                 for k, v in report.quant_summary().items()
             ],
             max_list,

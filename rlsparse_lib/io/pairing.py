@@ -505,7 +505,8 @@ def _quant_pair(
     notes = []
     for side, q, info in (("base", qb, b), ("tuned", qt, t)):
         if q is not None:
-            notes.append(f"{side} {q.scheme} dequantized to {cmp}")
+            cast = f", cast to {cmp}" if cmp != "bfloat16" else ""
+            notes.append(f"{side} {q.scheme} dequantized to bfloat16{cast}")
         elif info.dtype != cmp:
             notes.append(f"{side} {info.dtype} cast to {cmp}")
     if not same_layout(qb, qt):
