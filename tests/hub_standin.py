@@ -15,7 +15,7 @@ locations issued so far expire: ``403``), ``cut_bodies`` (the next N range answe
 the body and close the connection), ``rate_limit`` (the next N CDN requests get ``429`` with
 ``Retry-After: retry_after``), ``ignore_range`` (answer ``200`` with the whole file), ``server_errors``
 (the next N CDN requests get ``503``) and :meth:`replace` (new bytes under the same commit, as a
-misbehaving mirror would). ``log`` records every request.
+misbehaving mirror would). ``log`` records every request (and whether it carried a token).
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ class HubStandin:
         self.retry_after = "1"
         self.ignore_range = False
         self.server_errors = 0
-        self.log: list[tuple[str, str, str, int, str]] = []
+        #: (server, method, path, status, Range header, whether an Authorization header came)
+        self.log: list[tuple[str, str, str, int, str, bool]] = []
         self._generation = 0
         self._cdn_requests = 0
         self._hub = ThreadingHTTPServer(("127.0.0.1", 0), self._handler("hub"))
@@ -130,10 +131,9 @@ class HubStandin:
                     status = standin._hub_answer(self, body)
                 else:
                     status = standin._cdn_answer(self)
+                entry = (server, self.command, self.path, status, self.headers.get("range", ""))
                 with standin._lock:
-                    standin.log.append(
-                        (server, self.command, self.path, status, self.headers.get("range", ""))
-                    )
+                    standin.log.append((*entry, "authorization" in self.headers))
 
         return Handler
 

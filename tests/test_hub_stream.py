@@ -172,3 +172,38 @@ def test_cli_diff_streams_with_exit_codes(hub: HubStandin, tmp_path: Path) -> No
     )
     assert bad.returncode == 2 and "ignored the Range request" in bad.stderr
     assert not (tmp_path / "no.json").exists()
+
+
+def test_token_goes_to_the_hub_only(hub: HubStandin, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    _streamed()
+    assert all(e[5] for e in hub.requests("hub"))
+    assert hub.requests("cdn") and not any(e[5] for e in hub.requests("cdn"))
+
+
+def test_cluster_and_resume_stream_their_own_ranges(
+    hub: HubStandin, pair: tuple[Path, Path], local_report: dict, tmp_path: Path
+) -> None:
+    """--cluster workers reopen the pinned commit and stream their units; --resume keys the
+    streamed files by content (their etag), the same digests as the local files'."""
+    from rlsparse_lib.diff.report import DiffReport
+    from rlsparse_lib.io.digest import files_digest
+
+    local = [open_checkpoint(p) for p in pair]
+    streamed = [open_checkpoint(s, stream=FAST) for s in ("org/base", "org/tuned")]
+    for a, b in zip(local, streamed, strict=True):
+        assert files_digest(b.files) == files_digest(a.files)
+    out, resume = tmp_path / "r.json", tmp_path / "resume"
+    cmd = [sys.executable, "-m", "rlsparse_lib.cli", "diff", "org/base", "org/tuned", "-q"]
+    cmd += ["--chunk-elems", "1024", "--unit-bytes", "8000", "--cluster", "local:2"]
+    done = subprocess.run(
+        [*cmd, "--resume", str(resume), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert _plain(DiffReport.load(out)) == local_report
+    assert len(list(resume.glob("unit-*.json"))) > 1
+    cdn = hub.requests("cdn")
+    assert len({e[2] for e in cdn}) >= 2 and all(e[3] == 206 for e in cdn)

@@ -1,7 +1,8 @@
 """Content digests of weight files: the sha256 of their bytes.
 
 A file in a Hugging Face cache resolves to ``blobs/<sha256>`` (the hub names blobs by their
-content), so hub checkpoints are digested without reading them; any other file is hashed once per
+content), and a streamed hub file's sha256 is its etag (:func:`register_digest`), so hub
+checkpoints are digested without reading them; any other file is hashed once per
 process (memoized by path, size, mtime and inode). A header fingerprint is not enough: every
 checkpoint of one model saved the same way has the same header.
 """
@@ -13,14 +14,25 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["file_digest", "files_digest"]
+__all__ = ["file_digest", "files_digest", "register_digest"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _memo: dict[tuple, str] = {}
+#: sha256 of files that are not on disk, by key (streamed hub files: their LFS oid)
+_remote: dict[str, str] = {}
+
+
+def register_digest(key: Path, sha256: str) -> None:
+    """Record the sha256 of a file that is not on disk (a streamed hub file, whose etag is the
+    sha256 of its content), so :func:`file_digest` names it without reading it."""
+    _remote[str(key)] = sha256
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (a hub blob's own name; memoized by path, size, mtime, inode)."""
+    """sha256 of a file's bytes (a hub blob's own name, or a registered remote file's;
+    memoized by path, size, mtime, inode)."""
+    if str(path) in _remote:
+        return _remote[str(path)]
     real = Path(path).resolve()
     if real.parent.name == "blobs" and _SHA256.fullmatch(real.name):
         return real.name

@@ -46,6 +46,7 @@ import httpx
 import numpy as np
 
 from rlsparse_lib.errors import CheckpointError, ConfigError
+from rlsparse_lib.io.digest import register_digest
 from rlsparse_lib.io.dtypes import word_dtype
 from rlsparse_lib.io.hub import split_revision
 from rlsparse_lib.io.safetensors_io import header_length, parse_header
@@ -55,6 +56,7 @@ __all__ = ["HubRepo", "RangeFiles", "StreamSettings", "StreamStats", "open_repo"
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 #: bytes read first from each file: the 8-byte length and, usually, the whole header
 _HEAD_BYTES = 1 << 16
 #: small JSON files (config, index) are fetched whole up to this size
@@ -521,6 +523,10 @@ class HubRepo:
             )
         remote = list(self.session.pool.map(self.resolve, weights))
         self.remote = {rf.key: rf for rf in remote}
+        for rf in remote:  # an LFS etag is the sha256 of the content: the resume/cache digest
+            oid = (rf.etag or "").removeprefix("W/").strip('"')
+            if _SHA256.fullmatch(oid):
+                register_digest(rf.key, oid)
         self.files = tuple(rf.key for rf in remote)
         for rf, header in zip(remote, self.session.pool.map(self._header, remote), strict=True):
             self.headers[rf.key] = header
