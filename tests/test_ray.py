@@ -165,3 +165,18 @@ def test_ray_resumes_a_killed_run(tmp_path, pair, reference) -> None:
     assert loaded["provenance"]["execution"]["n_resumed"] == done
     assert _key(loaded) == reference[0]
     assert mask.read_bytes() == reference[1]
+
+
+def test_dynamics_on_ray_matches_in_process(tmp_path) -> None:
+    """``rlsparse dynamics`` units (slabs of every checkpoint) on Ray: the same report and masks."""
+    from .test_dynamics_units import key, run, series
+
+    paths = [save_hf(tmp_path / f"c{k}", s, shards=1 + k % 2) for k, s in enumerate(series(5))]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = run(paths, tmp_path / "a")
+    on_ray = run(paths, tmp_path / "b", cluster="ray")
+    assert key(on_ray) == key(plain)
+    for kind in ("final", "union"):
+        a = (tmp_path / "a" / f"{kind}.mask").read_bytes()
+        assert (tmp_path / "b" / f"{kind}.mask").read_bytes() == a

@@ -18,31 +18,45 @@ runs on the packed chunk masks. Memory: one chunk of each checkpoint plus 2K pac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import shutil
+import socket
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from rlsparse_lib.diff.config import DEFAULT_TOLERANCES
+from rlsparse_lib.diff.cluster import (
+    ExecutionLog,
+    UnitProgress,
+    parse_cluster,
+    run_tasks,
+    worker_threads,
+)
+from rlsparse_lib.diff.config import DEFAULT_TOLERANCES, DEFAULT_UNIT_BYTES
 from rlsparse_lib.diff.kernels import get_kernel
-from rlsparse_lib.diff.kernels.protocol import ChunkSpec
+from rlsparse_lib.diff.kernels.protocol import ChunkSpec, DiffKernel
+from rlsparse_lib.diff.resume import ResumeDir, manifest
 from rlsparse_lib.diff.stats import DiffStats
+from rlsparse_lib.diff.units import MaskSlice, assemble_mask, mask_slice_path
+from rlsparse_lib.diff.worker import Task
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint, open_checkpoint
-from rlsparse_lib.io.chunks import stream_chunks
+from rlsparse_lib.io.chunks import WordSource, stream_chunks
 from rlsparse_lib.io.dtypes import is_float
 from rlsparse_lib.io.maskfile import MaskWriter, packed_size
 from rlsparse_lib.io.naming import parse_param_name
 from rlsparse_lib.io.pairing import TensorPair, pair_checkpoints
 from rlsparse_lib.masks import bitops
-from rlsparse_lib.progress import byte_progress
 from rlsparse_lib.provenance import build_provenance, load_report_json, save_report_json
 from rlsparse_lib.rules import MaskRule, sparsity, sparsity_from_changed, tol_key
 
 SCHEMA = "rlsparse.dynamics/1"
+RESUME_SCHEMA = "rlsparse-dynamics-resume"
 _COUNTS = ("n_changed", "n_step", "n_union", "n_outside_final", "n_step_both")
 
 
@@ -232,6 +246,232 @@ def _frac(a, b) -> float | None:
     return float(a) / float(b) if b else None
 
 
+@dataclass(frozen=True)
+class Slab:
+    """Elements ``[start, stop)`` of the series' tensor ``t`` (its index in the plan)."""
+
+    t: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class SeriesUnit:
+    """A work unit of a series: consecutive slabs, read from θ0 and every θk.
+
+    Attributes:
+        index: the merge order.
+        slabs: (tensor, element range) slabs in plan order; ranges start on chunk boundaries.
+        names: the slabs' tensor names, each once, in order.
+        nbytes: bytes read from all K + 1 checkpoints.
+    """
+
+    index: int
+    slabs: tuple[Slab, ...]
+    names: tuple[str, ...]
+    nbytes: int
+
+
+def plan_series_units(
+    pairs: Sequence[TensorPair], cks: Sequence[Checkpoint], chunk_elems: int, max_bytes: int
+) -> list[SeriesUnit]:
+    """Cut the series' tensors into units of at most ``max_bytes`` read from all checkpoints.
+
+    A tensor above the bound is cut into slabs of whole chunks (at least one chunk each, so a
+    single chunk above the bound is a unit of its own); slabs follow plan order, so concatenating
+    the units' slabs walks every tensor's elements once, in order.
+    """
+    if max_bytes <= 0:
+        raise ConfigError(f"max_unit_bytes must be > 0, got {max_bytes}")
+    units: list[SeriesUnit] = []
+    run: list[Slab] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal run, size
+        if run:
+            names = tuple(dict.fromkeys(pairs[s.t].name for s in run))
+            units.append(SeriesUnit(len(units), tuple(run), names, size))
+        run, size = [], 0
+
+    for t, pair in enumerate(pairs):
+        per_elem = pair.base.itemsize + sum(c.tensors[pair.name].itemsize for c in cks)
+        step = max(1, max_bytes // (per_elem * chunk_elems)) * chunk_elems
+        for start in range(0, max(pair.numel, 1), step):
+            stop = min(pair.numel, start + step)
+            n = (stop - start) * per_elem
+            if run and size + n > max_bytes:
+                flush()
+            run.append(Slab(t, start, stop))
+            size += n
+    flush()
+    return units
+
+
+class _Offset:
+    """A word source shifted by ``offset`` elements (a slab seen as a tensor of its own)."""
+
+    def __init__(self, source: WordSource, offset: int) -> None:
+        self.source, self.offset = source, offset
+
+    def words(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self.source.words(name, start + self.offset, stop + self.offset)
+
+    def prefetch(self, name: str, start: int, stop: int) -> None:
+        self.source.prefetch(name, start + self.offset, stop + self.offset)
+
+    def release(self, name: str, start: int, stop: int) -> None:
+        self.source.release(name, start + self.offset, stop + self.offset)
+
+
+@dataclass(frozen=True)
+class SeriesSettings:
+    """What a series unit needs besides its slabs (plain values: sent to workers)."""
+
+    rule: MaskRule
+    tolerances: tuple[float, ...]
+    rel_eta: float
+    compare_dtype: str | None
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    chunk_elems: int
+    threads: int | None
+
+    def result_settings(self) -> dict:
+        """The settings that change the numbers (the resume manifest's)."""
+        return {
+            "rule": {"kind": self.rule.kind, "tol": float(self.rule.tol)},
+            "tolerances": list(self.tolerances),
+            "rel_eta": self.rel_eta,
+            "compare_dtype": self.compare_dtype,
+            "include": list(self.include),
+            "exclude": list(self.exclude),
+            "chunk_elems": self.chunk_elems,
+        }
+
+
+def run_series_unit(
+    pairs: Sequence[TensorPair],
+    slabs: Sequence[Slab],
+    readers: Sequence[WordSource],
+    cks: Sequence[Checkpoint],
+    settings: SeriesSettings,
+    kernel: DiffKernel,
+    masks: Mapping[str, MaskWriter | MaskSlice],
+    on_bytes: Callable[[int], object] | None = None,
+) -> dict:
+    """One unit's share of the dynamics: per-tensor counts and the unit's merged statistics.
+
+    ``readers`` are θ0's then θ1 … θK's; ``masks`` (``final``/``union``) receive the slabs' packed
+    masks in order. Returns ``{"counts": {tensor index: {count key: int64[K]}}, "vs_init": [K
+    DiffStats], "vs_prev": [K DiffStats]}`` (statistics merged chunk by chunk from empty).
+    """
+    k_n = len(cks)
+    tols = np.asarray(settings.tolerances, np.float64)
+    rule, rel_eta = settings.rule, settings.rel_eta
+    counts: dict[int, dict[str, np.ndarray]] = {}
+    vs_init = [DiffStats.empty(tols.size) for _ in range(k_n)]
+    vs_prev = [DiffStats.empty(tols.size) for _ in range(k_n)]
+    for slab in slabs:
+        pair = pairs[slab.t]
+        assert pair.compare_dtype is not None  # the series holds float pairs only
+        row = counts.setdefault(slab.t, {key: np.zeros((1, k_n), np.int64) for key in _COUNTS})
+        # θ0, θ1 … θK: words[0] is θ0, words[k + 1] is θ(k+1), all cast to the compare dtype
+        stored = [pair.base.dtype] + [c.tensors[pair.name].dtype for c in cks]
+        chunks = stream_chunks(
+            pair.name,
+            slab.stop - slab.start,
+            [_Offset(r, slab.start) for r in readers],
+            settings.chunk_elems,
+            stored=stored,
+            compare=pair.compare_dtype,
+            on_bytes=on_bytes,
+        )
+        for chunk in chunks:
+            masks_init, masks_step = [], []
+            w0 = chunk.words[0]
+            for k in range(k_n):
+                prev, wk = chunk.words[k], chunk.words[k + 1]
+                m_init = np.zeros(packed_size(chunk.numel), np.uint8)
+                m_step = np.zeros_like(m_init)
+                spec0 = ChunkSpec(pair.compare_dtype, pair.base.dtype, tols, rel_eta, rule)
+                spec1 = ChunkSpec(pair.compare_dtype, stored[k], tols, rel_eta, rule)
+                vs_init[k] = vs_init[k].merge(kernel.diff_chunk(w0, wk, spec0, m_init))
+                vs_prev[k] = vs_prev[k].merge(kernel.diff_chunk(prev, wk, spec1, m_step))
+                masks_init.append(m_init)
+                masks_step.append(m_step)
+            del w0, prev, wk
+            union = _chunk_counts(masks_init, masks_step, row, 0)
+            if "final" in masks:
+                masks["final"].write(pair.name, masks_init[-1])
+            if "union" in masks:
+                masks["union"].write(pair.name, union)
+    return {
+        "counts": {t: {key: arr[0] for key, arr in row.items()} for t, row in counts.items()},
+        "vs_init": vs_init,
+        "vs_prev": vs_prev,
+    }
+
+
+def _unit_to_json(part: dict) -> dict:
+    return {
+        "counts": {
+            str(t): {key: [int(v) for v in arr] for key, arr in row.items()}
+            for t, row in part["counts"].items()
+        },
+        "vs_init": [s.to_dict() for s in part["vs_init"]],
+        "vs_prev": [s.to_dict() for s in part["vs_prev"]],
+    }
+
+
+def _unit_from_json(d: dict) -> dict:
+    return {
+        "counts": {
+            int(t): {key: np.asarray(v, np.int64) for key, v in row.items()}
+            for t, row in d["counts"].items()
+        },
+        "vs_init": [DiffStats.from_dict(s) for s in d["vs_init"]],
+        "vs_prev": [DiffStats.from_dict(s) for s in d["vs_prev"]],
+    }
+
+
+_opened: dict[tuple, tuple[list[Checkpoint], list[TensorPair]]] = {}
+
+
+def series_worker(
+    paths: list[str],
+    settings: SeriesSettings,
+    slabs: list[Slab],
+    mask_paths: dict[str, str],
+) -> dict:
+    """A series unit in a worker process (``--cluster``): opens θ0 … θK from their paths (once
+    per worker), runs :func:`run_series_unit` and saves its mask slices to ``mask_paths``.
+
+    Returns the unit's result in JSON form, plus ``kernel``, ``seconds`` and ``host``.
+    """
+    t0 = time.perf_counter()
+    key = (tuple(paths), settings.compare_dtype, settings.include, settings.exclude)
+    if key not in _opened:
+        cks = [open_checkpoint(Path(p)) for p in paths]
+        pairs, _ = _plan_series(
+            cks[0], cks[1:], settings.compare_dtype, settings.include, settings.exclude
+        )
+        _opened[key] = (cks, pairs)
+    cks, pairs = _opened[key]
+    kernel = get_kernel("cpu", settings.threads)
+    masks = {kind: MaskSlice() for kind in mask_paths}
+    with contextlib.ExitStack() as stack:
+        readers = [stack.enter_context(c.reader()) for c in cks]
+        part = run_series_unit(pairs, slabs, readers, cks[1:], settings, kernel, masks)
+    for kind, path in mask_paths.items():
+        masks[kind].save(path)
+    return _unit_to_json(part) | {
+        "kernel": kernel.name,
+        "seconds": time.perf_counter() - t0,
+        "host": socket.gethostname(),
+    }
+
+
 def sparsity_dynamics(
     init: str | Path | Checkpoint,
     checkpoints: Sequence[str | Path | Checkpoint],
@@ -249,8 +489,15 @@ def sparsity_dynamics(
     chunk_elems: int = 1 << 22,
     threads: int | None = None,
     progress: bool = True,
+    max_unit_bytes: int = DEFAULT_UNIT_BYTES,
+    resume: str | Path | None = None,
+    cluster: str | None = None,
 ) -> DynamicsReport:
     """Dynamics of θ1 … θK relative to θ0 and to each predecessor, in one streaming pass.
+
+    The pass is cut into work units of (tensor, element range) slabs read from all K + 1
+    checkpoints (:func:`plan_series_units`); unit results are merged in unit order, so every
+    executor and a resumed run give the same report bit for bit.
 
     Args:
         init: θ0; checkpoints: θ1 … θK in training order (K >= 1).
@@ -260,9 +507,14 @@ def sparsity_dynamics(
         final_mask_out: write M_K (the final subnetwork) as a mask file.
         union_mask_out: write ∪_k M_k (ever updated) as a mask file.
         chunk_elems: elements per chunk (multiple of 8).
+        max_unit_bytes: bound on the bytes a work unit reads from all checkpoints.
+        resume: a folder keeping each finished unit's result (:mod:`rlsparse_lib.diff.resume`).
+        cluster: ``local[:N]`` or ``ray[://HOST:PORT]``: where the units run
+            (:mod:`rlsparse_lib.diff.cluster`); None runs them in this process.
 
     Raises:
-        ConfigError: no checkpoints, bad labels/steps; PairingError: nothing comparable.
+        ConfigError: no checkpoints, bad labels/steps, a malformed cluster or a resume folder made
+            for another run; PairingError: nothing comparable.
     """
     rule = rule or MaskRule()
     if not checkpoints:
@@ -270,6 +522,7 @@ def sparsity_dynamics(
     if chunk_elems < 8 or chunk_elems % 8:
         raise ConfigError(f"chunk_elems must be a positive multiple of 8, got {chunk_elems}")
     t0 = time.perf_counter()
+    spec = parse_cluster(cluster) if cluster is not None else None
     init_ck = open_checkpoint(init)
     cks = [open_checkpoint(c) for c in checkpoints]
     k_n = len(cks)
@@ -279,61 +532,132 @@ def sparsity_dynamics(
     if steps is not None and len(steps) != k_n:
         raise ConfigError(f"{k_n} checkpoints but {len(steps)} steps")
     pairs, skipped = _plan_series(init_ck, cks, compare_dtype, include, exclude)
-    tols = np.asarray(sorted({float(t) for t in tolerances}), np.float64)
-    kernel = get_kernel("cpu", threads)
-    n_t = len(pairs)
-    counts = {key: np.zeros((n_t, k_n), np.int64) for key in _COUNTS}
-    vs_init = [DiffStats.empty(tols.size) for _ in cks]
-    vs_prev = [DiffStats.empty(tols.size) for _ in cks]
-    shapes = {p.name: p.compared_shape for p in pairs}
-    total = sum(
-        p.numel * (p.base.itemsize + sum(c.tensors[p.name].itemsize for c in cks)) for p in pairs
+    tols = tuple(sorted({float(t) for t in tolerances}))
+    settings = SeriesSettings(
+        rule, tols, rel_eta, compare_dtype, include, exclude, chunk_elems, threads
     )
-    bar = byte_progress(total, "dynamics", progress)
+    units = plan_series_units(pairs, cks, chunk_elems, max_unit_bytes)
+    store = None
+    if resume is not None:
+        records = [
+            {
+                "index": u.index,
+                "names": list(u.names),
+                "slabs": [[s.t, s.start, s.stop] for s in u.slabs],
+                "nbytes": u.nbytes,
+            }
+            for u in units
+        ]
+        inputs = {"init": init_ck} | {f"checkpoint {k + 1}": c for k, c in enumerate(cks)}
+        store = ResumeDir.open_manifest(
+            resume,
+            manifest(RESUME_SCHEMA, inputs, settings.result_settings(), max_unit_bytes, records),
+        )
+    mask_out = {
+        kind: path
+        for kind, path in (("final", final_mask_out), ("union", union_mask_out))
+        if path is not None
+    }
+    sliced = bool(mask_out) and (store is not None or spec is not None)
+    parts: dict[int, dict] = {}
+    if store is not None:
+        for index, d in store.load_raw().items():
+            if not sliced or all(
+                mask_slice_path(store.path, index, kind).is_file() for kind in mask_out
+            ):
+                parts[index] = _unit_from_json(d)
+    todo = [u for u in units if u.index not in parts]
+    log = ExecutionLog(units, "in-process" if cluster is None else cluster, set(parts))
+    bar = UnitProgress(units, set(parts), "dynamics", progress)
+    shapes = {p.name: p.compared_shape for p in pairs}
     sources = {"init": _src(init_ck), "series": [_src(c) for c in cks]}
+    slice_dir: Path | None = None
+    kernel_name = None
     with contextlib.ExitStack() as stack:
         writers = {}
-        for key, path in (("final", final_mask_out), ("union", union_mask_out)):
-            if path is not None:
-                doc = {"kind": rule.kind, "tol": rule.tol, "series": key}
-                writers[key] = stack.enter_context(MaskWriter(path, shapes, doc, sources))
-        r0 = stack.enter_context(init_ck.reader())
-        readers = [stack.enter_context(c.reader()) for c in cks]
+        for kind, path in mask_out.items():
+            doc = {"kind": rule.kind, "tol": rule.tol, "series": kind}
+            writers[kind] = stack.enter_context(MaskWriter(path, shapes, doc, sources))
+        if sliced:
+            if store is not None:
+                slice_dir = store.path
+            else:
+                parent = Path(next(iter(mask_out.values()))).parent
+                slice_dir = Path(tempfile.mkdtemp(".units", ".masks-", parent))
+                stack.callback(shutil.rmtree, slice_dir, True)
         stack.callback(bar.close)
-        for t, pair in enumerate(pairs):
-            assert pair.compare_dtype is not None  # the series holds float pairs only
-            # θ0, θ1 … θK: words[0] is θ0, words[k + 1] is θ(k+1), all cast to the compare dtype
-            stored = [pair.base.dtype] + [c.tensors[pair.name].dtype for c in cks]
-            chunks = stream_chunks(
-                pair.name,
-                pair.numel,
-                [r0, *readers],
-                chunk_elems,
-                stored=stored,
-                compare=pair.compare_dtype,
-                on_bytes=bar.update,
-            )
-            for chunk in chunks:
-                masks_init, masks_step = [], []
-                w0 = chunk.words[0]
-                for k in range(k_n):
-                    prev, wk = chunk.words[k], chunk.words[k + 1]
-                    m_init = np.zeros(packed_size(chunk.numel), np.uint8)
-                    m_step = np.zeros_like(m_init)
-                    spec0 = ChunkSpec(pair.compare_dtype, pair.base.dtype, tols, rel_eta, rule)
-                    spec1 = ChunkSpec(pair.compare_dtype, stored[k], tols, rel_eta, rule)
-                    vs_init[k] = vs_init[k].merge(kernel.diff_chunk(w0, wk, spec0, m_init))
-                    vs_prev[k] = vs_prev[k].merge(kernel.diff_chunk(prev, wk, spec1, m_step))
-                    masks_init.append(m_init)
-                    masks_step.append(m_step)
-                del w0, prev, wk
-                union = _chunk_counts(masks_init, masks_step, counts, t)
-                if "final" in writers:
-                    writers["final"].write(pair.name, masks_init[-1])
-                if "union" in writers:
-                    writers["union"].write(pair.name, union)
+
+        def finished(unit: SeriesUnit, part: dict, seconds: float, host: str, tries: int) -> None:
+            if store is not None:
+                store.save_raw(unit.index, list(unit.names), _unit_to_json(part))
+            parts[unit.index] = part
+            log.add(unit.index, unit.nbytes, seconds, host, tries)
+            bar.unit_done(unit, streamed=spec is None)
+
+        if spec is not None:
+            paths = [str(init_ck.path)] + [str(c.path) for c in cks]
+            unit_threads = worker_threads(threads, spec)
+            settings = dataclasses.replace(settings, threads=unit_threads)
+            by_index = {u.index: u for u in units}
+            tasks = [
+                Task(
+                    u.index,
+                    series_worker,
+                    (
+                        paths,
+                        settings,
+                        list(u.slabs),
+                        {
+                            kind: str(mask_slice_path(slice_dir, u.index, kind))
+                            for kind in mask_out
+                            if slice_dir is not None
+                        },
+                    ),
+                    unit_threads,
+                )
+                for u in todo
+            ]
+
+            def task_done(task: Task, out: dict, attempts: int) -> None:
+                log.kernels.add(out["kernel"])
+                unit = by_index[task.index]
+                finished(unit, _unit_from_json(out), out["seconds"], out["host"], attempts)
+
+            run_tasks(spec, tasks, task_done)
+        else:
+            kernel = get_kernel("cpu", threads)
+            kernel_name = kernel.name
+            r0 = stack.enter_context(init_ck.reader())
+            readers = [r0, *(stack.enter_context(c.reader()) for c in cks)]
+            for unit in todo:
+                t = time.perf_counter()
+                masks: dict[str, MaskWriter | MaskSlice] = (
+                    {kind: MaskSlice() for kind in mask_out} if sliced else dict(writers)
+                )
+                part = run_series_unit(
+                    pairs, unit.slabs, readers, cks, settings, kernel, masks, bar.update
+                )
+                if slice_dir is not None:
+                    for kind, m in masks.items():
+                        assert isinstance(m, MaskSlice)
+                        m.save(mask_slice_path(slice_dir, unit.index, kind))
+                finished(unit, part, time.perf_counter() - t, log.host, 1)
+        if slice_dir is not None:
+            for kind, writer in writers.items():
+                paths_by_unit = {u.index: mask_slice_path(slice_dir, u.index, kind) for u in units}
+                assemble_mask(writer, units, paths_by_unit)
+    counts = {key: np.zeros((len(pairs), k_n), np.int64) for key in _COUNTS}
+    vs_init = [DiffStats.empty(len(tols)) for _ in cks]
+    vs_prev = [DiffStats.empty(len(tols)) for _ in cks]
+    for index in sorted(parts):  # unit order, whatever order they finished in
+        part = parts[index]
+        for t, row in part["counts"].items():
+            for key, arr in row.items():
+                counts[key][t] += arr
+        vs_init = [a.merge(b) for a, b in zip(vs_init, part["vs_init"], strict=True)]
+        vs_prev = [a.merge(b) for a, b in zip(vs_prev, part["vs_prev"], strict=True)]
     init_desc, ck_desc = init_ck.describe(), [c.describe() for c in cks]
-    settings = {
+    prov_settings = {
         "rule": {"kind": rule.kind, "tol": rule.tol},
         "tolerances": [float(t) for t in tols],
         "rel_eta": rel_eta,
@@ -342,16 +666,17 @@ def sparsity_dynamics(
         "exclude": list(exclude),
     }
     sources = {"init": init_desc, "checkpoints": ck_desc}
-    provenance = build_provenance("dynamics", settings=settings, sources=sources) | {
+    provenance = build_provenance("dynamics", settings=prov_settings, sources=sources) | {
         "init": init_desc,
         "checkpoints": ck_desc,
         "rule": rule.describe(),
         "compare_dtype_policy": compare_dtype or "init stored dtype",
-        "kernel": kernel.name,
+        "kernel": kernel_name or log.kernel("cpu"),
         "chunk_elems": chunk_elems,
         "masks_out": {"final": _str(final_mask_out), "union": _str(union_mask_out)},
         "ever_updated": "observed at checkpoint granularity (a lower bound)",
         "seconds": time.perf_counter() - t0,
+        "execution": log.summary(),
     }
     return DynamicsReport(
         labels=labels,

@@ -30,8 +30,30 @@ def add_selection_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_unit_arguments(p: argparse.ArgumentParser) -> None:
+    """``--resume DIR`` and ``--cluster``, shared by the commands that run on work units."""
+    from rlsparse_lib.diff.config import DEFAULT_UNIT_BYTES
+
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=None,
+        help="keep each finished work unit in DIR; rerunning the same command skips them "
+        "(refused when DIR was made for other inputs or settings)",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="local[:N]|ray[://HOST:PORT]",
+        default=None,
+        help="run work units on a pool of N processes (default N: CPU count) or as Ray tasks "
+        "(RAY_ADDRESS, the address given, else a local Ray instance; pip install "
+        "'rlsparse[ray]'); default: in this process",
+    )
+    p.add_argument("--unit-bytes", type=int, default=DEFAULT_UNIT_BYTES, help=argparse.SUPPRESS)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from rlsparse_lib.diff.config import DEFAULT_CHUNK, DEFAULT_TOLERANCES, DEFAULT_UNIT_BYTES
+    from rlsparse_lib.diff.config import DEFAULT_CHUNK, DEFAULT_TOLERANCES
 
     p.add_argument("base", metavar="BASE", help="base checkpoint θ0 (folder, file or hub id)")
     p.add_argument(
@@ -93,22 +115,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--chunk-elems", type=int, default=DEFAULT_CHUNK, help=argparse.SUPPRESS)
-    p.add_argument("--unit-bytes", type=int, default=DEFAULT_UNIT_BYTES, help=argparse.SUPPRESS)
-    p.add_argument(
-        "--resume",
-        metavar="DIR",
-        default=None,
-        help="keep each finished work unit in DIR; rerunning the same command skips them "
-        "(refused when DIR was made for other inputs or settings)",
-    )
-    p.add_argument(
-        "--cluster",
-        metavar="local[:N]|ray[://HOST:PORT]",
-        default=None,
-        help="run work units on a pool of N processes (default N: CPU count) or as Ray tasks "
-        "(RAY_ADDRESS, the address given, else a local Ray instance; pip install "
-        "'rlsparse[ray]'); default: in this process",
-    )
+    add_unit_arguments(p)
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for hub ids")
     p.add_argument(
         "--download",

@@ -8,6 +8,7 @@ updated / updated then cancelled / final subnetwork.
 examples:
   rlsparse dynamics sft/ ckpt-100/ ckpt-200/ ckpt-300/ --steps 100 200 300 --json dyn.json
   rlsparse dynamics base/ c1/ c2/ c3/ --tol 1e-5 --final-mask final.mask.safetensors --plot figs/dyn
+  rlsparse dynamics init/ ckpt-*/ --json dyn.json --resume dyn.resume/ --cluster ray
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlsparse_lib.cli.diff import add_selection_arguments
+from rlsparse_lib.cli.diff import add_selection_arguments, add_unit_arguments
 from rlsparse_lib.cli.mask import add_rule_arguments, rule_from_args
 from rlsparse_lib.io.dtypes import COMPARE_DTYPES
 
@@ -34,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", metavar="PATH", help="write the per-checkpoint series (CSV)")
     p.add_argument("--plot", metavar="PATH", help="save Figs. 5–7 (and PATH_fate for Fig. 2)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    add_unit_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -54,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
         union_mask_out=args.union_mask,
         threads=args.threads,
         progress=not args.quiet,
+        max_unit_bytes=args.unit_bytes,
+        resume=args.resume,
+        cluster=args.cluster,
     )
     if args.json:
         dyn.save_json(args.json)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -32,7 +32,7 @@ from typing import Any
 
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.report import TensorResult
-from rlsparse_lib.diff.units import WorkUnit
+from rlsparse_lib.diff.units import Unit, WorkUnit
 from rlsparse_lib.diff.worker import (
     ATTEMPTS,
     RETRIED,
@@ -80,7 +80,7 @@ class ExecutionLog:
     """How a run's units were executed, for the provenance (:meth:`summary`): per-unit timing,
     host and attempts, the retries, and which units came from a resume folder."""
 
-    def __init__(self, units: list[WorkUnit], executor: str, resumed: set[int]) -> None:
+    def __init__(self, units: Sequence[Unit], executor: str, resumed: set[int]) -> None:
         self.executor = executor
         self.n_units = len(units)
         self.resumed = sorted(resumed)
@@ -89,14 +89,18 @@ class ExecutionLog:
         self.kernels: set[str] = set()
 
     def record(self, unit: WorkUnit, outcome: UnitOutcome) -> None:
-        """Note a finished unit."""
+        """Note a finished diff unit."""
         self.kernels.add(outcome.kernel)
-        self.records[unit.index] = {
-            "index": unit.index,
-            "nbytes": unit.nbytes,
-            "seconds": outcome.seconds,
-            "host": outcome.host,
-            "attempts": outcome.attempts,
+        self.add(unit.index, unit.nbytes, outcome.seconds, outcome.host, outcome.attempts)
+
+    def add(self, index: int, nbytes: int, seconds: float, host: str, attempts: int) -> None:
+        """Note a finished unit of any command."""
+        self.records[index] = {
+            "index": index,
+            "nbytes": nbytes,
+            "seconds": seconds,
+            "host": host,
+            "attempts": attempts,
         }
 
     def kernel(self, device: str) -> str:
@@ -130,7 +134,7 @@ class UnitProgress:
     whole unit when it is reported (:meth:`unit_done` with ``streamed=False``). Units taken from a
     resume folder count as done from the start."""
 
-    def __init__(self, units: list[WorkUnit], done: set[int], desc: str, enabled: bool) -> None:
+    def __init__(self, units: Sequence[Unit], done: set[int], desc: str, enabled: bool) -> None:
         self.n_total = len(units)
         self.n_done = len(done)
         self.bar = byte_progress(sum(u.nbytes for u in units), desc, enabled)
@@ -144,7 +148,7 @@ class UnitProgress:
         """Bytes read within a unit."""
         self.bar.update(nbytes)
 
-    def unit_done(self, unit: WorkUnit, streamed: bool) -> None:
+    def unit_done(self, unit: Unit, streamed: bool) -> None:
         """A unit finished; its bytes are added unless they were streamed through :meth:`update`."""
         if not streamed:
             self.bar.update(unit.nbytes)
@@ -182,11 +186,12 @@ def parse_cluster(spec: str) -> Cluster:
     return Cluster("local", n)
 
 
-def worker_threads(config: DiffConfig, cluster: Cluster) -> int:
-    """Kernel threads per unit: ``config.threads``, else the cores shared among a local pool's
-    workers, else (ray) 1: Ray schedules one task per CPU it has."""
-    if config.threads:
-        return config.threads
+def worker_threads(config: DiffConfig | int | None, cluster: Cluster) -> int:
+    """Kernel threads per unit: ``config.threads`` (or the given count), else the cores shared
+    among a local pool's workers, else (ray) 1: Ray schedules one task per CPU it has."""
+    threads = config.threads if isinstance(config, DiffConfig) else config
+    if threads:
+        return threads
     if cluster.kind == "local" and cluster.workers:
         return max(1, (os.cpu_count() or 1) // cluster.workers)
     return 1

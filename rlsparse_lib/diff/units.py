@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from rlsparse_lib.provenance import build_provenance, versions
 __all__ = [
     "DEFAULT_UNIT_BYTES",
     "MaskSlice",
+    "Unit",
     "WorkUnit",
     "assemble_mask",
     "mask_slice_path",
@@ -112,9 +114,23 @@ def plan_units(plan: PairPlan, max_bytes: int = DEFAULT_UNIT_BYTES) -> list[Work
     return units
 
 
-def mask_slice_path(folder: str | Path, index: int) -> Path:
-    """Where unit ``index`` keeps its mask slice in ``folder``."""
-    return Path(folder) / f"unit-{index:06d}.mask.safetensors"
+def mask_slice_path(folder: str | Path, index: int, kind: str = "mask") -> Path:
+    """Where unit ``index`` keeps its mask slice in ``folder`` (``kind``: which mask, for
+    commands that write several)."""
+    return Path(folder) / f"unit-{index:06d}.{kind}.safetensors"
+
+
+class Unit(Protocol):
+    """What executors, progress and mask assembly need of any command's work unit."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    @property
+    def nbytes(self) -> int: ...
 
 
 class MaskSlice:
@@ -139,9 +155,7 @@ class MaskSlice:
             tmp.write_bytes(data)
 
 
-def assemble_mask(
-    writer: MaskWriter, units: Iterable[WorkUnit], slices: Mapping[int, Path]
-) -> None:
+def assemble_mask(writer: MaskWriter, units: Iterable[Unit], slices: Mapping[int, Path]) -> None:
     """Write the units' mask slices (files saved by :meth:`MaskSlice.save`, by unit index) into
     ``writer`` in unit order: the same bytes as a run that streamed its chunks into ``writer``."""
     from safetensors.numpy import load_file
