@@ -180,3 +180,16 @@ def test_dynamics_on_ray_matches_in_process(tmp_path) -> None:
     for kind in ("final", "union"):
         a = (tmp_path / "a" / f"{kind}.mask").read_bytes()
         assert (tmp_path / "b" / f"{kind}.mask").read_bytes() == a
+
+
+def test_overlap_on_ray_matches_in_process(tmp_path) -> None:
+    """``rlsparse overlap`` units (whole tensors of N masks and θ0) on Ray: the same counts."""
+    from rlsparse_lib.analysis.overlap import count_overlaps
+
+    from .test_analytics_overlap import _two_population_pair
+    from .test_overlap_units import UNIT_BYTES as MASK_UNIT_BYTES
+    from .test_overlap_units import key
+
+    base, a, b, *_ = _two_population_pair(tmp_path, 11)
+    kw = {"base": base, "max_unit_bytes": MASK_UNIT_BYTES, "progress": False}
+    assert key(count_overlaps([a, b], cluster="ray", **kw)) == key(count_overlaps([a, b], **kw))

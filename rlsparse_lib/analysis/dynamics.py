@@ -548,7 +548,9 @@ def sparsity_dynamics(
             }
             for u in units
         ]
-        inputs = {"init": init_ck} | {f"checkpoint {k + 1}": c for k, c in enumerate(cks)}
+        inputs = {"init": init_ck.files} | {
+            f"checkpoint {k + 1}": c.files for k, c in enumerate(cks)
+        }
         store = ResumeDir.open_manifest(
             resume,
             manifest(RESUME_SCHEMA, inputs, settings.result_settings(), max_unit_bytes, records),

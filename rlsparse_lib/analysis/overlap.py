@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import json
 import math
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from rlsparse_lib.diff.cluster import ExecutionLog, UnitProgress, parse_cluster, run_tasks
+from rlsparse_lib.diff.config import DEFAULT_UNIT_BYTES
+from rlsparse_lib.diff.resume import ResumeDir, manifest
+from rlsparse_lib.diff.worker import Task
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import open_checkpoint
 from rlsparse_lib.io.chunks import stream_chunks
@@ -51,13 +56,13 @@ from rlsparse_lib.masks.ops import (
     numel_of,
     opened_all,
 )
-from rlsparse_lib.progress import byte_progress
 from rlsparse_lib.provenance import build_provenance, load_report_json, save_report_json
 
 if TYPE_CHECKING:
     import pandas as pd
 
 SCHEMA = "rlsparse.overlap/1"
+RESUME_SCHEMA = "rlsparse-overlap-resume"
 #: metrics of :meth:`OverlapMatrix.frame`
 MATRIX_METRICS = (
     "o",
@@ -485,6 +490,107 @@ def _counts_dict(c: OverlapCounts) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class MaskUnit:
+    """A work unit of an overlap pass: consecutive whole tensors (never split, so every per-tensor
+    count and binade expectation is computed within one unit).
+
+    Attributes:
+        index: the merge order; first: the first tensor's index; names: the tensors, in order;
+        nbytes: bytes read (packed masks, and θ0 for binade strata).
+    """
+
+    index: int
+    first: int
+    names: tuple[str, ...]
+    nbytes: int
+
+
+def plan_mask_units(names: Sequence[str], nbytes: Sequence[int], max_bytes: int) -> list[MaskUnit]:
+    """Cut the tensors ``names`` (``nbytes`` read for each) into units of at most ``max_bytes``
+    (a tensor above the bound is a unit of its own)."""
+    if max_bytes <= 0:
+        raise ConfigError(f"max_unit_bytes must be > 0, got {max_bytes}")
+    units: list[MaskUnit] = []
+    first, size = 0, 0
+    for t in range(len(names) + 1):
+        if t == len(names) or (t > first and size + nbytes[t] > max_bytes):
+            if t > first:
+                units.append(MaskUnit(len(units), first, tuple(names[first:t]), size))
+            first, size = t, 0
+        if t < len(names):
+            size += nbytes[t]
+    return units
+
+
+def _count_tensors(files, ck, reader, names, numel, pairs, step, on_bytes) -> dict[str, Any]:
+    """Counts of the tensors ``names`` (sizes ``numel``) of the open mask ``files`` (and θ0's
+    ``reader`` for binade strata): ``n_set`` int64[t, N], ``n_both`` int64[t, P],
+    ``binade_expected``/``binade_variance`` float64[t, P] or None."""
+    n_t, n_m, n_p = len(names), len(files), len(pairs)
+    n_set = np.zeros((n_t, n_m), np.int64)
+    n_both = np.zeros((n_t, n_p), np.int64)
+    exp_b = var_b = None
+    if ck is not None:
+        exp_b, var_b = np.zeros((n_t, n_p)), np.zeros((n_t, n_p))
+    # the masks' packed bits (weights [start, stop) = bytes [start // 8, ceil(stop / 8))),
+    # then θ0's raw words when binade strata are asked
+    sources = [m.bits() for m in files] + ([reader] if reader is not None else [])
+    for t, name in enumerate(names):
+        strata = np.zeros((bitops.N_STRATA, 1 << n_m), np.int64) if ck else None
+        chunks = stream_chunks(name, int(numel[t]), sources, step, on_bytes=on_bytes)
+        for chunk in chunks:
+            parts = chunk.words[:n_m]
+            _count_chunk(parts, pairs, n_set[t], n_both[t])
+            if ck is not None:
+                assert strata is not None  # allocated for every tensor when ck is set
+                rows = np.stack(parts)
+                bitops.strata_histogram(chunk.words[n_m], ck.tensors[name].dtype, rows, strata)
+            del parts
+        if strata is not None:
+            assert exp_b is not None and var_b is not None  # allocated when ck is set
+            _binade_expectation(strata, pairs, exp_b[t], var_b[t])
+    return {"n_set": n_set, "n_both": n_both, "binade_expected": exp_b, "binade_variance": var_b}
+
+
+def overlap_worker(
+    mask_paths: list[str],
+    base_path: str | None,
+    names: list[str],
+    step: int,
+) -> dict[str, Any]:
+    """An overlap unit in a worker process (``--cluster``): opens the masks (and θ0) from their
+    paths and counts the tensors ``names``; arrays as lists, plus ``kernel``, ``seconds``,
+    ``host``."""
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        files = stack.enter_context(opened_all(mask_paths))
+        ck = reader = None
+        if base_path is not None:
+            ck = open_checkpoint(Path(base_path))
+            reader = stack.enter_context(ck.reader())
+        numel = [numel_of(files[0], n) for n in names]
+        pairs = list(itertools.combinations(range(len(files)), 2))
+        part = _count_tensors(files, ck, reader, names, numel, pairs, step, None)
+    return _part_to_json(part) | {
+        "kernel": "bitcore",
+        "seconds": time.perf_counter() - t0,
+        "host": socket.gethostname(),
+    }
+
+
+def _part_to_json(part: dict[str, Any]) -> dict[str, Any]:
+    return {k: None if v is None else v.tolist() for k, v in part.items()}
+
+
+def _part_from_json(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in ("n_set", "n_both", "binade_expected", "binade_variance"):
+        dtype = np.int64 if k.startswith("n_") else np.float64
+        out[k] = None if d[k] is None else np.asarray(d[k], dtype)
+    return out
+
+
 def count_overlaps(
     masks: Sequence[MaskLike],
     labels: Sequence[str] | None = None,
@@ -493,18 +599,29 @@ def count_overlaps(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
     progress: bool = True,
+    max_unit_bytes: int = DEFAULT_UNIT_BYTES,
+    resume: str | Path | None = None,
+    cluster: str | None = None,
 ) -> OverlapCounts:
     """One streaming pass over N ≥ 2 masks of the same layout (and θ0 for binade strata).
+
+    The pass runs on work units of whole tensors (:func:`plan_mask_units`), each tensor's counts
+    computed within one unit, so every executor and a resumed run give the same counts.
 
     Args:
         masks: mask files (paths or open :class:`MaskFile`).
         labels: one per mask (default: file names without ``.safetensors``).
         base: checkpoint θ0 for the per-tensor × |θ0|-binade baseline.
         chunk_bytes: packed bytes per read without θ0; chunk_elems: weights per read with θ0.
+        max_unit_bytes: bound on the bytes a work unit reads.
+        resume: a folder keeping each finished unit's counts (:mod:`rlsparse_lib.diff.resume`).
+        cluster: ``local[:N]`` or ``ray[://HOST:PORT]``: where the units run
+            (:mod:`rlsparse_lib.diff.cluster`); None runs them in this process.
 
     Raises:
         MaskError: the masks hold different tensors or shapes; CheckpointError: θ0 lacks a
-        tensor or has an incompatible one; ConfigError: fewer than two masks or bad labels.
+        tensor or has an incompatible one; ConfigError: fewer than two masks, bad labels, a
+        malformed cluster or a resume folder made for another run.
     """
     if len(masks) < 2:
         raise ConfigError(f"overlap needs at least two masks, got {len(masks)}")
@@ -516,6 +633,7 @@ def count_overlaps(
             f"(got {len(masks)}); compare fewer masks at a time"
         )
     t0 = time.perf_counter()
+    spec = parse_cluster(cluster) if cluster is not None else None
     with contextlib.ExitStack() as stack:
         files = stack.enter_context(opened_all(masks))
         check_same_layout(files)
@@ -530,39 +648,75 @@ def count_overlaps(
         pairs = list(itertools.combinations(range(len(files)), 2))
         n_t, n_m, n_p = len(names), len(files), len(pairs)
         numel = np.array([numel_of(files[0], n) for n in names], np.int64)
+        step = chunk_elems if ck is not None else chunk_bytes * 8
+        per_tensor = [
+            packed_size(int(numel[t])) * n_m
+            + (0 if ck is None else int(numel[t]) * ck.tensors[name].itemsize)
+            for t, name in enumerate(names)
+        ]
+        nbytes_masks = int(sum(packed_size(int(v)) for v in numel)) * n_m
+        base_bytes = sum(per_tensor) - nbytes_masks
+        units = plan_mask_units(names, per_tensor, max_unit_bytes)
+        store = None
+        if resume is not None:
+            inputs = {f"mask {i + 1}": [Path(m.path)] for i, m in enumerate(files)}
+            if ck is not None:
+                inputs["base"] = list(ck.files)
+            records = [
+                {"index": u.index, "names": list(u.names), "nbytes": u.nbytes} for u in units
+            ]
+            counted = {"binade_baseline": ck is not None, "step": step}
+            store = ResumeDir.open_manifest(
+                resume, manifest(RESUME_SCHEMA, inputs, counted, max_unit_bytes, records)
+            )
+        parts = {i: _part_from_json(d) for i, d in (store.load_raw() if store else {}).items()}
+        todo = [u for u in units if u.index not in parts]
+        log = ExecutionLog(units, "in-process" if cluster is None else cluster, set(parts))
+        bar = UnitProgress(units, set(parts), "overlap", progress)
+
+        def finished(unit: MaskUnit, part: dict, seconds: float, host: str, tries: int) -> None:
+            if store is not None:
+                store.save_raw(unit.index, list(unit.names), _part_to_json(part))
+            parts[unit.index] = part
+            log.add(unit.index, unit.nbytes, seconds, host, tries)
+            bar.unit_done(unit, streamed=spec is None)
+
+        try:
+            if spec is not None:
+                paths = [str(m.path) for m in files]
+                base_path = None if ck is None else str(ck.path)
+                by_index = {u.index: u for u in units}
+                tasks = [
+                    Task(u.index, overlap_worker, (paths, base_path, list(u.names), step))
+                    for u in todo
+                ]
+
+                def task_done(task: Task, out: dict, attempts: int) -> None:
+                    unit = by_index[task.index]
+                    finished(unit, _part_from_json(out), out["seconds"], out["host"], attempts)
+
+                run_tasks(spec, tasks, task_done)
+            else:
+                for unit in todo:
+                    t = time.perf_counter()
+                    sizes = numel[unit.first : unit.first + len(unit.names)]
+                    part = _count_tensors(
+                        files, ck, reader, unit.names, sizes, pairs, step, bar.update
+                    )
+                    finished(unit, part, time.perf_counter() - t, log.host, 1)
+        finally:
+            bar.close()
         n_set = np.zeros((n_t, n_m), np.int64)
         n_both = np.zeros((n_t, n_p), np.int64)
         exp_b = var_b = None
         if ck is not None:
             exp_b, var_b = np.zeros((n_t, n_p)), np.zeros((n_t, n_p))
-        step = chunk_elems if ck is not None else chunk_bytes * 8
-        nbytes_masks = int(sum(packed_size(int(v)) for v in numel)) * n_m
-        base_bytes = 0
-        if ck is not None:
-            base_bytes = sum(int(numel[t]) * ck.tensors[n].itemsize for t, n in enumerate(names))
-        bar = byte_progress(nbytes_masks + base_bytes, "overlap", progress)
-        # the masks' packed bits (weights [start, stop) = bytes [start // 8, ceil(stop / 8))),
-        # then θ0's raw words when binade strata are asked
-        sources = [m.bits() for m in files] + ([reader] if reader is not None else [])
-        try:
-            for t, name in enumerate(names):
-                strata = np.zeros((bitops.N_STRATA, 1 << n_m), np.int64) if ck else None
-                chunks = stream_chunks(name, int(numel[t]), sources, step, on_bytes=bar.update)
-                for chunk in chunks:
-                    parts = chunk.words[:n_m]
-                    _count_chunk(parts, pairs, n_set[t], n_both[t])
-                    if ck is not None:
-                        assert strata is not None  # allocated for every tensor when ck is set
-                        rows = np.stack(parts)
-                        bitops.strata_histogram(
-                            chunk.words[n_m], ck.tensors[name].dtype, rows, strata
-                        )
-                    del parts
-                if strata is not None:
-                    assert exp_b is not None and var_b is not None  # allocated when ck is set
-                    _binade_expectation(strata, pairs, exp_b[t], var_b[t])
-        finally:
-            bar.close()
+        for unit in units:  # each tensor's counts come from exactly one unit
+            rows = slice(unit.first, unit.first + len(unit.names))
+            part = parts[unit.index]
+            n_set[rows], n_both[rows] = part["n_set"], part["n_both"]
+            if exp_b is not None and var_b is not None:
+                exp_b[rows], var_b[rows] = part["binade_expected"], part["binade_variance"]
         seconds = time.perf_counter() - t0
         base_desc = None if ck is None else ck.describe()
         settings = {
@@ -577,6 +731,7 @@ def count_overlaps(
             "mask_bytes_read": nbytes_masks,
             "base_bytes_read": base_bytes,
             "chunk": {"bytes": chunk_bytes} if ck is None else {"elems": chunk_elems},
+            "execution": log.summary(),
         }
         return OverlapCounts(
             labels=labels,
@@ -619,10 +774,13 @@ def mask_overlap(
     *,
     base: CheckpointLike | None = None,
     progress: bool = True,
-    **chunks: int,
+    **options: Any,
 ) -> PairOverlap:
-    """Overlap of two masks (see :func:`count_overlaps` for the arguments)."""
-    return count_overlaps([mask1, mask2], labels, base=base, progress=progress, **chunks).pair(0, 1)
+    """Overlap of two masks (see :func:`count_overlaps` for the arguments: chunking, units,
+    resume, cluster)."""
+    return count_overlaps([mask1, mask2], labels, base=base, progress=progress, **options).pair(
+        0, 1
+    )
 
 
 def overlap_matrix(
@@ -631,10 +789,10 @@ def overlap_matrix(
     *,
     base: CheckpointLike | None = None,
     progress: bool = True,
-    **chunks: int,
+    **options: Any,
 ) -> OverlapMatrix:
     """Pairwise overlaps of N masks from one streaming pass (see :func:`count_overlaps`)."""
-    return OverlapMatrix(count_overlaps(masks, labels, base=base, progress=progress, **chunks))
+    return OverlapMatrix(count_overlaps(masks, labels, base=base, progress=progress, **options))
 
 
 def _labels(files, labels: Sequence[str] | None) -> list[str]:

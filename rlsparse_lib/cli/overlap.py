@@ -10,12 +10,15 @@ examples:
   rlsparse overlap seed42.mask.safetensors seed123.mask.safetensors --json overlap.json
   rlsparse overlap a.mask.safetensors b.mask.safetensors c.mask.safetensors --labels DPO PRIME GRPO \
       --base base/ --heatmap figures/overlap
+  rlsparse overlap runs/*/final.mask.safetensors --json overlap.json --resume ov.resume/ --cluster ray
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from rlsparse_lib.cli.diff import add_unit_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="breakdown printed for two masks (default: %(default)s)",
     )
     p.add_argument("--heatmap", metavar="PATH", help="save the overlap heatmap (PNG + PDF)")
+    add_unit_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -47,7 +51,15 @@ def run(args: argparse.Namespace) -> int:
 
     if len(args.masks) < 2:
         raise ConfigError(f"overlap needs at least two masks, got {len(args.masks)}")
-    mat = overlap_matrix(args.masks, args.labels, base=args.base, progress=not args.quiet)
+    mat = overlap_matrix(
+        args.masks,
+        args.labels,
+        base=args.base,
+        progress=not args.quiet,
+        max_unit_bytes=args.unit_bytes,
+        resume=args.resume,
+        cluster=args.cluster,
+    )
     two = len(args.masks) == 2
     pair = mat.pair(0, 1) if two else None
     result = mat if pair is None else pair

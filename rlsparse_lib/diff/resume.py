@@ -27,7 +27,7 @@ refused (:class:`ResumeMismatchError`, naming what differs); it is never silentl
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +64,18 @@ def _unit_record(unit: WorkUnit) -> dict[str, Any]:
 
 def manifest(
     schema: str,
-    inputs: Mapping[str, Checkpoint],
+    inputs: Mapping[str, Sequence[Path]],
     settings: dict[str, Any],
     unit_bytes: int,
     units: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """A resume manifest: ``schema`` (the command's), the content digests of every input
-    checkpoint by role, the result-changing ``settings`` and their hash, and the unit records
+    """A resume manifest: ``schema`` (the command's), the content digests of every input's files
+    (a checkpoint's weight files, a mask file) by role, the result-changing ``settings`` and their hash, and the unit records
     (each with its ``index`` and ``names``, the tensors its result file must hold)."""
     return {
         "schema": schema,
         "version": VERSION,
-        "inputs": {role: files_digest(ck.files) for role, ck in inputs.items()},
+        "inputs": {role: files_digest(files) for role, files in inputs.items()},
         "settings": settings,
         "config_hash": config_hash(settings),
         "unit_bytes": unit_bytes,
@@ -89,7 +89,7 @@ def build_manifest(
     """The manifest of diffing ``base`` against ``tuned`` with ``config`` cut into ``units``."""
     return manifest(
         SCHEMA,
-        {"base": base, "tuned": tuned},
+        {"base": base.files, "tuned": tuned.files},
         config.result_settings(),
         config.max_unit_bytes,
         [_unit_record(u) for u in units],
