@@ -76,9 +76,7 @@ def test_budget_from_monitor_log(tmp_path: Path, capsys) -> None:
     assert list(bud.steps["bytes_rlsparse"]) == [r["patch_bytes_rlsparse"] for r in mon.records]
     dense = mon.records[-1]["patch_bytes_dense"]
     raw = bud.steps["bytes_raw"].to_numpy()
-    assert (
-        bud.cadence.set_index("codec").loc["raw", "bytes_per_sync"] == (dense + raw[1] + dense) / 3
-    )
+    assert bud.cadence.set_index("codec").loc["raw", "bytes_per_sync"] == (dense + raw.mean()) / 2
     assert main(["budget", str(log), "-q"]) == 0
     assert "B per changed element" in capsys.readouterr().out
     SparsityMonitor(every=1, log_path=tmp_path / "plain.jsonl").attach(model)

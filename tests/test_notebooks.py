@@ -33,7 +33,7 @@ def smoke_root(tmp_path_factory) -> Path:
 
 
 def test_the_collection_is_complete() -> None:
-    assert [p.stem.split("_", 1)[0] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(11)]
+    assert [p.stem.split("_", 1)[0] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(12)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
@@ -294,6 +294,21 @@ def _check_pair_report(r: dict) -> None:
     assert {"pair_tolerance_curve", "pair_layer_module", "pair_binade"} <= set(r["figures"])
 
 
+def _check_delta_sync(r: dict) -> None:
+    """S_k within [0, 1]; payload per codec: the patch codec beats raw int32 index + value."""
+    for label, run in r["runs"].items():
+        s_k = [v for _, v in sorted((int(k), v) for k, v in run["S_k"].items())]
+        assert all(_frac(v) for v in s_k) and s_k[0] == run["S_1"], label
+        assert run["n_changed_per_step"] > 0
+        assert run["B_per_changed"]["rlsparse"] < run["B_per_changed"]["raw"], label
+        assert set(run["unchanged_fraction"]) >= {"element", "row", "block_128x128", "tensor"}
+    assert r["published_qwen_1_5b"] and set(r["figures"]) == {
+        "11_k_step",
+        "11_payload",
+        "11_cadence",
+    }
+
+
 CHECKS = {
     "00_quickstart": _check_quickstart,
     "01_update_sparsity": _check_update_sparsity,
@@ -306,4 +321,5 @@ CHECKS = {
     "08_causes": _check_causes,
     "09_precision": _check_precision,
     "10_pair_report": _check_pair_report,
+    "11_delta_sync": _check_delta_sync,
 }

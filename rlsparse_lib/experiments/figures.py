@@ -189,6 +189,25 @@ def _pair_rank(exp):
 
 
 #: every figure under figures/, by id (= file stem), in drawing order
+# ---- 11_delta_sync ---------------------------------------------------------------------------
+def _delta_sync_k_step(exp):
+    from rlsparse_lib.plotting.delta_sync import plot_k_step
+
+    return plot_k_step(exp.load_table("k_step"), exp.load_table("published_k_step"))
+
+
+def _delta_sync_payload(exp):
+    from rlsparse_lib.plotting.delta_sync import plot_payload
+
+    return plot_payload(exp.load_table("budget_steps"))
+
+
+def _delta_sync_cadence(exp):
+    from rlsparse_lib.plotting.delta_sync import plot_cadence
+
+    return plot_cadence(exp.load_table("budget_cadence"))
+
+
 FIGURES: dict[str, FigureSpec] = {
     "quickstart_layer_module": FigureSpec("00_quickstart", _quickstart_layer_module),
     "quickstart_binade": FigureSpec("00_quickstart", _quickstart_binade),
@@ -214,6 +233,9 @@ FIGURES: dict[str, FigureSpec] = {
     "pair_binade": FigureSpec("10_pair_report", _pair_binade),
     "pair_ulp_histogram": FigureSpec("10_pair_report", _pair_ulp_histogram),
     "pair_update_rank": FigureSpec("10_pair_report", _pair_rank),
+    "11_k_step": FigureSpec("11_delta_sync", _delta_sync_k_step, local_only=True),
+    "11_payload": FigureSpec("11_delta_sync", _delta_sync_payload, local_only=True),
+    "11_cadence": FigureSpec("11_delta_sync", _delta_sync_cadence, local_only=True),
 }
 
 

@@ -174,8 +174,9 @@ class Budget:
             ``sparsity_bitwise``, ``bytes_<codec>``, ``B_per_changed_<codec>``).
         granularity: one row per sync and granularity (``n_units``, ``n_unchanged``,
             ``unchanged_fraction``).
-        cadence: one row per anchor cadence N and codec: mean bytes per sync with a dense anchor
-            every N syncs, and the bandwidth (bytes/s) to sync every T seconds for each T.
+        cadence: one row per anchor cadence N and codec: steady-state mean bytes per sync with a
+            dense anchor every N syncs (:func:`cadence_table`), and the bandwidth (bytes/s) to
+            sync every T seconds for each T.
     """
 
     steps: pd.DataFrame
@@ -213,18 +214,17 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
 def cadence_table(
     steps: pd.DataFrame, every: list[int], periods: list[float], anchor_bytes: int
 ) -> pd.DataFrame:
-    """Mean payload per sync with a dense anchor (``anchor_bytes``) replacing every N-th sync
-    (syncs 0, N, 2N, ... of the series), per codec; ``bytes_per_s_T<T>`` = that mean / T."""
+    """Steady-state mean payload per sync when a dense anchor (``anchor_bytes``) replaces every
+    N-th sync and the others cost the series' mean sync, per codec:
+    ``bytes_per_sync = (anchor + (N − 1) · mean) / N``; ``bytes_per_s_T<T>`` = that / T."""
     rows = []
-    n = len(steps)
     for e in every:
-        is_anchor = np.arange(n) % e == 0
         for c in CODECS:
-            per = np.where(is_anchor, anchor_bytes, steps[f"bytes_{c}"].to_numpy())
-            mean = float(per.mean())
-            row: dict[str, Any] = {"every": e, "codec": c, "bytes_per_sync": mean}
+            mean_sync = float(steps[f"bytes_{c}"].mean())
+            per = (anchor_bytes + (e - 1) * mean_sync) / e
+            row: dict[str, Any] = {"every": e, "codec": c, "bytes_per_sync": per}
             for t in periods:
-                row[f"bytes_per_s_T{t:g}"] = mean / t
+                row[f"bytes_per_s_T{t:g}"] = per / t
             rows.append(row)
     return pd.DataFrame(rows)
 

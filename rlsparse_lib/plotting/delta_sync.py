@@ -40,7 +40,7 @@ def plot_k_step(ours, published):
         for ax in (a, b):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("k (steps apart)")
-            ax.set_ylabel("S_k: bit-identical bf16 elements")
+            ax.set_ylabel("S_k (bit-identical)")
             pct_axis(ax)
             low, high = ax.get_ylim()
             ax.set_ylim(low, min(high, 100))
@@ -67,10 +67,10 @@ def plot_payload(steps):
                     label=f"{name} ({label})",
                 )
             b.plot(g["step_to"], 100 * g["sparsity_bitwise"], style, ms=3, color="k", label=label)
-        a.set_yscale("log")
-        a.set_ylabel("bytes per changed element")
+        a.set_ylim(bottom=0)
+        a.set_ylabel("B per changed element")
         a.set_title("(a) payload per codec")
-        b.set_ylabel("S_1: bit-identical bf16 elements")
+        b.set_ylabel("S_1 (bit-identical)")
         b.set_title("(b) per-step sparsity")
         pct_axis(b)
         for ax in (a, b):
