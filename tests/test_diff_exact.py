@@ -338,7 +338,8 @@ def test_partials_merge_to_the_same_report(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("compare", ["bfloat16", "float16", "float32"])
 def test_float64_base_is_compared_with_float64_ulps(tmp_path: Path, compare: str) -> None:
-    """A float64 checkpoint compared in a narrower dtype: ULPs are float64's (2^(e-52))."""
+    """A float64 checkpoint compared as float32 keeps float64's ULPs (2^(e-52)); compared in a
+    16-bit dtype, that dtype's (2^(e-7) bf16, 2^(e-10) fp16)."""
     base = {"w": torch.tensor([1.0, 0.5, 3.0, -2.0], dtype=torch.float64)}
     tuned = {"w": torch.tensor([1.5, 0.5, 3.0, -2.0], dtype=torch.float64)}
     rep = run(tmp_path, base, tuned, compare_dtype=compare)
@@ -346,5 +347,6 @@ def test_float64_base_is_compared_with_float64_ulps(tmp_path: Path, compare: str
     assert s.n_changed == 1
     from rlsparse_lib.diff.stats import ULP_LOG2_MIN
 
-    # |Δ| = 0.5 at θ0 = 1.0: log2(0.5 / 2^-52) = 51
-    assert s.ulp_hist[51 - ULP_LOG2_MIN] == 1
+    # |Δ| = 0.5 at θ0 = 1.0: log2(0.5 / 2^-mant)
+    mant = {"float32": 52, "bfloat16": 7, "float16": 10}[compare]
+    assert s.ulp_hist[mant - 1 - ULP_LOG2_MIN] == 1

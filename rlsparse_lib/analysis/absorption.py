@@ -7,6 +7,11 @@ for |w| ∈ [2^e, 2^(e+1))), so sub-ULP updates vanish and large weights stay "u
 * :meth:`DiffReport.binade_table` — sparsity per |θ0| binade with the binade's ULP; if absorption
   explains the sparsity it rises with |θ0|;
 * :meth:`DiffReport.ulp_histogram` — |Δ| of the changed weights in ULPs of θ0;
+
+both in the compare dtype's format: a diff with ``compare_dtype="float16"`` measures fp16 binades
+(exponent field 0..31) and fp16 ULPs (2^(e−10), 2^−24 below 2^−14), so a bf16 pair compared as
+float16 shows what fp16 storage would have kept (a change below ½ an fp16 ULP of θ0 is absorbed)
+and a float16 pair is measured in its own ULPs;
 * :func:`absorption_table` — for assumed per-step update sizes u, the weights whose ½ULP exceeds u
   (a single step of size u cannot change them) and the share of all unchanged weights they hold.
 

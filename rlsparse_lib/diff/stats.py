@@ -48,8 +48,9 @@ class DiffStats:
         n_nan_base, n_inf_base, n_nan_tuned, n_inf_tuned: non-finite values on each side.
         max_abs_delta, sum_abs_delta, sum_sq_delta: over finite Δ (float64 sums of float32 Δ).
         sum_sq_base: Σθ0² over finite θ0 (float64).
-        ulp_hist: int64[ULP_BINS]; log2 histogram of |Δ| / ULP(θ0) in θ0's stored dtype, over
-            changed elements with finite non-zero Δ.
+        ulp_hist: int64[ULP_BINS]; log2 histogram of |Δ| / ULP(θ0) over changed elements with
+            finite non-zero Δ; the ULP is θ0's in a 16-bit compare dtype, else in its stored dtype
+            (:attr:`~rlsparse_lib.diff.kernels.protocol.ChunkSpec.ulp_dtype`).
         binade_total, binade_changed: int64[256]; elements (all / changed) per exponent field of θ0
             in the compare dtype.
     """

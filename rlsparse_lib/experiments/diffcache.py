@@ -22,7 +22,7 @@ from rlsparse_lib.io.checkpoint import Checkpoint
 from rlsparse_lib.io.digest import files_digest
 
 #: bump when a diff report of the same inputs and settings would hold different numbers
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: ULPs in a 16-bit compare dtype are that dtype's (ChunkSpec.ulp_dtype)
 
 
 def cache_key(base: Checkpoint, tuned: Checkpoint, config: DiffConfig) -> dict[str, object]:

@@ -190,7 +190,8 @@ def decode_tables(compare: str, stored: str) -> tuple[np.ndarray, np.ndarray, np
 
     Args:
         compare: the 16-bit format the words are in (``bfloat16`` or ``float16``).
-        stored: the base tensor's stored dtype; its ULP is the unit of the |Δ| histogram.
+        stored: the format whose ULP is the unit of the |Δ| histogram (a diff passes
+            ``ChunkSpec.ulp_dtype``).
 
     Returns:
         ``values`` float32[65536] (the decoded value of each word), ``exp_field`` uint8[65536]

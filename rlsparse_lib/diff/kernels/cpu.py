@@ -106,10 +106,10 @@ class CpuKernel:
             flt,
         )
         if fmt.bits == 16:
-            values, efield, ulplog2 = decode_tables(spec.compare, spec.stored)
+            values, efield, ulplog2 = decode_tables(spec.compare, spec.ulp_dtype)
             _diffcore.diff16(a, b, values, efield, ulplog2, *args)
         else:
-            st_mant, st_emin = ULP_FORMATS[spec.stored]
+            st_mant, st_emin = ULP_FORMATS[spec.ulp_dtype]
             _diffcore.diff32(a, b, st_mant, st_emin, *args)
         k = _diffcore
         # tcount[j]: finite-Δ changed elements above exactly j tolerances -> |Δ| <= tol[t]

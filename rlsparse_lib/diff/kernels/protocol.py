@@ -11,6 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from rlsparse_lib.diff.stats import DiffStats
+from rlsparse_lib.io.dtypes import FLOAT_FORMATS
 from rlsparse_lib.rules import MaskRule
 
 
@@ -20,7 +21,7 @@ class ChunkSpec:
 
     Attributes:
         compare: dtype the words are in (``bfloat16``, ``float16`` or ``float32``).
-        stored: base tensor's stored dtype; its ULP is the unit of the |Δ| histogram.
+        stored: base tensor's stored dtype (see :attr:`ulp_dtype`).
         tolerances: float64[n_tol], the absolute tolerance grid.
         eta: relative probe threshold η.
         mask_rule: rule for the optional packed mask.
@@ -31,6 +32,14 @@ class ChunkSpec:
     tolerances: np.ndarray
     eta: float
     mask_rule: MaskRule = field(default_factory=MaskRule)
+
+    @property
+    def ulp_dtype(self) -> str:
+        """The format whose ULP of θ0 is the unit of the |Δ| histogram: a 16-bit compare dtype
+        (the cast values live on its grid, so |Δ| < ½ULP is what storing in it absorbs: a bf16
+        pair compared as float16 is measured in fp16 ULPs), else the stored dtype (a float32
+        compare widens and keeps the stored grid)."""
+        return self.compare if FLOAT_FORMATS[self.compare].bits == 16 else self.stored
 
 
 class DiffKernel(Protocol):

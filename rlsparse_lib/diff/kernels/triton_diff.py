@@ -375,7 +375,7 @@ _PARAMS: dict[tuple, _Params] = {}
 
 def _spec_constexprs(spec: ChunkSpec) -> dict:
     """The kernel's compile-time switches for a spec (formats, grid size, mask rule)."""
-    st_mant, st_emin = ULP_FORMATS[spec.stored]
+    st_mant, st_emin = ULP_FORMATS[spec.ulp_dtype]
     nt = len(spec.tolerances)
     return {
         "FMT": _FMT_CODE[spec.compare],
