@@ -10,8 +10,8 @@ Two HTTP/1.1 servers on 127.0.0.1 (never another address):
 * the **CDN** origin: ``GET /{id}/{file}?sig=N`` answers ``Range: bytes=a-b`` with ``206`` and
   ``Content-Range``; ``ETag`` is the sha256 of the file's current bytes.
 
-Faults (attributes, changeable while serving): ``expire_every`` (every N CDN requests all signed
-locations issued so far expire: ``403``), ``cut_bodies`` (the next N range answers stop after half
+Faults (attributes, changeable while serving): ``expire_every`` (after every N CDN requests
+served, all signed locations issued so far expire: ``403``), ``cut_bodies`` (the next N range answers stop after half
 the body and close the connection), ``rate_limit`` (the next N CDN requests get ``429`` with
 ``Retry-After: retry_after``), ``ignore_range`` (answer ``200`` with the whole file), ``server_errors``
 (the next N CDN requests get ``503``) and :meth:`replace` (new bytes under the same commit, as a
@@ -197,15 +197,16 @@ class HubStandin:
         repo_id, name = "/".join(parts[:2]), parts[2] if len(parts) == 3 else ""
         sig = parse_qs(url.query).get("sig", ["-1"])[0]
         with self._lock:
-            self._cdn_requests += 1
-            if self.expire_every and self._cdn_requests % self.expire_every == 0:
-                self._generation += 1
+            expired = not sig.isdigit() or int(sig) < self._generation
+            if not expired:  # locations expire after every expire_every requests served
+                self._cdn_requests += 1
+                if self.expire_every and self._cdn_requests % self.expire_every == 0:
+                    self._generation += 1
             fault = None
             if self.rate_limit:
                 self.rate_limit, fault = self.rate_limit - 1, "429"
             elif self.server_errors:
                 self.server_errors, fault = self.server_errors - 1, "503"
-            expired = not sig.isdigit() or int(sig) < self._generation
             blob = self.repos.get(repo_id, {}).get(name)
         if blob is None:
             return self._send(h, 404, {}, b"no such object")

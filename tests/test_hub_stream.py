@@ -22,7 +22,7 @@ from tests.ckpt_factory import bump_bits, pick, random_state, save_hf
 from tests.hub_standin import HubStandin
 
 #: small parts and blocks so that a tiny checkpoint still takes many parallel Range requests
-FAST = StreamSettings(part_bytes=2000, block_bytes=4096, backoff=0.01, timeout=10)
+FAST = StreamSettings(part_bytes=2000, window_bytes=6000, backoff=0.01, timeout=10)
 CONFIG = DiffConfig(chunk_elems=1024)
 
 
@@ -132,7 +132,7 @@ def test_server_ignoring_range_is_refused(hub: HubStandin) -> None:
 
 def test_rate_limit_honours_retry_after(hub: HubStandin, local_report: dict) -> None:
     hub.rate_limit, hub.retry_after = 1, "0.3"
-    slow_backoff = StreamSettings(part_bytes=2000, block_bytes=4096, backoff=5.0)
+    slow_backoff = StreamSettings(part_bytes=2000, window_bytes=6000, backoff=5.0)
     b, t, report = _streamed(slow_backoff)
     assert _plain(report) == local_report
     assert b.remote is not None and t.remote is not None

@@ -19,13 +19,15 @@ backoff (a short body resumes where it stopped); ``403`` on a signed location re
 the run with a message. The token is ``huggingface_hub.get_token()`` (``HF_TOKEN``), sent to the
 hub's own host only, never to the CDN.
 
-Memory: a reader holds at most the chunk in use and one prefetched chunk per checkpoint side (the
-engine's ``chunk_elems`` words), plus one read-ahead block per file for small tensors
-(``block_bytes``); a chunk is fetched as ``part_bytes`` Range requests on up to ``connections``
-threads that write straight into the chunk's buffer. Nothing is written to disk.
+Memory, per checkpoint side: two read-ahead windows of ``window_bytes`` (tensors up to that size
+are read from them) and, for larger tensors, the chunk in use and one prefetched chunk (the
+engine's ``chunk_elems`` words); every fetch is split into ``part_bytes`` Range requests run on
+``connections`` threads that write straight into the buffer. Defaults: 8 connections, 8 MiB parts,
+64 MiB windows: about 2 × (2 × 64 MiB + 2 chunks) ≤ 1 GiB for a pair. Nothing is written to disk.
 
 Settings come from :class:`StreamSettings` (``RLSPARSE_HUB_CONNECTIONS``,
-``RLSPARSE_HUB_PART_MB``, ``RLSPARSE_HUB_TIMEOUT``, ``RLSPARSE_HUB_RETRIES`` in the environment).
+``RLSPARSE_HUB_PART_MB``, ``RLSPARSE_HUB_WINDOW_MB``, ``RLSPARSE_HUB_TIMEOUT``,
+``RLSPARSE_HUB_RETRIES`` in the environment).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class StreamSettings:
     Attributes:
         connections: parallel Range requests (threads and pooled connections) per process.
         part_bytes: bytes per Range request (a chunk is split into parts of this size).
-        block_bytes: reads smaller than this are served from one read-ahead block per file.
+        window_bytes: read-ahead window per file for reads up to this size (two at most).
         timeout: seconds for connecting and for each read on a connection.
         retries: attempts per request beyond the first (5xx, resets, short reads, 403, 429).
         backoff: first retry delay in seconds, doubled at each attempt up to ``max_backoff``.
@@ -80,8 +82,8 @@ class StreamSettings:
     """
 
     connections: int = 8
-    part_bytes: int = 16 << 20
-    block_bytes: int = 4 << 20
+    part_bytes: int = 8 << 20
+    window_bytes: int = 64 << 20
     timeout: float = 30.0
     retries: int = 6
     backoff: float = 0.5
@@ -89,19 +91,20 @@ class StreamSettings:
     max_wait: float = 300.0
 
     def __post_init__(self) -> None:
-        if self.connections < 1 or self.part_bytes < 1 or self.block_bytes < 1:
-            raise ConfigError("hub streaming: connections, part and block sizes must be > 0")
+        if self.connections < 1 or self.part_bytes < 1 or self.window_bytes < 1:
+            raise ConfigError("hub streaming: connections, part and window sizes must be > 0")
         if self.retries < 0 or self.timeout <= 0:
             raise ConfigError("hub streaming: retries must be >= 0 and timeout > 0")
 
     @classmethod
     def from_env(cls) -> StreamSettings:
         """Defaults, overridden by ``RLSPARSE_HUB_CONNECTIONS``, ``RLSPARSE_HUB_PART_MB``,
-        ``RLSPARSE_HUB_TIMEOUT`` and ``RLSPARSE_HUB_RETRIES``."""
+        ``RLSPARSE_HUB_WINDOW_MB``, ``RLSPARSE_HUB_TIMEOUT`` and ``RLSPARSE_HUB_RETRIES``."""
         kw: dict[str, Any] = {}
         for var, key, conv in (
             ("RLSPARSE_HUB_CONNECTIONS", "connections", int),
             ("RLSPARSE_HUB_PART_MB", "part_bytes", lambda v: int(float(v) * (1 << 20))),
+            ("RLSPARSE_HUB_WINDOW_MB", "window_bytes", lambda v: int(float(v) * (1 << 20))),
             ("RLSPARSE_HUB_TIMEOUT", "timeout", float),
             ("RLSPARSE_HUB_RETRIES", "retries", int),
         ):
@@ -424,6 +427,7 @@ class HubRepo:
                         if got == len(out):
                             return
                         start, out = start + got, out[got:]
+                        attempt = 0 if got else attempt  # progress: a fresh set of retries
                         raise httpx.RemoteProtocolError(f"short body ({got} bytes)")
                     if status == 200:
                         raise CheckpointError(
@@ -487,7 +491,7 @@ class HubRepo:
             )
             for lo in range(0, stop - start, part)
         ]
-        return Fetch(buf, futures)
+        return Fetch(buf, futures, start, part)
 
     def read(self, key: Path, start: int, stop: int) -> np.ndarray:
         """Bytes ``[start, stop)`` of file ``key`` (``uint8``), fetched in parallel parts."""
@@ -553,20 +557,33 @@ class HubRepo:
 
 @dataclass
 class Fetch:
-    """A byte range being fetched: its buffer and the part requests filling it."""
+    """Bytes ``[start, start + len(buf))`` of a file being fetched: the buffer and the part
+    requests filling it (part ``k`` covers ``[k·part, (k+1)·part)`` of the buffer)."""
 
     buf: np.ndarray
     futures: list[Future]
+    start: int = 0
+    part: int = 1
 
-    def result(self) -> np.ndarray:
-        """The filled buffer; raises the first part's error (the other parts are cancelled)."""
+    @property
+    def end(self) -> int:
+        return self.start + len(self.buf)
+
+    def wait(self, lo: int, hi: int) -> np.ndarray:
+        """The buffer once the parts covering file bytes ``[lo, hi)`` are in; raises the first
+        failed part's error (all parts are then cancelled)."""
+        first, last = (lo - self.start) // self.part, (hi - 1 - self.start) // self.part
         try:
-            for f in self.futures:
+            for f in self.futures[first : last + 1]:
                 f.result()
         except BaseException:
             self.cancel()
             raise
         return self.buf
+
+    def result(self) -> np.ndarray:
+        """The whole filled buffer."""
+        return self.wait(self.start, max(self.end, self.start + 1))
 
     def cancel(self) -> None:
         for f in self.futures:
@@ -640,44 +657,57 @@ class RangeFiles:
     """The reader of a :class:`HubRepo`, with the interface of
     :class:`~rlsparse_lib.io.safetensors_io.MappedFiles`: ``words``/``prefetch``/``release``.
 
-    ``prefetch`` starts fetching the next chunk in the background (at most ``_DEPTH`` ranges
-    pending); ``words`` takes it (or fetches now); small reads come from a read-ahead block.
+    Reads up to ``window_bytes`` come from read-ahead windows: per file, a window of
+    ``window_bytes`` from the first read on, fetched as parallel parts; once a read passes the
+    middle of the newest window the next one is fetched in the background (at most two windows per
+    file), so consecutive tensors stream without a round trip each. Larger reads (chunks of big
+    tensors) are fetched on their own, and :meth:`prefetch` starts the next one while the current
+    one is compared (at most ``_DEPTH`` pending).
     """
 
     _DEPTH = 2
 
     def __init__(self, repo: HubRepo) -> None:
         self.repo = repo
+        self._window = repo.session.settings.window_bytes
         self._pending: dict[tuple[Path, int, int], Fetch] = {}
-        self._blocks: dict[Path, tuple[int, np.ndarray]] = {}
+        self._windows: dict[Path, list[Fetch]] = {}
 
     def _span(self, info: TensorInfo, start: int, stop: int) -> tuple[Path, int, int]:
         return info.file, info.offset + start * info.itemsize, info.offset + stop * info.itemsize
 
     def words(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
-        """Elements ``[start, stop)`` of ``info`` as raw unsigned words (a fresh, aligned array)."""
+        """Elements ``[start, stop)`` of ``info`` as raw unsigned words (aligned)."""
         key, b0, b1 = self._span(info, start, stop)
         word = word_dtype(info.dtype)
         pending = self._pending.pop((key, b0, b1), None)
         if pending is not None:
             return pending.result().view(word)
-        if b1 - b0 >= self.repo.session.settings.block_bytes:
+        if b1 - b0 > self._window:
             return self.repo.read(key, b0, b1).view(word)
-        block = self._blocks.get(key)
-        if block is None or not (block[0] <= b0 and b1 <= block[0] + len(block[1])):
-            size = self.repo.remote[key].size
-            hi = min(size, max(b1, b0 + self.repo.session.settings.block_bytes))
-            block = (b0, self.repo.read(key, b0, hi))
-            self._blocks[key] = block
-        raw = block[1][b0 - block[0] : b1 - block[0]]
-        if (b0 - block[0]) % word.itemsize:
+        raw = self._from_window(key, b0, b1)
+        if raw.ctypes.data % word.itemsize:
             raw = raw.copy()
         return raw.view(word)
 
+    def _from_window(self, key: Path, b0: int, b1: int) -> np.ndarray:
+        size = self.repo.remote[key].size
+        wins = [w for w in self._windows.get(key, []) if w.end > b0]  # drop windows passed
+        win = next((w for w in wins if w.start <= b0 and b1 <= w.end), None)
+        if win is None:  # a jump (first read, skipped tensors): restart the windows here
+            for w in wins:
+                w.cancel()
+            win = self.repo.fetch(key, b0, min(size, max(b1, b0 + self._window)))
+            wins = [win]
+        if win is wins[-1] and win.end < size and b1 > (win.start + win.end) // 2:
+            wins.append(self.repo.fetch(key, win.end, min(size, win.end + self._window)))
+        self._windows[key] = wins
+        return win.wait(b0, b1)[b0 - win.start : b1 - win.start]
+
     def prefetch(self, info: TensorInfo, start: int, stop: int) -> None:
-        """Start fetching ``[start, stop)`` in the background (large ranges only)."""
+        """Start fetching ``[start, stop)`` in the background (ranges beyond a window only)."""
         span = self._span(info, start, stop)
-        if span[2] - span[1] < self.repo.session.settings.block_bytes:
+        if span[2] - span[1] <= self._window:
             return
         if span not in self._pending and len(self._pending) < self._DEPTH:
             self._pending[span] = self.repo.fetch(*span)
@@ -689,7 +719,7 @@ class RangeFiles:
             pending.cancel()
 
     def close(self) -> None:
-        for pending in self._pending.values():
-            pending.cancel()
+        for fetch in [*self._pending.values(), *(w for ws in self._windows.values() for w in ws)]:
+            fetch.cancel()
         self._pending.clear()
-        self._blocks.clear()
+        self._windows.clear()
