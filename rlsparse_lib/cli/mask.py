@@ -14,6 +14,7 @@
 
 examples:
   rlsparse mask base/ rl/ -o rl.mask.safetensors --tol 1e-5
+  rlsparse mask base/ rl/ -o rl.mask.safetensors --resume mask.resume/ --cluster local:8
   rlsparse mask and seed42.mask.safetensors seed123.mask.safetensors -o common.mask.safetensors
   rlsparse mask random rl.mask.safetensors -o rand.mask.safetensors --seed 0 --stratify binade --base base/
 """
@@ -24,7 +25,7 @@ import argparse
 import json
 import sys
 
-from rlsparse_lib.cli.diff import add_selection_arguments
+from rlsparse_lib.cli.diff import add_selection_arguments, add_unit_arguments
 from rlsparse_lib.io.dtypes import COMPARE_DTYPES
 
 ACTIONS = ("info", "and", "or", "xor", "andnot", "not", "random")
@@ -81,6 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="density table grouping (default: %(default)s)",
     )
     p.add_argument("--json", metavar="PATH", help="`info`: write the summaries as JSON")
+    add_unit_arguments(p)  # building a mask: the diff's work units
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -123,6 +125,9 @@ def _build(operands: list[str], args: argparse.Namespace) -> int:
         include=tuple(args.include),
         exclude=tuple(args.exclude),
         progress=not args.quiet,
+        max_unit_bytes=args.unit_bytes,
+        resume=args.resume,
+        cluster=args.cluster,
     )
     if not args.quiet:
         _print_info(mask_info(args.out), args.out, args.by)

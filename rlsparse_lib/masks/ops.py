@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlsparse_lib.diff.config import DEFAULT_TOLERANCES, DiffConfig
+from rlsparse_lib.diff.config import DEFAULT_TOLERANCES, DEFAULT_UNIT_BYTES, DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
 from rlsparse_lib.diff.report import DiffReport
 from rlsparse_lib.errors import CheckpointError, ConfigError, RlsparseError
@@ -123,6 +123,9 @@ def build_mask(
     exclude: tuple[str, ...] = (),
     tolerances: tuple[float, ...] = DEFAULT_TOLERANCES,
     progress: bool = True,
+    max_unit_bytes: int = DEFAULT_UNIT_BYTES,
+    resume: str | Path | None = None,
+    cluster: str | None = None,
 ) -> DiffReport:
     """Write the changed mask of ``base`` → ``tuned`` to ``out`` (one streaming diff pass).
 
@@ -130,6 +133,8 @@ def build_mask(
         rule: which weights get a 1 bit: ``bitwise`` (default; bits differ in the compare dtype),
             ``abs`` (|Δ| > tol; the paper's rule is tol = 1e-5) or ``rel``.
         compare_dtype, include, exclude, tolerances: as :class:`~rlsparse_lib.diff.engine.DiffConfig`.
+        max_unit_bytes, resume, cluster: work units, their resume folder and executor, as for
+            :func:`~rlsparse_lib.diff.engine.diff_checkpoints` (the mask file is the same bytes).
 
     Returns:
         The diff report of the same pass (sparsity at every rule, provenance).
@@ -140,8 +145,11 @@ def build_mask(
         include=include,
         exclude=exclude,
         mask_rule=rule or MaskRule(),
+        max_unit_bytes=max_unit_bytes,
     )
-    return diff_checkpoints(base, tuned, config, mask_out=out, progress=progress)
+    return diff_checkpoints(
+        base, tuned, config, mask_out=out, progress=progress, resume=resume, cluster=cluster
+    )
 
 
 # ---- set algebra ----------------------------------------------------------------------------
