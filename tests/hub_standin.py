@@ -11,10 +11,11 @@ Two HTTP/1.1 servers on 127.0.0.1 (never another address):
   ``Content-Range``; ``ETag`` is the sha256 of the file's current bytes.
 
 Faults (attributes, changeable while serving): ``expire_every`` (after every N CDN requests
-served, all signed locations issued so far expire: ``403``), ``cut_bodies`` (the next N range answers stop after half
-the body and close the connection), ``rate_limit`` (the next N CDN requests get ``429`` with
-``Retry-After: retry_after``), ``ignore_range`` (answer ``200`` with the whole file), ``server_errors``
-(the next N CDN requests get ``503``) and :meth:`replace` (new bytes under the same commit, as a
+served, all signed locations issued so far expire: ``403``), ``cut_bodies`` (the next N range
+answers stop after half the body and close the connection), ``rate_limit`` (the next N CDN
+requests get ``429`` with ``Retry-After: retry_after``), ``ignore_range`` (answer ``200`` with the
+whole file), ``server_errors`` (the next N CDN requests get ``503``), ``wrong_range`` (a
+``Content-Range`` one byte off) and :meth:`replace` (new bytes under the same commit, as a
 misbehaving mirror would). ``log`` records every request (and whether it carried a token).
 """
 
@@ -70,6 +71,7 @@ class HubStandin:
         self.retry_after = "1"
         self.ignore_range = False
         self.server_errors = 0
+        self.wrong_range = False
         #: (server, method, path, status, Range header, whether an Authorization header came)
         self.log: list[tuple[str, str, str, int, str, bool]] = []
         self._generation = 0
@@ -78,6 +80,7 @@ class HubStandin:
         self._cdn = ThreadingHTTPServer(("127.0.0.1", 0), self._handler("cdn"))
         for srv in (self._hub, self._cdn):
             srv.daemon_threads = True
+            srv.handle_error = lambda request, address: None  # type: ignore[method-assign]  # resets are the faults
         self._threads = [
             threading.Thread(target=s.serve_forever, daemon=True) for s in (self._hub, self._cdn)
         ]
@@ -225,7 +228,10 @@ class HubStandin:
         if a > b:
             return self._send(h, 416, {"Content-Range": f"bytes */{len(blob)}"}, b"")
         payload = memoryview(blob.data)[a : b + 1]
-        headers = {**etag, "Content-Range": f"bytes {a}-{b}/{len(blob)}"}
+        shift = (
+            1 if self.wrong_range else 0
+        )  # a broken proxy: the range it names is not the one asked
+        headers = {**etag, "Content-Range": f"bytes {a + shift}-{b + shift}/{len(blob)}"}
         with self._lock:
             cut = self.cut_bodies > 0
             if cut:

@@ -207,3 +207,23 @@ def test_cluster_and_resume_stream_their_own_ranges(
     assert len(list(resume.glob("unit-*.json"))) > 1
     cdn = hub.requests("cdn")
     assert len({e[2] for e in cdn}) >= 2 and all(e[3] == 206 for e in cdn)
+
+
+def test_rank_reads_hub_ids_too(hub: HubStandin, pair: tuple[Path, Path]) -> None:
+    """Every command opens checkpoints through open_checkpoint: the rank analysis of the streamed
+    pair equals the local one."""
+    from rlsparse_lib.analysis.rank import update_ranks
+
+    local = update_ranks(*pair, device="cpu", progress=False)
+    streamed = update_ranks(
+        *(open_checkpoint(s, stream=FAST) for s in ("org/base", "org/tuned")),
+        device="cpu",
+        progress=False,
+    )
+    assert streamed.matrices == local.matrices and len(local.matrices) > 0
+
+
+def test_wrong_content_range_is_refused(hub: HubStandin) -> None:
+    hub.wrong_range = True
+    with pytest.raises(CheckpointError, match="wrong Content-Range"):
+        _streamed()
