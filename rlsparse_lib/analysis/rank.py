@@ -19,9 +19,10 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from rlsparse_lib.diff.cluster import ExecutionLog, parse_cluster, run_tasks, worker_threads
+from rlsparse_lib.diff.config import DEFAULT_UNIT_BYTES
+from rlsparse_lib.diff.resume import ResumeDir, manifest
+from rlsparse_lib.diff.worker import Task
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
 from rlsparse_lib.io.chunks import pair_chunks
@@ -38,6 +43,7 @@ from rlsparse_lib.progress import progress_bar
 from rlsparse_lib.provenance import build_provenance, load_report_json, save_report_json
 
 SCHEMA = "rlsparse.rank/1"
+RESUME_SCHEMA = "rlsparse-rank-resume"
 SVD_DTYPES = ("float32", "float64")
 #: CPU workers when not given (each holds one ΔW and its SVD workspace)
 DEFAULT_WORKERS = 4
@@ -315,8 +321,16 @@ def update_ranks(
     threads: int | None = None,
     chunk_elems: int = 1 << 22,
     progress: bool = True,
+    max_unit_bytes: int = DEFAULT_UNIT_BYTES,
+    resume: str | Path | None = None,
+    cluster: str | None = None,
 ) -> RankReport:
     """Rank of every selected ΔW of a checkpoint pair.
+
+    The matrices are grouped into work units of whole matrices (bounded by the bytes read from
+    both sides); a resumed run, a process pool or Ray tasks merge the units' rows in unit order.
+    Ranks are integers and the same everywhere; the float columns (σ_max, stable rank) are the
+    same bit for bit when the SVDs run with the same number of torch threads.
 
     Args:
         base, tuned: checkpoints (paths, hub ids or :class:`Checkpoint`).
@@ -331,6 +345,11 @@ def update_ranks(
             several-fold when another process holds a core (bench/rank_bench.py).
         threads: torch CPU threads in total (default: torch's setting).
         chunk_elems: elements read per step while assembling ΔW.
+        max_unit_bytes: bound on the bytes a work unit reads from both sides.
+        resume: a folder keeping each finished unit's rows (:mod:`rlsparse_lib.diff.resume`).
+        cluster: ``local[:N]`` or ``ray[://HOST:PORT]``: where the units run, each with
+            ``threads`` torch threads (default: the cores shared among a pool's workers; one on
+            Ray), and on one GPU of its own with a ``cuda`` device; None runs them here.
 
     Returns:
         A :class:`RankReport`; matrices with non-finite Δ get ``rank`` None and a note.
@@ -378,15 +397,75 @@ def update_ranks(
         bar.update(1)
         return res
 
+    units = plan_matrix_units(chosen, max_unit_bytes)
+    args = RankArgs(rule, energy, rtol_grid, compare_dtype, svd_dtype, str(device), chunk_elems)
+    spec = parse_cluster(cluster) if cluster is not None else None
+    store = None
+    if resume is not None:
+        settings_key = args.result_settings() | {"selection": [p.name for p in chosen]}
+        records = [{"index": u.index, "names": list(u.names), "nbytes": u.nbytes} for u in units]
+        store = ResumeDir.open_manifest(
+            resume,
+            manifest(
+                RESUME_SCHEMA,
+                {"base": base_ck.files, "tuned": tuned_ck.files},
+                settings_key,
+                max_unit_bytes,
+                records,
+            ),
+        )
+    rows: dict[int, list[dict]] = {
+        i: d["matrices"] for i, d in (store.load_raw() if store else {}).items()
+    }
+    log = ExecutionLog(units, "in-process" if cluster is None else cluster, set(rows))
+    for u in units:
+        if u.index in rows:
+            bar.update(len(u.names))
+
+    def finished(unit: MatrixUnit, matrices: list[dict], seconds: float, host: str, tries: int):
+        if store is not None:
+            store.save_raw(unit.index, list(unit.names), {"matrices": matrices})
+        rows[unit.index] = matrices
+        log.add(unit.index, unit.nbytes, seconds, host, tries)
+
+    todo = [u for u in units if u.index not in rows]
     try:
-        if n_workers == 1:
-            matrices = [one(p) for p in chosen]
+        if spec is not None:
+            unit_threads = worker_threads(threads, spec)
+            by_index = {u.index: u for u in units}
+            paths = (str(base_ck.path), str(tuned_ck.path))
+            gpus = 0 if on_cpu else 1
+            tasks = [
+                Task(
+                    u.index,
+                    rank_worker,
+                    (*paths, args, list(u.names), unit_threads),
+                    unit_threads,
+                    gpus,
+                )
+                for u in todo
+            ]
+
+            def task_done(task: Task, out: dict, attempts: int) -> None:
+                unit = by_index[task.index]
+                finished(unit, out["matrices"], out["seconds"], out["host"], attempts)
+                bar.update(len(unit.names))
+
+            run_tasks(spec, tasks, task_done)
         else:
-            with ThreadPoolExecutor(n_workers) as pool:
-                matrices = list(pool.map(one, chosen))
+            pool = ThreadPoolExecutor(n_workers) if n_workers > 1 else None
+            try:
+                for unit in todo:
+                    t = time.perf_counter()
+                    ranked = list(pool.map(one, unit.pairs) if pool else map(one, unit.pairs))
+                    finished(unit, ranked, time.perf_counter() - t, log.host, 1)
+            finally:
+                if pool is not None:
+                    pool.shutdown()
     finally:
         bar.close()
         torch.set_num_threads(old_threads)
+    matrices = [m for i in sorted(rows) for m in rows[i]]
     inputs = {"base": base_ck.describe(), "tuned": tuned_ck.describe()}
     settings = {
         "rule": rule.describe(),
@@ -416,8 +495,95 @@ def update_ranks(
         "workers": n_workers,
         "threads": total_threads,
         "seconds": time.perf_counter() - t0,
+        "execution": log.summary(),
     }
     return RankReport(matrices=matrices, skipped=skipped, provenance=provenance)
+
+
+@dataclass(frozen=True)
+class MatrixUnit:
+    """A work unit of ``rank``: consecutive whole matrices (index: the merge order; nbytes: read
+    from both sides)."""
+
+    index: int
+    pairs: tuple[TensorPair, ...]
+    nbytes: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.pairs)
+
+
+def plan_matrix_units(pairs: Sequence[TensorPair], max_bytes: int) -> list[MatrixUnit]:
+    """Cut ``pairs`` into units of at most ``max_bytes`` read from both sides (a matrix above the
+    bound is a unit of its own)."""
+    if max_bytes <= 0:
+        raise ConfigError(f"max_unit_bytes must be > 0, got {max_bytes}")
+    units: list[MatrixUnit] = []
+    run: list[TensorPair] = []
+    size = 0
+    for pair in [*pairs, None]:
+        n = 0 if pair is None else pair.numel * (pair.base.itemsize + pair.tuned.itemsize)
+        if run and (pair is None or size + n > max_bytes):
+            units.append(MatrixUnit(len(units), tuple(run), size))
+            run, size = [], 0
+        if pair is not None:
+            run.append(pair)
+            size += n
+    return units
+
+
+@dataclass(frozen=True)
+class RankArgs:
+    """How each matrix is ranked (plain values: sent to workers)."""
+
+    rule: RankRule
+    energy: float
+    rtol_grid: tuple[float, ...]
+    compare_dtype: str | None
+    svd_dtype: str
+    device: str
+    chunk_elems: int
+
+    def result_settings(self) -> dict:
+        """The settings that change the rows (the resume manifest's)."""
+        return {
+            "rule": self.rule.describe(),
+            "energy": self.energy,
+            "rtol_grid": [float(r) for r in self.rtol_grid],
+            "compare_dtype": self.compare_dtype,
+            "svd_dtype": self.svd_dtype,
+        }
+
+
+def rank_worker(
+    base_path: str, tuned_path: str, args: RankArgs, names: list[str], threads: int
+) -> dict:
+    """A rank unit in a worker process (``--cluster``): ranks the matrices ``names`` with
+    ``threads`` torch threads; ``{"matrices": [...], "seconds", "host", "kernel"}``."""
+    import torch
+
+    t0 = time.perf_counter()
+    base_ck, tuned_ck = open_checkpoint(Path(base_path)), open_checkpoint(Path(tuned_path))
+    plan = pair_checkpoints(base_ck, tuned_ck, args.compare_dtype)
+    pairs = {p.name: p for p in plan.pairs}
+    torch.set_num_threads(threads)
+    matrices = []
+    with base_ck.reader() as rb, tuned_ck.reader() as rt:
+        for name in names:
+            delta = _delta(pairs[name], rb, rt, args.device, args.chunk_elems)
+            matrices.append(
+                _rank_one(
+                    pairs[name], delta, args.rule, args.energy, args.rtol_grid, args.svd_dtype
+                )
+            )
+            del delta
+    return {
+        "matrices": matrices,
+        "seconds": time.perf_counter() - t0,
+        "host": socket.gethostname(),
+        "kernel": "torch.linalg.svdvals",
+    }
 
 
 def _delta(pair: TensorPair, rb: TensorReader, rt: TensorReader, device: str, chunk_elems: int):

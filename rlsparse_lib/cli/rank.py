@@ -9,6 +9,7 @@ lm_head kept). Runs on CUDA when available, else on CPU (--workers matrices in p
 examples:
   rlsparse rank base/ dpo/ --json rank.json
   rlsparse rank base/ dpo/ --no-embeddings --no-lm-head --rtol-grid 1e-6 1e-4 --workers 2
+  rlsparse rank base/ dpo/ --json rank.json --resume rank.resume/ --cluster ray --threads 4
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlsparse_lib.cli.diff import add_selection_arguments
+from rlsparse_lib.cli.diff import add_selection_arguments, add_unit_arguments
 from rlsparse_lib.io.dtypes import COMPARE_DTYPES
 
 
@@ -60,6 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads in total")
     p.add_argument("--plot", metavar="PATH", help="save rank bars per module (PNG + PDF)")
+    add_unit_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -87,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         threads=args.threads,
         progress=not args.quiet,
+        max_unit_bytes=args.unit_bytes,
+        resume=args.resume,
+        cluster=args.cluster,
     )
     if args.json:
         report.save_json(args.json)
