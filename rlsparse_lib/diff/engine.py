@@ -231,9 +231,7 @@ def diff_pairs(
                 assert packed is not None  # allocated whenever there is a mask
                 mask.write(pair.name, packed)
         result.numel = pair.numel
-        blocks = block_views(
-            pair, base.ckpt.encodings.get(pair.name), tuned.ckpt.encodings.get(pair.name)
-        )
+        blocks = block_views(pair, base.ckpt, tuned.ckpt)
         if blocks is not None:  # GGUF quantized pair: raw blocks beside the dequantized values
             result.quant = blocks
         out[pair.name] = result
@@ -255,14 +253,17 @@ def _diff_quant(
     the raw-code views (``TensorResult.quant``: :data:`rlsparse_lib.diff.report.QUANT_COUNTS`)."""
     qb, qt = pair.quant_base, pair.quant_tuned
     # a device kernel decodes on its device (only codes and scales travel) when the values are
-    # compared as the bfloat16 they decode to; otherwise the compiled CPU kernel decodes
-    decoder: Decoder = (
-        kernel  # type: ignore[assignment]
-        if kernel.streams_to_device and spec.compare == "bfloat16"
-        else CpuDecoder(getattr(kernel, "threads", None))
-    )
-    sb: WordSource = base if qb is None else DequantSource(base, qb, decoder)
-    st: WordSource = tuned if qt is None else DequantSource(tuned, qt, decoder)
+    # compared as the bfloat16 they decode to; otherwise the compiled CPU kernel decodes (one
+    # decoder per side: each reuses its output buffer)
+    on_device = kernel.streams_to_device and spec.compare == "bfloat16"
+
+    def decoder() -> Decoder:
+        if on_device:
+            return kernel  # type: ignore[return-value]
+        return CpuDecoder(getattr(kernel, "threads", None))
+
+    sb: WordSource = base if qb is None else DequantSource(base, qb, decoder())
+    st: WordSource = tuned if qt is None else DequantSource(tuned, qt, decoder())
     stored = tuple(
         "bfloat16" if q is not None else i.dtype for q, i in ((qb, pair.base), (qt, pair.tuned))
     )

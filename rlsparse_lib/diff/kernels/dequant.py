@@ -66,10 +66,20 @@ class Decoder(Protocol):
 
 
 class CpuDecoder:
-    """:class:`Decoder` on the compiled CPU kernel (``threads``: None for all)."""
+    """:class:`Decoder` on the compiled CPU kernel (``threads``: None for all).
+
+    The words it returns live in one buffer reused by the next call (no page faults on a fresh
+    array per chunk): use one decoder per source, whose chunk is valid until the next one.
+    """
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads or 0
+        self._buf = np.empty(0, np.uint16)
+
+    def _out(self, n: int) -> np.ndarray:
+        if self._buf.size < n:
+            self._buf = np.empty(n, np.uint16)
+        return self._buf[:n]
 
     def dequant_fp8(
         self,
@@ -80,14 +90,14 @@ class CpuDecoder:
         scols: int,
         col_block: int,
     ) -> np.ndarray:
-        out = np.empty(codes.size, np.uint16)
+        out = self._out(codes.size)
         _diffcore.dequant_fp8(
             codes, ncols, scales, srow, scols, col_block, fp8_table(), out, self.threads
         )
         return out
 
     def dequant_mxfp4(self, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
-        out = np.empty(scales.size * MX_GROUP, np.uint16)
+        out = self._out(scales.size * MX_GROUP)
         _diffcore.dequant_mxfp4(blocks, scales, e2m1_table(), e8m0_table(), out, self.threads)
         return out
 

@@ -428,7 +428,7 @@ static int threads_or_max(int32_t threads) { return threads > 0 ? threads : rls_
 void rls_dequant_fp8(const uint8_t *codes, int64_t nrows, int64_t ncols, const float *scales,
                      const int64_t *srow, int64_t scols, int64_t col_block, const float *table,
                      uint16_t *out, int32_t threads) {
-#pragma omp parallel for schedule(static) num_threads(threads_or_max(threads))
+#pragma omp parallel for schedule(dynamic, 16) num_threads(threads_or_max(threads))
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *c = codes + r * ncols;
         const float *s = scales + srow[r] * scols;
@@ -443,7 +443,7 @@ void rls_dequant_fp8(const uint8_t *codes, int64_t nrows, int64_t ncols, const f
 
 void rls_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t ngroups,
                        const float *e2m1, const float *e8m0, uint16_t *out, int32_t threads) {
-#pragma omp parallel for schedule(static) num_threads(threads_or_max(threads))
+#pragma omp parallel for schedule(dynamic, 2048) num_threads(threads_or_max(threads))
     for (int64_t g = 0; g < ngroups; g++) {
         const uint8_t *b = blocks + g * 16;
         const float s = e8m0[scales[g]];
@@ -458,7 +458,7 @@ void rls_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t ngr
 void rls_quant_counts(const uint8_t *ca, const uint8_t *cb, const uint16_t *da, const uint16_t *db,
                       int64_t n, int32_t nibbles, int64_t *counts, int32_t threads) {
     int64_t raw = 0, scale_only = 0;
-#pragma omp parallel for schedule(static) reduction(+ : raw, scale_only) \
+#pragma omp parallel for schedule(dynamic, 65536) reduction(+ : raw, scale_only) \
     num_threads(threads_or_max(threads))
     for (int64_t i = 0; i < n; i++) {
         int same;
