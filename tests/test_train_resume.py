@@ -159,6 +159,8 @@ def test_killed_run_resumes_bit_identically(
     assert _history(got) == _history(m) and len(m["history"]) == 10
     assert got["monitor"] == m["monitor"] and len(m["monitor"]) == (10 if kind == "grpo" else 5)
     assert (run / "monitor.jsonl").read_text() == (ref.path / "monitor.jsonl").read_text()
+    logged = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in h.items() if k not in TIMING} for h in logged] == _history(m)
     assert got["eval"] == m["eval"] and got["final_diff"] == m["final_diff"]
     assert (run / "eval_after.jsonl").read_bytes() == (ref.path / "eval_after.jsonl").read_bytes()
     assert [r["from_step"] for r in got["resumes"]] == [3, 6] and m["resumes"] == []

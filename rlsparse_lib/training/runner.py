@@ -9,6 +9,7 @@ Outputs (``data/runs/<name>/``, see ``docs/training.md``)::
     config.yaml         the validated config
     step_XXXXXX/        checkpoints (bf16; fp32/ inside when kept)
     monitor.jsonl       monitor records, as they were taken
+    history.jsonl       the trainer's per-step logs (loss, reward, …), as they were logged
     eval_before.jsonl   greedy completions and scores on the held-out split (and eval_after.jsonl)
     random_mask.safetensors   the random control mask, when ``mask.random`` is set
 
@@ -252,7 +253,7 @@ def _run(
     if mask_cb is not None:
         callbacks.append(mask_cb)
     bar = _ProgressCallback(cfg.name, cfg.train.steps, progress, begin)
-    callbacks.append(bar)
+    callbacks += [bar, _HistoryLog(run_dir / "history.jsonl", begin if start else None)]
 
     set_seed(cfg.seed)
     with warnings.catch_warnings():
@@ -415,6 +416,24 @@ class _ProgressCallback(TrainerCallback):
 
     def close(self) -> None:
         self.bar.close()
+
+
+class _HistoryLog(TrainerCallback):
+    """Appends each trainer log to a JSON-lines file as it is logged (a long run's progress);
+    resuming from ``resumed_step`` first cuts the file there."""
+
+    def __init__(self, path: Path, resumed_step: int | None) -> None:
+        from rlsparse_lib.training.resume import read_records
+
+        self.path = path
+        if resumed_step is not None:
+            kept = read_records(path, resumed_step)
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "train_runtime" not in logs:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
 def _device(choice: str):
