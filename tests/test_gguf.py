@@ -5,12 +5,17 @@ Q8_0/Q4_0/Q4_1 decoders below are written from the block layouts, independent of
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from importlib import util
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+if not torch.cuda.is_available():  # must precede the first import of triton
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 gguf = pytest.importorskip("gguf")
 
@@ -20,6 +25,7 @@ from gguf import quants  # noqa: E402
 from rlsparse_lib.cli import main  # noqa: E402
 from rlsparse_lib.diff.config import DiffConfig  # noqa: E402
 from rlsparse_lib.diff.engine import diff_checkpoints  # noqa: E402
+from rlsparse_lib.diff.kernels import cuda as cuda_mod  # noqa: E402
 from rlsparse_lib.diff.report import DiffReport  # noqa: E402
 from rlsparse_lib.errors import CheckpointError, QuantizedWeightsError  # noqa: E402
 from rlsparse_lib.io.checkpoint import open_checkpoint  # noqa: E402
@@ -175,6 +181,29 @@ def test_gguf_pair_counts_equal_whole_tensor_reference(pair):
     assert all(v["tensors"] == 1 for v in summary.values())
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy inf-inf in the interpreter
+def test_gpu_executor_gives_the_cpu_report(pair, monkeypatch):
+    """``--device cuda`` (the real GPU, else Triton's interpreter on the CPU device): the same
+    counts, histograms and raw-block views as the CPU executor."""
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(cuda_mod, "cuda_problem", lambda: None)
+        monkeypatch.setattr(cuda_mod, "default_device", lambda: torch.device("cpu"))
+    a_path, b_path, _, _ = pair
+    cpu = diff_checkpoints(a_path, b_path, DiffConfig(chunk_elems=96), progress=False)
+    gpu = diff_checkpoints(
+        a_path, b_path, DiffConfig(device="cuda", chunk_elems=96), progress=False
+    )
+    assert gpu.provenance["kernel"] != cpu.provenance["kernel"]
+    for g, c in zip(gpu.tensors, cpu.tensors, strict=True):
+        assert (g.name, g.n_changed, g.quant) == (c.name, c.n_changed, c.quant)
+        gs, cs = g.float_stats().to_dict(), c.float_stats().to_dict()
+        for k in ("sum_abs_delta", "sum_sq_delta", "sum_sq_base"):
+            assert gs.pop(k) == pytest.approx(cs.pop(k), rel=1e-9)
+        assert gs == cs
+    assert gpu.quant_summary() == cpu.quant_summary() != {}
+
+
 def test_gguf_report_json_roundtrip_and_summary(pair, tmp_path):
     a_path, b_path, _, _ = pair
     report = diff_checkpoints(a_path, b_path, progress=False)
@@ -203,6 +232,32 @@ def test_reader_words_match_reference_for_unaligned_ranges(pair):
             for lo, hi in ((0, ref.size), (5, 37), (33, 300), (ref.size - 3, ref.size)):
                 got = r.words(name, lo, hi).view(np.float32)
                 np.testing.assert_array_equal(got, ref[lo:hi])
+
+
+def test_quantized_base_against_its_dequantized_float32_copy(pair, tmp_path):
+    """A user's dequantized copy (F32 GGUF) against the Q4_1 original: values compared, no raw view;
+    equal values count as unchanged."""
+    a_path, _, base, _ = pair
+    name = "blk.1.q4_1.weight"
+    arr, qtype = base[name]
+    values = reference(arr, qtype).reshape(arr.shape[0], -1)
+    changed = values.copy()
+    changed[1, 3] += 1.0
+    write_gguf(tmp_path / "deq.gguf", {name: (changed, Q.F32)})
+    report = diff_checkpoints(
+        a_path, tmp_path / "deq.gguf", DiffConfig(include=("q4_1",)), progress=False
+    )
+    (t,) = report.tensors
+    assert t.quant is None and t.n_changed == 1 and t.numel == values.size
+    assert report.quant_summary() == {}
+
+
+def test_patch_refuses_quantized_gguf(pair, tmp_path, capsys):
+    """A patch rebuilds stored words bit for bit; GGUF blocks are read dequantized: refused."""
+    a_path, b_path, _, _ = pair
+    out = tmp_path / "p.rlpatch"
+    assert main(["patch", "create", str(a_path), str(b_path), "-o", str(out)]) == 2
+    assert "gguf:" in capsys.readouterr().err and not out.exists()
 
 
 def test_undecodable_type_refused_by_name_unless_excluded(tmp_path):

@@ -231,9 +231,7 @@ def diff_pairs(
                 assert packed is not None  # allocated whenever there is a mask
                 mask.write(pair.name, packed)
         result.numel = pair.numel
-        blocks = block_views(
-            pair, base.ckpt.encodings.get(pair.name), tuned.ckpt.encodings.get(pair.name)
-        )
+        blocks = block_views(pair, base.ckpt, tuned.ckpt)
         if blocks is not None:  # GGUF quantized pair: raw blocks beside the dequantized values
             result.quant = blocks
         out[pair.name] = result

@@ -27,6 +27,7 @@ from rlsparse_lib.diff.kernels.cuda import SIGNED, CudaKernel, device_context
 from rlsparse_lib.diff.kernels.protocol import ChunkSpec
 from rlsparse_lib.diff.report import TensorResult
 from rlsparse_lib.io.chunks import Chunk, pair_chunks
+from rlsparse_lib.io.gguf_io import block_views
 
 _SPLIT = 4 << 20  # bytes per reader-thread piece when filling a pinned buffer
 
@@ -140,6 +141,9 @@ def stream_pairs(
             pipe.streams.synchronize()
     for p in pairs:
         out[p.name].numel = p.numel
+        blocks = block_views(p, base.ckpt, tuned.ckpt)
+        if blocks is not None:  # GGUF quantized pair: raw blocks beside the dequantized values
+            out[p.name].quant = blocks
     return out
 
 

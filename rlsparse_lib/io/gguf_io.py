@@ -28,6 +28,7 @@ from rlsparse_lib.io.safetensors_io import MappedFiles
 from rlsparse_lib.io.tensor_info import TensorInfo
 
 if TYPE_CHECKING:
+    from rlsparse_lib.io.checkpoint import Checkpoint
     from rlsparse_lib.io.pairing import TensorPair
 
 #: GGUF types stored as plain little-endian words -> torch-style dtype name
@@ -160,12 +161,9 @@ class GGUFFiles:
         self._maps.close()
 
 
-def block_views(
-    pair: TensorPair, base: BlockEncoding | None, tuned: BlockEncoding | None
-) -> dict | None:
-    """Raw-block view of a quantized GGUF pair (``base``/``tuned``: each side's encoding of
-    ``pair``): the blocks of the compared elements compared byte for byte, streamed
-    ``_BLOCKS_PER_STEP`` blocks at a time.
+def block_views(pair: TensorPair, base_ckpt: Checkpoint, tuned_ckpt: Checkpoint) -> dict | None:
+    """Raw-block view of a pair of quantized GGUF tensors: the blocks of the compared elements
+    compared byte for byte, streamed ``_BLOCKS_PER_STEP`` blocks at a time.
 
     Returns:
         ``{"scheme", "decoded": "float32", "block": [1, block], "raw_n", "raw_changed", "scales_n": 0,
@@ -173,6 +171,7 @@ def block_views(
         a changed scale is a changed block), or None unless both sides store the tensor in the
         same quantized type.
     """
+    base, tuned = base_ckpt.encodings.get(pair.name), tuned_ckpt.encodings.get(pair.name)
     if base is None or tuned is None or base.scheme != tuned.scheme:
         return None
     eb, ib, it = base, pair.base, pair.tuned

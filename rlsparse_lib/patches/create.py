@@ -133,6 +133,12 @@ def encode_patch(
         raise PatchError(f"unknown value transform {xform!r} (one of {', '.join(XFORMS)})")
     b_ckpt = open_checkpoint(base)
     for ck in (b_ckpt, tuned):
+        if isinstance(ck, Checkpoint) and ck.encodings:  # GGUF blocks are read dequantized
+            name, enc = next(iter(ck.encodings.items()))
+            raise PatchError(
+                f"{ck.source}: tensor '{name}' is stored as {enc.scheme} blocks, read as "
+                "dequantized values: a patch could not rebuild the file bit for bit"
+            )
         for info in ck.tensors.values():
             _check_dtype(ck.source, info)
     cctx = zstd.ZstdCompressor(level=level)
