@@ -25,9 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, metavar="HTML", help="the report file to write")
     p.add_argument(
         "--compare-dtype",
-        choices=COMPARE_DTYPES,
+        choices=(*COMPARE_DTYPES, "stored"),
         default="bfloat16",
-        help="cast both sides to this dtype before comparing (default: %(default)s)",
+        help="cast both sides to this dtype before comparing; stored: the base's stored dtype "
+        "(default: %(default)s, as the paper)",
     )
     p.add_argument(
         "--tol",
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from rlsparse_lib.experiments.papermill_runner import report_pair
 
     params: dict[str, object] = {
-        "COMPARE_DTYPE": args.compare_dtype,
+        "COMPARE_DTYPE": "" if args.compare_dtype == "stored" else args.compare_dtype,
         "REL_ETA": args.rel_eta,
         "RANK": args.rank,
     }

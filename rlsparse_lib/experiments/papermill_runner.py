@@ -186,6 +186,7 @@ def execute(
     output: Path,
     log: bool = True,
     progress: bool = True,
+    label: str | None = None,
 ) -> Path:
     """Run one notebook with ``params`` into ``output`` (parameter names are checked first).
 
@@ -194,6 +195,7 @@ def execute(
     Args:
         log: stream what the cells print (stdout, stderr) while they run.
         progress: print a line when each code cell starts and ends (to stderr).
+        label: names the run in those lines (default: the notebook's stem).
 
     Raises:
         RlsparseError: a cell failed (the partial output is named).
@@ -209,7 +211,7 @@ def execute(
         )
     output.parent.mkdir(parents=True, exist_ok=True)
     _progress_engine()
-    cells = CellProgress(path.stem) if progress else None
+    cells = CellProgress(label or path.stem) if progress else None
     kernel_log = output.with_suffix(".kernel.log")
     with _environment(), kernel_log.open("w", encoding="utf-8") as klog:
         try:
@@ -395,7 +397,7 @@ def run_pairs(
         root = batch / str(e["id"])
         values = {**params, "BASE": row["base"], "TUNED": row["tuned"], "OUT_ROOT": str(root)}
         try:
-            executed = execute(nb, values, root / f"{nb.stem}.ipynb", log=log)
+            executed = execute(nb, values, root / f"{nb.stem}.ipynb", log=log, label=row["id"])
         except RlsparseError as err:  # a checkpoint out of reach, or another failing cell
             cause = getattr(err.__cause__, "ename", "")
             kind = "unreachable" if cause == "CheckpointError" else "failed"
