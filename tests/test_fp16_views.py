@@ -167,3 +167,27 @@ def test_float16_views_through_the_engine_match_the_reference(tmp_path: Path, st
     assert row["abs_threshold_float16"] == 4.0  # first binade whose fp16 ½ULP exceeds 1e-3
     absorbing = (np.spacing(np.abs(a16)) / 2 > u) & np.isfinite(a16)
     assert row["n_absorbing"] == int(absorbing.sum())
+
+
+def test_binade_curve_plots_a_bf16_report_and_its_fp16_view(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from rlsparse_lib.analysis.absorption import absorption_threshold
+    from rlsparse_lib.plotting.precision import plot_binade_curve
+
+    g = torch.Generator().manual_seed(5)
+    a = (torch.randn(4000, generator=g) * 0.02).to(torch.bfloat16)
+    b = (a.float() + 1e-4 * torch.randn(4000, generator=g)).to(torch.bfloat16)
+    base = _save(tmp_path / "base", {"w": a.reshape(40, 100)})
+    tuned = _save(tmp_path / "tuned", {"w": b.reshape(40, 100)})
+    views = {
+        dtype: diff_checkpoints(base, tuned, DiffConfig(compare_dtype=dtype), progress=False)
+        for dtype in ("float16", "bfloat16")
+    }
+    fig = plot_binade_curve({k: r.binade_table() for k, r in views.items()}, [1e-6])
+    ax = fig.axes[0]
+    fp16_exps = [r["exponent"] for r in views["float16"].binade_rows()]
+    assert list(ax.lines[0].get_xdata()) == [e for e in fp16_exps if isinstance(e, int)]
+    threshold = next(ln for ln in ax.lines if "absorbed" in str(ln.get_label()))
+    assert threshold.get_xdata()[0] == np.log2(absorption_threshold(1e-6, "float16"))

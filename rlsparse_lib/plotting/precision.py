@@ -52,8 +52,10 @@ def plot_ulp_histogram(histograms):
 def plot_binade_curve(tables, update_sizes: Sequence[float] = ()):
     """Sparsity per |θ0| binade (line) over the share of weights in each binade (bars).
 
-    If bf16 absorption explains the sparsity, the curve rises with |θ0|. Dotted lines mark, for
-    each assumed per-step update size u, the |θ0| above which one step of size u is absorbed.
+    If absorption by the compare dtype's rounding explains the sparsity (bf16; or fp16 for a
+    ``compare_dtype="float16"`` view), the curve rises with |θ0|. Dotted lines mark, for each
+    assumed per-step update size u, the |θ0| above which one step of size u is absorbed in the
+    first table's compare dtype.
 
     Args:
         tables: a :meth:`DiffReport.binade_table` (``compare_dtype, exponent, sparsity,
