@@ -2,7 +2,9 @@
 and the bf16-aware relative probe, per tensor / layer / module, with provenance.
 
 BASE and TUNED are folders or files in Hugging Face layout (model.safetensors, sharded
-*.safetensors + index, pytorch_model*.bin) or hub ids org/name[@revision].
+*.safetensors + index, pytorch_model*.bin) or hub ids org/name[@revision], streamed with HTTP
+Range requests (no local copy; HF_ENDPOINT, HF_TOKEN; RLSPARSE_HUB_CONNECTIONS/_PART_MB/_WINDOW_MB
+tune it) unless --download asks for the cached full download.
 
 examples:
   rlsparse diff base/ tuned/
