@@ -130,10 +130,11 @@ def run_unit(
         _opened[key] = (b, t, {p.name: p for p in plan.pairs})
     b, t, pairs = _opened[key]
     kernel = get_kernel(config.device, threads)
-    if getattr(kernel, "streams_to_device", False):
+    quantized = any(pairs[n].quant_base or pairs[n].quant_tuned for n in names)
+    if getattr(kernel, "streams_to_device", False) and not quantized:
         from rlsparse_lib.diff.gpu_executor import stream_pairs
 
-        executor = stream_pairs
+        executor = stream_pairs  # (a unit with quantized pairs: the given executor decodes them)
     mask = MaskSlice() if mask_path is not None else None
     with b.reader() as rb, t.reader() as rt:
         out = executor([pairs[n] for n in names], rb, rt, kernel, config, mask)
