@@ -234,6 +234,21 @@ def test_reader_words_match_reference_for_unaligned_ranges(pair):
                 np.testing.assert_array_equal(got, ref[lo:hi])
 
 
+def test_resume_and_process_pool_give_the_same_report(pair, tmp_path):
+    """Units (one tensor each), resumed from their stored results or run on a process pool: the
+    same per-tensor results, raw-block views included."""
+    a_path, b_path, _, _ = pair
+    plain = diff_checkpoints(a_path, b_path, progress=False)
+    cfg = DiffConfig(max_unit_bytes=1000)
+    first = diff_checkpoints(a_path, b_path, cfg, progress=False, resume=tmp_path / "r")
+    again = diff_checkpoints(a_path, b_path, cfg, progress=False, resume=tmp_path / "r")
+    pool = diff_checkpoints(a_path, b_path, cfg, progress=False, cluster="local:2")
+    expected = [t.to_dict() for t in plain.tensors]
+    for report in (first, again, pool):
+        assert [t.to_dict() for t in report.tensors] == expected
+    assert pool.quant_summary() == plain.quant_summary() != {}
+
+
 def test_quantized_base_against_its_dequantized_float32_copy(pair, tmp_path):
     """A user's dequantized copy (F32 GGUF) against the Q4_1 original: values compared, no raw view;
     equal values count as unchanged."""
