@@ -72,6 +72,8 @@ class HubStandin:
         self.ignore_range = False
         self.server_errors = 0
         self.wrong_range = False
+        #: gated repositories: the hub origin answers 401 without ``Authorization: Bearer <token>``
+        self.gated: dict[str, str] = {}
         #: (server, method, path, status, Range header, whether an Authorization header came)
         self.log: list[tuple[str, str, str, int, str, bool]] = []
         self._generation = 0
@@ -160,6 +162,9 @@ class HubStandin:
 
     def _hub_answer(self, h: BaseHTTPRequestHandler, body: bool) -> int:
         path = unquote(urlsplit(h.path).path)
+        for repo_id, token in self.gated.items():
+            if f"/{repo_id}/" in f"{path}/" and h.headers.get("authorization") != f"Bearer {token}":
+                return self._send(h, 401, {}, b"gated", body)
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/(.+))?", path)
         if m:
             repo_id = m[1]

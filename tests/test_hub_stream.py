@@ -227,3 +227,11 @@ def test_wrong_content_range_is_refused(hub: HubStandin) -> None:
     hub.wrong_range = True
     with pytest.raises(CheckpointError, match="wrong Content-Range"):
         _streamed()
+
+
+def test_gated_repo_needs_hf_token(hub: HubStandin, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub.gated["org/base"] = "hf_secret"
+    with pytest.raises(CheckpointError, match=r"gated/private.*HF_TOKEN"):
+        open_checkpoint("org/base", stream=FAST)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    assert open_checkpoint("org/base", stream=FAST).revision == hub.commits["org/base"]
