@@ -60,10 +60,11 @@ def q4k_blocks(rng: np.random.Generator, n_blocks: int) -> np.ndarray:
 
 
 # ---- a synthetic pair -------------------------------------------------------------------------
-def write_gguf(path: Path, tensors: dict[str, tuple[np.ndarray, Q]]) -> None:
+def write_gguf(path: Path, tensors: dict[str, tuple[np.ndarray, Q]], split: int = 0) -> None:
     """Write ``{name: (array, type)}``: plain arrays as stored; quantized ones are raw blocks
-    ``uint8[..., bytes]`` (from :func:`gguf.quants.quantize` or built by hand)."""
-    w = gguf.GGUFWriter(path, "llama")
+    ``uint8[..., bytes]`` (from :func:`gguf.quants.quantize` or built by hand); ``split``: at
+    most this many tensors per shard (``<stem>-0000i-of-0000n.gguf``)."""
+    w = gguf.GGUFWriter(path, "llama", split_max_tensors=split)
     for name, (arr, qtype) in tensors.items():
         if qtype in (Q.F32, Q.F16):
             w.add_tensor(name, arr)
@@ -247,6 +248,24 @@ def test_resume_and_process_pool_give_the_same_report(pair, tmp_path):
     for report in (first, again, pool):
         assert [t.to_dict() for t in report.tensors] == expected
     assert pool.quant_summary() == plain.quant_summary() != {}
+
+
+def test_split_model_opens_from_any_shard_as_one_checkpoint(pair, tmp_path):
+    """A llama.cpp split model (3 shards) against the single-file tuned model: every tensor
+    paired, the same results as the single-file base; a missing shard is named."""
+    a_path, b_path, base, _ = pair
+    (tmp_path / "split").mkdir()
+    write_gguf(tmp_path / "split" / "m.gguf", base, split=3)
+    shards = sorted((tmp_path / "split").glob("*.gguf"))
+    assert [f.name for f in shards] == [f"m-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    ck = open_checkpoint(shards[1])
+    assert ck.files == tuple(shards) and set(ck.tensors) == set(base)
+    split = diff_checkpoints(ck, b_path, progress=False)
+    single = diff_checkpoints(a_path, b_path, progress=False)
+    assert [t.to_dict() for t in split.tensors] == [t.to_dict() for t in single.tensors]
+    shards[2].unlink()
+    with pytest.raises(CheckpointError, match=r"missing m-00003-of-00003\.gguf"):
+        open_checkpoint(shards[0])
 
 
 def test_quantized_base_against_its_dequantized_float32_copy(pair, tmp_path):

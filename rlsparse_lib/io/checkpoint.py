@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rlsparse_lib.errors import CheckpointError
-from rlsparse_lib.io.gguf_io import BlockEncoding, GGUFFiles, read_gguf
+from rlsparse_lib.io.gguf_io import BlockEncoding, GGUFFiles, gguf_shards, read_gguf
 from rlsparse_lib.io.hub import download_snapshot, looks_like_hub_id
 from rlsparse_lib.io.hub_stream import HubRepo, RangeFiles, StreamSettings, open_repo
 from rlsparse_lib.io.pickle_io import PickleFiles
@@ -231,8 +231,13 @@ def _add_tensors(ckpt: Checkpoint, f: Path, tensors: dict[str, TensorInfo]) -> N
 
 def _open_local(source: str, path: Path) -> Checkpoint:
     if path.is_file() and path.name.endswith(".gguf"):
-        tensors, encodings = read_gguf(path)
-        return Checkpoint(source, path, "gguf", (path,), tensors, encodings=encodings)
+        files = gguf_shards(path)
+        ckpt = Checkpoint(source, path, "gguf", tuple(files), {})
+        for f in files:
+            tensors, encodings = read_gguf(f)
+            _add_tensors(ckpt, f, tensors)
+            ckpt.encodings.update(encodings)
+        return ckpt
     if path.is_dir():
         folder = path
         kind, files, index = _find_weights(path)

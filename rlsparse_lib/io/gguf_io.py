@@ -13,10 +13,14 @@ contiguous at absolute offsets, so:
   :func:`block_views` compares the raw blocks of a pair beside them (``quant`` in diff reports);
 * a quantized type the ``gguf`` package cannot decode keeps its logical shape and is marked not
   decodable: pairing refuses it by name unless it is excluded.
+
+A llama.cpp split model (``<stem>-00001-of-00003.gguf``) opens from any of its shards as one
+checkpoint of all of them (:func:`gguf_shards`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +48,8 @@ PLAIN_TYPES: dict[str, str] = {
 }
 #: raw blocks compared per step by :func:`block_views` (bounded memory)
 _BLOCKS_PER_STEP = 1 << 18
+#: a llama.cpp split model's shard name: ``<stem>-00001-of-00003.gguf``
+_SHARD = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,27 @@ def _gguf() -> Any:
             "reading .gguf files needs the gguf package (pip install gguf, or rlsparse[train])"
         ) from exc
     return gguf
+
+
+def gguf_shards(path: Path) -> list[Path]:
+    """The files of the GGUF model ``path``: the file itself, or, for one shard of a llama.cpp
+    split (``<stem>-00001-of-00003.gguf``, as ``gguf-split`` and ``GGUFWriter`` name them), every
+    shard in order.
+
+    Raises:
+        CheckpointError: naming the missing shards of a split.
+    """
+    m = _SHARD.match(path.name)
+    if m is None:
+        return [path]
+    count = int(m["count"])
+    files = [
+        path.with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)
+    ]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: split GGUF model is missing {', '.join(missing)}")
+    return files
 
 
 def read_gguf(path: Path) -> tuple[dict[str, TensorInfo], dict[str, BlockEncoding]]:
