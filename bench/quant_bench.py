@@ -9,7 +9,8 @@ times ``rlsparse diff`` as a subprocess (median of ``--repeat`` runs; peak RSS f
 reports bytes read per second (both sides, codes plus scales) and elements per second, with the
 ratio to the bf16 diff's bytes per second (target >= 0.8).
 
-usage: nice -n 10 python bench/quant_bench.py [--out bench/out/quant] [--repeat 3] [--quick]
+usage: nice -n 10 python bench/quant_bench.py [--out bench/out/quant] [--repeat 3] [--threads N]
+       [--quick]
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def main() -> None:
     ap.add_argument("--tensors", type=int, default=64)
     ap.add_argument("--rows", type=int, default=4096)
     ap.add_argument("--cols", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
     ap.add_argument("--quick", action="store_true", help="tiny pairs (a smoke test)")
     args = ap.parse_args()
     if args.quick:
@@ -124,6 +126,8 @@ def main() -> None:
                     pass
         report = args.out / f"{kind}.report.json"
         cmd = [rlsparse, "diff", str(base), str(tuned), "-q", "--by", "none", "--json", str(report)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
         m = measure(cmd, args.repeat)
         data = json.loads(report.read_text())
         nbytes = sum(f.stat().st_size for d in (base, tuned) for f in d.glob("*.safetensors"))
@@ -144,7 +148,8 @@ def main() -> None:
     bf16 = rows[0]["bytes_per_s"]
     for r in rows:
         r["bytes_per_s_vs_bf16"] = r["bytes_per_s"] / bf16
-    (args.out / "quant_bench.json").write_text(json.dumps(rows, indent=2))
+    name = f"quant_bench{'' if not args.threads else f'_t{args.threads}'}.json"
+    (args.out / name).write_text(json.dumps(rows, indent=2))
     print(
         f"{'pair':<7}{'elements':>15}{'GB read':>9}{'s':>8}{'GB/s':>7}{'Gelem/s':>9}"
         f"{'vs bf16':>9}{'peak RSS':>10}"

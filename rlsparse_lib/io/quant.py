@@ -90,11 +90,6 @@ class QuantTensor:
         return self.shape[-1]
 
     @property
-    def rows(self) -> int:
-        """Logical rows of the whole tensor (all leading dimensions flattened)."""
-        return math.prod(self.shape[:-1])
-
-    @property
     def numel(self) -> int:
         return math.prod(self.shape)
 

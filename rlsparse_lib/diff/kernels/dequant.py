@@ -116,8 +116,7 @@ def quant_step(chunk_elems: int, *layouts: QuantTensor | None) -> int:
     unit = 8
     for qt in layouts:
         if qt is not None:
-            rows = 1 if qt.scheme == "mxfp4" else qt.slab_rows()
-            unit = math.lcm(unit, rows * qt.cols)
+            unit = math.lcm(unit, qt.slab_rows() * qt.cols)
     return max(unit, chunk_elems // unit * unit)
 
 
