@@ -138,6 +138,13 @@ def _check(report: DiffReport, base: dict, tuned: dict, tuned_dequantized: bool 
             "n_nan_tuned": s.n_nan_tuned,
         }
         assert got == want, name
+        # binade views of the dequantized base: elements (all / changed) per bf16 exponent field
+        field = (db.view(torch.int16).reshape(-1).int() >> 7) & 0xFF
+        changed = (db.view(torch.int16) != dt.view(torch.int16)).reshape(-1)
+        assert s.binade_total.tolist() == torch.bincount(field, minlength=256).tolist(), name
+        assert s.binade_changed.tolist() == (
+            torch.bincount(field[changed], minlength=256).tolist()
+        ), name
         assert res.compare_dtype == "bfloat16" and res.dtype_base == "float8_e4m3fn"
         if tuned_dequantized:
             assert res.quant is None
