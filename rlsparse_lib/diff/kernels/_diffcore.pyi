@@ -77,6 +77,7 @@ def dequant_fp8(
     table: np.ndarray,
     out: np.ndarray,
     threads: int,
+    use_lut: int = 0,
 ) -> None: ...
 def dequant_mxfp4(
     blocks: np.ndarray,

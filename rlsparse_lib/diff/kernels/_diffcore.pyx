@@ -57,7 +57,7 @@ cdef extern from "diffcore.h" nogil:
     int rls_max_threads()
     void rls_dequant_fp8(const uint8_t *codes, int64_t nrows, int64_t ncols, const float *scales,
                          const int64_t *srow, int64_t scols, int64_t col_block,
-                         const float *table, uint16_t *out, int32_t threads)
+                         const float *table, int32_t use_lut, uint16_t *out, int32_t threads)
     void rls_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t ngroups,
                            const float *e2m1, const float *e8m0, uint16_t *out, int32_t threads)
     void rls_quant_counts(const uint8_t *ca, const uint8_t *cb, const uint16_t *da,
@@ -166,7 +166,7 @@ def diff32(const uint32_t[::1] a, const uint32_t[::1] b, int st_mant, int st_emi
 
 def dequant_fp8(const uint8_t[::1] codes, int64_t ncols, const float[::1] scales,
                 const int64_t[::1] srow, int64_t scols, int64_t col_block,
-                const float[::1] table, uint16_t[::1] out, int threads):
+                const float[::1] table, uint16_t[::1] out, int threads, int use_lut=0):
     """FP8 codes uint8[nrows * ncols] -> bfloat16 words ``out`` (see diffcore.h)."""
     cdef int64_t nrows = srow.shape[0]
     if ncols < 1 or col_block < 1 or scols != -(-ncols // col_block):
@@ -183,7 +183,7 @@ def dequant_fp8(const uint8_t[::1] codes, int64_t ncols, const float[::1] scales
         return
     with nogil:
         rls_dequant_fp8(&codes[0], nrows, ncols, &scales[0], &srow[0], scols, col_block,
-                        &table[0], &out[0], threads)
+                        &table[0], use_lut, &out[0], threads)
 
 
 def dequant_mxfp4(const uint8_t[::1] blocks, const uint8_t[::1] scales, const float[::1] e2m1,

@@ -65,6 +65,10 @@ class Decoder(Protocol):
         ...
 
 
+#: elements sharing one scale from which the FP8 decode looks up per-scale tables
+_LUT_MIN = 1024
+
+
 class CpuDecoder:
     """:class:`Decoder` on the compiled CPU kernel (``threads``: None for all).
 
@@ -91,8 +95,12 @@ class CpuDecoder:
         col_block: int,
     ) -> np.ndarray:
         out = self._out(codes.size)
+        # elements per scale in this range: when they are many, decode each scale's 256 codes
+        # once and look them up (srow is non-decreasing)
+        scale_rows = int(srow[-1] - srow[0]) + 1 if srow.size else 1
+        use_lut = srow.size // scale_rows * min(col_block, ncols) >= _LUT_MIN
         _diffcore.dequant_fp8(
-            codes, ncols, scales, srow, scols, col_block, fp8_table(), out, self.threads
+            codes, ncols, scales, srow, scols, col_block, fp8_table(), out, self.threads, use_lut
         )
         return out
 

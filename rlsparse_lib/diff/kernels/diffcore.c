@@ -425,19 +425,46 @@ static inline uint16_t bf16_rne(float f) {
 
 static int threads_or_max(int32_t threads) { return threads > 0 ? threads : rls_max_threads(); }
 
+/* One row of FP8 codes through the scales directly (small blocks). */
+static void fp8_row_direct(const uint8_t *c, const float *s, int64_t ncols, int64_t col_block,
+                           const float *table, uint16_t *o) {
+    for (int64_t b = 0, c0 = 0; c0 < ncols; b++, c0 += col_block) {
+        const int64_t c1 = c0 + col_block < ncols ? c0 + col_block : ncols;
+        const float sb = s[b];
+        for (int64_t j = c0; j < c1; j++) o[j] = bf16_rne(table[c[j]] * sb);
+    }
+}
+
 void rls_dequant_fp8(const uint8_t *codes, int64_t nrows, int64_t ncols, const float *scales,
                      const int64_t *srow, int64_t scols, int64_t col_block, const float *table,
-                     uint16_t *out, int32_t threads) {
-#pragma omp parallel for schedule(dynamic, 16) num_threads(threads_or_max(threads))
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint8_t *c = codes + r * ncols;
-        const float *s = scales + srow[r] * scols;
-        uint16_t *o = out + r * ncols;
-        for (int64_t b = 0, c0 = 0; c0 < ncols; b++, c0 += col_block) {
-            const int64_t c1 = c0 + col_block < ncols ? c0 + col_block : ncols;
-            const float sb = s[b];
-            for (int64_t j = c0; j < c1; j++) o[j] = bf16_rne(table[c[j]] * sb);
+                     int32_t use_lut, uint16_t *out, int32_t threads) {
+#pragma omp parallel num_threads(threads_or_max(threads))
+    {
+        /* large blocks: the 256 decoded words of every scale of the current scale row, built
+         * once per scale row and thread (the same products, looked up per element) */
+        uint16_t *lut = use_lut ? malloc((size_t)scols * 256 * sizeof(uint16_t)) : NULL;
+        int64_t have = -1;
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t r = 0; r < nrows; r++) {
+            const uint8_t *c = codes + r * ncols;
+            const float *s = scales + srow[r] * scols;
+            uint16_t *o = out + r * ncols;
+            if (!lut) {
+                fp8_row_direct(c, s, ncols, col_block, table, o);
+                continue;
+            }
+            if (srow[r] != have) {
+                for (int64_t b = 0; b < scols; b++)
+                    for (int k = 0; k < 256; k++) lut[b * 256 + k] = bf16_rne(table[k] * s[b]);
+                have = srow[r];
+            }
+            for (int64_t b = 0, c0 = 0; c0 < ncols; b++, c0 += col_block) {
+                const int64_t c1 = c0 + col_block < ncols ? c0 + col_block : ncols;
+                const uint16_t *l = lut + b * 256;
+                for (int64_t j = c0; j < c1; j++) o[j] = l[c[j]];
+            }
         }
+        free(lut);
     }
 }
 
@@ -447,10 +474,12 @@ void rls_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t ngr
     for (int64_t g = 0; g < ngroups; g++) {
         const uint8_t *b = blocks + g * 16;
         const float s = e8m0[scales[g]];
+        uint16_t l[16]; /* the group's 16 decoded words */
+        for (int k = 0; k < 16; k++) l[k] = bf16_rne(e2m1[k] * s);
         uint16_t *o = out + g * 32;
         for (int k = 0; k < 16; k++) {
-            o[2 * k] = bf16_rne(e2m1[b[k] & 15] * s);
-            o[2 * k + 1] = bf16_rne(e2m1[b[k] >> 4] * s);
+            o[2 * k] = l[b[k] & 15];
+            o[2 * k + 1] = l[b[k] >> 4];
         }
     }
 }
@@ -458,16 +487,29 @@ void rls_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t ngr
 void rls_quant_counts(const uint8_t *ca, const uint8_t *cb, const uint16_t *da, const uint16_t *db,
                       int64_t n, int32_t nibbles, int64_t *counts, int32_t threads) {
     int64_t raw = 0, scale_only = 0;
+    if (nibbles) { /* two elements per byte, low nibble first */
+        const int64_t nbytes = n / 2;
 #pragma omp parallel for schedule(dynamic, 65536) reduction(+ : raw, scale_only) \
     num_threads(threads_or_max(threads))
-    for (int64_t i = 0; i < n; i++) {
-        int same;
-        if (nibbles)
-            same = ((ca[i >> 1] ^ cb[i >> 1]) >> ((i & 1) * 4) & 15) == 0;
-        else
-            same = ca[i] == cb[i];
-        raw += !same;
-        scale_only += same & (da[i] != db[i]);
+        for (int64_t k = 0; k < nbytes; k++) {
+            const unsigned x = ca[k] ^ cb[k];
+            const int s0 = (x & 15u) == 0, s1 = (x >> 4) == 0;
+            raw += !s0 + !s1;
+            scale_only += (s0 & (da[2 * k] != db[2 * k])) + (s1 & (da[2 * k + 1] != db[2 * k + 1]));
+        }
+        if (n & 1) {
+            const int s0 = ((ca[n / 2] ^ cb[n / 2]) & 15u) == 0;
+            raw += !s0;
+            scale_only += s0 & (da[n - 1] != db[n - 1]);
+        }
+    } else {
+#pragma omp parallel for schedule(dynamic, 65536) reduction(+ : raw, scale_only) \
+    num_threads(threads_or_max(threads))
+        for (int64_t i = 0; i < n; i++) {
+            const int same = ca[i] == cb[i];
+            raw += !same;
+            scale_only += same & (da[i] != db[i]);
+        }
     }
     counts[0] += raw;
     counts[1] += scale_only;

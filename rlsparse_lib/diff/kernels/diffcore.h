@@ -76,10 +76,11 @@ int rls_max_threads(void);
  * then to bfloat16 to nearest even; a NaN becomes 0xFFFF (what torch's CPU cast writes). */
 
 /* FP8 (one byte per code): `nrows` rows of `ncols` codes; row r uses the scale row
- * scales + srow[r] * scols, column c its entry c / col_block. `table` float32[256] decodes a code. */
+ * scales + srow[r] * scols, column c its entry c / col_block. `table` float32[256] decodes a code.
+ * `use_lut`: decode each scale's 256 codes once per scale row and look them up (large blocks). */
 void rls_dequant_fp8(const uint8_t *codes, int64_t nrows, int64_t ncols, const float *scales,
                      const int64_t *srow, int64_t scols, int64_t col_block, const float *table,
-                     uint16_t *out, int32_t threads);
+                     int32_t use_lut, uint16_t *out, int32_t threads);
 
 /* MXFP4: `ngroups` groups of 16 bytes (32 E2M1 codes, low nibble first) and one E8M0 byte each;
  * `e2m1` float32[16] decodes a nibble, `e8m0` float32[256] a scale byte. */
