@@ -22,6 +22,7 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 from gguf import quants  # noqa: E402
 
+from rlsparse_lib.analysis.absorption import visible_vs_absorbed  # noqa: E402
 from rlsparse_lib.cli import main  # noqa: E402
 from rlsparse_lib.diff.config import DiffConfig  # noqa: E402
 from rlsparse_lib.diff.engine import diff_checkpoints  # noqa: E402
@@ -284,6 +285,17 @@ def test_quantized_base_against_its_dequantized_float32_copy(pair, tmp_path):
     (t,) = report.tensors
     assert t.quant is None and t.n_changed == 1 and t.numel == values.size
     assert report.quant_summary() == {}
+
+
+def test_absorption_takes_only_float32_gguf_tensors(pair):
+    """visible-vs-absorbed needs fp32 weights: dequantized GGUF blocks are not, and are skipped."""
+    a_path, b_path, base, tuned = pair
+    report = visible_vs_absorbed(a_path, b_path, progress=False)
+    assert [t["name"] for t in report.tensors] == ["blk.0.f32.weight"]
+    reasons = {s["name"]: s["reason"] for s in report.skipped}
+    assert reasons["blk.1.q4_1.weight"] == "stored gguf:Q4_1/gguf:Q4_1, not fp32"
+    a, b = base["blk.0.f32.weight"][0], tuned["blk.0.f32.weight"][0]
+    assert report.summary()["n_updated"] == int((a.view(np.uint32) != b.view(np.uint32)).sum())
 
 
 def test_patch_refuses_quantized_gguf(pair, tmp_path, capsys):

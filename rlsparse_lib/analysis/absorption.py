@@ -258,12 +258,18 @@ def visible_vs_absorbed(
     skipped = [{"name": s.name, "reason": s.reason} for s in plan.skipped]
     pairs = []
     for p in plan.pairs:
-        if p.base.dtype == p.tuned.dtype == "float32":
+        # quantized GGUF tensors read as float32 are dequantized values, not fp32 weights
+        stored = [
+            enc.scheme if enc is not None else info.dtype
+            for enc, info in (
+                (base_ck.encodings.get(p.name), p.base),
+                (tuned_ck.encodings.get(p.name), p.tuned),
+            )
+        ]
+        if stored == ["float32", "float32"]:
             pairs.append(p)
         else:
-            skipped.append(
-                {"name": p.name, "reason": f"stored {p.base.dtype}/{p.tuned.dtype}, not fp32"}
-            )
+            skipped.append({"name": p.name, "reason": f"stored {'/'.join(stored)}, not fp32"})
     if not pairs:
         raise ConfigError(
             f"{base_ck.source} and {tuned_ck.source} share no tensor stored in float32 on both "
