@@ -15,9 +15,13 @@ codec (``rlsparse budget``'s codecs).
 ``run``: bytes per changed element of each codec over the consecutive checkpoints of a run folder
 (e.g. ``data/runs/cpu-grpo-sync33-lr1e-05``).
 
+``monitor``: the in-training monitor's cost per recorded step on SmolLM2-135M shapes (bf16
+parameters, 1 % of the elements changed per step): counts only, and with ``codecs=True``.
+
     .venv/bin/python bench/patch_bench.py [codings] [--n 16777216]
     nice -n 10 .venv/bin/python bench/patch_bench.py throughput [--tensors 16]
     .venv/bin/python bench/patch_bench.py run data/runs/NAME
+    .venv/bin/python bench/patch_bench.py monitor
 """
 
 from __future__ import annotations
@@ -201,9 +205,53 @@ def run_codecs(run: str) -> None:
     )
 
 
+def monitor_cost(repeat: int = 3) -> None:
+    import torch
+
+    from rlsparse_lib.io.synthetic import LlamaShape
+    from rlsparse_lib.training.monitor import SparsityMonitor
+
+    shape = LlamaShape(49152, 576, 1536, 30, 9, 3, tie_embeddings=True)  # SmolLM2-135M
+    gen = torch.Generator().manual_seed(0)
+    params = torch.nn.ParameterList(
+        torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(torch.bfloat16))
+        for _, s in shape.tensors()
+    )
+    n = sum(p.numel() for p in params)
+    print(f"SmolLM2-135M shapes: {n:,} bf16 parameters, torch threads {torch.get_num_threads()}")
+    print(
+        "| monitor | s per recorded step (median of 3) | bytes per changed element: raw / rlsparse / xor_zstd |"
+    )
+    print("|---|---|---|")
+    for codecs in (False, True):
+        mon = SparsityMonitor(every=1, codecs=codecs)
+        mon.attach(params)
+        times = []
+        for step in range(1, repeat + 1):
+            with torch.no_grad():
+                for p in params:
+                    hit = torch.rand(p.shape, generator=gen) < 0.01
+                    p[hit] = (p[hit].float() * 1.01).to(torch.bfloat16)
+            before = mon.seconds
+            mon.after_step(step)
+            times.append(mon.seconds - before)
+        rec = mon.records[-1]
+        k = rec["changed_step"]
+        sizes = (
+            " / ".join(
+                f"{rec[f'patch_bytes_{c}'] / k:.3f}" for c in ("raw", "rlsparse", "xor_zstd")
+            )
+            if codecs
+            else ""
+        )
+        print(f"| {'counts + codecs' if codecs else 'counts'} | {sorted(times)[1]:.3f} | {sizes} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", nargs="?", default="codings", choices=("codings", "throughput", "run"))
+    ap.add_argument(
+        "what", nargs="?", default="codings", choices=("codings", "throughput", "run", "monitor")
+    )
     ap.add_argument("run", nargs="?", help="run folder (for 'run')")
     ap.add_argument("--n", type=int, default=1 << 24)
     ap.add_argument("--tensors", type=int, default=16)
@@ -212,6 +260,8 @@ def main() -> None:
         codings(a.n)
     elif a.what == "throughput":
         throughput(a.tensors)
+    elif a.what == "monitor":
+        monitor_cost()
     else:
         run_codecs(a.run)
 

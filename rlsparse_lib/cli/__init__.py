@@ -44,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("rlsparse_lib.cli.demo", "the main job on the embedded default"),
     "patch": (
         "rlsparse_lib.cli.patch",
-        "lossless sparse patch of a checkpoint pair (create) and its bit-exact rebuild (apply)",
+        "lossless sparse patches: create/apply, TRL/vLLM export/import, delta chains",
     ),
     "budget": (
         "rlsparse_lib.cli.budget",

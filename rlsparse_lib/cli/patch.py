@@ -27,6 +27,8 @@ examples:
   rlsparse patch apply base/ step100.rlpatch -o rebuilt/
   rlsparse patch export base/ step100.rlpatch --format trl -o step100.safetensors
   rlsparse patch import base/ step100.safetensors -o step100-again.rlpatch
+  rlsparse patch chain data/runs/cpu-grpo/ --every 10 -o grpo.chain/
+  rlsparse patch rebuild grpo.chain/ 15 -o step15/
 """
 
 from __future__ import annotations
