@@ -315,3 +315,52 @@ def test_resume_torch_free_state_dict_roundtrip(tmp_path) -> None:
     diff_checkpoints(b, t, cfg, progress=False, resume=tmp_path / "r")
     again = diff_checkpoints(b, t, cfg, progress=False, resume=tmp_path / "r")
     assert _json(again) == _json(ref)
+
+
+class _Bar:
+    """Records what a progress bar is told."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self.total, self.n, self.postfix, self.closed = total, 0, None, False
+
+    def update(self, n: int) -> None:
+        self.n += n
+
+    def set_postfix(self, refresh: bool = True, **kw) -> None:
+        self.postfix = kw
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_unit_progress_and_execution_log(monkeypatch, pair) -> None:
+    from rlsparse_lib.diff import cluster
+    from rlsparse_lib.diff.worker import UnitOutcome
+
+    monkeypatch.setattr(cluster, "byte_progress", _Bar)
+    units = plan_units(pair_checkpoints(*map(open_checkpoint, pair)), UNIT_BYTES)
+    bar = cluster.UnitProgress(units, {0, 1}, "diff", True)
+    assert bar.bar.total == sum(u.nbytes for u in units)
+    assert bar.bar.n == units[0].nbytes + units[1].nbytes  # resumed units count as read
+    bar.unit_done(units[2], streamed=False)  # a unit run elsewhere: its bytes at once
+    bar.update(5)
+    bar.unit_done(units[3], streamed=True)  # streamed in process: bytes came through update
+    assert bar.bar.n == sum(u.nbytes for u in units[:3]) + 5
+    assert bar.bar.postfix == {"units": f"4/{len(units)}"}
+    log = cluster.ExecutionLog(units, "local:2", {0, 1})
+    log.record(units[3], UnitOutcome({}, "cpu-c", 0.5, "b", attempts=2))
+    log.record(units[2], UnitOutcome({}, "cpu-c", 0.25, "a"))
+    s = log.summary()
+    assert (s["n_units"], s["n_run"], s["n_resumed"], s["retries"]) == (len(units), 2, 2, 1)
+    assert s["retried_units"] == [3] and s["hosts"] == {"a": 1, "b": 1}
+    assert [u["index"] for u in s["units"]] == [2, 3] and s["units"][0]["seconds"] == 0.25
+    assert log.kernel("cpu") == "cpu-c"
+
+
+def test_cluster_ray_without_ray_is_a_clear_error(monkeypatch, tmp_path, pair) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'rlsparse\[ray\]'"):
+        diff_checkpoints(*pair, progress=False, cluster="ray")
+    argv = ["diff", *map(str, pair), "--cluster", "ray", "-q", "--json", str(tmp_path / "x.json")]
+    assert main(argv) == 2
+    assert not (tmp_path / "x.json").exists()
