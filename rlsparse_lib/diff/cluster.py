@@ -260,6 +260,12 @@ def run_tasks_local(tasks: list[Task], workers: int, on_done: TaskDone) -> None:
         return
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if ctx.get_start_method() == "forkserver":
+        # import the tasks' modules (and those of functions passed to them) once in the fork
+        # server, not in every worker
+        funcs = [f for t in tasks for f in (t.fn, *t.args) if callable(f)]
+        modules = {getattr(getattr(f, "func", f), "__module__", None) for f in funcs}
+        ctx.set_forkserver_preload(sorted(m for m in modules if m and m != "__main__"))
     queue = [(task, 1) for task in tasks]
     while queue:
         pool = ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=ctx)
