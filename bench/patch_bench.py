@@ -111,13 +111,13 @@ def write_pairs(tensors: int) -> dict[str, Path]:
     return folders
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS GiB) of a child process."""
+def timed(cmd: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds (user + system), peak RSS GiB) of a child process."""
     res = subprocess.run(
-        ["/usr/bin/time", "-f", "%e %M", *cmd], capture_output=True, text=True, check=True
+        ["/usr/bin/time", "-f", "%e %U %S %M", *cmd], capture_output=True, text=True, check=True
     )
-    wall, kib = res.stderr.strip().splitlines()[-1].split()
-    return float(wall), int(kib) / 2**20
+    wall, user, system, kib = res.stderr.strip().splitlines()[-1].split()
+    return float(wall), float(user) + float(system), int(kib) / 2**20
 
 
 def same_tensors(a: Path, b: Path) -> bool:
@@ -147,29 +147,47 @@ def throughput(tensors: int) -> None:
     size = (folders["base"] / "model.safetensors").stat().st_size
     cli = [sys.executable, "-m", "rlsparse_lib.cli"]
     print(f"pair: {tensors} x {PER_TENSOR:,} bf16 elements, {size / 2**30:.2f} GiB per checkpoint")
-    print("| changed | step | wall s | GiB/s of checkpoint | peak RSS GiB | patch bytes |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| changed | step | wall s | CPU s | GiB/s of checkpoint (wall) | GiB per CPU s "
+        "| peak RSS GiB | patch bytes |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     per_codec = []
     for label in ("01", "15"):
         tuned = folders[f"tuned_{label}"]
         work = OUT / f"work_{label}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
-        wall, rss = timed(["cp", "-r", str(tuned), str(work / "copy")])
-        print(f"| {label} % | cp -r | {wall:.1f} | {size / 2**30 / wall:.2f} | {rss:.2f} | |")
         patch = work / "p.rlpatch"
-        wall, rss = timed(
-            [*cli, "patch", "create", str(folders["base"]), str(tuned), "-o", str(patch)]
-        )
-        nbytes = patch.stat().st_size
-        print(
-            f"| {label} % | patch create | {wall:.1f} | {size / 2**30 / wall:.2f} | {rss:.2f} "
-            f"| {nbytes:,} |"
-        )
-        wall, rss = timed(
-            [*cli, "patch", "apply", str(folders["base"]), str(patch), "-o", str(work / "out")]
-        )
-        print(f"| {label} % | patch apply | {wall:.1f} | {size / 2**30 / wall:.2f} | {rss:.2f} | |")
+        steps = {
+            "cp -r": ["cp", "-r", str(tuned), str(work / "copy")],
+            "patch create": [
+                *cli,
+                "patch",
+                "create",
+                str(folders["base"]),
+                str(tuned),
+                "-o",
+                str(patch),
+            ],
+            "patch apply": [
+                *cli,
+                "patch",
+                "apply",
+                str(folders["base"]),
+                str(patch),
+                "-o",
+                str(work / "out"),
+            ],
+        }
+        for name, cmd in steps.items():
+            wall, cpu, rss = timed(cmd)
+            extra = f"{patch.stat().st_size:,}" if name == "patch create" else ""
+            print(
+                f"| {label} % | {name} | {wall:.1f} | {cpu:.1f} | {size / 2**30 / wall:.3f} "
+                f"| {size / 2**30 / max(cpu, 1e-9):.3f} | {rss:.2f} | {extra} |",
+                flush=True,
+            )
         if not same_tensors(tuned, work / "out"):
             sys.exit("apply did not rebuild TUNED bit for bit")
         row, _ = step_budget(folders["base"], tuned)
