@@ -230,6 +230,30 @@ def flaky_executor(pairs, *args, mark: Path, **kw):
     return diff_pairs(pairs, *args, **kw)
 
 
+def crashing_executor(pairs, *args, mark: Path, **kw):
+    """Kills its worker process the first time it runs (per marker file), then runs the CPU
+    executor: a worker that dies mid-unit."""
+    if not mark.exists():
+        mark.write_text("crashed once")
+        os._exit(1)
+    return diff_pairs(pairs, *args, **kw)
+
+
+def test_local_pool_reruns_the_units_of_a_crashed_worker(tmp_path, pair, reference) -> None:
+    b, t = open_checkpoint(pair[0]), open_checkpoint(pair[1])
+    cfg = DiffConfig(max_unit_bytes=UNIT_BYTES)
+    units = plan_units(pair_checkpoints(b, t), UNIT_BYTES)
+    crashing = functools.partial(crashing_executor, mark=tmp_path / "mark")
+    done: dict = {}
+    run_units(
+        Cluster("local", 2), units, b, t, cfg, lambda u, o: done.__setitem__(u.index, o), crashing
+    )
+    assert (tmp_path / "mark").exists() and sorted(done) == [u.index for u in units]
+    assert max(o.attempts for o in done.values()) == 2
+    got = {n: r.to_dict() for o in done.values() for n, r in o.partial.items()}
+    assert got == {r.name: r.to_dict() for r in [*reference.tensors, *reference.buffers]}
+
+
 def broken_executor(pairs, *args, **kw):
     raise OSError("always fails")
 
