@@ -28,7 +28,9 @@ from rlsparse_lib.diff.cluster import (
 )
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.kernels import get_kernel
+from rlsparse_lib.diff.kernels.cpu import CpuKernel
 from rlsparse_lib.diff.kernels.dequant import (
+    CodeSource,
     CpuDecoder,
     Decoder,
     DequantSource,
@@ -262,13 +264,19 @@ def _diff_quant(
             return kernel  # type: ignore[return-value]
         return CpuDecoder(getattr(kernel, "threads", None))
 
+    views = same_layout(qb, qt)
+    # the CPU kernel diffs two quantized sides laid out alike straight from their codes (equal to
+    # decoding both, bit for bit); other pairs are decoded to bfloat16 first
+    fused = views and isinstance(kernel, CpuKernel) and spec.compare == "bfloat16"
     sb: WordSource = base if qb is None else DequantSource(base, qb, decoder())
     st: WordSource = tuned if qt is None else DequantSource(tuned, qt, decoder())
+    if fused:
+        assert qb is not None and qt is not None
+        sb, st = CodeSource(base, qb), CodeSource(tuned, qt)
     stored = tuple(
         "bfloat16" if q is not None else i.dtype for q, i in ((qb, pair.base), (qt, pair.tuned))
     )
     result = TensorResult.empty(pair, len(spec.tolerances))
-    views = same_layout(qb, qt)
     counts = np.zeros(2, np.int64)
     chunks: ChunkStream = stream_chunks(
         pair.name,
@@ -281,10 +289,15 @@ def _diff_quant(
     )
     for chunk in chunks:
         packed = np.zeros(packed_size(chunk.numel), np.uint8) if mask is not None else None
-        stats = kernel.diff_chunk(chunk.base, chunk.tuned, spec, packed)
+        if fused:
+            assert isinstance(kernel, CpuKernel)
+            assert isinstance(sb, CodeSource) and isinstance(st, CodeSource)
+            stats = kernel.diff_codes(sb, st, chunk.base, chunk.tuned, spec, packed, counts)
+        else:
+            stats = kernel.diff_chunk(chunk.base, chunk.tuned, spec, packed)
         result.stats = result.float_stats().merge(stats)
         result.n_changed += stats.n_changed
-        if views:
+        if views and not fused:
             assert isinstance(sb, DequantSource) and isinstance(st, DequantSource)
             count_codes(sb, st, chunk.raw[0], chunk.raw[1], counts)
         if mask is not None:

@@ -55,6 +55,24 @@ cdef extern from "diffcore.h" nogil:
     int rls_diff32(const uint32_t *a, const uint32_t *b, int64_t n, int32_t st_mant,
                    int32_t st_emin, const rls_spec *spec, rls_out *out)
     int rls_max_threads()
+    ctypedef struct rls_qchunk:
+        int32_t nibbles
+        const uint8_t *ca
+        const uint8_t *cb
+        int64_t n
+        int64_t ncols
+        int64_t scols
+        int64_t col_block
+        const float *sa
+        const float *sb
+        const int64_t *srow
+        const float *table
+        const uint8_t *ea
+        const uint8_t *eb
+        const float *e2m1
+        const float *e8m0
+    int rls_qdiff(const rls_qchunk *q, const float *values, const uint8_t *efield,
+                  const int32_t *ulplog2, const rls_spec *spec, rls_out *out, int64_t *qcounts)
     void rls_dequant_fp8(const uint8_t *codes, int64_t nrows, int64_t ncols, const float *scales,
                          const int64_t *srow, int64_t scols, int64_t col_block,
                          const float *table, int32_t use_lut, uint16_t *out, int32_t threads)
@@ -211,3 +229,92 @@ def quant_counts(const uint8_t[::1] ca, const uint8_t[::1] cb, const uint16_t[::
         return
     with nogil:
         rls_quant_counts(&ca[0], &cb[0], &da[0], &db[0], n, nibbles, &counts[0], threads)
+
+
+cdef _qdiff(rls_qchunk *q, const float[::1] values, const uint8_t[::1] efield,
+            const int32_t[::1] ulplog2, const double[::1] tols, const int8_t[::1] tol_table,
+            double eta, int rule, double rule_tol, uint8_t[::1] mask, int64_t nparts, int64_t per,
+            int threads, int64_t[::1] ints, int64_t[::1] tcount, int64_t[::1] ulp_hist,
+            int64_t[::1] bchg, int64_t[::1] btot, double[:, ::1] flt, int64_t[::1] qcounts):
+    _check(q.n, q.n, mask, nparts, per)
+    if values.shape[0] != 65536 or efield.shape[0] != 65536 or ulplog2.shape[0] != 65536:
+        raise ValueError("decode tables must hold 65536 entries")
+    if qcounts.shape[0] != 2:
+        raise ValueError("qcounts must hold 2 entries")
+    cdef rls_spec s = _spec(tols, tol_table, eta, rule, rule_tol, mask, nparts, per, threads)
+    cdef rls_out o = _out(ints, tcount, ulp_hist, bchg, btot, flt, s.ntol, nparts)
+    cdef int rc
+    with nogil:
+        rc = rls_qdiff(q, &values[0], &efield[0], &ulplog2[0], &s, &o, &qcounts[0])
+    if rc:
+        raise MemoryError("diff kernel: out of memory")
+
+
+def qdiff_fp8(const uint8_t[::1] ca, const uint8_t[::1] cb, int64_t ncols,
+              const float[::1] sa, const float[::1] sb, const int64_t[::1] srow, int64_t scols,
+              int64_t col_block, const float[::1] table, int64_t[::1] qcounts,
+              const float[::1] values,
+              const uint8_t[::1] efield, const int32_t[::1] ulplog2, const double[::1] tols,
+              const int8_t[::1] tol_table, double eta, int rule, double rule_tol,
+              uint8_t[::1] mask, int64_t nparts, int64_t per, int threads, int64_t[::1] ints,
+              int64_t[::1] tcount, int64_t[::1] ulp_hist, int64_t[::1] bchg, int64_t[::1] btot,
+              double[:, ::1] flt):
+    """Fused diff of two FP8 chunks of ``srow.shape[0]`` rows of ``ncols`` codes with float32
+    scales (flat ``[-1, scols]``, row r uses row ``srow[r]``); see ``rls_qdiff``."""
+    cdef int64_t nrows = srow.shape[0], r
+    if ncols < 1 or col_block < 1 or scols != -(-ncols // col_block):
+        raise ValueError(f"{scols} scale columns do not cover {ncols} columns in blocks of {col_block}")
+    if ca.shape[0] != nrows * ncols or cb.shape[0] != nrows * ncols or nrows == 0:
+        raise ValueError("codes must hold nrows * ncols > 0 elements on both sides")
+    if sa.shape[0] != sb.shape[0] or table.shape[0] != 256:
+        raise ValueError("scales differ in size, or the FP8 table is not 256 entries")
+    for r in range(nrows):
+        if srow[r] < 0 or (srow[r] + 1) * scols > sa.shape[0] or (r and srow[r] < srow[r - 1]):
+            raise ValueError(f"scale row {srow[r]} out of range or decreasing")
+    cdef rls_qchunk q
+    q.nibbles = 0
+    q.ca = &ca[0]
+    q.cb = &cb[0]
+    q.n = nrows * ncols
+    q.ncols = ncols
+    q.scols = scols
+    q.col_block = col_block
+    q.sa = &sa[0]
+    q.sb = &sb[0]
+    q.srow = &srow[0]
+    q.table = &table[0]
+    q.ea = q.eb = NULL
+    q.e2m1 = q.e8m0 = NULL
+    _qdiff(&q, values, efield, ulplog2, tols, tol_table, eta, rule, rule_tol, mask, nparts, per,
+           threads, ints, tcount, ulp_hist, bchg, btot, flt, qcounts)
+
+
+def qdiff_mxfp4(const uint8_t[::1] ca, const uint8_t[::1] cb, const uint8_t[::1] ea,
+                const uint8_t[::1] eb, const float[::1] e2m1, const float[::1] e8m0,
+                int64_t[::1] qcounts, const float[::1] values, const uint8_t[::1] efield, const int32_t[::1] ulplog2,
+                const double[::1] tols, const int8_t[::1] tol_table, double eta, int rule,
+                double rule_tol, uint8_t[::1] mask, int64_t nparts, int64_t per, int threads,
+                int64_t[::1] ints, int64_t[::1] tcount, int64_t[::1] ulp_hist,
+                int64_t[::1] bchg, int64_t[::1] btot, double[:, ::1] flt):
+    """Fused diff of two MXFP4 chunks: blocks uint8[16 * G], E8M0 scales uint8[G] (32 * G
+    elements); see ``rls_qdiff``."""
+    cdef int64_t g = ea.shape[0]
+    if g == 0 or eb.shape[0] != g or ca.shape[0] != 16 * g or cb.shape[0] != 16 * g:
+        raise ValueError("blocks must hold 16 bytes per scale on both sides")
+    if e2m1.shape[0] != 16 or e8m0.shape[0] != 256:
+        raise ValueError("decode tables must hold 16 and 256 entries")
+    cdef rls_qchunk q
+    q.nibbles = 1
+    q.ca = &ca[0]
+    q.cb = &cb[0]
+    q.n = 32 * g
+    q.ncols = q.scols = q.col_block = 0
+    q.sa = q.sb = NULL
+    q.srow = NULL
+    q.table = NULL
+    q.ea = &ea[0]
+    q.eb = &eb[0]
+    q.e2m1 = &e2m1[0]
+    q.e8m0 = &e8m0[0]
+    _qdiff(&q, values, efield, ulplog2, tols, tol_table, eta, rule, rule_tol, mask, nparts, per,
+           threads, ints, tcount, ulp_hist, bchg, btot, flt, qcounts)

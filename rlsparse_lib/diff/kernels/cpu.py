@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import math
 from functools import cache
+from typing import Any
 
 import numpy as np
 
+from rlsparse_lib.diff.kernels.dequant import CodeSource
 from rlsparse_lib.diff.kernels.protocol import ChunkSpec
 from rlsparse_lib.diff.stats import BINADE_BINS, ULP_BINS, DiffStats
 from rlsparse_lib.io.dtypes import FLOAT_FORMATS, ULP_FORMATS, decode_tables
+from rlsparse_lib.io.quant import e2m1_table, e8m0_table, fp8_table
 
 try:
     from rlsparse_lib.diff.kernels import _diffcore
@@ -81,14 +84,92 @@ class CpuKernel:
         if n == 0:
             return DiffStats.empty(tols.size)
         fmt = FLOAT_FORMATS[spec.compare]
+        run = _Run(n, tols, spec, mask_out, self.threads)
+        if fmt.bits == 16:
+            _diffcore.diff16(a, b, *decode_tables(spec.compare, spec.ulp_dtype), *run.args)
+        else:
+            st_mant, st_emin = ULP_FORMATS[spec.ulp_dtype]
+            _diffcore.diff32(a, b, st_mant, st_emin, *run.args)
+        return run.stats()
+
+    def diff_codes(
+        self,
+        a: CodeSource,
+        b: CodeSource,
+        ca: np.ndarray,
+        cb: np.ndarray,
+        spec: ChunkSpec,
+        mask_out=None,
+        counts: np.ndarray | None = None,
+    ) -> DiffStats:
+        """Compare a chunk of two quantized tensors laid out alike straight from their codes
+        ``ca``, ``cb`` (uint8, as :meth:`CodeSource.words` returned them; the sources hold the
+        scales): the same result as decoding both to bfloat16 and :meth:`diff_chunk`, bit for
+        bit (``spec.compare`` must be ``bfloat16``). Adds (codes that differ, elements changed
+        through their scale only) to ``counts`` int64[2]."""
+        if spec.compare != "bfloat16":
+            raise ValueError(f"the fused quantized diff compares bfloat16, not {spec.compare}")
+        qt = a.qt
+        n = ca.size * 2 if qt.scheme == "mxfp4" else ca.size
+        tols = np.sort(np.asarray(spec.tolerances, np.float64))
+        if n == 0:
+            return DiffStats.empty(tols.size)
+        run = _Run(n, tols, spec, mask_out, self.threads)
+        qc = np.zeros(2, np.int64)
+        tables = decode_tables("bfloat16", spec.ulp_dtype)
+        if qt.scheme == "mxfp4":
+            _diffcore.qdiff_mxfp4(
+                ca,
+                cb,
+                a.scales,
+                b.scales,
+                e2m1_table(),
+                e8m0_table(),
+                qc,
+                *tables,
+                *run.args,
+            )
+        else:
+            _, scols = qt.scale_grid()
+            _diffcore.qdiff_fp8(
+                ca,
+                cb,
+                qt.cols,
+                a.scales,
+                b.scales,
+                a.srow,
+                scols,
+                a.col_block(),
+                fp8_table(),
+                qc,
+                *tables,
+                *run.args,
+            )
+        if counts is not None:
+            counts += qc
+        return run.stats()
+
+    def count_changed(self, a: np.ndarray, b: np.ndarray) -> int:
+        """Bitwise changed count of two raw-word arrays (any width)."""
+        return int(np.count_nonzero(a != b))
+
+
+class _Run:
+    """One kernel call's spec arguments and zero-filled outputs, and the :class:`DiffStats` they
+    make."""
+
+    def __init__(
+        self, n: int, tols: np.ndarray, spec: ChunkSpec, mask_out, threads: int | None
+    ) -> None:
+        self.n, self.tols = n, tols
         nparts, per = partitions(n)
-        ints = np.zeros(_diffcore.NI, np.int64)
-        tcount = np.zeros(tols.size + 1, np.int64)
-        ulp_hist = np.zeros(ULP_BINS, np.int64)
-        bchg = np.zeros(BINADE_BINS, np.int64)
-        btot = np.zeros(BINADE_BINS, np.int64)
-        flt = np.zeros((nparts, _diffcore.NF), np.float64)
-        args = (
+        self.ints = np.zeros(_diffcore.NI, np.int64)
+        self.tcount = np.zeros(tols.size + 1, np.int64)
+        self.ulp_hist = np.zeros(ULP_BINS, np.int64)
+        self.bchg = np.zeros(BINADE_BINS, np.int64)
+        self.btot = np.zeros(BINADE_BINS, np.int64)
+        self.flt = np.zeros((nparts, _diffcore.NF), np.float64)
+        self.args: tuple[Any, ...] = (
             tols,
             tolerance_table(tuple(tols.tolist())),
             float(spec.eta),
@@ -97,26 +178,22 @@ class CpuKernel:
             mask_out,
             nparts,
             per,
-            self.threads or 0,
-            ints,
-            tcount,
-            ulp_hist,
-            bchg,
-            btot,
-            flt,
+            threads or 0,
+            self.ints,
+            self.tcount,
+            self.ulp_hist,
+            self.bchg,
+            self.btot,
+            self.flt,
         )
-        if fmt.bits == 16:
-            values, efield, ulplog2 = decode_tables(spec.compare, spec.ulp_dtype)
-            _diffcore.diff16(a, b, values, efield, ulplog2, *args)
-        else:
-            st_mant, st_emin = ULP_FORMATS[spec.ulp_dtype]
-            _diffcore.diff32(a, b, st_mant, st_emin, *args)
-        k = _diffcore
+
+    def stats(self) -> DiffStats:
+        k, ints, flt = _diffcore, self.ints, self.flt
         # tcount[j]: finite-Δ changed elements above exactly j tolerances -> |Δ| <= tol[t]
         # holds for those with j <= t
-        n_le_tol = np.cumsum(tcount)[: tols.size]
+        n_le_tol = np.cumsum(self.tcount)[: self.tols.size]
         return DiffStats(
-            numel=n,
+            numel=self.n,
             n_changed=int(ints[k.I_CHANGED]),
             n_le_tol=n_le_tol,
             n_rel_unchanged=int(ints[k.I_REL]),
@@ -130,11 +207,7 @@ class CpuKernel:
             sum_abs_delta=math.fsum(flt[:, k.F_ABS]),
             sum_sq_delta=math.fsum(flt[:, k.F_SQD]),
             sum_sq_base=math.fsum(flt[:, k.F_SQB]),
-            ulp_hist=ulp_hist,
-            binade_total=btot,
-            binade_changed=bchg,
+            ulp_hist=self.ulp_hist,
+            binade_total=self.btot,
+            binade_changed=self.bchg,
         )
-
-    def count_changed(self, a: np.ndarray, b: np.ndarray) -> int:
-        """Bitwise changed count of two raw-word arrays (any width)."""
-        return int(np.count_nonzero(a != b))

@@ -23,7 +23,6 @@ from rlsparse_lib.io.checkpoint import TensorReader
 from rlsparse_lib.io.dtypes import cast_words
 from rlsparse_lib.io.quant import (
     MX_GROUP,
-    MX_GROUP_BYTES,
     QuantTensor,
     e2m1_table,
     e8m0_table,
@@ -31,6 +30,7 @@ from rlsparse_lib.io.quant import (
 )
 
 __all__ = [
+    "CodeSource",
     "CpuDecoder",
     "Decoder",
     "DequantSource",
@@ -128,61 +128,102 @@ def quant_step(chunk_elems: int, *layouts: QuantTensor | None) -> int:
     return max(unit, chunk_elems // unit * unit)
 
 
-class DequantSource:
-    """Element-ranged bfloat16 words of a quantized logical tensor (a ``WordSource``).
+class CodeSource:
+    """Element-ranged raw codes of a quantized logical tensor, with the scales they use (a
+    ``WordSource``).
 
     ``words(name, start, stop)`` needs ``start`` on a row boundary (FP8) or a 32-element group
-    boundary (MXFP4) and ``stop`` likewise or at the end; the words are a numpy array, or a
-    device tensor for a device decoder. After each call :attr:`codes` holds the range's raw codes
-    (uint8; packed nibbles for MXFP4) and :attr:`code_bytes` their byte count.
+    boundary (MXFP4) and ``stop`` likewise or at the end; it returns the range's codes (uint8;
+    packed nibbles for MXFP4) and sets :attr:`scales` (FP8: float32, flat ``[-1, scols]``;
+    MXFP4: the E8M0 bytes of the range's groups) and :attr:`srow` (FP8: int64, each row's scale
+    row in :attr:`scales`), valid until :meth:`release`.
     """
 
-    def __init__(self, reader: TensorReader, qt: QuantTensor, decoder: Decoder) -> None:
+    def __init__(self, reader: TensorReader, qt: QuantTensor) -> None:
         self.reader = reader
         self.qt = qt
-        self.decoder = decoder
-        self.codes: Any = np.empty(0, np.uint8)
-        self.code_bytes = 0
+        self.scales: np.ndarray = np.empty(0, np.float32)
+        self.srow: np.ndarray = np.empty(0, np.int64)
+        self._scale_range = (0, 0)
 
     def _code_range(self, start: int, stop: int) -> tuple[int, int]:
         if self.qt.scheme == "mxfp4":
             return start // 2, stop // 2
         return start, stop
 
-    def words(self, name: str, start: int, stop: int) -> Any:
-        """Dequantized elements ``[start, stop)`` as bfloat16 words (uint16)."""
+    def words(self, name: str, start: int, stop: int) -> np.ndarray:
+        """The codes of elements ``[start, stop)``."""
         qt = self.qt
         if qt.scheme == "mxfp4":
             if start % MX_GROUP or (stop % MX_GROUP and stop != qt.numel):
                 raise ValueError(f"{name}: MXFP4 range [{start}, {stop}) is not group-aligned")
-            g0, g1 = start // MX_GROUP, stop // MX_GROUP
-            codes = self.reader.words(qt.codes.name, g0 * MX_GROUP_BYTES, g1 * MX_GROUP_BYTES)
-            scales = self.reader.words(qt.scales.name, g0, g1)
-            out = self.decoder.dequant_mxfp4(codes, scales)
-            self.reader.release(qt.scales.name, g0, g1)
+            s0, s1 = start // MX_GROUP, stop // MX_GROUP
+            self.scales = self.reader.words(qt.scales.name, s0, s1)
         else:
             c = qt.cols
             if start % c or stop % c:
                 raise ValueError(f"{name}: FP8 range [{start}, {stop}) is not row-aligned")
             srow = qt.scale_rows(start // c, stop // c)
             _, scols = qt.scale_grid()
-            s0, s1 = (int(srow[0]), int(srow[-1]) + 1) if srow.size else (0, 0)
-            raw = self.reader.words(qt.scales.name, s0 * scols, s1 * scols)
-            scales = cast_words(raw, qt.scales.dtype, "float32").view(np.float32)
-            codes = self.reader.words(qt.codes.name, start, stop)
-            col_block = c if qt.block is None else qt.block[1]
-            out = self.decoder.dequant_fp8(codes, c, scales, srow - s0, scols, col_block)
-            self.reader.release(qt.scales.name, s0 * scols, s1 * scols)
-        self.codes = codes
-        self.code_bytes = codes.nbytes
-        return out
+            r0, r1 = (int(srow[0]), int(srow[-1]) + 1) if srow.size else (0, 0)
+            s0, s1 = r0 * scols, r1 * scols
+            raw = self.reader.words(qt.scales.name, s0, s1)
+            self.scales = cast_words(raw, qt.scales.dtype, "float32").view(np.float32)
+            self.srow = srow - r0
+        self._scale_range = (s0, s1)
+        return self.reader.words(qt.codes.name, *self._code_range(start, stop))
 
     def prefetch(self, name: str, start: int, stop: int) -> None:
         self.reader.prefetch(self.qt.codes.name, *self._code_range(start, stop))
 
     def release(self, name: str, start: int, stop: int) -> None:
-        self.codes = np.empty(0, np.uint8)
+        self.scales = np.empty(0, self.scales.dtype)
+        self.reader.release(self.qt.scales.name, *self._scale_range)
         self.reader.release(self.qt.codes.name, *self._code_range(start, stop))
+
+    def col_block(self) -> int:
+        """FP8: columns sharing one scale entry."""
+        qt = self.qt
+        return qt.cols if qt.block is None else qt.block[1]
+
+
+class DequantSource:
+    """Element-ranged bfloat16 words of a quantized logical tensor (a ``WordSource``).
+
+    ``words(name, start, stop)`` takes the ranges :class:`CodeSource` takes; the words are a
+    numpy array, or a device tensor for a device decoder. After each call :attr:`codes` holds
+    the range's raw codes (uint8; packed nibbles for MXFP4) and :attr:`code_bytes` their byte
+    count.
+    """
+
+    def __init__(self, reader: TensorReader, qt: QuantTensor, decoder: Decoder) -> None:
+        self.qt = qt
+        self.decoder = decoder
+        self.source = CodeSource(reader, qt)
+        self.codes: Any = np.empty(0, np.uint8)
+        self.code_bytes = 0
+
+    def words(self, name: str, start: int, stop: int) -> Any:
+        """Dequantized elements ``[start, stop)`` as bfloat16 words (uint16)."""
+        src = self.source
+        codes = src.words(name, start, stop)
+        if self.qt.scheme == "mxfp4":
+            out = self.decoder.dequant_mxfp4(codes, src.scales)
+        else:
+            _, scols = self.qt.scale_grid()
+            out = self.decoder.dequant_fp8(
+                codes, self.qt.cols, src.scales, src.srow, scols, src.col_block()
+            )
+        self.codes = codes
+        self.code_bytes = codes.nbytes
+        return out
+
+    def prefetch(self, name: str, start: int, stop: int) -> None:
+        self.source.prefetch(name, start, stop)
+
+    def release(self, name: str, start: int, stop: int) -> None:
+        self.codes = np.empty(0, np.uint8)
+        self.source.release(name, start, stop)
 
 
 def count_codes(

@@ -381,6 +381,25 @@ static int run_parts(const job_t *job, const rls_spec *spec, rls_out *out, int64
     return failed ? -1 : 0;
 }
 
+/* Base statistics of 16-bit words from their exact histogram `counts` [65536], in word order. */
+static void base_stats16(const int64_t *counts, const float *values, const uint8_t *efield,
+                         rls_out *out) {
+    double sqb = 0.0;
+    for (int v = 0; v < 65536; v++) {
+        const int64_t c = counts[v];
+        if (!c) continue;
+        out->btot[efield[v]] += c;
+        const double val = values[v];
+        if (isnan(val))
+            out->ints[RLS_I_NAN_BASE] += c;
+        else if (isinf(val))
+            out->ints[RLS_I_INF_BASE] += c;
+        else
+            sqb += (double)c * val * val;
+    }
+    out->flt[RLS_F_SQB] = sqb;
+}
+
 int rls_diff16(const uint16_t *a, const uint16_t *b, int64_t n, const float *values,
                const uint8_t *efield, const int32_t *ulplog2, const rls_spec *spec,
                rls_out *out) {
@@ -388,22 +407,7 @@ int rls_diff16(const uint16_t *a, const uint16_t *b, int64_t n, const float *val
     if (!counts) return -1;
     const job_t job = {a, b, n, 16, values, efield, ulplog2, 0, 0};
     const int rc = run_parts(&job, spec, out, counts);
-    if (rc == 0) { /* base statistics from the exact word histogram, in word order */
-        double sqb = 0.0;
-        for (int v = 0; v < 65536; v++) {
-            const int64_t c = counts[v];
-            if (!c) continue;
-            out->btot[efield[v]] += c;
-            const double val = values[v];
-            if (isnan(val))
-                out->ints[RLS_I_NAN_BASE] += c;
-            else if (isinf(val))
-                out->ints[RLS_I_INF_BASE] += c;
-            else
-                sqb += (double)c * val * val;
-        }
-        out->flt[RLS_F_SQB] = sqb;
-    }
+    if (rc == 0) base_stats16(counts, values, efield, out);
     free(counts);
     return rc;
 }
@@ -513,4 +517,266 @@ void rls_quant_counts(const uint8_t *ca, const uint8_t *cb, const uint16_t *da, 
     }
     counts[0] += raw;
     counts[1] += scale_only;
+}
+
+/* ---- fused diff of quantized codes (see diffcore.h) ---- */
+
+/* Per-thread scratch of the fused pass. */
+typedef struct {
+    uint32_t *chist;       /* base codes counted per table row: FP8 [scols][256] per scale column
+                              of the scale row `have`; MXFP4 [256][16] per (scale byte, nibble) */
+    uint16_t *luta, *lutb; /* FP8 [scols][256]: the words of scale row `have`, base and tuned
+                              (tuned only for the columns whose scale differs) */
+    int64_t have;          /* FP8: the scale row the tables hold, -1 none */
+    int64_t raw, scale_only;
+} qlocal_t;
+
+static inline uint32_t float_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/* One element whose code or scale differs, with bfloat16 words x (base) and y (tuned): the raw
+ * views, then, if the words differ, what rls_diff16 does for a changed element. */
+ALWAYS_INLINE void qcand(uint16_t x, uint16_t y, int code_same, int64_t i, const float *values,
+                         const uint8_t *efield, const int32_t *ulplog2, const ctx_t *c,
+                         acc_t *acc, int64_t *bchg, int64_t *nchg, qlocal_t *q, const int mode) {
+    q->raw += !code_same;
+    if (x == y) return;
+    q->scale_only += code_same;
+    (*nchg)++;
+    bchg[efield[x]]++;
+    changed_one(values[x], values[y], ulplog2[x], i, c, acc, mode);
+}
+
+/* Adds the pending FP8 code counts to the word histogram through the base words of scale row
+ * `have`, and clears them. */
+static void fp8_fold(qlocal_t *q, int64_t scols, uint32_t *hist) {
+    if (q->have < 0) return;
+    for (int64_t k = 0; k < scols * 256; k++) {
+        const uint32_t c = q->chist[k];
+        if (!c) continue;
+        hist[q->luta[k]] += c;
+        q->chist[k] = 0;
+    }
+}
+
+static void mx_fold(qlocal_t *q, const uint16_t *mxw, uint32_t *hist) {
+    for (int k = 0; k < 4096; k++) {
+        hist[mxw[k]] += q->chist[k];
+        q->chist[k] = 0;
+    }
+}
+
+ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
+                                  const float *values, const uint8_t *efield,
+                                  const int32_t *ulplog2, const rls_spec *spec, local_t *l,
+                                  qlocal_t *q, double *flt, const int mode) {
+    const ctx_t c = ctx_of(spec, l);
+    acc_t acc = {0};
+    int64_t nchg = 0, *bchg = l->bchg;
+    const int64_t ncols = qc->ncols, scols = qc->scols, cblk = qc->col_block;
+    const uint8_t *restrict A = qc->ca, *restrict B = qc->cb;
+    int64_t i = s0;
+    while (i < e0) {
+        const int64_t r = i / ncols, row0 = r * ncols;
+        const int64_t rowend = row0 + ncols < e0 ? row0 + ncols : e0;
+        const int64_t sr = qc->srow[r];
+        const float *sa = qc->sa + sr * scols, *sb = qc->sb + sr * scols;
+        if (sr != q->have) { /* a new scale row: fold the counts of the last one, new tables */
+            fp8_fold(q, scols, l->hist);
+            for (int64_t b = 0; b < scols; b++) {
+                for (int k = 0; k < 256; k++)
+                    q->luta[b * 256 + k] = bf16_rne(qc->table[k] * sa[b]);
+                if (float_bits(sa[b]) != float_bits(sb[b]))
+                    for (int k = 0; k < 256; k++)
+                        q->lutb[b * 256 + k] = bf16_rne(qc->table[k] * sb[b]);
+            }
+            q->have = sr;
+        }
+        while (i < rowend) { /* one row's run of one scale block */
+            const int64_t b = (i - row0) / cblk;
+            const int64_t end = row0 + (b + 1) * cblk < rowend ? row0 + (b + 1) * cblk : rowend;
+            const uint16_t *la = q->luta + b * 256;
+            uint32_t *restrict h = q->chist + b * 256;
+            for (int64_t j = i; j < end; j++) h[A[j]]++;
+            if (float_bits(sa[b]) == float_bits(sb[b])) { /* equal codes, equal values */
+                int64_t j = i;
+#ifdef __SSE2__
+                for (; j + 16 <= end; j += 16) {
+                    const __m128i x = _mm_loadu_si128((const __m128i *)(A + j));
+                    const __m128i y = _mm_loadu_si128((const __m128i *)(B + j));
+                    unsigned m = ~(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, y)) & 0xFFFFu;
+                    while (m) {
+                        const int64_t e = j + __builtin_ctz(m);
+                        m &= m - 1;
+                        qcand(la[A[e]], la[B[e]], 0, e, values, efield, ulplog2, &c, &acc, bchg,
+                              &nchg, q, mode);
+                    }
+                }
+#endif
+                for (; j < end; j++)
+                    if (A[j] != B[j])
+                        qcand(la[A[j]], la[B[j]], 0, j, values, efield, ulplog2, &c, &acc, bchg,
+                              &nchg, q, mode);
+            } else { /* the scale differs: every element is decoded */
+                const uint16_t *lb = q->lutb + b * 256;
+                for (int64_t j = i; j < end; j++)
+                    qcand(la[A[j]], lb[B[j]], A[j] == B[j], j, values, efield, ulplog2, &c, &acc,
+                          bchg, &nchg, q, mode);
+            }
+            i = end;
+        }
+    }
+    l->ints[RLS_I_CHANGED] += nchg;
+    acc_store(&acc, l, flt);
+}
+
+/* 16 bits spread to the even bits of 32 (bit k -> bit 2k). */
+static inline uint32_t spread16(uint32_t v) {
+    v = (v | (v << 8)) & 0x00FF00FFu;
+    v = (v | (v << 4)) & 0x0F0F0F0Fu;
+    v = (v | (v << 2)) & 0x33333333u;
+    return (v | (v << 1)) & 0x55555555u;
+}
+
+ALWAYS_INLINE void qpart_mx_mode(const rls_qchunk *qc, int64_t s0, int64_t e0, const uint16_t *mxw,
+                                 const float *values, const uint8_t *efield,
+                                 const int32_t *ulplog2, const rls_spec *spec, local_t *l,
+                                 qlocal_t *q, double *flt, const int mode) {
+    const ctx_t c = ctx_of(spec, l);
+    acc_t acc = {0};
+    int64_t nchg = 0, *bchg = l->bchg;
+    const uint8_t *restrict A = qc->ca, *restrict B = qc->cb;
+    uint32_t *restrict chist = q->chist;
+    for (int64_t g = s0 / 32; g < e0 / 32; g++) { /* a group: 16 bytes, 32 codes, one scale */
+        const uint8_t *x = A + g * 16, *y = B + g * 16;
+        const unsigned esa = qc->ea[g], esb = qc->eb[g];
+        uint32_t *h = chist + esa * 16;
+        for (int k = 0; k < 16; k++) {
+            h[x[k] & 15]++;
+            h[x[k] >> 4]++;
+        }
+        const uint16_t *la = mxw + esa * 16, *lb = mxw + esb * 16;
+        const int64_t i0 = g * 32;
+        if (esa == esb) { /* equal codes, equal values: only differing nibbles are decoded */
+            uint32_t m = 0;
+#ifdef __SSE2__
+            const __m128i d = _mm_xor_si128(_mm_loadu_si128((const __m128i *)x),
+                                            _mm_loadu_si128((const __m128i *)y));
+            const __m128i z = _mm_setzero_si128();
+            const uint32_t lo = ~(uint32_t)_mm_movemask_epi8(
+                                    _mm_cmpeq_epi8(_mm_and_si128(d, _mm_set1_epi8(0x0F)), z)) &
+                                0xFFFFu;
+            const uint32_t hi =
+                ~(uint32_t)_mm_movemask_epi8(
+                    _mm_cmpeq_epi8(_mm_and_si128(d, _mm_set1_epi8((char)0xF0)), z)) &
+                0xFFFFu;
+            m = spread16(lo) | spread16(hi) << 1;
+#else
+            for (int k = 0; k < 16; k++) {
+                const unsigned dk = x[k] ^ y[k];
+                m |= (uint32_t)((dk & 15) != 0) << (2 * k) | (uint32_t)((dk >> 4) != 0) << (2 * k + 1);
+            }
+#endif
+            while (m) {
+                const int t = __builtin_ctz(m);
+                m &= m - 1;
+                const int sh = (t & 1) * 4;
+                qcand(la[(x[t >> 1] >> sh) & 15], la[(y[t >> 1] >> sh) & 15], 0, i0 + t, values,
+                      efield, ulplog2, &c, &acc, bchg, &nchg, q, mode);
+            }
+        } else { /* the scale differs: every element is decoded */
+            for (int t = 0; t < 32; t++) {
+                const int sh = (t & 1) * 4;
+                const unsigned u = (x[t >> 1] >> sh) & 15, v = (y[t >> 1] >> sh) & 15;
+                qcand(la[u], lb[v], u == v, i0 + t, values, efield, ulplog2, &c, &acc, bchg,
+                      &nchg, q, mode);
+            }
+        }
+    }
+    l->ints[RLS_I_CHANGED] += nchg;
+    acc_store(&acc, l, flt);
+}
+
+static void qpart(const rls_qchunk *qc, int64_t s0, int64_t e0, const uint16_t *mxw,
+                  const float *values, const uint8_t *efield, const int32_t *ulplog2,
+                  const rls_spec *spec, local_t *l, qlocal_t *q, double *flt) {
+#define QPART(MODE)                                                                               \
+    do {                                                                                          \
+        if (qc->nibbles)                                                                          \
+            qpart_mx_mode(qc, s0, e0, mxw, values, efield, ulplog2, spec, l, q, flt, MODE);      \
+        else                                                                                      \
+            qpart_fp8_mode(qc, s0, e0, values, efield, ulplog2, spec, l, q, flt, MODE);          \
+    } while (0)
+    switch (mode_of(spec)) {
+    case MODE_NONE:
+        QPART(MODE_NONE);
+        break;
+    case MODE_BITWISE:
+        QPART(MODE_BITWISE);
+        break;
+    case MODE_ABS:
+        QPART(MODE_ABS);
+        break;
+    default:
+        QPART(MODE_REL);
+    }
+#undef QPART
+}
+
+int rls_qdiff(const rls_qchunk *q, const float *values, const uint8_t *efield,
+              const int32_t *ulplog2, const rls_spec *spec, rls_out *out, int64_t *qcounts) {
+    int64_t *counts = calloc(65536, sizeof(int64_t));
+    if (!counts) return -1;
+    uint16_t mxw[4096]; /* MXFP4: the word of every (scale byte, code) */
+    if (q->nibbles)
+        for (int s = 0; s < 256; s++)
+            for (int k = 0; k < 16; k++) mxw[s * 16 + k] = bf16_rne(q->e2m1[k] * q->e8m0[s]);
+    const size_t rows = q->nibbles ? 4096 : (size_t)q->scols * 256;
+    int failed = 0;
+    int64_t raw = 0, scale_only = 0;
+#pragma omp parallel num_threads(threads_for(spec)) reduction(+ : raw, scale_only)
+    {
+        local_t *l = local_new(spec->ntol, 1);
+        qlocal_t ql = {calloc(rows, sizeof(uint32_t)), NULL, NULL, -1, 0, 0};
+        if (!q->nibbles) {
+            ql.luta = malloc(rows * sizeof(uint16_t));
+            ql.lutb = malloc(rows * sizeof(uint16_t));
+        }
+        const int ok = l && ql.chist && (q->nibbles || (ql.luta && ql.lutb));
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t p = 0; p < spec->nparts; p++) {
+            if (!ok) continue;
+            const int64_t s0 = p * spec->per;
+            const int64_t e0 = q->n < s0 + spec->per ? q->n : s0 + spec->per;
+            qpart(q, s0, e0, mxw, values, efield, ulplog2, spec, l, &ql, out->flt + p * RLS_NF);
+        }
+        if (ok) {
+            if (q->nibbles)
+                mx_fold(&ql, mxw, l->hist);
+            else
+                fp8_fold(&ql, q->scols, l->hist);
+            raw += ql.raw;
+            scale_only += ql.scale_only;
+#pragma omp critical(rls_merge)
+            local_merge(l, spec->ntol, out, counts);
+        }
+        if (l) local_free(l);
+        free(ql.chist);
+        free(ql.luta);
+        free(ql.lutb);
+    }
+    if (!failed) {
+        base_stats16(counts, values, efield, out);
+        qcounts[0] += raw;
+        qcounts[1] += scale_only;
+    }
+    free(counts);
+    return failed ? -1 : 0;
 }

@@ -93,4 +93,30 @@ void rls_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t ngr
 void rls_quant_counts(const uint8_t *ca, const uint8_t *cb, const uint16_t *da, const uint16_t *db,
                       int64_t n, int32_t nibbles, int64_t *counts, int32_t threads);
 
+/* ---- fused diff of two quantized chunks laid out alike (codes and scales, no decoded buffer) ----
+ * Equal to rls_dequant_* on both sides followed by rls_diff16 on bfloat16 words (same partitions,
+ * changed elements in the same order, so the same counts and float sums bit for bit), plus the
+ * raw-code views of rls_quant_counts. Where the scales of a block are equal and the codes equal,
+ * the values are equal: such an element costs a byte compare and a code-histogram increment (its
+ * base word is counted through a per-(scale, code) table); only the others are decoded. */
+typedef struct {
+    int32_t nibbles;        /* 0: FP8, a code per byte; 1: MXFP4, two per byte, low nibble first */
+    const uint8_t *ca, *cb; /* codes of base and tuned */
+    int64_t n;              /* elements */
+    /* FP8: rows of `ncols` codes; row r uses scale row srow[r] (of `scols` float32 entries),
+     * column c its entry c / col_block; `table` float32[256] decodes a code */
+    int64_t ncols, scols, col_block;
+    const float *sa, *sb;
+    const int64_t *srow;
+    const float *table;
+    /* MXFP4: one E8M0 scale byte per 32 elements; `e2m1` float32[16], `e8m0` float32[256] */
+    const uint8_t *ea, *eb;
+    const float *e2m1, *e8m0;
+} rls_qchunk;
+
+/* `qcounts[0]` += elements whose code differs, `qcounts[1]` += elements whose code is equal but
+ * whose value differs (through the scale). Returns 0, or -1 when memory runs out. */
+int rls_qdiff(const rls_qchunk *q, const float *values, const uint8_t *efield,
+              const int32_t *ulplog2, const rls_spec *spec, rls_out *out, int64_t *qcounts);
+
 #endif
