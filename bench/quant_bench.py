@@ -1,16 +1,18 @@
 """Benchmark `rlsparse diff` on quantized pairs (FP8 block scales, MXFP4) next to a bf16 pair of
 the same element count, in the same run (issue 12 item 8).
 
-Generates three pairs of ``--tensors`` matrices of ``--rows`` x ``--cols`` elements (default
-64 x 4096 x 4096 = 1.07 B elements per side) under ``--out`` (cached): DeepSeek-style FP8 codes
-with 128x128 ``*_scale_inv`` blocks, gpt-oss-style MXFP4 ``*_blocks``/``*_scales``, and bf16;
-20 % of the codes (words) differ by one step and a few scales change. Warms the page cache, then
-times ``rlsparse diff`` as a subprocess (median of ``--repeat`` runs; peak RSS from GNU time) and
-reports bytes read per second (both sides, codes plus scales) and elements per second, with the
-ratio to the bf16 diff's bytes per second (target >= 0.8).
+For every change fraction in ``--fractions`` generates three pairs of ``--tensors`` matrices of
+``--rows`` x ``--cols`` elements (default 64 x 4096 x 4096 = 1.07 B elements per side) under
+``--out``/f<percent> (cached): DeepSeek-style FP8 codes with 128x128 ``*_scale_inv`` blocks,
+gpt-oss-style MXFP4 ``*_blocks``/``*_scales``, and bf16; the same elements' codes (words) differ
+by one step in all three (that fraction of them), and a few scales change. Warms the page cache,
+then times ``rlsparse diff`` as a subprocess (median of ``--repeat`` runs; peak RSS from GNU time)
+and reports the measured fraction of changed codes (words), bytes read per second (both sides,
+codes plus scales) and elements per second, each with its ratio to the bf16 diff of the same
+fraction (target for bytes per second: >= 0.8).
 
 usage: nice -n 10 python bench/quant_bench.py [--out bench/out/quant] [--repeat 3] [--threads N]
-       [--quick]
+       [--fractions 0.05,0.2,0.3] [--quick]
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ BIN = Path(sys.executable).parent
 SHARDS = 4
 
 
-def _tensors(kind: str, rows: int, cols: int, index: int, side: str) -> dict[str, torch.Tensor]:
+def _tensors(
+    kind: str, rows: int, cols: int, index: int, side: str, fraction: float
+) -> dict[str, torch.Tensor]:
     """One weight of a pair (``side`` ``base`` or ``tuned``), deterministic in ``index``."""
     g = torch.Generator().manual_seed(index)
     name = f"model.layers.{index}.mlp.down_proj"
-    changed = torch.rand(rows * cols, generator=g) < 0.2
+    changed = torch.rand(rows * cols, generator=g) < fraction
     if kind == "bf16":
         w = (0.02 * torch.randn(rows, cols, generator=g)).to(torch.bfloat16)
         if side == "tuned":
@@ -55,15 +59,20 @@ def _tensors(kind: str, rows: int, cols: int, index: int, side: str) -> dict[str
     groups = cols // 32
     blocks = torch.randint(0, 256, (rows, groups, 16), dtype=torch.uint8, generator=g)
     scales = torch.randint(115, 125, (rows, groups), dtype=torch.uint8, generator=g)
-    if side == "tuned":
-        blocks.reshape(-1)[changed[: blocks.numel()]] ^= 1
+    if side == "tuned":  # the low nibble of element 2k, the high one of element 2k + 1
+        pairs = changed.view(rows, groups, 16, 2).to(torch.uint8)
+        blocks ^= pairs[..., 0] | pairs[..., 1] << 4
         scales[0, :4] += 1
     return {name + "_blocks": blocks, name + "_scales": scales}
 
 
-def ensure_pair(root: Path, kind: str, n: int, rows: int, cols: int) -> tuple[Path, Path]:
+def ensure_pair(
+    root: Path, kind: str, n: int, rows: int, cols: int, fraction: float
+) -> tuple[Path, Path]:
     folder = root / kind
-    spec = json.dumps({"kind": kind, "tensors": n, "rows": rows, "cols": cols, "v": 1})
+    spec = json.dumps(
+        {"kind": kind, "tensors": n, "rows": rows, "cols": cols, "fraction": fraction, "v": 1}
+    )
     marker = folder / "spec.json"
     if marker.exists() and marker.read_text() == spec:
         return folder / "base", folder / "tuned"
@@ -75,7 +84,7 @@ def ensure_pair(root: Path, kind: str, n: int, rows: int, cols: int) -> tuple[Pa
         for s in range(SHARDS):
             part: dict[str, torch.Tensor] = {}
             for i in range(s, n, SHARDS):
-                part.update(_tensors(kind, rows, cols, i, side))
+                part.update(_tensors(kind, rows, cols, i, side, fraction))
             fname = f"model-{s + 1:05d}-of-{SHARDS:05d}.safetensors"
             save_file(part, str(out / fname), metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(part, fname))
@@ -104,6 +113,27 @@ def measure(cmd: list[str], repeat: int) -> dict:
     return {"wall_s": statistics.median(walls), "peak_rss": max(rss)}
 
 
+def _row(kind: str, base: Path, tuned: Path, report: Path, m: dict, fraction: float) -> dict:
+    data = json.loads(report.read_text())
+    nbytes = sum(f.stat().st_size for d in (base, tuned) for f in d.glob("*.safetensors"))
+    quant = next(iter(data.get("quant_summary", {}).values()), None)
+    codes_changed = data["n_changed"] if quant is None else quant["raw_changed"]
+    return {
+        "pair": kind,
+        "fraction": fraction,
+        "codes_changed_share": codes_changed / data["n_params"],
+        "values_changed_share": data["density"],
+        "elements": data["n_params"],
+        "bytes_read": nbytes,
+        "wall_s": m["wall_s"],
+        "bytes_per_s": nbytes / m["wall_s"],
+        "elements_per_s": data["n_params"] / m["wall_s"],
+        "peak_rss": m["peak_rss"],
+        "threads": data["provenance"].get("threads"),
+        "quant_summary": data.get("quant_summary", {}),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=HERE / "out" / "quant")
@@ -111,6 +141,7 @@ def main() -> None:
     ap.add_argument("--tensors", type=int, default=64)
     ap.add_argument("--rows", type=int, default=4096)
     ap.add_argument("--cols", type=int, default=4096)
+    ap.add_argument("--fractions", default="0.05,0.2,0.3", help="shares of codes changed")
     ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
     ap.add_argument("--quick", action="store_true", help="tiny pairs (a smoke test)")
     args = ap.parse_args()
@@ -118,47 +149,37 @@ def main() -> None:
         args.tensors, args.rows, args.cols = 8, 256, 512
     rlsparse = str(BIN / "rlsparse")
     rows = []
-    for kind in ("bf16", "fp8", "mxfp4"):
-        base, tuned = ensure_pair(args.out, kind, args.tensors, args.rows, args.cols)
-        for f in [*base.glob("*.safetensors"), *tuned.glob("*.safetensors")]:  # warm the cache
-            with f.open("rb") as fh:
-                while fh.read(1 << 24):
-                    pass
-        report = args.out / f"{kind}.report.json"
-        cmd = [rlsparse, "diff", str(base), str(tuned), "-q", "--by", "none", "--json", str(report)]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        m = measure(cmd, args.repeat)
-        data = json.loads(report.read_text())
-        nbytes = sum(f.stat().st_size for d in (base, tuned) for f in d.glob("*.safetensors"))
-        rows.append(
-            {
-                "pair": kind,
-                "elements": data["n_params"],
-                "bytes_read": nbytes,
-                "wall_s": m["wall_s"],
-                "bytes_per_s": nbytes / m["wall_s"],
-                "elements_per_s": data["n_params"] / m["wall_s"],
-                "peak_rss": m["peak_rss"],
-                "sparsity": data["sparsity"],
-                "threads": data["provenance"].get("threads"),
-                "quant_summary": data.get("quant_summary", {}),
-            }
-        )
-    bf16 = rows[0]["bytes_per_s"]
-    for r in rows:
-        r["bytes_per_s_vs_bf16"] = r["bytes_per_s"] / bf16
+    for fraction in (float(f) for f in args.fractions.split(",")):
+        root = args.out / f"f{round(fraction * 100):02d}"
+        first = len(rows)
+        for kind in ("bf16", "fp8", "mxfp4"):
+            base, tuned = ensure_pair(root, kind, args.tensors, args.rows, args.cols, fraction)
+            for f in [*base.glob("*.safetensors"), *tuned.glob("*.safetensors")]:  # warm cache
+                with f.open("rb") as fh:
+                    while fh.read(1 << 24):
+                        pass
+            report = root / f"{kind}.report.json"
+            cmd = [rlsparse, "diff", str(base), str(tuned), "-q", "--by", "none"]
+            cmd += ["--json", str(report)]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            rows.append(_row(kind, base, tuned, report, measure(cmd, args.repeat), fraction))
+        bf16 = rows[first]
+        for r in rows[first:]:
+            r["bytes_per_s_vs_bf16"] = r["bytes_per_s"] / bf16["bytes_per_s"]
+            r["elements_per_s_vs_bf16"] = r["elements_per_s"] / bf16["elements_per_s"]
     name = f"quant_bench{'' if not args.threads else f'_t{args.threads}'}.json"
     (args.out / name).write_text(json.dumps(rows, indent=2))
     print(
-        f"{'pair':<7}{'elements':>15}{'GB read':>9}{'s':>8}{'GB/s':>7}{'Gelem/s':>9}"
-        f"{'vs bf16':>9}{'peak RSS':>10}"
+        f"{'pair':<7}{'changed':>8}{'elements':>15}{'GB read':>9}{'s':>8}{'GB/s':>7}"
+        f"{'vs bf16':>9}{'Gelem/s':>9}{'vs bf16':>9}{'peak RSS':>10}"
     )
     for r in rows:
         print(
-            f"{r['pair']:<7}{r['elements']:>15,}{r['bytes_read'] / 1e9:>9.2f}{r['wall_s']:>8.2f}"
-            f"{r['bytes_per_s'] / 1e9:>7.2f}{r['elements_per_s'] / 1e9:>9.3f}"
-            f"{r['bytes_per_s_vs_bf16']:>8.2f}x{r['peak_rss'] / 2**20:>8.0f} MB"
+            f"{r['pair']:<7}{r['codes_changed_share']:>8.1%}{r['elements']:>15,}"
+            f"{r['bytes_read'] / 1e9:>9.2f}{r['wall_s']:>8.2f}{r['bytes_per_s'] / 1e9:>7.2f}"
+            f"{r['bytes_per_s_vs_bf16']:>8.2f}x{r['elements_per_s'] / 1e9:>9.3f}"
+            f"{r['elements_per_s_vs_bf16']:>8.2f}x{r['peak_rss'] / 2**20:>8.0f} MB"
         )
 
 
