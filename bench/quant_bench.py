@@ -8,8 +8,9 @@ gpt-oss-style MXFP4 ``*_blocks``/``*_scales``, and bf16; the same elements' code
 by one step in all three (that fraction of them), and a few scales change. Warms the page cache,
 then times ``rlsparse diff`` as a subprocess (median of ``--repeat`` runs; peak RSS from GNU time)
 and reports the measured fraction of changed codes (words), bytes read per second (both sides,
-codes plus scales) and elements per second, each with its ratio to the bf16 diff of the same
-fraction (target for bytes per second: >= 0.8).
+codes plus scales), elements per second and bytes per CPU second (user + system: robust on a
+shared machine), each with its ratio to the bf16 diff of the same fraction (target for bytes per
+second: >= 0.8).
 
 usage: nice -n 10 python bench/quant_bench.py [--out bench/out/quant] [--repeat 3] [--threads N]
        [--fractions 0.05,0.2,0.3] [--quick]
@@ -95,13 +96,14 @@ def ensure_pair(
 
 
 def measure(cmd: list[str], repeat: int) -> dict:
-    """Median wall time and the peak RSS (GNU time) over ``repeat`` runs."""
-    walls, rss = [], []
+    """Median wall time, median CPU time (user + system) and the peak RSS (GNU time) over
+    ``repeat`` runs."""
+    walls, cpus, rss = [], [], []
     for _ in range(repeat):
         with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
             t0 = time.perf_counter()
             proc = subprocess.run(
-                ["/usr/bin/time", "-f", "%M", "-o", tf.name, *cmd],
+                ["/usr/bin/time", "-f", "%M %U %S", "-o", tf.name, *cmd],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -109,8 +111,14 @@ def measure(cmd: list[str], repeat: int) -> dict:
             if proc.returncode != 0:
                 raise RuntimeError(f"{cmd} failed ({proc.returncode}): {proc.stderr[-500:]}")
             walls.append(time.perf_counter() - t0)
-            rss.append(int(tf.read().split()[-1]) * 1024)
-    return {"wall_s": statistics.median(walls), "peak_rss": max(rss)}
+            kb, user, system = tf.read().split()[-3:]
+            rss.append(int(kb) * 1024)
+            cpus.append(float(user) + float(system))
+    return {
+        "wall_s": statistics.median(walls),
+        "cpu_s": statistics.median(cpus),
+        "peak_rss": max(rss),
+    }
 
 
 def _row(kind: str, base: Path, tuned: Path, report: Path, m: dict, fraction: float) -> dict:
@@ -126,8 +134,10 @@ def _row(kind: str, base: Path, tuned: Path, report: Path, m: dict, fraction: fl
         "elements": data["n_params"],
         "bytes_read": nbytes,
         "wall_s": m["wall_s"],
+        "cpu_s": m["cpu_s"],
         "bytes_per_s": nbytes / m["wall_s"],
         "elements_per_s": data["n_params"] / m["wall_s"],
+        "bytes_per_cpu_s": nbytes / m["cpu_s"],
         "peak_rss": m["peak_rss"],
         "threads": data["provenance"].get("threads"),
         "quant_summary": data.get("quant_summary", {}),
@@ -168,18 +178,22 @@ def main() -> None:
         for r in rows[first:]:
             r["bytes_per_s_vs_bf16"] = r["bytes_per_s"] / bf16["bytes_per_s"]
             r["elements_per_s_vs_bf16"] = r["elements_per_s"] / bf16["elements_per_s"]
+            r["bytes_per_cpu_s_vs_bf16"] = r["bytes_per_cpu_s"] / bf16["bytes_per_cpu_s"]
     name = f"quant_bench{'' if not args.threads else f'_t{args.threads}'}.json"
     (args.out / name).write_text(json.dumps(rows, indent=2))
     print(
-        f"{'pair':<7}{'changed':>8}{'elements':>15}{'GB read':>9}{'s':>8}{'GB/s':>7}"
-        f"{'vs bf16':>9}{'Gelem/s':>9}{'vs bf16':>9}{'peak RSS':>10}"
+        f"{'pair':<7}{'changed':>8}{'elements':>15}{'GB read':>8}{'wall s':>8}{'GB/s':>6}"
+        f"{'vs bf16':>8}{'Gelem/s':>8}{'vs bf16':>8}{'CPU s':>7}{'GB/CPU-s':>9}{'vs bf16':>8}"
+        f"{'peak RSS':>9}"
     )
     for r in rows:
         print(
             f"{r['pair']:<7}{r['codes_changed_share']:>8.1%}{r['elements']:>15,}"
-            f"{r['bytes_read'] / 1e9:>9.2f}{r['wall_s']:>8.2f}{r['bytes_per_s'] / 1e9:>7.2f}"
-            f"{r['bytes_per_s_vs_bf16']:>8.2f}x{r['elements_per_s'] / 1e9:>9.3f}"
-            f"{r['elements_per_s_vs_bf16']:>8.2f}x{r['peak_rss'] / 2**20:>8.0f} MB"
+            f"{r['bytes_read'] / 1e9:>8.2f}{r['wall_s']:>8.2f}{r['bytes_per_s'] / 1e9:>6.2f}"
+            f"{r['bytes_per_s_vs_bf16']:>7.2f}x{r['elements_per_s'] / 1e9:>8.3f}"
+            f"{r['elements_per_s_vs_bf16']:>7.2f}x{r['cpu_s']:>7.2f}"
+            f"{r['bytes_per_cpu_s'] / 1e9:>9.2f}{r['bytes_per_cpu_s_vs_bf16']:>7.2f}x"
+            f"{r['peak_rss'] / 2**20:>6.0f} MB"
         )
 
 

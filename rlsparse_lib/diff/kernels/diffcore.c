@@ -524,7 +524,7 @@ void rls_quant_counts(const uint8_t *ca, const uint8_t *cb, const uint16_t *da, 
 /* Per-thread scratch of the fused pass. */
 typedef struct {
     uint32_t *chist;       /* base codes counted per table row: FP8 [scols][256] per scale column
-                              of the scale row `have`; MXFP4 [256][16] per (scale byte, nibble) */
+                              of the scale row `have`; MXFP4 [256][256] per (scale, code byte) */
     uint16_t *luta, *lutb; /* FP8 [scols][256]: the words of scale row `have`, base and tuned
                               (tuned only for the columns whose scale differs) */
     int64_t have;          /* FP8: the scale row the tables hold, -1 none */
@@ -537,17 +537,15 @@ static inline uint32_t float_bits(float f) {
     return u;
 }
 
-/* One element whose code or scale differs, with bfloat16 words x (base) and y (tuned): the raw
- * views, then, if the words differ, what rls_diff16 does for a changed element. */
-ALWAYS_INLINE void qcand(uint16_t x, uint16_t y, int code_same, int64_t i, const float *values,
-                         const uint8_t *efield, const int32_t *ulplog2, const ctx_t *c,
-                         acc_t *acc, int64_t *bchg, int64_t *nchg, qlocal_t *q, const int mode) {
-    q->raw += !code_same;
-    if (x == y) return;
-    q->scale_only += code_same;
-    (*nchg)++;
+/* One element whose code or scale differs, with bfloat16 words x (base) and y (tuned): if the
+ * words differ, what rls_diff16 does for a changed element; returns whether they differ. */
+ALWAYS_INLINE int qcand(uint16_t x, uint16_t y, int64_t i, const float *values,
+                        const uint8_t *efield, const int32_t *ulplog2, const ctx_t *c, acc_t *acc,
+                        int64_t *bchg, const int mode) {
+    if (x == y) return 0;
     bchg[efield[x]]++;
     changed_one(values[x], values[y], ulplog2[x], i, c, acc, mode);
+    return 1;
 }
 
 /* Adds the pending FP8 code counts to the word histogram through the base words of scale row
@@ -563,10 +561,46 @@ static void fp8_fold(qlocal_t *q, int64_t scols, uint32_t *hist) {
 }
 
 static void mx_fold(qlocal_t *q, const uint16_t *mxw, uint32_t *hist) {
-    for (int k = 0; k < 4096; k++) {
-        hist[mxw[k]] += q->chist[k];
-        q->chist[k] = 0;
+    for (int s = 0; s < 256; s++)
+        for (int v = 0; v < 256; v++) {
+            const uint32_t c = q->chist[s * 256 + v];
+            if (!c) continue;
+            hist[mxw[s * 16 + (v & 15)]] += c;
+            hist[mxw[s * 16 + (v >> 4)]] += c;
+        }
+}
+
+/* scan16 for FP8 codes: histograms the base codes into h [256], writes the offsets of the
+ * differing codes (k < len <= SUB) to idx (room for 16 more) and returns their number. */
+static __attribute__((noinline)) int32_t scan8(const uint8_t *restrict a,
+                                               const uint8_t *restrict b, int32_t len,
+                                               uint32_t *restrict h, int32_t *restrict idx) {
+    for (int32_t k = 0; k < len; k++) h[a[k]]++;
+    int32_t m = 0, k = 0;
+#ifdef __SSE2__ /* compare 16 codes at once, left-pack the offsets of each half */
+    const __m128i zero = _mm_setzero_si128();
+    for (; k + 16 <= len; k += 16) {
+        const __m128i x = _mm_loadu_si128((const __m128i *)(a + k));
+        const __m128i y = _mm_loadu_si128((const __m128i *)(b + k));
+        const int bits = ~_mm_movemask_epi8(_mm_cmpeq_epi8(x, y)) & 0xFFFF;
+        for (int half = 0; half < 2; half++) {
+            const int hb = (bits >> (8 * half)) & 0xFF;
+            const __m128i off =
+                _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)pack_offsets[hb]), zero);
+            const __m128i base = _mm_set1_epi32(k + 8 * half);
+            _mm_storeu_si128((__m128i *)(idx + m),
+                             _mm_add_epi32(_mm_unpacklo_epi16(off, zero), base));
+            _mm_storeu_si128((__m128i *)(idx + m + 4),
+                             _mm_add_epi32(_mm_unpackhi_epi16(off, zero), base));
+            m += pack_count[hb];
+        }
     }
+#endif
+    for (; k < len; k++) {
+        idx[m] = k;
+        m += a[k] != b[k];
+    }
+    return m;
 }
 
 ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
@@ -575,7 +609,7 @@ ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
                                   qlocal_t *q, double *flt, const int mode) {
     const ctx_t c = ctx_of(spec, l);
     acc_t acc = {0};
-    int64_t nchg = 0, *bchg = l->bchg;
+    int64_t nchg = 0, raw = 0, scale_only = 0, *bchg = l->bchg;
     const int64_t ncols = qc->ncols, scols = qc->scols, cblk = qc->col_block;
     const uint8_t *restrict A = qc->ca, *restrict B = qc->cb;
     int64_t i = s0;
@@ -600,36 +634,35 @@ ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
             const int64_t end = row0 + (b + 1) * cblk < rowend ? row0 + (b + 1) * cblk : rowend;
             const uint16_t *la = q->luta + b * 256;
             uint32_t *restrict h = q->chist + b * 256;
-            for (int64_t j = i; j < end; j++) h[A[j]]++;
             if (float_bits(sa[b]) == float_bits(sb[b])) { /* equal codes, equal values */
-                int64_t j = i;
-#ifdef __SSE2__
-                for (; j + 16 <= end; j += 16) {
-                    const __m128i x = _mm_loadu_si128((const __m128i *)(A + j));
-                    const __m128i y = _mm_loadu_si128((const __m128i *)(B + j));
-                    unsigned m = ~(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, y)) & 0xFFFFu;
-                    while (m) {
-                        const int64_t e = j + __builtin_ctz(m);
-                        m &= m - 1;
-                        qcand(la[A[e]], la[B[e]], 0, e, values, efield, ulplog2, &c, &acc, bchg,
-                              &nchg, q, mode);
+                for (int64_t s = i; s < end; s += SUB) {
+                    const int64_t e = end < s + SUB ? end : s + SUB;
+                    const int32_t m = scan8(A + s, B + s, (int32_t)(e - s), h, l->idx);
+                    raw += m;
+                    for (int32_t k = 0; k < m; k++) {
+                        const int64_t j = s + l->idx[k];
+                        nchg += qcand(la[A[j]], la[B[j]], j, values, efield, ulplog2, &c, &acc,
+                                      bchg, mode);
                     }
                 }
-#endif
-                for (; j < end; j++)
-                    if (A[j] != B[j])
-                        qcand(la[A[j]], la[B[j]], 0, j, values, efield, ulplog2, &c, &acc, bchg,
-                              &nchg, q, mode);
             } else { /* the scale differs: every element is decoded */
                 const uint16_t *lb = q->lutb + b * 256;
-                for (int64_t j = i; j < end; j++)
-                    qcand(la[A[j]], lb[B[j]], A[j] == B[j], j, values, efield, ulplog2, &c, &acc,
-                          bchg, &nchg, q, mode);
+                for (int64_t j = i; j < end; j++) h[A[j]]++;
+                for (int64_t j = i; j < end; j++) {
+                    const int same = A[j] == B[j];
+                    const int d =
+                        qcand(la[A[j]], lb[B[j]], j, values, efield, ulplog2, &c, &acc, bchg, mode);
+                    raw += !same;
+                    nchg += d;
+                    scale_only += same & d;
+                }
             }
             i = end;
         }
     }
     l->ints[RLS_I_CHANGED] += nchg;
+    q->raw += raw;
+    q->scale_only += scale_only;
     acc_store(&acc, l, flt);
 }
 
@@ -647,17 +680,14 @@ ALWAYS_INLINE void qpart_mx_mode(const rls_qchunk *qc, int64_t s0, int64_t e0, c
                                  qlocal_t *q, double *flt, const int mode) {
     const ctx_t c = ctx_of(spec, l);
     acc_t acc = {0};
-    int64_t nchg = 0, *bchg = l->bchg;
+    int64_t nchg = 0, raw = 0, scale_only = 0, *bchg = l->bchg;
     const uint8_t *restrict A = qc->ca, *restrict B = qc->cb;
     uint32_t *restrict chist = q->chist;
     for (int64_t g = s0 / 32; g < e0 / 32; g++) { /* a group: 16 bytes, 32 codes, one scale */
         const uint8_t *x = A + g * 16, *y = B + g * 16;
         const unsigned esa = qc->ea[g], esb = qc->eb[g];
-        uint32_t *h = chist + esa * 16;
-        for (int k = 0; k < 16; k++) {
-            h[x[k] & 15]++;
-            h[x[k] >> 4]++;
-        }
+        uint32_t *h = chist + esa * 256;
+        for (int k = 0; k < 16; k++) h[x[k]]++;
         const uint16_t *la = mxw + esa * 16, *lb = mxw + esb * 16;
         const int64_t i0 = g * 32;
         if (esa == esb) { /* equal codes, equal values: only differing nibbles are decoded */
@@ -680,23 +710,29 @@ ALWAYS_INLINE void qpart_mx_mode(const rls_qchunk *qc, int64_t s0, int64_t e0, c
                 m |= (uint32_t)((dk & 15) != 0) << (2 * k) | (uint32_t)((dk >> 4) != 0) << (2 * k + 1);
             }
 #endif
+            raw += __builtin_popcount(m);
             while (m) {
                 const int t = __builtin_ctz(m);
                 m &= m - 1;
                 const int sh = (t & 1) * 4;
-                qcand(la[(x[t >> 1] >> sh) & 15], la[(y[t >> 1] >> sh) & 15], 0, i0 + t, values,
-                      efield, ulplog2, &c, &acc, bchg, &nchg, q, mode);
+                nchg += qcand(la[(x[t >> 1] >> sh) & 15], la[(y[t >> 1] >> sh) & 15], i0 + t,
+                              values, efield, ulplog2, &c, &acc, bchg, mode);
             }
         } else { /* the scale differs: every element is decoded */
             for (int t = 0; t < 32; t++) {
                 const int sh = (t & 1) * 4;
                 const unsigned u = (x[t >> 1] >> sh) & 15, v = (y[t >> 1] >> sh) & 15;
-                qcand(la[u], lb[v], u == v, i0 + t, values, efield, ulplog2, &c, &acc, bchg,
-                      &nchg, q, mode);
+                const int d = qcand(la[u], lb[v], i0 + t, values, efield, ulplog2, &c, &acc, bchg,
+                                    mode);
+                raw += u != v;
+                nchg += d;
+                scale_only += (u == v) & d;
             }
         }
     }
     l->ints[RLS_I_CHANGED] += nchg;
+    q->raw += raw;
+    q->scale_only += scale_only;
     acc_store(&acc, l, flt);
 }
 
@@ -734,7 +770,7 @@ int rls_qdiff(const rls_qchunk *q, const float *values, const uint8_t *efield,
     if (q->nibbles)
         for (int s = 0; s < 256; s++)
             for (int k = 0; k < 16; k++) mxw[s * 16 + k] = bf16_rne(q->e2m1[k] * q->e8m0[s]);
-    const size_t rows = q->nibbles ? 4096 : (size_t)q->scols * 256;
+    const size_t rows = (q->nibbles ? 256 : (size_t)q->scols) * 256;
     int failed = 0;
     int64_t raw = 0, scale_only = 0;
 #pragma omp parallel num_threads(threads_for(spec)) reduction(+ : raw, scale_only)
