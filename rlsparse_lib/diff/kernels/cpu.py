@@ -6,6 +6,11 @@ tolerance grid, the relative probe, the ULP histogram — runs on changed elemen
 binades and NaN/Inf counts come from the 65536-bin word histogram, so they cost one increment per
 element and are exact regardless of threading. The kernel is compiled when the package is
 installed, so ``rlsparse diff`` starts without a JIT.
+
+:meth:`CpuKernel.diff_codes` is the same pass over two quantized chunks laid out alike (FP8 or
+MXFP4 codes and scales, no decoded buffer): an element whose code and scale are equal on both
+sides costs a byte compare and an increment of a per-(scale, code) histogram, from which θ0's word
+histogram is built; only the others are decoded.
 """
 
 from __future__ import annotations

@@ -9,6 +9,12 @@ travel to the device), from the codes and only the scale rows the range needs. T
 then treats it like any stored bfloat16 tensor (casts, release, prefetch), so the diff kernel,
 the tolerance grid, the relative probe and the ULP/binade views apply unchanged. Ranges are cut
 in whole scale slabs (:func:`quant_step`).
+
+Two quantized sides laid out alike and compared as bfloat16 on the CPU skip the decoded buffer:
+:class:`CodeSource` hands the raw codes and their scales to
+:meth:`~rlsparse_lib.diff.kernels.cpu.CpuKernel.diff_codes` (the fused kernel, bit-identical to
+decoding both sides and diffing the words). Decoding stays for a quantized side against a plain
+one, for other compare dtypes and on the GPU (where decoding is cheap next to the transfer).
 """
 
 from __future__ import annotations
