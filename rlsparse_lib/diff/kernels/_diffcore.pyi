@@ -66,7 +66,6 @@ def diff32(
     btot: np.ndarray,
     flt: np.ndarray,
 ) -> None: ...
-
 def dequant_fp8(
     codes: np.ndarray,
     ncols: int,
