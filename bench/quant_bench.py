@@ -12,8 +12,13 @@ codes plus scales), elements per second and bytes per CPU second (user + system:
 shared machine), each with its ratio to the bf16 diff of the same fraction (target for bytes per
 second: >= 0.8).
 
+``--kernels`` instead times the kernels alone in memory (CPU seconds, best of ``--repeat``) on one
+4096 x 4096 matrix per format: the bf16 diff, the fused FP8 / MXFP4 diff and decode-then-diff, in
+ns per element at 0 % (the scan: compare and base histogram) and at each fraction, and the cost
+per changed element ((t(f) - t(0)) / f).
+
 usage: nice -n 10 python bench/quant_bench.py [--out bench/out/quant] [--repeat 3] [--threads N]
-       [--fractions 0.05,0.2,0.3] [--quick]
+       [--fractions 0.05,0.2,0.3] [--quick] [--kernels]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -121,6 +127,109 @@ def measure(cmd: list[str], repeat: int) -> dict:
     }
 
 
+class _Memory:
+    """In-memory tensors read like a checkpoint (flat unsigned words; nothing to release)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        words = {1: np.uint8, 2: np.uint16, 4: np.uint32}
+        self.arrays = {k: v.reshape(-1).view(words[v.itemsize]) for k, v in arrays.items()}
+
+    def words(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self.arrays[name][start:stop]
+
+    def prefetch(self, name: str, start: int, stop: int) -> None:
+        pass
+
+    def release(self, name: str, start: int, stop: int) -> None:
+        pass
+
+
+def _cpu_best(repeat: int, fn, *args) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.process_time()
+        fn(*args)
+        best = min(best, time.process_time() - t0)
+    return best
+
+
+def _decode_then_diff(kernel, da, db, n: int, spec) -> None:
+    wa, wb = da.words("-", 0, n), db.words("-", 0, n)
+    kernel.diff_chunk(wa, wb, spec)
+    da.decoder.quant_counts(da.codes, db.codes, wa, wb, da.qt.scheme == "mxfp4")
+
+
+def kernels(fractions: list[float], threads: int, repeat: int) -> list[dict]:
+    """CPU ns per element of each kernel on in-memory 4096 x 4096 pairs (see the docstring)."""
+    from rlsparse_lib.diff.kernels.cpu import CpuKernel
+    from rlsparse_lib.diff.kernels.dequant import CodeSource, CpuDecoder, DequantSource
+    from rlsparse_lib.diff.kernels.protocol import ChunkSpec
+    from rlsparse_lib.io.quant import QuantTensor
+    from rlsparse_lib.io.tensor_info import TensorInfo
+
+    rows = cols = 4096
+    n = rows * cols
+    spec = ChunkSpec("bfloat16", "bfloat16", np.array([0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4]), 1e-3)
+    kernel = CpuKernel(threads)
+    t = {k: _tensors(k, rows, cols, 0, "base", 0.0) for k in ("bf16", "fp8", "mxfp4")}
+    w = t["bf16"]["model.layers.0.mlp.down_proj.weight"].view(torch.int16).numpy().view(np.uint16)
+    w = w.reshape(-1)
+    fp8 = {k: v.view(torch.uint8).numpy() for k, v in t["fp8"].items() if k.endswith("weight")}
+    codes = next(iter(fp8.values()))
+    scales = t["fp8"]["model.layers.0.mlp.down_proj.weight_scale_inv"].numpy()
+    blocks = t["mxfp4"]["model.layers.0.mlp.down_proj_blocks"].numpy()
+    esc = t["mxfp4"]["model.layers.0.mlp.down_proj_scales"].numpy()
+    x = Path("-")
+    qf = QuantTensor(
+        "w",
+        "fp8_block",
+        TensorInfo("w", "float8_e4m3fn", (rows, cols), x),
+        TensorInfo("s", "float32", scales.shape, x),
+        (rows, cols),
+        (128, 128),
+    )
+    qm = QuantTensor(
+        "e",
+        "mxfp4",
+        TensorInfo("b", "uint8", blocks.shape, x),
+        TensorInfo("s", "uint8", esc.shape, x),
+        (rows, cols),
+        (1, 32),
+    )
+    out = []
+    rng = np.random.default_rng(0)
+    for f in [0.0, *fractions]:
+        ch = rng.random(n) < f
+        wb = w.copy()
+        wb[ch] += 1
+        cb = codes.reshape(-1).copy()
+        cb[ch] ^= 1
+        pairs = ch.reshape(rows, cols // 32, 16, 2).astype(np.uint8)
+        bb = blocks ^ (pairs[..., 0] | pairs[..., 1] << 4)
+        row = {"fraction": f, "bf16": _cpu_best(repeat, kernel.diff_chunk, w, wb, spec)}
+        for kind, qt, a, b in (
+            ("fp8", qf, {"w": codes, "s": scales}, {"w": cb, "s": scales}),
+            ("mxfp4", qm, {"b": blocks, "s": esc}, {"b": bb, "s": esc}),
+        ):
+            fa, fb = CodeSource(_Memory(a), qt), CodeSource(_Memory(b), qt)  # type: ignore[arg-type]
+            ca, cbb = fa.words("-", 0, n), fb.words("-", 0, n)
+            row[kind] = _cpu_best(repeat, kernel.diff_codes, fa, fb, ca, cbb, spec)
+            da = DequantSource(_Memory(a), qt, CpuDecoder(threads))  # type: ignore[arg-type]
+            db = DequantSource(_Memory(b), qt, CpuDecoder(threads))  # type: ignore[arg-type]
+            row[kind + "_decode"] = _cpu_best(repeat, _decode_then_diff, kernel, da, db, n, spec)
+        out.append({k: v if k == "fraction" else v / n * 1e9 for k, v in row.items()})
+    keys = ("bf16", "fp8", "fp8_decode", "mxfp4", "mxfp4_decode")
+    print("CPU ns per element (per changed element in brackets), threads", threads)
+    print(f"{'changed':>8}" + "".join(f"{k:>20}" for k in keys))
+    for r in out:
+        cells = []
+        for k in keys:
+            per = (r[k] - out[0][k]) / r["fraction"] if r["fraction"] else None
+            cells.append(f"{r[k]:.2f}" + ("" if per is None else f" [{per:.2f}]"))
+        print(f"{r['fraction']:>8.0%}" + "".join(f"{c:>20}" for c in cells))
+    return out
+
+
 def _row(kind: str, base: Path, tuned: Path, report: Path, m: dict, fraction: float) -> dict:
     data = json.loads(report.read_text())
     nbytes = sum(f.stat().st_size for d in (base, tuned) for f in d.glob("*.safetensors"))
@@ -154,12 +263,19 @@ def main() -> None:
     ap.add_argument("--fractions", default="0.05,0.2,0.3", help="shares of codes changed")
     ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
     ap.add_argument("--quick", action="store_true", help="tiny pairs (a smoke test)")
+    ap.add_argument("--kernels", action="store_true", help="time the kernels alone in memory")
     args = ap.parse_args()
+    fractions = [float(f) for f in args.fractions.split(",")]
+    if args.kernels:
+        res = kernels(fractions, args.threads or 1, args.repeat)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "quant_kernels.json").write_text(json.dumps(res, indent=2))
+        return
     if args.quick:
         args.tensors, args.rows, args.cols = 8, 256, 512
     rlsparse = str(BIN / "rlsparse")
     rows = []
-    for fraction in (float(f) for f in args.fractions.split(",")):
+    for fraction in fractions:
         root = args.out / f"f{round(fraction * 100):02d}"
         first = len(rows)
         for kind in ("bf16", "fp8", "mxfp4"):
