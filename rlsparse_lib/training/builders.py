@@ -5,7 +5,8 @@ CPU without native bf16, ``mixed`` computes in fp32: :mod:`~rlsparse_lib.trainin
 checkpoints are written by :class:`~rlsparse_lib.training.checkpoints.CheckpointSaver`; the
 trainers' own saving keeps the resumable state (:mod:`~rlsparse_lib.training.resume`). GRPO/RLOO
 take the task's scorer as their reward function; DPO/KTO get an explicit frozen copy of the
-initial model as reference.
+initial model as reference; ORPO and SimPO (TRL's ``trl.experimental`` ORPO and CPO trainers) are
+reference-free.
 """
 
 from __future__ import annotations
@@ -134,6 +135,29 @@ def build_trainer(
         )
     p = cfg.preference
     assert p is not None
+    if cfg.kind in ("orpo", "simpo"):  # reference-free: no frozen copy of the model
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        free_args: dict[str, Any] = {
+            **args,
+            "per_device_train_batch_size": t.batch_size,
+            "max_length": max_length,
+            "max_completion_length": t.max_completion_length,
+            "beta": p.beta,
+            "disable_dropout": True,
+        }
+        common = {
+            "model": model,
+            "train_dataset": dataset,
+            "processing_class": tokenizer,
+            "callbacks": callbacks,
+        }
+        if cfg.kind == "orpo":
+            return ORPOTrainer(args=ORPOConfig(**free_args), **common)
+        # SimPO = CPO's simpo loss without CPO's behaviour-cloning term (cpo_alpha 0)
+        simpo = CPOConfig(**free_args, loss_type="simpo", cpo_alpha=0.0)
+        return CPOTrainer(args=simpo, **common)
     ref = copy.deepcopy(model).eval()
     for q in ref.parameters():
         q.requires_grad_(False)

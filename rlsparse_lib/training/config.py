@@ -7,7 +7,7 @@ before validation, so ``--set train.lr=1e-5 precision=fp32`` is checked like the
 
 Example (every key is optional except ``kind``)::
 
-    kind: grpo                 # sft | rft | grpo | rloo | dpo | kto
+    kind: grpo                 # sft | rft | grpo | rloo | dpo | kto | orpo | simpo
     name: grpo-cpu             # run folder data/runs/<name>/ (default: the file's stem)
     model: smollm2-135m-instruct
     precision: mixed           # bf16 | mixed | fp32
@@ -33,7 +33,9 @@ from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.training.models import DEFAULT_MODEL
 from rlsparse_lib.training.tasks import EXTRACTORS, TaskSpec
 
-KINDS = ("sft", "rft", "grpo", "rloo", "dpo", "kto")
+KINDS = ("sft", "rft", "grpo", "rloo", "dpo", "kto", "orpo", "simpo")
+#: kinds trained on preference data (the ``preference`` section)
+PREFERENCE_KINDS = ("dpo", "kto", "orpo", "simpo")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("constant", "linear", "cosine", "constant_with_warmup")
 DEVICES = ("auto", "cpu", "cuda")
@@ -47,6 +49,8 @@ SECTIONS_FOR_KIND: dict[str, tuple[str, ...]] = {
     "rloo": ("rl",),
     "dpo": ("preference", "sampling"),
     "kto": ("preference", "sampling"),
+    "orpo": ("preference", "sampling"),
+    "simpo": ("preference", "sampling"),
 }
 
 
@@ -107,9 +111,11 @@ class SamplingSection:
 
 @dataclass(frozen=True)
 class PreferenceSection:
-    """DPO / KTO. ``data: own`` — pairs (DPO) or labelled samples (KTO) from the model's own
-    samples, correct vs incorrect (in-distribution); ``external`` — the written reference solution
-    vs the same solution with a wrong final answer (off-policy)."""
+    """DPO / KTO / ORPO / SimPO. ``data: own`` — pairs (DPO, ORPO, SimPO) or labelled samples
+    (KTO) from the model's own samples, correct vs incorrect (in-distribution); ``external`` — the
+    written reference solution vs the same solution with a wrong final answer (off-policy).
+    ``beta``: DPO/KTO/SimPO's β; ORPO's odds-ratio weight λ. ``loss_type``: DPO/KTO only (ORPO
+    has one loss; SimPO is TRL's CPO with ``loss_type: simpo``, ``cpo_alpha: 0``)."""
 
     data: str = "own"
     beta: float = 0.1
@@ -185,7 +191,7 @@ class RunConfig:
         if self.kind == "rft":
             return True
         return (
-            self.kind in ("dpo", "kto")
+            self.kind in PREFERENCE_KINDS
             and self.preference is not None
             and self.preference.data == "own"
         )
@@ -261,7 +267,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
             raise ConfigError(f"{where}: section '{section}' does not apply to kind '{kind}'")
     raw = dict(data)
     pref = raw.get("preference")
-    if kind in ("dpo", "kto") and isinstance(pref, dict) and pref.get("data") == "external":
+    if kind in PREFERENCE_KINDS and isinstance(pref, dict) and pref.get("data") == "external":
         if "sampling" in raw:
             raise ConfigError(
                 f"{where}: section 'sampling' does not apply to preference.data: external"
@@ -432,6 +438,12 @@ def _check(cfg: RunConfig, where: str) -> None:
             cfg.preference.data,
         )
         need(cfg.preference.beta > 0, "preference.beta", "> 0", cfg.preference.beta)
+        need(
+            cfg.kind in ("dpo", "kto") or cfg.preference.loss_type is None,
+            "preference.loss_type",
+            f"null for {cfg.kind} (a DPO/KTO option)",
+            cfg.preference.loss_type,
+        )
     need(
         cfg.checkpoints.every >= 0,
         "checkpoints.every",

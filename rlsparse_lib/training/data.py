@@ -6,8 +6,8 @@ kind           rows                                        data source
 grpo / rloo    ``prompt``, ``item``                        the task's questions (reward online)
 sft            ``prompt``, ``completion``                  written reference solutions (OOD)
 rft            ``prompt``, ``completion``                  own samples scored correct (in-dist.)
-dpo            ``prompt``, ``chosen``, ``rejected``        own correct vs own incorrect, or the
-                                                           written solution vs a wrong variant
+dpo / orpo /   ``prompt``, ``chosen``, ``rejected``        own correct vs own incorrect, or the
+simpo                                                      written solution vs a wrong variant
 kto            ``prompt``, ``completion``, ``label``       own samples labelled by the scorer, or
                                                            written solutions right / wrong
 =============  ==========================================  ====================================
@@ -89,7 +89,8 @@ def build_rows(cfg: RunConfig, task: Task, own: OwnSamples | None) -> list[dict[
             {"prompt": task.messages(e), "completion": _assistant(task.reference(e))} for e in train
         ]
     external = cfg.preference is not None and cfg.preference.data == "external"
-    if kind == "dpo" and external:
+    pairs = kind in ("dpo", "orpo", "simpo")
+    if pairs and external:
         return [
             {
                 "prompt": task.messages(e),
@@ -127,7 +128,7 @@ def build_rows(cfg: RunConfig, task: Task, own: OwnSamples | None) -> list[dict[
         bad = [s["completion"] for s in samples if s["score"] < 1.0]
         if kind == "rft":
             rows += [{"prompt": prompt, "completion": _assistant(c)} for c in dict.fromkeys(good)]
-        elif kind == "dpo":
+        elif pairs:
             rows += [
                 {"prompt": prompt, "chosen": _assistant(g), "rejected": _assistant(b)}
                 for g, b in zip(good, bad, strict=False)
@@ -141,6 +142,8 @@ def build_rows(cfg: RunConfig, task: Task, own: OwnSamples | None) -> list[dict[
         what = {
             "rft": "correct sample",
             "dpo": "prompt with a correct and an incorrect sample",
+            "orpo": "prompt with a correct and an incorrect sample",
+            "simpo": "prompt with a correct and an incorrect sample",
             "kto": "correct and incorrect sample",
         }[kind]
         raise DataError(

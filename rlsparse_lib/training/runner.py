@@ -458,7 +458,7 @@ def _check_prompt_lengths(cfg: RunConfig, task, tokenizer) -> None:
             raise ConfigError(
                 f"train.max_prompt_length: a {task.spec.name} prompt has {n} tokens > {limit_p}"
             )
-        if cfg.kind in ("sft", "dpo", "kto"):
+        if cfg.kind in ("sft", "dpo", "kto", "orpo", "simpo"):
             m = len(tokenizer(task.reference(e), add_special_tokens=False)["input_ids"])
             if m + 2 > limit_c:
                 raise ConfigError(
