@@ -4,9 +4,11 @@ diff of the checkpoints; config validation of their sections."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
@@ -122,3 +124,123 @@ def test_config_sections(tiny_dir: Path, kind: str) -> None:
 def test_dpo_keeps_its_loss_type(tiny_dir: Path) -> None:
     cfg = config_from_dict(tiny_config(tiny_dir, "dpo", preference={"loss_type": "hinge"}))
     assert cfg.preference is not None and cfg.preference.loss_type == "hinge"
+
+
+# ---- PRIME -------------------------------------------------------------------------------------
+def test_implicit_reward_and_prm_loss_equal_a_naive_computation() -> None:
+    from rlsparse_lib.training.prime import implicit_rewards, prm_loss, token_logps
+
+    torch.manual_seed(0)
+    vocab, p_len, c_len = 11, 3, 4
+    prm = torch.nn.Sequential(torch.nn.Embedding(vocab, 8), torch.nn.Linear(8, vocab))
+    ref = torch.nn.Sequential(torch.nn.Embedding(vocab, 8), torch.nn.Linear(8, vocab))
+
+    class Causal(torch.nn.Module):  # logits of position t depend on token t (a bigram model)
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, input_ids, attention_mask):
+            return type("Out", (), {"logits": self.net(input_ids)})()
+
+    ids = torch.randint(0, vocab, (2, p_len + c_len))
+    attn = torch.ones_like(ids)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    beta, outcome = 0.05, torch.tensor([1.0, 0.0])
+    lp_prm = token_logps(Causal(prm), ids, attn, c_len)
+    lp_ref = token_logps(Causal(ref), ids, attn, c_len)
+    got = implicit_rewards(lp_prm, lp_ref, mask, beta)
+    loss = prm_loss(lp_prm, lp_ref, mask, beta, outcome)
+    naive_loss = 0.0
+    for b in range(2):
+        seq = 0.0
+        for t in range(c_len):
+            pos = p_len + t  # the token at pos is predicted from the logits at pos - 1
+            tok = int(ids[b, pos])
+            p1 = torch.softmax(prm(ids[b, pos - 1 : pos]).detach(), -1)[0, tok]
+            p0 = torch.softmax(ref(ids[b, pos - 1 : pos]).detach(), -1)[0, tok]
+            want = beta * math.log(float(p1) / float(p0)) if mask[b, t] else 0.0
+            assert float(got[b, t].detach()) == pytest.approx(want, abs=1e-6)
+            seq += want
+        prob = 1 / (1 + math.exp(-seq))
+        y = float(outcome[b])
+        naive_loss -= (y * math.log(prob) + (1 - y) * math.log(1 - prob)) / 2
+    assert float(loss.detach()) == pytest.approx(naive_loss, rel=1e-5)
+
+
+def test_advantages_equal_a_naive_rloo_computation() -> None:
+    from rlsparse_lib.training.prime import prime_advantages, rloo_tokens
+
+    g = torch.Generator().manual_seed(1)
+    k, groups, t_len, weight = 4, 2, 5, 0.7
+    b = k * groups
+    process = torch.randn(b, t_len, generator=g, dtype=torch.float64)
+    outcome = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    lengths = [5, 3, 1, 4, 2, 5, 5, 3]
+    mask = torch.tensor([[t < n for t in range(t_len)] for n in lengths])
+    process = process * mask
+    got = prime_advantages(process, outcome, mask, k, weight)
+    # naive: per sample, per token, with Python loops
+    rewards = [[0.0] * t_len for _ in range(b)]
+    for i in range(b):
+        start = (i // k) * k
+        group = range(start, start + k)
+        means = {
+            j: sum(float(process[j, t]) for t in range(lengths[j])) / lengths[j] for j in group
+        }
+        base_p = sum(means.values()) / (k - 1)
+        others_o = sum(float(outcome[j]) for j in group if j != i) / (k - 1)
+        for t in range(lengths[i]):
+            rewards[i][t] = weight * (float(process[i, t]) * k / (k - 1) - base_p)
+        rewards[i][lengths[i] - 1] += float(outcome[i]) - others_o
+    returns = [
+        [sum(rewards[i][t:]) if t < lengths[i] else 0.0 for t in range(t_len)] for i in range(b)
+    ]
+    flat = [returns[i][t] for i in range(b) for t in range(lengths[i])]
+    mean = sum(flat) / len(flat)
+    std = math.sqrt(sum((x - mean) ** 2 for x in flat) / (len(flat) - 1) + 1e-8)
+    for i in range(b):
+        for t in range(t_len):
+            want = (returns[i][t] - mean) / std if t < lengths[i] else 0.0
+            assert float(got[i, t]) == pytest.approx(want, abs=1e-9), (i, t)
+    # a one-token (outcome) reward through rloo_tokens is plain RLOO: r_i - mean of the others
+    one = torch.zeros(b, 1, dtype=torch.bool) | True
+    rloo = rloo_tokens(outcome.unsqueeze(1), one, k).squeeze(1)
+    for i in range(b):
+        others = [float(outcome[j]) for j in range((i // k) * k, (i // k + 1) * k) if j != i]
+        assert float(rloo[i]) == pytest.approx(float(outcome[i]) - sum(others) / (k - 1))
+
+
+def test_prime_trains(tmp_path: Path, tiny_dir: Path, monkeypatch) -> None:
+    monkeypatch.setattr(Task, "score", digit_score)
+    cfg = config_from_dict(
+        tiny_config(
+            tiny_dir,
+            "prime",
+            train={"max_completion_length": 8},
+            rl={"num_generations": 2},
+            prime={"beta": 0.05},
+        )
+    )
+    result = train(cfg, out_root=tmp_path, progress=False)
+    m = result.manifest
+    assert m["status"] == "complete" and m["kind"] == "prime"
+    assert [c["step"] for c in m["checkpoints"]] == [0, 1, 2]
+    steps = [h for h in m["history"] if "loss" in h]
+    assert len(steps) == 2 and all("prm_loss" in h and "reward" in h for h in steps)
+    assert m["final_diff"]["fp32"]["n_changed"] > 0
+    _monitor_equals_checkpoint_diffs(result, 2)
+
+
+def test_prime_config_sections(tiny_dir: Path) -> None:
+    cfg = config_from_dict(tiny_config(tiny_dir, "prime"))
+    assert cfg.prime is not None and cfg.rl is not None and cfg.prime.lr is None
+    with pytest.raises(ConfigError, match="section 'preference' does not apply"):
+        config_from_dict(tiny_config(tiny_dir, "prime", preference={}))
+    with pytest.raises(ConfigError, match="section 'prime' does not apply"):
+        config_from_dict(tiny_config(tiny_dir, "grpo", prime={}))
+    with pytest.raises(ConfigError, match=r"prime\.beta"):
+        config_from_dict(tiny_config(tiny_dir, "prime", prime={"beta": 0}))
+    with pytest.raises(ConfigError, match=r"rl\.scale_rewards"):
+        config_from_dict(tiny_config(tiny_dir, "prime", rl={"scale_rewards": "group"}))
+    assert load_config(CONFIGS / "prime.yaml").kind == "prime"

@@ -4,9 +4,9 @@ All kinds share the optimizer, schedule, precision and logging settings (:func:`
 CPU without native bf16, ``mixed`` computes in fp32: :mod:`~rlsparse_lib.training.precision_modes`);
 checkpoints are written by :class:`~rlsparse_lib.training.checkpoints.CheckpointSaver`; the
 trainers' own saving keeps the resumable state (:mod:`~rlsparse_lib.training.resume`). GRPO/RLOO
-take the task's scorer as their reward function; DPO/KTO get an explicit frozen copy of the
-initial model as reference; ORPO and SimPO (TRL's ``trl.experimental`` ORPO and CPO trainers) are
-reference-free.
+take the task's scorer as their reward function, PRIME as its outcome reward
+(:mod:`~rlsparse_lib.training.prime`); DPO/KTO get an explicit frozen copy of the initial model as
+reference; ORPO and SimPO (TRL's ``trl.experimental`` ORPO and CPO trainers) are reference-free.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def build_trainer(
     args = common_args(cfg, output_dir, use_cpu, precision)
     t = cfg.train
     max_length = t.max_prompt_length + t.max_completion_length
-    if cfg.kind in ("grpo", "rloo"):
+    if cfg.kind in ("grpo", "rloo", "prime"):
         r = cfg.rl
         assert r is not None
         rl_args = {
@@ -111,6 +111,22 @@ def build_trainer(
             "processing_class": tokenizer,
             "callbacks": callbacks,
         }
+        if cfg.kind == "prime":
+            from rlsparse_lib.training.prime import PrimeTrainer
+
+            q = cfg.prime
+            assert q is not None
+            if r.loss_type is not None:
+                rl_args["loss_type"] = r.loss_type
+            del trainer["reward_funcs"]  # PrimeTrainer records the outcome scores itself
+            return PrimeTrainer(
+                args=trl.GRPOConfig(**rl_args),
+                reward_func=reward,
+                prm_beta=q.beta,
+                prm_lr=q.lr if q.lr is not None else t.lr,
+                process_weight=q.process_weight,
+                **trainer,
+            )
         if cfg.kind == "grpo":
             if r.loss_type is not None:
                 rl_args["loss_type"] = r.loss_type

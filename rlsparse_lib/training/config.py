@@ -7,7 +7,7 @@ before validation, so ``--set train.lr=1e-5 precision=fp32`` is checked like the
 
 Example (every key is optional except ``kind``)::
 
-    kind: grpo                 # sft | rft | grpo | rloo | dpo | kto | orpo | simpo
+    kind: grpo                 # sft | rft | grpo | rloo | dpo | kto | orpo | simpo | prime
     name: grpo-cpu             # run folder data/runs/<name>/ (default: the file's stem)
     model: smollm2-135m-instruct
     precision: mixed           # bf16 | mixed | fp32
@@ -33,7 +33,7 @@ from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.training.models import DEFAULT_MODEL
 from rlsparse_lib.training.tasks import EXTRACTORS, TaskSpec
 
-KINDS = ("sft", "rft", "grpo", "rloo", "dpo", "kto", "orpo", "simpo")
+KINDS = ("sft", "rft", "grpo", "rloo", "dpo", "kto", "orpo", "simpo", "prime")
 #: kinds trained on preference data (the ``preference`` section)
 PREFERENCE_KINDS = ("dpo", "kto", "orpo", "simpo")
 OPTIMIZERS = ("adamw", "sgd")
@@ -51,6 +51,7 @@ SECTIONS_FOR_KIND: dict[str, tuple[str, ...]] = {
     "kto": ("preference", "sampling"),
     "orpo": ("preference", "sampling"),
     "simpo": ("preference", "sampling"),
+    "prime": ("rl", "prime"),
 }
 
 
@@ -84,7 +85,7 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class RLSection:
-    """GRPO / RLOO. ``beta`` is the KL coefficient (0: off, no reference model). ``epsilon`` is
+    """GRPO / RLOO / PRIME. ``beta`` is the KL coefficient (0: off, no reference model). ``epsilon`` is
     the ratio-clipping range (null: off); with ``num_iterations: 1`` every update is on-policy,
     the ratio is 1 and clipping never binds. ``loss_type`` and ``scale_rewards`` are GRPO's
     (null: TRL's default)."""
@@ -120,6 +121,17 @@ class PreferenceSection:
     data: str = "own"
     beta: float = 0.1
     loss_type: str | None = None
+
+
+@dataclass(frozen=True)
+class PrimeSection:
+    """PRIME (:mod:`~rlsparse_lib.training.prime`): the implicit PRM's β (token reward
+    β·log π_prm/π_ref), its AdamW learning rate (null: ``train.lr``), and the weight of the process
+    rewards' returns beside the outcome's (PRIME's 5 and 5 equal 1 after whitening)."""
+
+    beta: float = 0.05
+    lr: float | None = None
+    process_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -176,6 +188,7 @@ class RunConfig:
     rl: RLSection | None = None
     sampling: SamplingSection | None = None
     preference: PreferenceSection | None = None
+    prime: PrimeSection | None = None
     checkpoints: CheckpointSection = field(default_factory=CheckpointSection)
     monitor: MonitorSection = field(default_factory=MonitorSection)
     eval: EvalSection = field(default_factory=EvalSection)
@@ -203,6 +216,7 @@ _SECTIONS: dict[str, type] = {
     "rl": RLSection,
     "sampling": SamplingSection,
     "preference": PreferenceSection,
+    "prime": PrimeSection,
     "checkpoints": CheckpointSection,
     "monitor": MonitorSection,
     "eval": EvalSection,
@@ -262,7 +276,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
     if kind not in KINDS:
         raise ConfigError(f"{where}: 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
     allowed = SECTIONS_FOR_KIND[kind]
-    for section in ("rl", "sampling", "preference"):
+    for section in ("rl", "sampling", "preference", "prime"):
         if section in data and section not in allowed:
             raise ConfigError(f"{where}: section '{section}' does not apply to kind '{kind}'")
     raw = dict(data)
@@ -417,6 +431,18 @@ def _check(cfg: RunConfig, where: str) -> None:
                 "null for rloo (GRPO options)",
                 (r.loss_type, r.scale_rewards),
             )
+        if cfg.kind == "prime":
+            need(
+                r.scale_rewards is None,
+                "rl.scale_rewards",
+                "null for prime (its advantages are whitened PRIME returns)",
+                r.scale_rewards,
+            )
+    if cfg.prime is not None:
+        q = cfg.prime
+        need(q.beta > 0, "prime.beta", "> 0", q.beta)
+        need(q.lr is None or q.lr > 0, "prime.lr", "> 0 or null", q.lr)
+        need(q.process_weight >= 0, "prime.process_weight", ">= 0", q.process_weight)
     if cfg.sampling is not None:
         p = cfg.sampling
         need(p.prompts is None or p.prompts >= 1, "sampling.prompts", ">= 1 or null", p.prompts)

@@ -3,7 +3,8 @@
 =============  ==========================================  ====================================
 kind           rows                                        data source
 =============  ==========================================  ====================================
-grpo / rloo    ``prompt``, ``item``                        the task's questions (reward online)
+grpo / rloo /  ``prompt``, ``item``                        the task's questions (reward online)
+prime
 sft            ``prompt``, ``completion``                  written reference solutions (OOD)
 rft            ``prompt``, ``completion``                  own samples scored correct (in-dist.)
 dpo / orpo /   ``prompt``, ``chosen``, ``rejected``        own correct vs own incorrect, or the
@@ -82,7 +83,7 @@ def build_rows(cfg: RunConfig, task: Task, own: OwnSamples | None) -> list[dict[
     rng = random.Random(cfg.seed)
     train = task.train
     kind = cfg.kind
-    if kind in ("grpo", "rloo"):
+    if kind in ("grpo", "rloo", "prime"):
         return [{"prompt": task.messages(e), "item": i} for i, e in enumerate(train)]
     if kind == "sft":
         return [
