@@ -244,3 +244,131 @@ def test_prime_config_sections(tiny_dir: Path) -> None:
     with pytest.raises(ConfigError, match=r"rl\.scale_rewards"):
         config_from_dict(tiny_config(tiny_dir, "prime", rl={"scale_rewards": "group"}))
     assert load_config(CONFIGS / "prime.yaml").kind == "prime"
+
+
+# ---- PPO ---------------------------------------------------------------------------------------
+def test_gae_whiten_and_value_loss_equal_naive_computations() -> None:
+    from rlsparse_lib.training.ppo import gae, value_loss, whiten
+
+    g = torch.Generator().manual_seed(2)
+    b, t_len, gamma, lam = 3, 5, 0.9, 0.8
+    rewards = torch.randn(b, t_len, generator=g, dtype=torch.float64)
+    values = torch.randn(b, t_len, generator=g, dtype=torch.float64)
+    lengths = [5, 2, 4]
+    mask = torch.tensor([[t < n for t in range(t_len)] for n in lengths])
+    adv, ret = gae(rewards, values, mask, gamma, lam)
+    for i, n in enumerate(lengths):
+        for t in range(t_len):
+            if t >= n:
+                assert float(adv[i, t]) == 0.0 and float(ret[i, t]) == 0.0
+                continue
+            want = 0.0  # A_t = sum_l (gamma*lam)^l delta_{t+l}, V after the last token = 0
+            for s in range(t, n):
+                nxt = float(values[i, s + 1]) if s + 1 < n else 0.0
+                delta = float(rewards[i, s]) + gamma * nxt - float(values[i, s])
+                want += (gamma * lam) ** (s - t) * delta
+            assert float(adv[i, t]) == pytest.approx(want, abs=1e-12)
+            assert float(ret[i, t]) == pytest.approx(want + float(values[i, t]), abs=1e-12)
+    flat = [float(adv[i, t]) for i, n in enumerate(lengths) for t in range(n)]
+    mean = sum(flat) / len(flat)
+    std = math.sqrt(sum((x - mean) ** 2 for x in flat) / (len(flat) - 1) + 1e-8)
+    w = whiten(adv, mask)
+    for i, n in enumerate(lengths):
+        for t in range(t_len):
+            want = (float(adv[i, t]) - mean) / std if t < n else 0.0
+            assert float(w[i, t]) == pytest.approx(want, abs=1e-12)
+    new = values + torch.randn(b, t_len, generator=g, dtype=torch.float64)
+    got = value_loss(new, values, ret, mask, 0.2)
+    terms = []
+    for i, n in enumerate(lengths):
+        for t in range(n):
+            v, v0, r = float(new[i, t]), float(values[i, t]), float(ret[i, t])
+            vc = min(max(v, v0 - 0.2), v0 + 0.2)
+            terms.append(0.5 * max((v - r) ** 2, (vc - r) ** 2))
+    assert float(got) == pytest.approx(sum(terms) / len(terms), rel=1e-12)
+
+
+def _pad_is_eos(tiny_dir: Path, dest: Path) -> Path:
+    """A copy of the tiny model whose tokenizer pads with its end-of-turn token (as SmolLM2)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(tiny_dir, dest)
+    tok = AutoTokenizer.from_pretrained(dest)
+    tok.pad_token = tok.eos_token
+    tok.save_pretrained(dest)
+    return dest
+
+
+def test_ppo_trains_and_keeps_end_of_turn_tokens_when_pad_is_eos(
+    tmp_path: Path, tiny_dir: Path, monkeypatch
+) -> None:
+    from transformers import AutoTokenizer
+
+    from rlsparse_lib.training import ppo
+
+    model_dir = _pad_is_eos(tiny_dir, tmp_path / "tiny-pad-eos")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    assert tok.pad_token_id == tok.eos_token_id
+    seen: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+    original = ppo.completion_values
+
+    def spy(value, input_ids, attention_mask, n):
+        seen.append((input_ids.clone(), attention_mask.clone(), n))
+        return original(value, input_ids, attention_mask, n)
+
+    monkeypatch.setattr(ppo, "completion_values", spy)
+    monkeypatch.setattr(Task, "score", digit_score)
+    cfg = config_from_dict(
+        tiny_config(
+            model_dir,
+            "ppo",
+            train={"max_completion_length": 8},
+            rl={"num_generations": 2, "beta": 0.05},
+        )
+    )
+    result = train(cfg, out_root=tmp_path, progress=False)
+    m = result.manifest
+    assert m["status"] == "complete" and m["kind"] == "ppo"
+    assert [c["step"] for c in m["checkpoints"]] == [0, 1, 2]
+    steps = [h for h in m["history"] if "loss" in h]
+    assert len(steps) == 2 and all("value_loss" in h and "ppo_kl" in h for h in steps)
+    assert m["final_diff"]["fp32"]["n_changed"] > 0
+    _monitor_equals_checkpoint_diffs(result, 2)
+    # the trap: every end-of-turn token of the prompt (id == pad id) is attended, and each
+    # completion's mask runs through its first EOS
+    task = Task(cfg.task)
+    prompts = {
+        tuple(
+            tok(
+                tok.apply_chat_template(
+                    task.messages(e), add_generation_prompt=True, tokenize=False
+                ),
+                add_special_tokens=False,
+            )["input_ids"]
+        )
+        for e in task.train
+    }
+    eos = tok.eos_token_id
+    assert seen
+    for ids, attn, n in seen:
+        for row_ids, row_attn in zip(ids.tolist(), attn.tolist(), strict=True):
+            kept = [x for x, a in zip(row_ids[:-n], row_attn[:-n], strict=True) if a]
+            assert tuple(kept) in prompts and kept.count(eos) >= 1
+            comp = row_ids[-n:]
+            cmask = row_attn[-n:]
+            first = comp.index(eos) if eos in comp else n - 1
+            assert cmask == [1] * (first + 1) + [0] * (n - first - 1)
+
+
+def test_ppo_config_sections(tiny_dir: Path) -> None:
+    cfg = config_from_dict(tiny_config(tiny_dir, "ppo"))
+    assert cfg.ppo is not None and cfg.ppo.value_lr is None
+    with pytest.raises(ConfigError, match="section 'ppo' does not apply"):
+        config_from_dict(tiny_config(tiny_dir, "prime", ppo={}))
+    with pytest.raises(ConfigError, match=r"ppo\.gamma/lam"):
+        config_from_dict(tiny_config(tiny_dir, "ppo", ppo={"lam": 1.5}))
+    with pytest.raises(ConfigError, match=r"ppo\.value_clip"):
+        config_from_dict(tiny_config(tiny_dir, "ppo", ppo={"value_clip": 0}))
+    assert load_config(CONFIGS / "ppo.yaml").kind == "ppo"

@@ -63,7 +63,7 @@ def test_defaults_name_from_file_and_round_trip(tmp_path: Path) -> None:
         ({"kind": "grpo", "train": {"lr": "fast"}}, "'train.lr' must be a number"),
         ({"kind": "grpo", "train": {"lr": float("nan")}}, "'train.lr' must be finite"),
         ({"kind": "grpo", "precision": "fp16"}, "'precision' must be bf16, mixed or fp32"),
-        ({"kind": "ppo"}, "'kind' must be one of"),
+        ({"kind": "reinforce"}, "'kind' must be one of"),
         ({}, "'kind' must be one of"),
         ({"kind": "sft", "rl": {"beta": 0.1}}, "section 'rl' does not apply to kind 'sft'"),
         ({"kind": "grpo", "preference": {}}, "section 'preference' does not apply"),

@@ -4,8 +4,8 @@ All kinds share the optimizer, schedule, precision and logging settings (:func:`
 CPU without native bf16, ``mixed`` computes in fp32: :mod:`~rlsparse_lib.training.precision_modes`);
 checkpoints are written by :class:`~rlsparse_lib.training.checkpoints.CheckpointSaver`; the
 trainers' own saving keeps the resumable state (:mod:`~rlsparse_lib.training.resume`). GRPO/RLOO
-take the task's scorer as their reward function, PRIME as its outcome reward
-(:mod:`~rlsparse_lib.training.prime`); DPO/KTO get an explicit frozen copy of the initial model as
+take the task's scorer as their reward function, PRIME and PPO as their outcome reward
+(:mod:`~rlsparse_lib.training.prime`, :mod:`~rlsparse_lib.training.ppo`); DPO/KTO get an explicit frozen copy of the initial model as
 reference; ORPO and SimPO (TRL's ``trl.experimental`` ORPO and CPO trainers) are reference-free.
 """
 
@@ -87,7 +87,7 @@ def build_trainer(
     args = common_args(cfg, output_dir, use_cpu, precision)
     t = cfg.train
     max_length = t.max_prompt_length + t.max_completion_length
-    if cfg.kind in ("grpo", "rloo", "prime"):
+    if cfg.kind in ("grpo", "rloo", "prime", "ppo"):
         r = cfg.rl
         assert r is not None
         rl_args = {
@@ -111,6 +111,26 @@ def build_trainer(
             "processing_class": tokenizer,
             "callbacks": callbacks,
         }
+        if cfg.kind == "ppo":
+            from rlsparse_lib.training.ppo import PpoTrainer
+
+            o = cfg.ppo
+            assert o is not None
+            if r.loss_type is not None:
+                rl_args["loss_type"] = r.loss_type
+            rl_args["beta"] = 0.0  # PPO's KL is a reward penalty (PpoTrainer), not GRPO's loss term
+            del trainer["reward_funcs"]  # PpoTrainer records the rule reward itself
+            return PpoTrainer(
+                args=trl.GRPOConfig(**rl_args),
+                reward_func=reward,
+                kl_coef=r.beta,
+                gamma=o.gamma,
+                lam=o.lam,
+                value_lr=o.value_lr if o.value_lr is not None else t.lr,
+                value_clip=o.value_clip,
+                seed=cfg.seed,
+                **trainer,
+            )
         if cfg.kind == "prime":
             from rlsparse_lib.training.prime import PrimeTrainer
 

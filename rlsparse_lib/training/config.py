@@ -7,7 +7,7 @@ before validation, so ``--set train.lr=1e-5 precision=fp32`` is checked like the
 
 Example (every key is optional except ``kind``)::
 
-    kind: grpo                 # sft | rft | grpo | rloo | dpo | kto | orpo | simpo | prime
+    kind: grpo                 # sft | rft | grpo | rloo | dpo | kto | orpo | simpo | prime | ppo
     name: grpo-cpu             # run folder data/runs/<name>/ (default: the file's stem)
     model: smollm2-135m-instruct
     precision: mixed           # bf16 | mixed | fp32
@@ -33,7 +33,7 @@ from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.training.models import DEFAULT_MODEL
 from rlsparse_lib.training.tasks import EXTRACTORS, TaskSpec
 
-KINDS = ("sft", "rft", "grpo", "rloo", "dpo", "kto", "orpo", "simpo", "prime")
+KINDS = ("sft", "rft", "grpo", "rloo", "dpo", "kto", "orpo", "simpo", "prime", "ppo")
 #: kinds trained on preference data (the ``preference`` section)
 PREFERENCE_KINDS = ("dpo", "kto", "orpo", "simpo")
 OPTIMIZERS = ("adamw", "sgd")
@@ -52,6 +52,7 @@ SECTIONS_FOR_KIND: dict[str, tuple[str, ...]] = {
     "orpo": ("preference", "sampling"),
     "simpo": ("preference", "sampling"),
     "prime": ("rl", "prime"),
+    "ppo": ("rl", "ppo"),
 }
 
 
@@ -85,7 +86,7 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class RLSection:
-    """GRPO / RLOO / PRIME. ``beta`` is the KL coefficient (0: off, no reference model). ``epsilon`` is
+    """GRPO / RLOO / PRIME / PPO. ``beta`` is the KL coefficient (0: off, no reference model). ``epsilon`` is
     the ratio-clipping range (null: off); with ``num_iterations: 1`` every update is on-policy,
     the ratio is 1 and clipping never binds. ``loss_type`` and ``scale_rewards`` are GRPO's
     (null: TRL's default)."""
@@ -132,6 +133,18 @@ class PrimeSection:
     beta: float = 0.05
     lr: float | None = None
     process_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class PpoSection:
+    """PPO (:mod:`~rlsparse_lib.training.ppo`): GAE's ``gamma`` and ``lam``, the value model's
+    AdamW learning rate (null: ``train.lr``) and value clipping range. ``rl.beta`` is the KL
+    penalty in the reward."""
+
+    gamma: float = 1.0
+    lam: float = 0.95
+    value_lr: float | None = None
+    value_clip: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -189,6 +202,7 @@ class RunConfig:
     sampling: SamplingSection | None = None
     preference: PreferenceSection | None = None
     prime: PrimeSection | None = None
+    ppo: PpoSection | None = None
     checkpoints: CheckpointSection = field(default_factory=CheckpointSection)
     monitor: MonitorSection = field(default_factory=MonitorSection)
     eval: EvalSection = field(default_factory=EvalSection)
@@ -217,6 +231,7 @@ _SECTIONS: dict[str, type] = {
     "sampling": SamplingSection,
     "preference": PreferenceSection,
     "prime": PrimeSection,
+    "ppo": PpoSection,
     "checkpoints": CheckpointSection,
     "monitor": MonitorSection,
     "eval": EvalSection,
@@ -276,7 +291,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
     if kind not in KINDS:
         raise ConfigError(f"{where}: 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
     allowed = SECTIONS_FOR_KIND[kind]
-    for section in ("rl", "sampling", "preference", "prime"):
+    for section in ("rl", "sampling", "preference", "prime", "ppo"):
         if section in data and section not in allowed:
             raise ConfigError(f"{where}: section '{section}' does not apply to kind '{kind}'")
     raw = dict(data)
@@ -431,11 +446,11 @@ def _check(cfg: RunConfig, where: str) -> None:
                 "null for rloo (GRPO options)",
                 (r.loss_type, r.scale_rewards),
             )
-        if cfg.kind == "prime":
+        if cfg.kind in ("prime", "ppo"):
             need(
                 r.scale_rewards is None,
                 "rl.scale_rewards",
-                "null for prime (its advantages are whitened PRIME returns)",
+                f"null for {cfg.kind} (its advantages are its own, whitened)",
                 r.scale_rewards,
             )
     if cfg.prime is not None:
@@ -443,6 +458,16 @@ def _check(cfg: RunConfig, where: str) -> None:
         need(q.beta > 0, "prime.beta", "> 0", q.beta)
         need(q.lr is None or q.lr > 0, "prime.lr", "> 0 or null", q.lr)
         need(q.process_weight >= 0, "prime.process_weight", ">= 0", q.process_weight)
+    if cfg.ppo is not None:
+        o = cfg.ppo
+        need(
+            0 < o.gamma <= 1 and 0 <= o.lam <= 1,
+            "ppo.gamma/lam",
+            "in (0, 1] / [0, 1]",
+            (o.gamma, o.lam),
+        )
+        need(o.value_lr is None or o.value_lr > 0, "ppo.value_lr", "> 0 or null", o.value_lr)
+        need(o.value_clip > 0, "ppo.value_clip", "> 0", o.value_clip)
     if cfg.sampling is not None:
         p = cfg.sampling
         need(p.prompts is None or p.prompts >= 1, "sampling.prompts", ">= 1 or null", p.prompts)

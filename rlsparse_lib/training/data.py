@@ -4,7 +4,7 @@
 kind           rows                                        data source
 =============  ==========================================  ====================================
 grpo / rloo /  ``prompt``, ``item``                        the task's questions (reward online)
-prime
+prime / ppo
 sft            ``prompt``, ``completion``                  written reference solutions (OOD)
 rft            ``prompt``, ``completion``                  own samples scored correct (in-dist.)
 dpo / orpo /   ``prompt``, ``chosen``, ``rejected``        own correct vs own incorrect, or the
@@ -83,7 +83,7 @@ def build_rows(cfg: RunConfig, task: Task, own: OwnSamples | None) -> list[dict[
     rng = random.Random(cfg.seed)
     train = task.train
     kind = cfg.kind
-    if kind in ("grpo", "rloo", "prime"):
+    if kind in ("grpo", "rloo", "prime", "ppo"):
         return [{"prompt": task.messages(e), "item": i} for i, e in enumerate(train)]
     if kind == "sft":
         return [

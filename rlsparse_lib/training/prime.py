@@ -107,7 +107,7 @@ def prime_advantages(
     return (returns - mean) * torch.rsqrt(var + 1e-8) * m
 
 
-class _OutcomeRecorder:
+class OutcomeRecorder:
     """The task's reward function, remembering its last batch of scores (the outcome labels)."""
 
     def __init__(self, func: Callable[..., list[float | None]]) -> None:
@@ -132,7 +132,7 @@ class PrimeTrainer(GRPOTrainer):
         process_weight: float,
         **kwargs: Any,
     ) -> None:
-        self._outcome = _OutcomeRecorder(reward_func)
+        self._outcome = OutcomeRecorder(reward_func)
         super().__init__(reward_funcs=[self._outcome], **kwargs)
         policy = self.accelerator.unwrap_model(self.model)
         self.prime_ref = copy.deepcopy(policy).eval().requires_grad_(False)
