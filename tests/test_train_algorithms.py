@@ -228,6 +228,10 @@ def test_prime_trains(tmp_path: Path, tiny_dir: Path, monkeypatch) -> None:
     assert [c["step"] for c in m["checkpoints"]] == [0, 1, 2]
     steps = [h for h in m["history"] if "loss" in h]
     assert len(steps) == 2 and all("prm_loss" in h and "reward" in h for h in steps)
+    # step 1 scores with the PRM after one step from θ0: its implicit rewards are not 0 (a PRM
+    # that shared the policy's forward, or never learned, would give exactly 0 or ln 2)
+    assert all(h["process_reward"] != 0 for h in steps)
+    assert len({h["prm_loss"] for h in steps}) == 2
     assert m["final_diff"]["fp32"]["n_changed"] > 0
     _monitor_equals_checkpoint_diffs(result, 2)
 
@@ -334,6 +338,7 @@ def test_ppo_trains_and_keeps_end_of_turn_tokens_when_pad_is_eos(
     assert [c["step"] for c in m["checkpoints"]] == [0, 1, 2]
     steps = [h for h in m["history"] if "loss" in h]
     assert len(steps) == 2 and all("value_loss" in h and "ppo_kl" in h for h in steps)
+    assert steps[1]["ppo_kl"] != 0  # a reference sharing the policy's forward would give 0
     assert m["final_diff"]["fp32"]["n_changed"] > 0
     _monitor_equals_checkpoint_diffs(result, 2)
     # the trap: every end-of-turn token of the prompt (id == pad id) is attended, and each
@@ -372,3 +377,41 @@ def test_ppo_config_sections(tiny_dir: Path) -> None:
     with pytest.raises(ConfigError, match=r"ppo\.value_clip"):
         config_from_dict(tiny_config(tiny_dir, "ppo", ppo={"value_clip": 0}))
     assert load_config(CONFIGS / "ppo.yaml").kind == "ppo"
+
+
+# ---- resumable: the PRM / value model travel with the states -----------------------------------
+@pytest.mark.slow  # ~1 min each on 2 busy cores (a reference run, a killed child, the resumed run)
+@pytest.mark.parametrize("kind", ["prime", "ppo"])
+def test_killed_run_resumes_bit_identically(
+    tmp_path: Path, tiny_dir: Path, monkeypatch, kind: str
+) -> None:
+    from .test_train_resume import _child, _history, _same_bits, _states
+
+    monkeypatch.setattr(Task, "score", digit_score)
+    config = tiny_config(
+        tiny_dir,
+        kind,
+        name=f"resume-{kind}",
+        task={"train_size": 4},
+        train={"steps": 4, "max_completion_length": 8},
+        rl={"num_generations": 2, "beta": 0.05 if kind == "ppo" else 0.0},
+        checkpoints={"every": 2},
+    )
+    ref = train(config_from_dict(config), out_root=tmp_path / "ref", progress=False)
+    root = tmp_path / "killed"
+    _child(config, root, "after-state", 2)
+    partial = root / "data" / "runs" / f".resume-{kind}.partial"
+    assert _states(partial) == ["state_000002"]
+    state = partial / ".trainer" / "state_000002"
+    assert (state / "aux_model.safetensors").is_file() and (state / "aux_optimizer.pt").is_file()
+    said: list[str] = []
+    got = train(config_from_dict(config), out_root=root, progress=False, say=said.append)
+    assert any("from its state at step 2" in s for s in said), said
+    m = ref.manifest
+    assert [c["step"] for c in m["checkpoints"]] == [0, 2, 4]
+    for entry in m["checkpoints"]:
+        for view in ("bf16", "fp32"):
+            _same_bits(ref.path / entry[view], got.path / entry[view])
+    assert _history(got.manifest) == _history(m)  # includes prm_loss / value_loss of steps 3-4
+    assert got.manifest["monitor"] == m["monitor"]
+    assert m["monitor"][-1]["changed_vs_init"] > 0

@@ -18,8 +18,11 @@ and the first one ending the completion. Here no mask is derived from token ids:
 is the tokenizer's attention mask and the completion mask ends at the first EOS (GRPO's), and the
 tests check both on a tokenizer whose pad equals its eos.
 
+The value model and its optimizer are saved with every resumable state and restored on resume
+(:class:`~rlsparse_lib.training.prime.AuxModelTrainer`).
+
 Not implemented: several PPO epochs over one batch (``rl.num_iterations`` > 1 reuses GRPO's
-ratio, but V takes one step per batch), and the value model's state in resumable checkpoints.
+ratio, but V takes one step per batch).
 """
 
 from __future__ import annotations
@@ -29,9 +32,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from trl import GRPOTrainer
 
-from rlsparse_lib.training.prime import OutcomeRecorder, token_logps
+from rlsparse_lib.training.prime import AuxModelTrainer, OutcomeRecorder, token_logps
 
 
 class ValueModel(torch.nn.Module):
@@ -99,7 +101,7 @@ def value_loss(
     return 0.5 * (loss * m).sum() / m.sum()
 
 
-class PpoTrainer(GRPOTrainer):
+class PpoTrainer(AuxModelTrainer):
     """GRPO's generation and PPO-clip loss with GAE advantages from a value model."""
 
     def __init__(
@@ -115,10 +117,11 @@ class PpoTrainer(GRPOTrainer):
         **kwargs: Any,
     ) -> None:
         self._outcome = OutcomeRecorder(reward_func)
-        super().__init__(reward_funcs=[self._outcome], **kwargs)
-        policy = self.accelerator.unwrap_model(self.model)
+        # copies of θ0 made before the Trainer prepares the policy (see PrimeTrainer)
+        policy = kwargs["model"]
         self.ppo_ref = copy.deepcopy(policy).eval().requires_grad_(False) if kl_coef else None
         self.value = ValueModel(policy, seed).train()
+        super().__init__(reward_funcs=[self._outcome], **kwargs)
         a = self.args
         self.value_optimizer = torch.optim.AdamW(
             self.value.parameters(),
@@ -127,6 +130,7 @@ class PpoTrainer(GRPOTrainer):
             eps=a.adam_epsilon,
             weight_decay=0.0,
         )
+        self.aux_model, self.aux_optimizer = self.value, self.value_optimizer
         self.kl_coef, self.gamma, self.lam, self.value_clip = kl_coef, gamma, lam, value_clip
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,14 +19,17 @@ explicit token-classification head, not an implicit reward), temperature-free lo
 (GRPO's helper divides logits by the sampling temperature, which the implicit reward must not),
 and the token-level RLOO / returns / whitening of step 2.
 
-Not implemented: PRIME's online prompt filtering by accuracy (a data choice, not the algorithm),
-and the PRM's state in resumable checkpoints (a resumed ``prime`` run restarts its PRM from θ0).
+The PRM and its optimizer are saved with every resumable state and restored on resume
+(:class:`AuxModelTrainer`, shared with PPO's value model), so a resumed run matches an uninterrupted one.
+
+Not implemented: PRIME's online prompt filtering by accuracy (a data choice, not the algorithm).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -120,7 +123,37 @@ class OutcomeRecorder:
         return self.last
 
 
-class PrimeTrainer(GRPOTrainer):
+class AuxModelTrainer(GRPOTrainer):
+    """A GRPO trainer with a second trained model (PRIME's PRM, PPO's value model) whose weights
+    and optimizer state travel with the Trainer's resumable checkpoints."""
+
+    AUX_MODEL = "aux_model.safetensors"
+    AUX_OPTIMIZER = "aux_optimizer.pt"
+    aux_model: torch.nn.Module
+    aux_optimizer: torch.optim.Optimizer
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)  # writes checkpoint-<step>; on_save renames it later
+        from safetensors.torch import save_model
+
+        folder = Path(str(self.args.output_dir)) / f"checkpoint-{self.state.global_step}"
+        save_model(self.aux_model, str(folder / self.AUX_MODEL))
+        torch.save(self.aux_optimizer.state_dict(), folder / self.AUX_OPTIMIZER)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        from safetensors.torch import load_model
+
+        folder = Path(checkpoint)
+        load_model(self.aux_model, str(folder / self.AUX_MODEL))
+        # our own file, tensors and numbers only: the restricted (weights_only) unpickler
+        state = torch.load(folder / self.AUX_OPTIMIZER, weights_only=True)
+        self.aux_optimizer.load_state_dict(state)
+
+
+class PrimeTrainer(AuxModelTrainer):
     """GRPO's generation and PPO-clip loss with PRIME's advantages (see the module docstring)."""
 
     def __init__(
@@ -133,10 +166,12 @@ class PrimeTrainer(GRPOTrainer):
         **kwargs: Any,
     ) -> None:
         self._outcome = OutcomeRecorder(reward_func)
-        super().__init__(reward_funcs=[self._outcome], **kwargs)
-        policy = self.accelerator.unwrap_model(self.model)
+        # copies of θ0 made before the Trainer prepares the policy: accelerate may replace its
+        # ``forward`` by a wrapper bound to the original, which a later deepcopy would share
+        policy = kwargs["model"]
         self.prime_ref = copy.deepcopy(policy).eval().requires_grad_(False)
         self.prm = copy.deepcopy(policy).train().requires_grad_(True)
+        super().__init__(reward_funcs=[self._outcome], **kwargs)
         a = self.args
         self.prm_optimizer = torch.optim.AdamW(
             self.prm.parameters(),
@@ -145,6 +180,7 @@ class PrimeTrainer(GRPOTrainer):
             eps=a.adam_epsilon,
             weight_decay=0.0,
         )
+        self.aux_model, self.aux_optimizer = self.prm, self.prm_optimizer
         self.prm_beta = prm_beta
         self.process_weight = process_weight
 
