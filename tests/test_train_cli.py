@@ -103,7 +103,7 @@ def test_eval_with_explicit_task(tmp_path: Path, tiny_dir: Path, capsys) -> None
     ("args", "message"),
     [
         (["--set", "train.stepz=3"], "unknown key 'train.stepz'"),
-        (["--set", "kind=ppo"], "'kind' must be one of"),
+        (["--set", "kind=reinforce"], "'kind' must be one of"),
         (["--set", "model=no/such/model"], "model 'no/such/model'"),
         (["--set", "task.name=nope"], "no task 'nope'"),
     ],
