@@ -149,7 +149,8 @@ class PpoTrainer(AuxModelTrainer):
         rows = torch.arange(ids.size(0), device=ids.device)
         rewards = torch.zeros(mask.shape, device=ids.device)
         rewards[rows, mask.long().cumsum(dim=1).argmax(dim=1)] = score
-        with torch.no_grad():
+        # the reference computes as the policy does (bf16 autocast in ``mixed`` on a bf16 CPU/GPU)
+        with torch.no_grad(), self.accelerator.autocast():
             if self.ppo_ref is not None:
                 kl = token_logps(self.model, ids, attn, n) - token_logps(self.ppo_ref, ids, attn, n)
                 rewards = rewards - self.kl_coef * kl * mask
