@@ -82,3 +82,36 @@ def test_budget_from_monitor_log(tmp_path: Path, capsys) -> None:
     SparsityMonitor(every=1, log_path=tmp_path / "plain.jsonl").attach(model)
     (tmp_path / "plain.jsonl").write_text('{"step": 1, "changed_step": 3, "n_params": 9}\n')
     assert main(["budget", str(tmp_path / "plain.jsonl")]) == 2
+
+
+def test_config_switch_logs_codecs_during_a_run(tmp_path: Path, monkeypatch) -> None:
+    """``monitor: {codecs: true}`` in a run config logs each step's patch bytes, equal to
+    ``rlsparse budget`` of the run's saved bf16 checkpoints; unset, the config dict keeps no key
+    (so runs started before the switch existed still resume and are still reused)."""
+    from rlsparse_lib.training.config import config_from_dict
+    from rlsparse_lib.training.models import build_tiny_model
+    from rlsparse_lib.training.runner import train
+    from rlsparse_lib.training.tasks import Task
+
+    from .test_train_factory import digit_score, tiny_config
+
+    monkeypatch.setattr(Task, "score", digit_score)
+    tiny = build_tiny_model(tmp_path / "tiny")
+    plain = tiny_config(tiny, "sft", train={"steps": 2, "lr": 3e-4})
+    assert config_from_dict(plain).to_dict()["monitor"].get("codecs") is None
+    cfg = tiny_config(
+        tiny,
+        "sft",
+        train={"steps": 2, "lr": 3e-4},
+        monitor={"every": 1, "codecs": True},
+        checkpoints={"every": 1, "fp32": False},
+    )
+    result = train(config_from_dict(cfg), out_root=tmp_path / "out", progress=False)
+    records = result.manifest["monitor"]
+    paths = [str(result.checkpoint(s, "bf16")) for s in (0, 1, 2)]
+    bud = sync_budget(paths, progress=False).steps
+    assert [r["step"] for r in records] == [1, 2]
+    for rec, (_, row) in zip(records, bud.iterrows(), strict=True):
+        assert rec["changed_step_bf16"] == row["n_changed"] > 0
+        for c in CODECS:
+            assert rec[f"patch_bytes_{c}"] == row[f"bytes_{c}"], c

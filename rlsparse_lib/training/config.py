@@ -16,7 +16,7 @@ Example (every key is optional except ``kind``)::
     train: {steps: 20, lr: 1.0e-5, batch_size: 2, max_completion_length: 32}
     rl: {num_generations: 4, beta: 0.0}
     checkpoints: {every: 5}
-    monitor: {every: 1}
+    monitor: {every: 1}          # codecs: true adds each step's patch bytes per codec
 """
 
 from __future__ import annotations
@@ -158,9 +158,12 @@ class CheckpointSection:
 
 @dataclass(frozen=True)
 class MonitorSection:
-    """In-training sparsity monitor: every ``every`` steps (0: off)."""
+    """In-training sparsity monitor: every ``every`` steps (0: off); ``codecs: true`` also logs the
+    patch bytes of each step's bf16 sync per codec (off when unset: None keeps the configs of runs
+    started before the key existed equal, so they still resume and are still reused)."""
 
     every: int = 1
+    codecs: bool | None = None
 
 
 @dataclass(frozen=True)

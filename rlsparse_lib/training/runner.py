@@ -246,7 +246,9 @@ def _run(
     callbacks: list = [saver, keeper]
     monitor = None
     if cfg.monitor.every:
-        monitor = SparsityMonitor(cfg.monitor.every, run_dir / "monitor.jsonl")
+        monitor = SparsityMonitor(
+            cfg.monitor.every, run_dir / "monitor.jsonl", codecs=bool(cfg.monitor.codecs)
+        )
         if start is not None:
             _resume_monitor(monitor, run_dir, begin, precision, fp32)
         callbacks.append(monitor)
