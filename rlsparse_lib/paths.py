@@ -3,6 +3,7 @@
 data/models/    converted models (git-ignored)      data/runs/      training runs, executed notebooks (ignored)
 data/results/   small result tables (committed)     data/configs/   run configs
 data/pairs/     checkpoint-pair registries          figures/        generated figures
+data/published/ others' published measurements
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ class Paths:
     @property
     def pairs(self) -> Path:
         return repo_root() / "data" / "pairs"
+
+    @property
+    def published(self) -> Path:
+        """Others' published measurements we compare with (source and licence in its README)."""
+        return repo_root() / "data" / "published"
 
     @property
     def notebooks(self) -> Path:

@@ -166,7 +166,7 @@ def test_k_step_sparsity_matches_naive(series, tmp_path: Path) -> None:
 
 
 def test_published_k_step_is_the_mean_of_the_csv(tmp_path: Path) -> None:
-    from rlsparse_lib.patches.ksteps import published_k_step
+    from rlsparse_lib.patches.ksteps import KS, aggregate_k_step, published_k_step
 
     csv = tmp_path / "k.csv"
     csv.write_text(
@@ -174,9 +174,12 @@ def test_published_k_step_is_the_mean_of_the_csv(tmp_path: Path) -> None:
         "Qwen,1.5B,42,0,1,99.0,1,3e-06,\nQwen,1.5B,43,0,1,98.0,1,3e-06,\n"
         "Qwen,1.5B,42,0,2,97.0,1,3e-06,\n"
     )
-    p = published_k_step(csv).set_index("k")
+    p = aggregate_k_step(csv).set_index("k")
     assert p.loc[1, "sparsity"] == pytest.approx(0.985) and p.loc[1, "n"] == 2
     assert p.loc[2, "model"] == "Qwen 1.5B"
+    committed = published_k_step()  # the committed means of the real file
+    assert list(committed.columns) == ["model", "learning_rate", "k", "sparsity", "n"]
+    assert set(committed["k"]) == set(KS) and committed["sparsity"].between(0, 1).all()
 
 
 def test_delta_sync_plots_draw_every_curve(series, tmp_path: Path) -> None:

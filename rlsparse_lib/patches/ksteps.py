@@ -2,8 +2,9 @@
 
 S_k(t) is the fraction of elements bit-identical between the weights at step t and step t + k
 (PULSE's metric: how much of a replica that is k syncs behind is still right). Our runs' bf16
-checkpoints give it directly; ``../shared/data/grail/sparsity_k_step_combined.csv`` holds the
-published values of real GRPO runs (in %, converted to fractions here).
+checkpoints give it directly. The published values of real GRPO runs (PULSE / grail,
+``sparsity_k_step_combined.csv``, in %) are committed as their per-model, per-learning-rate means in
+``data/published/grail_k_step.csv`` (:func:`aggregate_k_step` made it; see that folder's README).
 """
 
 from __future__ import annotations
@@ -15,19 +16,12 @@ import pandas as pd
 
 from rlsparse_lib.io.checkpoint import open_checkpoint
 from rlsparse_lib.patches.series import checkpoint_series
+from rlsparse_lib.paths import Paths
 from rlsparse_lib.progress import progress_bar
 from rlsparse_lib.rules import sparsity
 
 #: the k of the published data
 KS = (1, 2, 4, 8, 16, 32)
-#: the published k-step sparsity of real GRPO runs (PULSE / grail), see its README
-GRAIL_K_STEP = (
-    Path(__file__).resolve().parents[3]
-    / "shared"
-    / "data"
-    / "grail"
-    / ("sparsity_k_step_combined.csv")
-)
 _CHUNK = 1 << 24
 
 
@@ -77,8 +71,15 @@ def k_step_sparsity(
     return pd.DataFrame(rows, columns=["step", "k", "n_elements", "n_unchanged", "sparsity"])
 
 
-def published_k_step(path: str | Path = GRAIL_K_STEP) -> pd.DataFrame:
-    """The published S_k, averaged over steps and seeds per model and learning rate.
+def published_k_step() -> pd.DataFrame:
+    """The published S_k of real GRPO runs (``data/published/grail_k_step.csv``): the columns of
+    :func:`aggregate_k_step`."""
+    return pd.read_csv(Paths.at().published / "grail_k_step.csv")
+
+
+def aggregate_k_step(path: str | Path) -> pd.DataFrame:
+    """Average grail's ``sparsity_k_step_combined.csv`` over steps and seeds per model and
+    learning rate.
 
     Returns:
         ``model`` (e.g. ``Qwen 1.5B``), ``learning_rate``, ``k``, ``sparsity`` (fraction, mean),
