@@ -223,20 +223,25 @@ def test_cluster_local_matches_in_process(tmp_path, pair, reference, counting) -
 
 
 def flaky_executor(pairs, *args, mark: Path, **kw):
-    """Raises OSError the first time it runs (per marker file), then runs the CPU executor."""
-    if not mark.exists():
-        mark.write_text("failed once")
-        raise OSError("transient read error")
-    return diff_pairs(pairs, *args, **kw)
+    """Raises OSError the first time it runs (per marker file, created exclusively so that two
+    workers starting at once cannot both fail), then runs the CPU executor."""
+    try:
+        with open(mark, "x") as fh:
+            fh.write("failed once")
+    except FileExistsError:
+        return diff_pairs(pairs, *args, **kw)
+    raise OSError("transient read error")
 
 
 def crashing_executor(pairs, *args, mark: Path, **kw):
     """Kills its worker process the first time it runs (per marker file), then runs the CPU
     executor: a worker that dies mid-unit."""
-    if not mark.exists():
-        mark.write_text("crashed once")
-        os._exit(1)
-    return diff_pairs(pairs, *args, **kw)
+    try:
+        with open(mark, "x") as fh:
+            fh.write("crashed once")
+    except FileExistsError:
+        return diff_pairs(pairs, *args, **kw)
+    os._exit(1)
 
 
 def test_local_pool_reruns_the_units_of_a_crashed_worker(tmp_path, pair, reference) -> None:
