@@ -317,7 +317,7 @@ def test_layer_and_module_aggregates(tmp_path: Path) -> None:
 def test_partials_merge_to_the_same_report(tmp_path: Path) -> None:
     """A report is the merge of per-shard-pair partials, in any order and split."""
     from rlsparse_lib.diff.engine import diff_pairs
-    from rlsparse_lib.diff.kernels import get_kernel
+    from rlsparse_lib.diff.kernels.selection import get_kernel
     from rlsparse_lib.diff.units import build_report
     from rlsparse_lib.io.checkpoint import open_checkpoint
     from rlsparse_lib.io.pairing import pair_checkpoints

@@ -26,7 +26,7 @@ from rlsparse_lib.diff import gpu_executor
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints, unit_executor
 from rlsparse_lib.diff.kernels import cuda as cuda_mod
-from rlsparse_lib.diff.kernels import get_kernel
+from rlsparse_lib.diff.kernels.selection import get_kernel
 from rlsparse_lib.errors import CheckpointError, ConfigError
 from rlsparse_lib.io.checkpoint import TensorReader, open_checkpoint
 from rlsparse_lib.io.maskfile import MaskFile

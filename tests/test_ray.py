@@ -97,7 +97,7 @@ def test_a_crashed_worker_is_retried(tmp_path, pair) -> None:
 
 
 def _cpu_kernel():
-    from rlsparse_lib.diff.kernels import get_kernel
+    from rlsparse_lib.diff.kernels.selection import get_kernel
 
     return get_kernel("cpu")
 

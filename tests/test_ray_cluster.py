@@ -14,7 +14,7 @@ import pytest
 from rlsparse_lib.diff.cluster import Cluster, run_units
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_pairs
-from rlsparse_lib.diff.kernels import get_kernel
+from rlsparse_lib.diff.kernels.selection import get_kernel
 from rlsparse_lib.diff.units import plan_units
 from rlsparse_lib.io.checkpoint import open_checkpoint
 from rlsparse_lib.io.pairing import pair_checkpoints

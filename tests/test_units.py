@@ -14,7 +14,7 @@ import torch
 from rlsparse_lib.cli import main
 from rlsparse_lib.diff.config import DEFAULT_TOLERANCES, DEFAULT_UNIT_BYTES, DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints, diff_pairs
-from rlsparse_lib.diff.kernels import get_kernel
+from rlsparse_lib.diff.kernels.selection import get_kernel
 from rlsparse_lib.diff.report import DiffReport
 from rlsparse_lib.diff.units import merge_units, pair_nbytes, plan_units
 from rlsparse_lib.errors import ConfigError

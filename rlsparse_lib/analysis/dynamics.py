@@ -38,8 +38,8 @@ from rlsparse_lib.diff.cluster import (
     worker_threads,
 )
 from rlsparse_lib.diff.config import DEFAULT_TOLERANCES, DEFAULT_UNIT_BYTES
-from rlsparse_lib.diff.kernels import get_kernel
 from rlsparse_lib.diff.kernels.protocol import ChunkSpec, DiffKernel
+from rlsparse_lib.diff.kernels.selection import get_kernel
 from rlsparse_lib.diff.resume import ResumeDir, manifest
 from rlsparse_lib.diff.stats import DiffStats
 from rlsparse_lib.diff.units import MaskSlice, assemble_mask, mask_slice_path

@@ -27,7 +27,6 @@ from rlsparse_lib.diff.cluster import (
     worker_threads,
 )
 from rlsparse_lib.diff.config import DiffConfig
-from rlsparse_lib.diff.kernels import get_kernel
 from rlsparse_lib.diff.kernels.cpu import CpuKernel
 from rlsparse_lib.diff.kernels.dequant import (
     CodeSource,
@@ -39,6 +38,7 @@ from rlsparse_lib.diff.kernels.dequant import (
     quant_step,
 )
 from rlsparse_lib.diff.kernels.protocol import ChunkSpec, DiffKernel
+from rlsparse_lib.diff.kernels.selection import get_kernel
 from rlsparse_lib.diff.report import DiffReport, TensorResult
 from rlsparse_lib.diff.resume import ResumeDir
 from rlsparse_lib.diff.units import (
@@ -233,7 +233,13 @@ def diff_pairs(
                 assert packed is not None  # allocated whenever there is a mask
                 mask.write(pair.name, packed)
         result.numel = pair.numel
-        blocks = block_views(pair, base.ckpt, tuned.ckpt)
+        blocks = block_views(
+            base.ckpt.encodings.get(pair.name),
+            tuned.ckpt.encodings.get(pair.name),
+            pair.base,
+            pair.tuned,
+            pair.numel,
+        )
         if blocks is not None:  # GGUF quantized pair: raw blocks beside the dequantized values
             result.quant = blocks
         out[pair.name] = result

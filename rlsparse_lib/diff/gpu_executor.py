@@ -141,7 +141,13 @@ def stream_pairs(
             pipe.streams.synchronize()
     for p in pairs:
         out[p.name].numel = p.numel
-        blocks = block_views(p, base.ckpt, tuned.ckpt)
+        blocks = block_views(
+            base.ckpt.encodings.get(p.name),
+            tuned.ckpt.encodings.get(p.name),
+            p.base,
+            p.tuned,
+            p.numel,
+        )
         if blocks is not None:  # GGUF quantized pair: raw blocks beside the dequantized values
             out[p.name].quant = blocks
     return out

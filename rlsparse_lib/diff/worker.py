@@ -116,7 +116,7 @@ def run_unit(
         ``{"results": [TensorResult.to_dict()...], "kernel": str, "seconds": float, "host": str,
         "mask": mask_path}``; with ``mask_path`` the unit's mask slice is saved there first.
     """
-    from rlsparse_lib.diff.kernels import get_kernel
+    from rlsparse_lib.diff.kernels.selection import get_kernel
     from rlsparse_lib.io.checkpoint import open_checkpoint
     from rlsparse_lib.io.pairing import pair_checkpoints
 

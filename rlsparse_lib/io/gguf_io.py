@@ -23,17 +23,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from rlsparse_lib.errors import CheckpointError
 from rlsparse_lib.io.safetensors_io import MappedFiles
 from rlsparse_lib.io.tensor_info import TensorInfo
-
-if TYPE_CHECKING:
-    from rlsparse_lib.io.checkpoint import Checkpoint
-    from rlsparse_lib.io.pairing import TensorPair
 
 #: GGUF types stored as plain little-endian words -> torch-style dtype name
 PLAIN_TYPES: dict[str, str] = {
@@ -188,9 +184,17 @@ class GGUFFiles:
         self._maps.close()
 
 
-def block_views(pair: TensorPair, base_ckpt: Checkpoint, tuned_ckpt: Checkpoint) -> dict | None:
-    """Raw-block view of a pair of quantized GGUF tensors: the blocks of the compared elements
-    compared byte for byte, streamed ``_BLOCKS_PER_STEP`` blocks at a time.
+def block_views(
+    base: BlockEncoding | None,
+    tuned: BlockEncoding | None,
+    ib: TensorInfo,
+    it: TensorInfo,
+    numel: int,
+) -> dict | None:
+    """Raw-block view of a pair of quantized GGUF tensors (``base``/``tuned``: each side's
+    encoding, None for a plain tensor; ``ib``/``it``: their infos; ``numel``: elements compared):
+    the blocks of the compared elements compared byte for byte, streamed ``_BLOCKS_PER_STEP``
+    blocks at a time.
 
     Returns:
         ``{"scheme", "decoded": "float32", "block": [1, block], "raw_n", "raw_changed", "scales_n": 0,
@@ -198,11 +202,10 @@ def block_views(pair: TensorPair, base_ckpt: Checkpoint, tuned_ckpt: Checkpoint)
         a changed scale is a changed block), or None unless both sides store the tensor in the
         same quantized type.
     """
-    base, tuned = base_ckpt.encodings.get(pair.name), tuned_ckpt.encodings.get(pair.name)
     if base is None or tuned is None or base.scheme != tuned.scheme:
         return None
-    eb, ib, it = base, pair.base, pair.tuned
-    n_blocks = pair.numel // eb.block
+    eb = base
+    n_blocks = numel // eb.block
     changed = 0
     maps = MappedFiles()
     try:
