@@ -80,6 +80,7 @@ def test_executors_match_the_in_process_run(tmp_path, pair, reference, cluster) 
 
 
 def test_a_crashed_worker_is_retried(tmp_path, pair) -> None:
+    """Ray reruns the unit of a worker that died; the crashed run counts among its attempts."""
     spec = Cluster("ray")
     b, t = open_checkpoint(pair[0]), open_checkpoint(pair[1])
     cfg = DiffConfig(max_unit_bytes=UNIT_BYTES)
@@ -94,6 +95,31 @@ def test_a_crashed_worker_is_retried(tmp_path, pair) -> None:
     )
     got = {name: r for o in done.values() for name, r in o.partial.items()}
     assert {k: r.to_dict() for k, r in got.items()} == {k: r.to_dict() for k, r in expected.items()}
+    assert sorted(o.attempts for o in done.values()) == [1, 1, 1, 2]  # Ray's own retry counted
+
+
+def test_execution_log_counts_ray_retries(tmp_path, pair, monkeypatch) -> None:
+    """A unit whose run raised an ``OSError`` once, retried by Ray (``retry_exceptions``): the
+    report's execution log shows its two attempts and the report equals the plain run's."""
+    from .test_resume_cluster import flaky_executor
+
+    flaky = functools.partial(flaky_executor, mark=tmp_path / "mark")
+    original = cluster_module.run_units
+    monkeypatch.setattr(
+        "rlsparse_lib.diff.engine.run_units",
+        lambda spec, todo, b, t, cfg, done, executor, mask_dir: original(
+            spec, todo, b, t, cfg, done, flaky, mask_dir
+        ),
+    )
+    cfg = DiffConfig(max_unit_bytes=UNIT_BYTES)
+    rep = diff_checkpoints(*pair, cfg, progress=False, cluster="ray")
+    plain = diff_checkpoints(*pair, cfg, progress=False)
+    assert _key(rep) == _key(plain)
+    execution = rep.provenance["execution"]
+    assert execution["retries"] == 1 and len(execution["retried_units"]) == 1
+    attempts = {u["index"]: u["attempts"] for u in execution["units"]}
+    assert attempts[execution["retried_units"][0]] == 2
+    assert sum(attempts.values()) == len(attempts) + 1
 
 
 def _cpu_kernel():

@@ -110,7 +110,8 @@ class ExecutionLog:
     def summary(self) -> dict[str, Any]:
         """``{"executor", "n_units", "n_run", "n_resumed", "retries", "retried_units", "hosts",
         "units": [{"index", "nbytes", "seconds", "host", "attempts"}...]}`` (units in index
-        order; ``retries`` counts the reruns this driver saw: Ray's own task retries are not)."""
+        order; ``attempts`` counts every run of a unit: the driver's reruns and, on Ray, the task
+        retries Ray made itself, counted by the runs (:mod:`rlsparse_lib.diff.ray_executor`))."""
         units = [self.records[i] for i in sorted(self.records)]
         hosts: dict[str, int] = {}
         for r in units:

@@ -13,6 +13,12 @@ Ray retries a task whose worker or node died (``max_retries``) and one that rais
 ``TimeoutError`` (``retry_exceptions``), up to :data:`~rlsparse_lib.diff.worker.ATTEMPTS` runs in
 all; bad input (:class:`~rlsparse_lib.errors.RlsparseError`) is not retried: the first one cancels
 the other tasks and is raised as is, naming the file and tensor.
+
+Attempts: Ray tells a task neither that it is a retry nor how many runs it took (only its state
+API does, which needs the dashboard). So every run counts itself: it first bumps its unit's counter
+in :class:`AttemptCounter`, a small actor made for the run (no CPU, on the driver's node when it
+can), and returns the count with its result; the run that succeeds thus reports the unit's
+attempts, those that crashed or raised included.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 from rlsparse_lib.diff.worker import ATTEMPTS, RETRIED, Task, TaskDone
 from rlsparse_lib.errors import ConfigError, RlsparseError
 
-__all__ = ["call", "connect", "run_tasks_ray", "task_options"]
+__all__ = ["AttemptCounter", "call", "connect", "run_tasks_ray", "task_options"]
 
 
 def _ray() -> ModuleType:
@@ -67,9 +73,37 @@ def task_options(task: Task) -> dict[str, Any]:
     }
 
 
-def call(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    """What a Ray task runs: ``fn(*args)``."""
-    return fn(*args)
+class AttemptCounter:
+    """Runs started per unit index, over one run (a Ray actor: :func:`run_tasks_ray`)."""
+
+    def __init__(self) -> None:
+        self.runs: dict[int, int] = {}
+
+    def start(self, index: int) -> int:
+        """Count a run of unit ``index``; returns the runs it has had so far, this one included."""
+        self.runs[index] = self.runs.get(index, 0) + 1
+        return self.runs[index]
+
+
+def call(counter: Any, index: int, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """What a Ray task runs: count this run of unit ``index`` in ``counter`` (an
+    :class:`AttemptCounter` actor handle), then ``fn(*args)``.
+
+    Returns:
+        ``{"attempt": int, "out": fn(*args)}``: this run's number among the unit's runs.
+    """
+    ray = _ray()
+    attempt = ray.get(counter.start.remote(index))
+    return {"attempt": attempt, "out": fn(*args)}
+
+
+def _counter(ray: ModuleType) -> Any:
+    """A new :class:`AttemptCounter` actor: no CPU, on the driver's node if it can (soft, so that
+    it is placed elsewhere rather than not at all)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(AttemptCounter).options(num_cpus=0, scheduling_strategy=here).remote()
 
 
 def run_tasks_ray(tasks: list[Task], address: str | None, on_done: TaskDone) -> None:
@@ -78,9 +112,14 @@ def run_tasks_ray(tasks: list[Task], address: str | None, on_done: TaskDone) -> 
         return
     ray = _ray()
     started = connect(address)
+    counter = None
     try:
+        counter = _counter(ray)
         remote = ray.remote(call)
-        refs = {remote.options(**task_options(t)).remote(t.fn, *t.args): t for t in tasks}
+        refs = {
+            remote.options(**task_options(t)).remote(counter, t.index, t.fn, *t.args): t
+            for t in tasks
+        }
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
             for ref in ready:
@@ -94,7 +133,9 @@ def run_tasks_ray(tasks: list[Task], address: str | None, on_done: TaskDone) -> 
                     if isinstance(cause, RlsparseError | OSError | TimeoutError):
                         raise cause from None
                     raise
-                on_done(task, out, 1)
+                on_done(task, out["out"], out["attempt"])
     finally:
+        if counter is not None:
+            ray.kill(counter)
         if started:
             ray.shutdown()

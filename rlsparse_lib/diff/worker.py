@@ -60,7 +60,7 @@ class UnitOutcome:
         kernel: the kernel's name (``cpu-c``, ``cuda-triton``).
         seconds: wall time of the unit in the worker.
         host: the worker's host name.
-        attempts: runs the unit took (1 unless retried; Ray's own retries are not seen here).
+        attempts: runs the unit took (1 unless retried; on Ray its own task retries included).
         mask: the unit's mask slice file, when a mask was asked for.
     """
 
