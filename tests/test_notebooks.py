@@ -207,8 +207,12 @@ def _check_update_sparsity(r: dict) -> None:
     assert [m["run"] for m in r["measured"]] == [
         "grpo",
         "rloo",
+        "ppo",
+        "prime",
         "dpo-own",
         "dpo-external",
+        "orpo",
+        "simpo",
         "kto",
         "rft",
         "sft",

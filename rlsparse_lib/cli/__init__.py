@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rlsparse_lib.cli.compare_runs",
         "one summary row per finished training run (accuracy, rewards, sparsity, cost)",
     ),
+    "runs-table": (
+        "rlsparse_lib.cli.runs_table",
+        "the table of every run (runs.csv), its seed summary with intervals, the README block",
+    ),
     "eval": ("rlsparse_lib.cli.eval", "greedy accuracy of a checkpoint on a verifiable task"),
     "run": ("rlsparse_lib.cli.run", "execute experiment notebooks through papermill"),
     "figures": ("rlsparse_lib.cli.figures", "regenerate every figure from stored results"),

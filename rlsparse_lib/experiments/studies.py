@@ -13,8 +13,20 @@ from rlsparse_lib.experiments.tables import final_step, run_row
 #: headline columns of a run row (:meth:`DiffReport.headline`, ``rules.sparsity_column``)
 BITWISE = "sparsity_bitwise"
 TOL_1E5 = "sparsity_tol_1e-05"
-#: the algorithms of 01 (Table 1 / 6), in table order
-ALGORITHMS = ("grpo", "rloo", "dpo-own", "dpo-external", "kto", "rft", "sft")
+#: the algorithms of 01 (Table 1 / 6), in table order: online RL, preference, supervised
+ALGORITHMS = (
+    "grpo",
+    "rloo",
+    "ppo",
+    "prime",
+    "dpo-own",
+    "dpo-external",
+    "orpo",
+    "simpo",
+    "kto",
+    "rft",
+    "sft",
+)
 #: the columns 01 shows for its local runs
 MEASURED_COLUMNS = (
     "run",

@@ -1,8 +1,18 @@
-"""Rows that several notebooks report: one line per training run and its diff against init."""
+"""Rows that several notebooks report: one line per training run and its diff against init, and
+the table of every run (``runs.csv``), its seed summary and the README block made from it."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+from rlsparse_lib.atomic import write_text_atomic
 from rlsparse_lib.diff.report import DiffReport
+from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.rules import PAPER_SPARSITY
 
 
 def slug(label: str) -> str:
@@ -40,3 +50,260 @@ def run_row(label: str, run, report: DiffReport) -> dict:
     }
     row.update(report.headline())
     return row
+
+
+# ---- the table of every run (data/results/engine/runs.csv) ----------------------------------
+#: runs.csv: one row per committed run. ``sparsity_*`` are the stored checkpoints θ0 → θ_last
+#: compared in ``compare_dtype`` (bfloat16, or float16 for fp16 runs); ``fp32_*`` the fp32
+#: master weights where the run kept them. ``config_id`` identifies the configuration without
+#: name, seed and what only changes the outputs (checkpoints, monitor): runs sharing it differ
+#: only in seed. ``source`` is where the row came from (a run folder or a committed table).
+RUNS_COLUMNS = (
+    "run",
+    "kind",
+    "precision",
+    "optimizer",
+    "steps",
+    "seed",
+    "lr",
+    "mask",
+    "task",
+    "eval_n",
+    "acc_before",
+    "acc_after",
+    "reward_mean_first_k",
+    "reward_mean_last_k",
+    "compare_dtype",
+    "sparsity_bitwise",
+    PAPER_SPARSITY,
+    "fp32_sparsity_bitwise",
+    f"fp32_{PAPER_SPARSITY}",
+    "train_seconds",
+    "config_id",
+    "source",
+)
+#: the metrics summarized over seeds (runs_summary.csv)
+SUMMARY_METRICS = ("acc_before", "acc_after", "sparsity_bitwise", PAPER_SPARSITY)
+#: identity columns copied from a group's first run into its summary row
+SUMMARY_IDENTITY = (
+    "kind",
+    "precision",
+    "optimizer",
+    "steps",
+    "lr",
+    "mask",
+    "task",
+    "eval_n",
+    "compare_dtype",
+)
+#: views of a run's ``final_diff`` holding its stored low-precision checkpoints, and their dtype
+_STORED_VIEWS = {"bf16": "bfloat16", "fp16": "float16"}
+#: config keys that do not change the trained weights (or are the seed): left out of config_id
+_NOT_CONFIG = ("name", "seed", "checkpoints", "monitor")
+#: the README block markers :func:`replace_marked_block` writes between
+MARKERS = ("<!-- runs-table:begin -->", "<!-- runs-table:end -->")
+
+
+def mask_label(mask: dict | None) -> str:
+    """A run's mask section as one string: ``none``, or its set fields as ``key=value``."""
+    if not mask:
+        return "none"
+    return " ".join(f"{k}={v}" for k, v in mask.items() if v not in ("", None))
+
+
+def config_id(config: dict) -> str:
+    """12 hex digits of the config's hash without :data:`_NOT_CONFIG` (equal for seed siblings)."""
+    from rlsparse_lib.provenance import config_hash
+
+    return config_hash({k: v for k, v in config.items() if k not in _NOT_CONFIG})[:12]
+
+
+def runs_table_row(run_dir: str | Path, k: int = 5) -> dict:
+    """The :data:`RUNS_COLUMNS` row of one finished run folder: :func:`run_summary` (accuracy,
+    rewards, the fp32 view, time) plus what run.json records of optimizer, seed, mask, task,
+    eval set size and the stored checkpoints' headline (read, never recomputed)."""
+    from rlsparse_lib.training.results import run_summary
+
+    summary = run_summary(run_dir, k)
+    m = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+    cfg, fd = m["config"], m["final_diff"]
+    view = next((v for v in _STORED_VIEWS if v in fd), None)
+    stored = fd[view] if view else {}
+    n_eval = {int(e["n"]) for e in (m["eval"].get(w) for w in ("before", "after")) if e}
+    if len(n_eval) > 1:
+        raise ConfigError(f"{run_dir}: run.json evaluates on {sorted(n_eval)} questions")
+    row = {c: summary.get(c) for c in RUNS_COLUMNS}
+    row.update(
+        optimizer=cfg["train"].get("optimizer"),
+        seed=cfg["seed"],
+        mask=mask_label(cfg.get("mask")),
+        task=cfg["task"]["name"],
+        eval_n=n_eval.pop() if n_eval else None,
+        compare_dtype=_STORED_VIEWS.get(view or ""),
+        sparsity_bitwise=stored.get("sparsity_bitwise"),
+        **{PAPER_SPARSITY: stored.get(PAPER_SPARSITY)},
+        config_id=config_id(cfg),
+        source=str(Path(run_dir)),
+    )
+    return row
+
+
+def imported_rows(path: str | Path) -> list[dict]:
+    """:data:`RUNS_COLUMNS` rows of a committed ``rlsparse compare-runs`` CSV (runs whose folders
+    are gone): its ``bf16_*`` columns become ``sparsity_*`` with compare_dtype bfloat16; what the
+    CSV lacks (optimizer, seed, mask, task, eval_n, config_id) stays empty, never guessed."""
+    with Path(path).open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        need = {"run", "kind", "precision", "steps", "lr", "acc_before", "acc_after"}
+        missing = need - set(reader.fieldnames or ())
+        if missing:
+            raise ConfigError(f"{path}: not a compare-runs table (no {', '.join(sorted(missing))})")
+        rows = []
+        for r in reader:
+            row = {c: r.get(c, "") for c in RUNS_COLUMNS}
+            row["sparsity_bitwise"] = r.get("bf16_sparsity_bitwise", "")
+            row[PAPER_SPARSITY] = r.get(f"bf16_{PAPER_SPARSITY}", "")
+            row["compare_dtype"] = "bfloat16" if row["sparsity_bitwise"] else ""
+            row["source"] = str(path)
+            rows.append(row)
+    return rows
+
+
+def read_runs_table(path: str | Path) -> list[dict]:
+    """The rows of a runs.csv (values as the CSV's strings; empty list if the file is absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != RUNS_COLUMNS:
+            raise ConfigError(
+                f"{path}: columns differ from the runs table's ({', '.join(RUNS_COLUMNS)})"
+            )
+        return list(reader)
+
+
+def merge_runs(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` with each row of ``new`` replacing the row of the same run (in place) or appended."""
+    merged = {r["run"]: r for r in old}
+    for r in new:
+        merged[r["run"]] = r
+    return list(merged.values())
+
+
+def to_csv_text(rows: list[dict], columns: tuple[str, ...]) -> str:
+    """Rows as CSV text (None as empty, floats as ``repr``, so values round-trip exactly)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def update_runs_table(path: str | Path, rows: list[dict]) -> list[dict]:
+    """Add or replace ``rows`` in the runs table at ``path`` (written atomically); all its rows."""
+    merged = merge_runs(read_runs_table(path), rows)
+    write_text_atomic(path, to_csv_text(merged, RUNS_COLUMNS))
+    return merged
+
+
+def runs_summary(rows: list[dict]) -> list[dict]:
+    """Seed summary of runs-table rows: one row per ``config_id`` (a row without one is its own
+    group) with :data:`SUMMARY_IDENTITY`, and the mean, 95 % Student-t interval and run count of
+    each of :data:`SUMMARY_METRICS` (:func:`~rlsparse_lib.analysis.intervals.seed_summary`).
+    ``group`` is the first run's name, less a ``-seed<N>`` ending when the group has several."""
+    from rlsparse_lib.analysis.intervals import seed_summary
+
+    first = {r["run"]: r for r in rows}
+    out = []
+    for s in seed_summary(rows, "config_id", SUMMARY_METRICS):
+        head = first[s["group"]]
+        name = s.pop("group")
+        out.append(
+            {
+                "group": re.sub(r"-seed\d+$", "", name) if s["n_runs"] > 1 else name,
+                **{c: head.get(c) for c in SUMMARY_IDENTITY},
+                **s,
+            }
+        )
+    return out
+
+
+def summary_markdown(summary: list[dict]) -> str:
+    """The seed summary as a Markdown table: accuracy as mean [95 % interval] ± one run's
+    binomial standard error, sparsities in percent."""
+
+    def num(v) -> float | None:
+        return None if v in (None, "") or v != v else float(v)
+
+    def cell(row: dict, m: str, pct: bool) -> str:
+        mean, low, high = (num(row.get(f"{m}_{s}")) for s in ("mean", "low", "high"))
+        if mean is None:
+            return "–"
+        f = (lambda x: f"{100 * x:.2f}") if pct else (lambda x: f"{x:.3f}")
+        text = f(mean) + (f" [{f(low)}, {f(high)}]" if low is not None and high is not None else "")
+        se = num(row.get(f"{m}_binomial_se"))
+        return text + (f" ± {f(se)}" if se is not None else "")
+
+    head = (
+        "| runs | kind | precision | optimizer | lr | steps | mask | seeds | eval n "
+        "| acc before | acc after | sparsity bitwise % | sparsity 1e-5 % |"
+    )
+    lines = [head, "|" + "---|" * 13]
+    for r in summary:
+        lr = r.get("lr")
+        lr = f"{float(lr):g}" if lr not in (None, "") else lr
+        ident = [r.get("kind"), r.get("precision"), r.get("optimizer"), lr, r.get("steps")]
+        ident.append(r.get("mask"))
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(r["group"]),
+                    *("–" if v in (None, "") else str(v) for v in ident),
+                    r["seeds"] if r["seeds"].strip() else "–",
+                    "–" if r.get("eval_n") in (None, "") else str(r["eval_n"]),
+                    cell(r, "acc_before", False),
+                    cell(r, "acc_after", False),
+                    cell(r, "sparsity_bitwise", True),
+                    cell(r, PAPER_SPARSITY, True),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def marked_span(path: str | Path) -> tuple[str, int, int]:
+    """The text of the file ``path`` and the span between its :data:`MARKERS`.
+
+    Raises:
+        ConfigError: the file is missing, or a marker is missing, repeated or out of order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    begin, end = MARKERS
+    for marker in MARKERS:
+        if text.count(marker) != 1:
+            raise ConfigError(f"{path}: expected one {marker!r} marker, found {text.count(marker)}")
+    i, j = text.index(begin) + len(begin), text.index(end)
+    if j < i:
+        raise ConfigError(f"{path}: {end!r} comes before {begin!r}")
+    return text, i, j
+
+
+def replace_marked_block(path: str | Path, block: str) -> bool:
+    """Replace the text between :data:`MARKERS` in the file ``path`` by ``block`` (atomically;
+    errors as :func:`marked_span`).
+
+    Returns:
+        True when the file changed.
+    """
+    text, i, j = marked_span(path)
+    new = text[:i] + "\n" + block.rstrip("\n") + "\n" + text[j:]
+    if new == text:
+        return False
+    write_text_atomic(path, new)
+    return True

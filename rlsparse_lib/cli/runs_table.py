@@ -1,0 +1,102 @@
+"""The table of every run: add or update rows of runs.csv, summarize runs over seeds, and render
+the summary into a marked block of the README.
+
+Rows come from finished run folders (their run.json) and from committed `rlsparse compare-runs`
+CSVs (--import: runs whose folders are gone; columns those tables lack stay empty). A row replaces
+the table's row of the same run; other rows are kept, so the table grows without the old run
+folders. The summary groups runs that differ only in seed (same config_id) and gives the mean and
+a 95 % Student-t interval of accuracy and sparsity, and the binomial standard error of one run's
+accuracy on its eval set.
+
+examples:
+  rlsparse runs-table --import data/results/engine/grpo_vs_sft.csv \\
+      --import data/results/engine/cpu_configs.csv
+  rlsparse runs-table data/runs/cpu-grpo-eval512-seed* \\
+      --summary-csv data/results/engine/runs_summary.csv \\
+      --summary-md data/results/engine/runs_summary.md --readme README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rlsparse_lib.paths import Paths
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "runs", nargs="*", type=Path, metavar="RUN", help="finished run folders (data/runs/NAME)"
+    )
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="CSV",
+        help="rows of a committed compare-runs CSV (repeatable)",
+    )
+    p.add_argument(
+        "--table",
+        type=Path,
+        default=Paths.at().results / "engine" / "runs.csv",
+        help="the runs table to update (default: data/results/engine/runs.csv)",
+    )
+    p.add_argument("--summary-csv", type=Path, help="write the seed summary as CSV here")
+    p.add_argument("--summary-md", type=Path, help="write the seed summary as Markdown here")
+    p.add_argument(
+        "--readme",
+        type=Path,
+        help="replace the text between <!-- runs-table:begin --> and <!-- runs-table:end --> here",
+    )
+    p.add_argument(
+        "-k", type=int, default=5, help="steps averaged for reward_mean_first_k/last (5)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlsparse_lib.analysis.intervals import CONFIDENCE
+    from rlsparse_lib.atomic import check_writable, write_text_atomic
+    from rlsparse_lib.errors import ConfigError
+    from rlsparse_lib.experiments.tables import (
+        RUNS_COLUMNS,
+        imported_rows,
+        marked_span,
+        read_runs_table,
+        replace_marked_block,
+        runs_summary,
+        runs_table_row,
+        summary_markdown,
+        to_csv_text,
+        update_runs_table,
+    )
+
+    if args.k < 1:
+        raise ConfigError(f"-k must be >= 1, got {args.k}")
+    for out in (args.table, args.summary_csv, args.summary_md):
+        if out:
+            check_writable(out)
+    read_runs_table(args.table)  # refuse a foreign table or README before any work
+    if args.readme:
+        marked_span(args.readme)
+    new = [row for csv_path in args.imports for row in imported_rows(csv_path)]
+    new += [runs_table_row(r, args.k) for r in args.runs]
+    rows = update_runs_table(args.table, new) if new else read_runs_table(args.table)
+    summary = runs_summary(rows)
+    md = summary_markdown(summary)
+    if args.summary_csv:
+        write_text_atomic(
+            args.summary_csv, to_csv_text(summary, tuple(summary[0]) if summary else ())
+        )
+    if args.summary_md:
+        write_text_atomic(args.summary_md, md)
+    if args.readme:
+        changed = replace_marked_block(args.readme, md)
+        print(f"{args.readme}: runs table {'updated' if changed else 'unchanged'}")
+    print(md, end="")
+    print(
+        f"{args.table}: {len(rows)} runs ({len(new)} added or updated; {len(RUNS_COLUMNS)} columns); "
+        f"{len(summary)} groups, {CONFIDENCE:.0%} Student-t intervals over seeds"
+    )
+    return 0
