@@ -29,7 +29,7 @@ def test_every_shipped_config_is_valid_and_named_uniquely() -> None:
     assert kinds == set(SECTIONS_FOR_KIND)  # a config of every run type
     cpu = [c for p, c in zip(CONFIGS, cfgs, strict=True) if p.parent.name == "cpu"]
     assert {c.kind for c in cpu} == set(SECTIONS_FOR_KIND)
-    assert {c.precision for c in cpu} == {"mixed"}
+    assert {c.precision for c in cpu} == {"mixed", "fp16"}  # fp16: the fp16 controls
     assert any(c.mask and c.mask.random for c in cpu) and any(
         c.mask and not c.mask.random for c in cpu
     )
@@ -62,7 +62,7 @@ def test_defaults_name_from_file_and_round_trip(tmp_path: Path) -> None:
         ({"kind": "grpo", "train": {"steps": 0}}, "'train.steps' must be >= 1"),
         ({"kind": "grpo", "train": {"lr": "fast"}}, "'train.lr' must be a number"),
         ({"kind": "grpo", "train": {"lr": float("nan")}}, "'train.lr' must be finite"),
-        ({"kind": "grpo", "precision": "fp16"}, "'precision' must be bf16, mixed or fp32"),
+        ({"kind": "grpo", "precision": "fp8"}, "'precision' must be bf16, fp16, mixed or fp32"),
         ({"kind": "reinforce"}, "'kind' must be one of"),
         ({}, "'kind' must be one of"),
         ({"kind": "sft", "rl": {"beta": 0.1}}, "section 'rl' does not apply to kind 'sft'"),

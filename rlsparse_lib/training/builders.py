@@ -53,7 +53,7 @@ def common_args(
         "data_seed": cfg.seed,
         "full_determinism": cfg.deterministic,
         "bf16": precision.autocast_bf16,
-        "fp16": False,
+        "fp16": precision.autocast_fp16,  # fp16 autocast + dynamic loss scaling (GradScaler)
         "use_cpu": use_cpu,
         "activation_checkpointing": t.gradient_checkpointing,
         "logging_steps": 1,
@@ -79,10 +79,14 @@ def build_trainer(
     use_cpu: bool,
     precision: Precision | None = None,
 ):
-    """The TRL trainer for ``cfg.kind`` on ``rows`` (from :func:`~.data.build_rows`)."""
+    """The TRL trainer for ``cfg.kind`` on ``rows`` (from :func:`~.data.build_rows`); the
+    precision mode's own callbacks (``fp16``: rounding to fp16 after each step) come first."""
     import trl
     from datasets import Dataset
 
+    if precision is None:
+        precision = Precision.for_device(cfg.precision, "cpu" if use_cpu else "cuda")
+    callbacks = [*precision.callbacks(), *callbacks]
     dataset = Dataset.from_list(rows)
     args = common_args(cfg, output_dir, use_cpu, precision)
     t = cfg.train

@@ -2,9 +2,13 @@
 
 Layout inside a run folder::
 
-    step_000000/            bf16 weights (model.safetensors), config.json, tokenizer
+    step_000000/            bf16 weights (model.safetensors), config.json, tokenizer; fp16
+                            weights in precision fp16 runs
     step_000000/fp32/       fp32 weights, when the run keeps fp32 weights (mixed / fp32)
     step_000005/ ...
+
+The manifest entry of a checkpoint names its main folder under its format (``bf16`` or ``fp16``)
+and the fp32 subfolder under ``fp32``.
 
 Names are the model's parameter names (tied weights stored once, as ``save_pretrained`` does), so
 ``rlsparse diff run/step_000000 run/step_000020`` compares exactly the weights the run trained, and
@@ -21,6 +25,8 @@ from transformers import TrainerCallback
 from rlsparse_lib.training.models import write_folder_atomic
 
 STEP_FORMAT = "step_{:06d}"
+#: main checkpoint formats (manifest keys) and their torch dtypes
+MAIN_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 def step_dir(run_dir: str | Path, step: int) -> Path:
@@ -45,7 +51,7 @@ def state_to_save(model, dtype) -> dict:
 
 
 def save_checkpoint(model, tokenizer, folder: str | Path, dtype: str) -> Path:
-    """Write the model's weights in ``dtype`` (``bfloat16`` / ``float32``) with config and
+    """Write the model's weights in ``dtype`` (``bfloat16`` / ``float16`` / ``float32``) with config and
     tokenizer to ``folder`` (temporary folder, then rename; an existing folder is replaced)."""
     import torch
     from safetensors.torch import save_file
@@ -65,19 +71,23 @@ def save_checkpoint(model, tokenizer, folder: str | Path, dtype: str) -> Path:
     return write_folder_atomic(folder, write, replace=True)
 
 
-def step_entry(step: int, fp32: bool) -> dict:
-    """The manifest entry of θ_step: its bf16 folder (and fp32 subfolder) inside the run."""
+def step_entry(step: int, fp32: bool, main: str = "bf16") -> dict:
+    """The manifest entry of θ_step: its main folder (key ``main``: ``bf16`` / ``fp16``) and fp32
+    subfolder inside the run."""
     name = STEP_FORMAT.format(step)
-    return {"step": step, "bf16": name, **({"fp32": f"{name}/fp32"} if fp32 else {})}
+    return {"step": step, main: name, **({"fp32": f"{name}/fp32"} if fp32 else {})}
 
 
-def save_step(model, tokenizer, run_dir: str | Path, step: int, fp32: bool) -> dict:
-    """Save θ_step as bf16 (and fp32 when ``fp32``); return the manifest entry."""
+def save_step(
+    model, tokenizer, run_dir: str | Path, step: int, fp32: bool, main: str = "bf16"
+) -> dict:
+    """Save θ_step as ``main`` (``bf16`` / ``fp16``; and fp32 when ``fp32``); return the manifest
+    entry."""
     folder = step_dir(run_dir, step)
-    save_checkpoint(model, tokenizer, folder, "bfloat16")
+    save_checkpoint(model, tokenizer, folder, MAIN_DTYPES[main])
     if fp32:
         save_checkpoint(model, tokenizer, folder / "fp32", "float32")
-    return step_entry(step, fp32)
+    return step_entry(step, fp32, main)
 
 
 def matches_checkpoint(model, folder: str | Path) -> str | None:
@@ -112,6 +122,7 @@ class CheckpointSaver(TrainerCallback):
     verifies that the weights training starts from are bit-identical to it, so ``rlsparse diff
     step_000000 step_k`` measures exactly the training's change. A resumed run (``start`` > 0,
     ``saved``: the entries of the checkpoints already written) checks θ_start the same way.
+    ``main``: the main files' format (``bf16``, or ``fp16`` for precision fp16).
     """
 
     def __init__(
@@ -122,11 +133,13 @@ class CheckpointSaver(TrainerCallback):
         fp32: bool,
         start: int = 0,
         saved: list[dict] | None = None,
+        main: str = "bf16",
     ) -> None:
         self.run_dir = Path(run_dir)
         self.tokenizer = tokenizer
         self.every = every
         self.fp32 = fp32
+        self.main = main
         self.start = start
         self.saved: list[dict] = list(saved or [])
 
@@ -143,4 +156,6 @@ class CheckpointSaver(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         s = state.global_step
         if (self.every and s % self.every == 0) or s == state.max_steps:
-            self.saved.append(save_step(model, self.tokenizer, self.run_dir, s, self.fp32))
+            self.saved.append(
+                save_step(model, self.tokenizer, self.run_dir, s, self.fp32, self.main)
+            )

@@ -10,7 +10,7 @@ Example (every key is optional except ``kind``)::
     kind: grpo                 # sft | rft | grpo | rloo | dpo | kto | orpo | simpo | prime | ppo
     name: grpo-cpu             # run folder data/runs/<name>/ (default: the file's stem)
     model: smollm2-135m-instruct
-    precision: mixed           # bf16 | mixed | fp32
+    precision: mixed           # bf16 | fp16 | mixed | fp32
     seed: 0
     task: {name: basic_arithmetic, params: {min_digits: 1, max_digits: 2}, eval_size: 64}
     train: {steps: 20, lr: 1.0e-5, batch_size: 2, max_completion_length: 32}
@@ -36,11 +36,15 @@ from rlsparse_lib.training.tasks import EXTRACTORS, TaskSpec
 KINDS = ("sft", "rft", "grpo", "rloo", "dpo", "kto", "orpo", "simpo", "prime", "ppo")
 #: kinds trained on preference data (the ``preference`` section)
 PREFERENCE_KINDS = ("dpo", "kto", "orpo", "simpo")
+#: precision modes (:mod:`~rlsparse_lib.training.precision_modes`)
+PRECISIONS = ("bf16", "fp16", "mixed", "fp32")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("constant", "linear", "cosine", "constant_with_warmup")
 DEVICES = ("auto", "cpu", "cuda")
 PREFERENCE_DATA = ("own", "external")
 STRATIFY = ("global", "tensor", "binade")
+#: stratifications of a random mask drawn at ``mask.density`` (no source mask)
+RANDOM_STRATIFY = ("global", "tensor")
 #: which optional sections each kind accepts
 SECTIONS_FOR_KIND: dict[str, tuple[str, ...]] = {
     "sft": (),
@@ -180,9 +184,12 @@ class EvalSection:
 class MaskSection:
     """Subnetwork training: gradients masked to ``path`` (a mask file, e.g. from ``rlsparse diff
     --mask-out``) and masked-out weights held exactly. ``random: true`` trains instead on a random
-    mask of the same density (``stratify`` global / tensor / binade, seeded by ``random_seed``)."""
+    mask of the same density (``stratify`` global / tensor / binade, seeded by ``random_seed``).
+    Without ``path``, ``random: true`` with ``density`` in (0, 1] draws a random mask of exactly that
+    density (``global``: round(density × all weights) over the model; ``tensor``: per tensor)."""
 
     path: str = ""
+    density: float | None = None
     random: bool = False
     random_seed: int = 0
     stratify: str = "global"
@@ -386,9 +393,9 @@ def _check(cfg: RunConfig, where: str) -> None:
         cfg.name,
     )
     need(
-        cfg.precision in ("bf16", "mixed", "fp32"),
+        cfg.precision in PRECISIONS,
         "precision",
-        "bf16, mixed or fp32",
+        f"{', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}",
         cfg.precision,
     )
     need(cfg.device in DEVICES, "device", " / ".join(DEVICES), cfg.device)
@@ -512,5 +519,26 @@ def _check(cfg: RunConfig, where: str) -> None:
         (cfg.eval.batch_size, cfg.eval.max_new_tokens),
     )
     if cfg.mask is not None:
-        need(bool(cfg.mask.path), "mask.path", "a mask file", cfg.mask.path)
-        need(cfg.mask.stratify in STRATIFY, "mask.stratify", ", ".join(STRATIFY), cfg.mask.stratify)
+        m = cfg.mask
+        need(
+            bool(m.path) or m.density is not None,
+            "mask.path",
+            "a mask file (or mask.random: true with mask.density)",
+            m.path,
+        )
+        need(m.stratify in STRATIFY, "mask.stratify", ", ".join(STRATIFY), m.stratify)
+        if m.density is not None:
+            need(
+                not m.path,
+                "mask.density",
+                "unset when mask.path is given (the density is the mask file's)",
+                m.density,
+            )
+            need(m.random, "mask.random", "true with mask.density (a random mask)", m.random)
+            need(0 < m.density <= 1, "mask.density", "in (0, 1]", m.density)
+            need(
+                m.stratify in RANDOM_STRATIFY,
+                "mask.stratify",
+                f"{' or '.join(RANDOM_STRATIFY)} with mask.density (binade strata need a mask file)",
+                m.stratify,
+            )

@@ -8,7 +8,9 @@ Every ``every`` optimizer steps it records, over all parameters (tied ones once)
   (PULSE's per-step sparsity).
 
 "Stored value" is the parameter in its own dtype (bf16 for pure-bf16 runs, the fp32 master for
-mixed / fp32 runs). For fp32 weights it also records the same counts on the bf16 cast
+mixed / fp32 runs), or in ``stored`` where the tensors only hold values of a narrower format
+(precision fp16: float32 tensors of fp16 values, compared as fp16 words, as its fp16 checkpoints
+show them). For fp32 weights it also records the same counts on the bf16 cast
 (``*_bf16``), which is what the run's bf16 checkpoints show. The compare runs on integer views
 (int16 for bf16, int32 for fp32) of tensors on the parameters' own device (CPU or CUDA, no host
 copies); each record costs one device→host sync for the counts.
@@ -45,6 +47,11 @@ def bf16_words(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.bfloat16).view(torch.int16)
 
 
+def fp16_words(t: torch.Tensor) -> torch.Tensor:
+    """The raw words of the fp16 cast (round to nearest even) of ``t``."""
+    return t.detach().to(torch.float16).view(torch.int16)
+
+
 class SparsityMonitor(TrainerCallback):
     """Records update sparsity vs θ0 and per-step sparsity every ``every`` steps.
 
@@ -57,12 +64,21 @@ class SparsityMonitor(TrainerCallback):
     """
 
     def __init__(
-        self, every: int = 1, log_path: str | Path | None = None, codecs: bool = False
+        self,
+        every: int = 1,
+        log_path: str | Path | None = None,
+        codecs: bool = False,
+        stored: str | None = None,
     ) -> None:
         if every < 1:
             raise ValueError("every must be >= 1")
+        if stored not in (None, "float16"):
+            raise ValueError(f"stored must be None or 'float16', got {stored!r}")
         self.every = every
         self.codecs = codecs
+        #: ``float16``: the parameters hold fp16 values (precision fp16), compared as fp16 words
+        self.stored = stored
+        self._words = fp16_words if stored == "float16" else words
         #: seconds spent in :meth:`measure` (the monitor's overhead; not in the records, which
         #: stay deterministic)
         self.seconds = 0.0
@@ -82,20 +98,24 @@ class SparsityMonitor(TrainerCallback):
         self.n_params = sum(p.numel() for p in self._params)
         dtypes = {p.dtype for p in self._params}
         self.dtype = str(next(iter(dtypes))).removeprefix("torch.") if len(dtypes) == 1 else "mixed"
-        self.bf16_view = any(p.dtype != torch.bfloat16 for p in self._params)
+        if self.stored is not None:
+            self.dtype = self.stored
+        self.bf16_view = self.stored is None and any(
+            p.dtype != torch.bfloat16 for p in self._params
+        )
         init = [
             p if self.init is None else self.init[n].to(device=p.device, dtype=p.dtype)
             for n, p in named
         ]
-        self._init = [words(p).clone() for p in init]
-        self._prev = [words(p).clone() for p in self._params]
+        self._init = [self._words(p).clone() for p in init]
+        self._prev = [self._words(p).clone() for p in self._params]
         if self.bf16_view:
             self._init16 = [bf16_words(p) for p in init]
             self._prev16 = [bf16_words(p) for p in self._params]
 
     def _snapshot_prev(self) -> None:
         for dst, p in zip(self._prev, self._params, strict=True):
-            dst.copy_(words(p))
+            dst.copy_(self._words(p))
         if self.bf16_view:
             for dst, p in zip(self._prev16, self._params, strict=True):
                 dst.copy_(bf16_words(p))
@@ -105,8 +125,8 @@ class SparsityMonitor(TrainerCallback):
         """Count changed weights now (vs θ0 and vs the last snapshot) and append a record."""
         t0 = time.perf_counter()
         counts = [
-            _count((words(p) for p in self._params), self._init),
-            _count((words(p) for p in self._params), self._prev),
+            _count((self._words(p) for p in self._params), self._init),
+            _count((self._words(p) for p in self._params), self._prev),
         ]
         if self.bf16_view:
             counts += [
@@ -130,7 +150,7 @@ class SparsityMonitor(TrainerCallback):
         return rec
 
     def _patch_bytes(self) -> dict[str, int]:
-        """Payload per codec of the step's sync (bf16 view when the weights are not bf16)."""
+        """Payload per codec of the step's sync (bf16 view of fp32 weights; else the stored words)."""
         import zstandard as zstd
 
         from rlsparse_lib.patches.budget import CODECS, codec_bytes
@@ -139,7 +159,7 @@ class SparsityMonitor(TrainerCallback):
         prev = self._prev16 if self.bf16_view else self._prev
         total = dict.fromkeys(CODECS, 0)
         for p, ref in zip(self._params, prev, strict=True):
-            cur = (bf16_words(p) if self.bf16_view else words(p)).reshape(-1).cpu().numpy()
+            cur = (bf16_words(p) if self.bf16_view else self._words(p)).reshape(-1).cpu().numpy()
             old = ref.reshape(-1).cpu().numpy()
             unsigned = f"uint{8 * cur.itemsize}"
             _, sizes = codec_bytes(old.view(unsigned), cur.view(unsigned), cctx)

@@ -7,7 +7,7 @@
 (the command line: :mod:`rlsparse_lib.cli.compare_runs`).
 
 Sparsity columns come from the run's ``final_diff`` (``rlsparse diff`` of θ0 and the last
-checkpoint, bf16 and fp32 files); rewards are the mean training reward over the first and last
+checkpoint, bf16 and fp32 files, or fp16 files of precision fp16 runs); rewards are the mean training reward over the first and last
 ``k`` steps (GRPO/RLOO).
 """
 
@@ -36,6 +36,8 @@ COLUMNS = (
     f"bf16_{PAPER_SPARSITY}",
     "fp32_sparsity_bitwise",
     f"fp32_{PAPER_SPARSITY}",
+    "fp16_sparsity_bitwise",
+    f"fp16_{PAPER_SPARSITY}",
     "train_seconds",
     "loadavg_start",
 )
@@ -70,6 +72,8 @@ def run_summary(run_dir: str | Path, k: int = 5) -> dict[str, Any]:
         f"bf16_{PAPER_SPARSITY}": sp("bf16", PAPER_SPARSITY),
         "fp32_sparsity_bitwise": sp("fp32", "sparsity_bitwise"),
         f"fp32_{PAPER_SPARSITY}": sp("fp32", PAPER_SPARSITY),
+        "fp16_sparsity_bitwise": sp("fp16", "sparsity_bitwise"),
+        f"fp16_{PAPER_SPARSITY}": sp("fp16", PAPER_SPARSITY),
         "train_seconds": round(m["timing"]["train_seconds"], 1),
         "loadavg_start": " ".join(str(x) for x in m["timing"]["loadavg_start"] or []),
     }
@@ -78,23 +82,27 @@ def run_summary(run_dir: str | Path, k: int = 5) -> dict[str, Any]:
 def monitor_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     """The run's monitor records, one row per recorded step, tagged with run, kind and precision.
 
-    ``bf16_*`` columns are the bf16 view (the stored weights in pure-bf16 runs).
+    ``bf16_*`` columns are the bf16 view (the stored weights in pure-bf16 runs); ``fp16_*`` the
+    stored fp16 weights of precision fp16 runs (whose ``bf16_*`` are None).
     """
     m = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
     rows = []
     for r in m["monitor"] or []:
         bf16 = "_bf16" if "changed_vs_init_bf16" in r else ""
         fp32 = bf16 != ""
+        fp16 = r.get("dtype") == "float16"
         rows.append(
             {
                 "run": m["name"],
                 "kind": m["kind"],
                 "precision": m["precision"]["mode"],
                 "step": r["step"],
-                "bf16_sparsity_vs_init": r[f"sparsity_vs_init{bf16}"],
-                "bf16_sparsity_step": r[f"sparsity_step{bf16}"],
+                "bf16_sparsity_vs_init": None if fp16 else r[f"sparsity_vs_init{bf16}"],
+                "bf16_sparsity_step": None if fp16 else r[f"sparsity_step{bf16}"],
                 "fp32_sparsity_vs_init": r["sparsity_vs_init"] if fp32 else None,
                 "fp32_sparsity_step": r["sparsity_step"] if fp32 else None,
+                "fp16_sparsity_vs_init": r["sparsity_vs_init"] if fp16 else None,
+                "fp16_sparsity_step": r["sparsity_step"] if fp16 else None,
             }
         )
     return rows

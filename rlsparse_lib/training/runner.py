@@ -7,7 +7,7 @@ Outputs (``data/runs/<name>/``, see ``docs/training.md``)::
                         checkpoints, per-step history (loss, reward, …), evaluation before/after,
                         monitor records, final update sparsity (rlsparse diff θ0 → θ_last), timing
     config.yaml         the validated config
-    step_XXXXXX/        checkpoints (bf16; fp32/ inside when kept)
+    step_XXXXXX/        checkpoints (bf16, fp16 for precision fp16; fp32/ inside when kept)
     monitor.jsonl       monitor records, as they were taken
     history.jsonl       the trainer's per-step logs (loss, reward, …), as they were logged
     eval_before.jsonl   greedy completions and scores on the held-out split (and eval_after.jsonl)
@@ -55,10 +55,11 @@ class RunResult:
     path: Path
     manifest: dict[str, Any]
 
-    def checkpoint(self, step: int, dtype: str = "bf16") -> Path:
+    def checkpoint(self, step: int, dtype: str | None = None) -> Path:
+        """θ_step's folder: ``dtype`` ``bf16`` / ``fp16`` / ``fp32``; None: the main files."""
         for c in self.manifest["checkpoints"]:
             if c["step"] == step:
-                return self.path / c[dtype]
+                return self.path / c[dtype or ("fp16" if "fp16" in c else "bf16")]
         raise KeyError(f"no checkpoint at step {step}")
 
 
@@ -97,7 +98,7 @@ def train(
     final = paths.runs / cfg.name
     if final.exists() and not overwrite:
         raise ConfigError(f"run folder {final} exists (choose another name or overwrite it)")
-    mask_path = resolve_path(cfg.mask.path, paths) if cfg.mask is not None else None
+    mask_path = resolve_path(cfg.mask.path, paths) if cfg.mask and cfg.mask.path else None
     if mask_path is not None and not mask_path.is_file():
         raise ConfigError(f"mask.path: no such mask file {mask_path}")
     device = _device(cfg.device)
@@ -148,7 +149,6 @@ def _run(
     import torch
     from transformers import set_seed
 
-    from rlsparse_lib.masks.ops import random_mask_like
     from rlsparse_lib.training.builders import build_trainer
     from rlsparse_lib.training.checkpoints import CheckpointSaver, save_step, step_entry
     from rlsparse_lib.training.data import OwnSamples, build_rows, sample_own
@@ -161,7 +161,7 @@ def _run(
     )
     from rlsparse_lib.training.monitor import SparsityMonitor
     from rlsparse_lib.training.resume import StateKeeper, restore_trl_counters, write_prelude
-    from rlsparse_lib.training.subnetwork import GradientMask
+    from rlsparse_lib.training.subnetwork import gradient_mask
     from rlsparse_lib.training.tasks import Task
 
     t_start = time.perf_counter()
@@ -169,7 +169,8 @@ def _run(
     task = Task(cfg.task)
     set_seed(cfg.seed)
     model_dir = resolve_model(cfg.model, paths, progress)
-    model, tokenizer = load_model(model_dir, precision.weights, paths)
+    model, tokenizer = load_model(model_dir, precision.tensors, paths)
+    precision.prepare(model)  # fp16: θ0 is the model rounded to fp16
     model.to(device)
     _check_prompt_lengths(cfg, task, tokenizer)
 
@@ -177,34 +178,17 @@ def _run(
     trainer_dir = run_dir / ".trainer"
     if start is None:
         write_text_atomic(run_dir / "config.yaml", _yaml(cfg.to_dict()))
-        init_entry = save_step(model, tokenizer, run_dir, 0, fp32)
+        init_entry = save_step(model, tokenizer, run_dir, 0, fp32, precision.checkpoint)
         if cfg.monitor.every and precision.keeps_fp32 and not fp32:  # θ0 for a resumed monitor
             _save_weights(model, trainer_dir / "theta0.safetensors")
     else:
-        init_entry = step_entry(0, fp32)
+        init_entry = step_entry(0, fp32, precision.checkpoint)
 
     mask_cb = None
     mask_info: dict[str, Any] | None = None
-    if cfg.mask is not None:
-        assert mask_path is not None
-        train_mask = mask_path
-        if cfg.mask.random:
-            train_mask = random_mask_like(
-                mask_path,
-                run_dir / "random_mask.safetensors",
-                seed=cfg.mask.random_seed,
-                stratify=cfg.mask.stratify,
-                base=run_dir / init_entry["bf16"],
-                progress=progress,
-            )
-        mask_cb = GradientMask(train_mask)
-        mask_cb.attach(model)  # validates names and shapes before any training work
-        mask_info = {
-            "source": str(mask_path),
-            "random": cfg.mask.random,
-            "stratify": cfg.mask.stratify,
-            "random_seed": cfg.mask.random_seed if cfg.mask.random else None,
-        }
+    if cfg.mask is not None:  # validates names and shapes before any training work
+        base = run_dir / init_entry[precision.checkpoint]
+        mask_cb, mask_info = gradient_mask(cfg.mask, mask_path, model, run_dir, base, progress)
 
     if start is None:
         eval_before = None
@@ -235,8 +219,10 @@ def _run(
     rows = build_rows(cfg, task, own)
 
     begin = 0 if start is None else start.step
-    saved = [] if start is None else _checkpoints_upto(run_dir, begin, fp32)
-    saver = CheckpointSaver(run_dir, tokenizer, cfg.checkpoints.every, fp32, begin, saved)
+    saved = [] if start is None else _checkpoints_upto(run_dir, begin, fp32, precision.checkpoint)
+    saver = CheckpointSaver(
+        run_dir, tokenizer, cfg.checkpoints.every, fp32, begin, saved, precision.checkpoint
+    )
     keeper = StateKeeper(
         trainer_dir,
         start.train_seconds if start else 0.0,
@@ -247,7 +233,10 @@ def _run(
     monitor = None
     if cfg.monitor.every:
         monitor = SparsityMonitor(
-            cfg.monitor.every, run_dir / "monitor.jsonl", codecs=bool(cfg.monitor.codecs)
+            cfg.monitor.every,
+            run_dir / "monitor.jsonl",
+            codecs=bool(cfg.monitor.codecs),
+            stored=precision.rounded_to,
         )
         if start is not None:
             _resume_monitor(monitor, run_dir, begin, precision, fp32)
@@ -339,7 +328,7 @@ def _run(
     return manifest
 
 
-def _checkpoints_upto(run_dir: Path, step: int, fp32: bool) -> list[dict]:
+def _checkpoints_upto(run_dir: Path, step: int, fp32: bool, main: str) -> list[dict]:
     """Entries of the checkpoints 0 < s <= ``step`` in ``run_dir``; later ones (from after the
     resumed state) and unfinished temporary folders are removed."""
     from rlsparse_lib.training.checkpoints import STEP_FORMAT, step_entry
@@ -355,7 +344,7 @@ def _checkpoints_upto(run_dir: Path, step: int, fp32: bool) -> list[dict]:
         if s > step:
             shutil.rmtree(p)
         elif s > 0 and p.name == STEP_FORMAT.format(s):
-            out.append(step_entry(s, fp32))
+            out.append(step_entry(s, fp32, main))
     return out
 
 
@@ -498,7 +487,7 @@ def _final_diff(run_dir: Path, checkpoints: list[dict]) -> dict[str, Any]:
 
     first, last = checkpoints[0], checkpoints[-1]
     out = {}
-    for key in ("bf16", "fp32"):
+    for key in ("bf16", "fp16", "fp32"):
         if key in first and key in last:
             rep = diff_checkpoints(
                 run_dir / first[key],
