@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rlsparse_lib.cli import main
@@ -210,3 +211,26 @@ def test_overlap_on_ray_matches_in_process(tmp_path) -> None:
     base, a, b, *_ = _two_population_pair(tmp_path, 11)
     kw = {"base": base, "max_unit_bytes": MASK_UNIT_BYTES, "progress": False}
     assert key(count_overlaps([a, b], cluster="ray", **kw)) == key(count_overlaps([a, b], **kw))
+
+
+def test_mask_algebra_and_random_on_ray_match_in_process(tmp_path) -> None:
+    """``rlsparse mask and|not|random`` units (whole tensors of the masks) on Ray: the same bytes."""
+    from rlsparse_lib.masks.ops import combine_masks, random_mask_like
+
+    from .test_analytics_masks import write_mask
+
+    rng = np.random.default_rng(2)
+    shapes = {f"model.layers.{i}.mlp.up_proj.weight": (9 + i, 11 + 2 * i) for i in range(6)}
+    paths = [
+        write_mask(tmp_path / f"m{j}.mask", {k: rng.random(s) < p for k, s in shapes.items()})
+        for j, p in enumerate((0.3, 0.6))
+    ]
+    kw = {"max_unit_bytes": 60, "progress": False}
+    for op, operands in (("and", paths), ("not", paths[:1])):
+        plain = combine_masks(op, operands, tmp_path / f"{op}.mask", progress=False).read_bytes()
+        on_ray = combine_masks(op, operands, tmp_path / f"{op}-ray.mask", cluster="ray", **kw)
+        assert on_ray.read_bytes() == plain, op
+    rand = {"seed": 5, "stratify": "tensor"}
+    plain = random_mask_like(paths[0], tmp_path / "r.mask", progress=False, **rand).read_bytes()
+    on_ray = random_mask_like(paths[0], tmp_path / "r-ray.mask", cluster="ray", **rand, **kw)
+    assert on_ray.read_bytes() == plain

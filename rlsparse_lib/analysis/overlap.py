@@ -38,6 +38,7 @@ import numpy.typing as npt
 from rlsparse_lib.diff.cluster import ExecutionLog, UnitProgress, parse_cluster, run_tasks
 from rlsparse_lib.diff.config import DEFAULT_UNIT_BYTES
 from rlsparse_lib.diff.resume import ResumeDir, manifest
+from rlsparse_lib.diff.units import MaskUnit, plan_mask_units
 from rlsparse_lib.diff.worker import Task
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import open_checkpoint
@@ -488,39 +489,6 @@ def _counts_dict(c: OverlapCounts) -> dict:
         "binade_expected": lst(c.binade_expected),
         "binade_variance": lst(c.binade_variance),
     }
-
-
-@dataclass(frozen=True)
-class MaskUnit:
-    """A work unit of an overlap pass: consecutive whole tensors (never split, so every per-tensor
-    count and binade expectation is computed within one unit).
-
-    Attributes:
-        index: the merge order; first: the first tensor's index; names: the tensors, in order;
-        nbytes: bytes read (packed masks, and θ0 for binade strata).
-    """
-
-    index: int
-    first: int
-    names: tuple[str, ...]
-    nbytes: int
-
-
-def plan_mask_units(names: Sequence[str], nbytes: Sequence[int], max_bytes: int) -> list[MaskUnit]:
-    """Cut the tensors ``names`` (``nbytes`` read for each) into units of at most ``max_bytes``
-    (a tensor above the bound is a unit of its own)."""
-    if max_bytes <= 0:
-        raise ConfigError(f"max_unit_bytes must be > 0, got {max_bytes}")
-    units: list[MaskUnit] = []
-    first, size = 0, 0
-    for t in range(len(names) + 1):
-        if t == len(names) or (t > first and size + nbytes[t] > max_bytes):
-            if t > first:
-                units.append(MaskUnit(len(units), first, tuple(names[first:t]), size))
-            first, size = t, 0
-        if t < len(names):
-            size += nbytes[t]
-    return units
 
 
 def _count_tensors(files, ck, reader, names, numel, pairs, step, on_bytes) -> dict[str, Any]:

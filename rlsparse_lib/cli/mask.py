@@ -11,11 +11,14 @@
   rlsparse mask random MASK -o OUT --seed S [--stratify global|tensor|binade] [--base BASE]
       random mask with MASK's density: same total count (global; the paper's baseline), same
       count per tensor, or per tensor x |θ0| binade (needs --base)
+  building, algebra and random masks take --cluster local[:N]|ray and --resume DIR (work units of
+  whole tensors; the same file bytes on every executor; random global strata are one unit)
 
 examples:
   rlsparse mask base/ rl/ -o rl.mask.safetensors --tol 1e-5
   rlsparse mask base/ rl/ -o rl.mask.safetensors --resume mask.resume/ --cluster local:8
   rlsparse mask and seed42.mask.safetensors seed123.mask.safetensors -o common.mask.safetensors
+  rlsparse mask or a.mask.safetensors b.mask.safetensors -o any.mask.safetensors --cluster ray
   rlsparse mask random rl.mask.safetensors -o rand.mask.safetensors --seed 0 --stratify binade --base base/
 """
 
@@ -82,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="density table grouping (default: %(default)s)",
     )
     p.add_argument("--json", metavar="PATH", help="`info`: write the summaries as JSON")
-    add_unit_arguments(p)  # building a mask: the diff's work units
+    add_unit_arguments(p)  # building, algebra and random masks run on work units
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -101,7 +104,15 @@ def run(args: argparse.Namespace) -> int:
         return _random(operands, args)
     from rlsparse_lib.masks.ops import combine_masks, mask_info
 
-    combine_masks(action, operands, args.out, progress=not args.quiet)
+    combine_masks(
+        action,
+        operands,
+        args.out,
+        progress=not args.quiet,
+        max_unit_bytes=args.unit_bytes,
+        resume=args.resume,
+        cluster=args.cluster,
+    )
     if not args.quiet:
         _print_info(mask_info(args.out), args.out, args.by)
     return 0
@@ -149,6 +160,9 @@ def _random(operands: list[str], args: argparse.Namespace) -> int:
         stratify=args.stratify,
         base=args.base,
         progress=not args.quiet,
+        max_unit_bytes=args.unit_bytes,
+        resume=args.resume,
+        cluster=args.cluster,
     )
     if not args.quiet:
         _print_info(mask_info(args.out), args.out, args.by)
@@ -162,6 +176,10 @@ def _info(operands: list[str], args: argparse.Namespace) -> int:
 
     if not operands:
         raise ConfigError("mask info: give at least one mask file")
+    if args.cluster is not None or args.resume is not None:
+        raise ConfigError(
+            "mask info reads the files' metadata: --cluster and --resume do not apply"
+        )
     docs = []
     for path in operands:
         info = mask_info(path)

@@ -17,7 +17,7 @@ cut into units and in whatever order they finish.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +27,7 @@ import numpy as np
 from rlsparse_lib.atomic import atomic_path
 from rlsparse_lib.diff.config import DEFAULT_UNIT_BYTES, DiffConfig
 from rlsparse_lib.diff.report import DiffReport, TensorResult
+from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.maskfile import MaskWriter
 from rlsparse_lib.io.pairing import PairPlan, TensorPair
 from rlsparse_lib.provenance import build_provenance, versions
@@ -34,12 +35,14 @@ from rlsparse_lib.provenance import build_provenance, versions
 __all__ = [
     "DEFAULT_UNIT_BYTES",
     "MaskSlice",
+    "MaskUnit",
     "Unit",
     "WorkUnit",
     "assemble_mask",
     "mask_slice_path",
     "merge_units",
     "pair_nbytes",
+    "plan_mask_units",
     "plan_units",
 ]
 
@@ -111,6 +114,40 @@ def plan_units(plan: PairPlan, max_bytes: int = DEFAULT_UNIT_BYTES) -> list[Work
             run.append(pair)
             size += n
         flush(run, size)
+    return units
+
+
+@dataclass(frozen=True)
+class MaskUnit:
+    """A work unit of a pass over mask files (``overlap``, mask algebra, random masks):
+    consecutive whole tensors (never split, so every per-tensor count, binade expectation and
+    output tensor is computed within one unit).
+
+    Attributes:
+        index: the merge order; first: the first tensor's index; names: the tensors, in order;
+        nbytes: bytes read (packed masks, and θ0 for binade strata or random masks).
+    """
+
+    index: int
+    first: int
+    names: tuple[str, ...]
+    nbytes: int
+
+
+def plan_mask_units(names: Sequence[str], nbytes: Sequence[int], max_bytes: int) -> list[MaskUnit]:
+    """Cut the tensors ``names`` (``nbytes`` read for each) into units of at most ``max_bytes``
+    (a tensor above the bound is a unit of its own)."""
+    if max_bytes <= 0:
+        raise ConfigError(f"max_unit_bytes must be > 0, got {max_bytes}")
+    units: list[MaskUnit] = []
+    first, size = 0, 0
+    for t in range(len(names) + 1):
+        if t == len(names) or (t > first and size + nbytes[t] > max_bytes):
+            if t > first:
+                units.append(MaskUnit(len(units), first, tuple(names[first:t]), size))
+            first, size = t, 0
+        if t < len(names):
+            size += nbytes[t]
     return units
 
 
