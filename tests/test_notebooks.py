@@ -33,7 +33,9 @@ def smoke_root(tmp_path_factory) -> Path:
 
 
 def test_the_collection_is_complete() -> None:
-    assert [p.stem.split("_", 1)[0] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(12)]
+    assert [p.stem.split("_", 1)[0] for p in NOTEBOOKS] == [
+        f"{i:02d}" for i in range(len(NOTEBOOKS))
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
@@ -313,6 +315,28 @@ def _check_delta_sync(r: dict) -> None:
     }
 
 
+def _check_long_horizon(r: dict) -> None:
+    """Both smoke runs analysed to their last step; the monitor's bf16 counts equal the
+    checkpoint diffs; S_4 from step 0 is the diff θ0 → θ4; the fate split adds up."""
+    assert set(r["runs"]) == {"SFT", "GRPO"} and r["dynamics_run"] == "GRPO"
+    for label, run in r["runs"].items():
+        assert run["status"] == "complete" and run["last_checkpoint"] == 4, label
+        assert run["monitor_agrees"] is True and run["monitor_checked"] == 2, label
+        fate = run["fate"]
+        assert fate["n_never"] + fate["n_cancelled"] + fate["n_final"] == fate["n_params"]
+        assert math.isclose(fate["final"], 1 - run["last"]["sparsity_bitwise"], abs_tol=1e-12)
+        assert _frac(run["S_1"]) and set(run["S_k"]) == {"2", "4"}, label
+        assert run["S_k"]["4"] == run["last"]["sparsity_bitwise"], label
+    assert set(r["figures"]) == {
+        "13_training_curves",
+        "13_sparsity_vs_step",
+        "13_dynamics",
+        "13_parameter_fate",
+        "13_per_step_monitor",
+        "13_k_step",
+    }
+
+
 CHECKS = {
     "00_quickstart": _check_quickstart,
     "01_update_sparsity": _check_update_sparsity,
@@ -326,4 +350,5 @@ CHECKS = {
     "09_precision": _check_precision,
     "10_pair_report": _check_pair_report,
     "11_delta_sync": _check_delta_sync,
+    "13_long_horizon": _check_long_horizon,
 }

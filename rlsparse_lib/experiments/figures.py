@@ -208,6 +208,45 @@ def _delta_sync_cadence(exp):
     return plot_cadence(exp.load_table("budget_cadence"))
 
 
+# ---- 13_long_horizon -------------------------------------------------------------------------
+def _long_training(exp):
+    from rlsparse_lib.plotting.long_horizon import plot_long_training
+
+    window = int(exp.recorded("window"))
+    return plot_long_training(exp.load_table("curves"), exp.load_table("evaluations"), window)
+
+
+def _long_sparsity_vs_step(exp):
+    from rlsparse_lib.experiments.long_runs import stored_view
+    from rlsparse_lib.plotting.long_horizon import plot_sparsity_vs_step
+
+    return plot_sparsity_vs_step(
+        exp.load_table("sparsity_vs_step"), stored_view(exp.load_table("monitor"))
+    )
+
+
+def _long_dynamics(exp):
+    series = exp.load_table("dynamics_series")
+    return plotting.plot_dynamics(series[series["run"] == exp.recorded("dynamics_run")])
+
+
+def _long_parameter_fate(exp):
+    return plotting.plot_parameter_fate(exp.load_table("fate").set_index("run"))
+
+
+def _long_per_step_monitor(exp):
+    monitor = exp.load_table("monitor")
+    return plotting.plot_monitor(monitor[monitor["run"] == exp.recorded("dynamics_run")])
+
+
+def _long_k_step(exp):
+    from rlsparse_lib.experiments.long_runs import k_step_means
+    from rlsparse_lib.plotting.long_horizon import plot_long_k_step
+
+    k_step = exp.load_table("k_step")
+    return plot_long_k_step(k_step, k_step_means(k_step), exp.load_table("published_k_step"))
+
+
 FIGURES: dict[str, FigureSpec] = {
     "quickstart_layer_module": FigureSpec("00_quickstart", _quickstart_layer_module),
     "quickstart_binade": FigureSpec("00_quickstart", _quickstart_binade),
@@ -236,6 +275,12 @@ FIGURES: dict[str, FigureSpec] = {
     "11_k_step": FigureSpec("11_delta_sync", _delta_sync_k_step, local_only=True),
     "11_payload": FigureSpec("11_delta_sync", _delta_sync_payload, local_only=True),
     "11_cadence": FigureSpec("11_delta_sync", _delta_sync_cadence, local_only=True),
+    "13_training_curves": FigureSpec("13_long_horizon", _long_training, local_only=True),
+    "13_sparsity_vs_step": FigureSpec("13_long_horizon", _long_sparsity_vs_step, local_only=True),
+    "13_dynamics": FigureSpec("13_long_horizon", _long_dynamics, local_only=True),
+    "13_parameter_fate": FigureSpec("13_long_horizon", _long_parameter_fate, local_only=True),
+    "13_per_step_monitor": FigureSpec("13_long_horizon", _long_per_step_monitor, local_only=True),
+    "13_k_step": FigureSpec("13_long_horizon", _long_k_step, local_only=True),
 }
 
 
