@@ -14,7 +14,8 @@ import hashlib
 import json
 import platform
 import sys
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -122,18 +123,66 @@ def _plain(o: object) -> object:
 
 
 # ---- report files -------------------------------------------------------------------------------
+class Rows:
+    """A report's long list (e.g. one entry per tensor) made row by row as it is written
+    (:func:`save_report_json`), so that its rows are never all held as dicts or text at once.
+
+    Args:
+        items: the objects behind the rows; to_row: one item's JSON-able row.
+    """
+
+    def __init__(self, items: Sequence[Any], to_row: Callable[[Any], Any]) -> None:
+        self.items = items
+        self.to_row = to_row
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self.to_row(item) for item in self.items)
+
+
 def save_report_json(path: str | Path, data: Mapping[str, Any]) -> None:
-    """Write a report's JSON form atomically (gzip-compressed when the name ends in ``.gz``)."""
-    from rlsparse_lib.atomic import atomic_path, write_text_atomic
+    """Write a report's JSON form atomically (gzip-compressed when the name ends in ``.gz``).
 
-    text = json.dumps(data, indent=1, default=_json_scalar) + "\n"
-    if str(path).endswith(".gz"):
-        import gzip
+    The text is ``json.dumps(data, indent=1) + "\\n"`` (``.gz``: ``gzip.compress`` of it with
+    ``mtime=0``), written key by key, and a :class:`Rows` value row by row: the whole text, or
+    every row of a long list, is never held in memory.
+    """
+    from rlsparse_lib.atomic import atomic_path
 
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(gzip.compress(text.encode(), mtime=0))
-    else:
-        write_text_atomic(path, text)
+    pack = zlib.compressobj(9, zlib.DEFLATED, 31) if str(path).endswith(".gz") else None
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        for text in _json_pieces(data):
+            raw = text.encode()
+            fh.write(raw if pack is None else pack.compress(raw))
+        if pack is not None:
+            fh.write(pack.flush())
+
+
+def _json_pieces(data: Mapping[str, Any]) -> Iterator[str]:
+    """``json.dumps(data, indent=1) + "\\n"`` in pieces: one per key, one per row of a
+    :class:`Rows` value (a nested value's lines are indented once more per level; JSON text
+    holds no raw newline but those between its lines)."""
+
+    def dump(value: Any, level: int) -> str:
+        text = json.dumps(value, indent=1, default=_json_scalar)
+        return text.replace("\n", "\n" + " " * level)
+
+    if not data:
+        yield "{}\n"
+        return
+    for i, (key, value) in enumerate(data.items()):
+        yield ("," if i else "{") + "\n " + json.dumps(key) + ": "
+        if not isinstance(value, Rows):
+            yield dump(value, 1)
+        elif not len(value):
+            yield "[]"
+        else:
+            for j, row in enumerate(value):
+                yield ("," if j else "[") + "\n  " + dump(row, 2)
+            yield "\n ]"
+    yield "\n}\n"
 
 
 def load_report_json(path: str | Path, schema: str) -> dict[str, Any]:

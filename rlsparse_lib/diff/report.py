@@ -12,6 +12,7 @@ plus a per-tensor CSV or parquet table.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.dtypes import FLOAT_FORMATS
 from rlsparse_lib.io.naming import parse_param_name
 from rlsparse_lib.io.pairing import TensorPair, skip_category
-from rlsparse_lib.provenance import load_report_json, save_report_json
+from rlsparse_lib.provenance import Rows, load_report_json, save_report_json
 from rlsparse_lib.rules import (
     PAPER_SPARSITY,
     PAPER_TOL,
@@ -498,6 +499,11 @@ class DiffReport:
 
     # ---- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict:
+        """The JSON form (schema ``rlsparse.diff/1``)."""
+        return self._fields(lambda results: [r.to_dict() for r in results])
+
+    def _fields(self, rows: Callable[[list[TensorResult]], Any]) -> dict:
+        """The JSON form with ``rows(results)`` as its ``tensors`` and ``buffers`` lists."""
         total = self.totals()
         n = self.n_params
         unchanged = self._unchanged_counts(total)
@@ -530,8 +536,8 @@ class DiffReport:
             },
             "per_layer": self.group_rows("layer"),
             "per_module": self.group_rows("module"),
-            "tensors": [t.to_dict() for t in self.tensors],
-            "buffers": [b.to_dict() for b in self.buffers],
+            "tensors": rows(self.tensors),
+            "buffers": rows(self.buffers),
             "skipped": self.skipped,
             "tied": self.tied,
             "quant_summary": self.quant_summary(),
@@ -539,8 +545,10 @@ class DiffReport:
         }
 
     def save_json(self, path: str | Path) -> None:
-        """Write the JSON report atomically (gzip-compressed when the name ends in ``.gz``)."""
-        save_report_json(path, self.to_dict())
+        """Write the JSON report atomically (gzip-compressed when the name ends in ``.gz``): the
+        text of :meth:`to_dict`, made and written tensor by tensor (:class:`Rows`), so a report
+        of ~100 k tensors is never held as dicts or text at once."""
+        save_report_json(path, self._fields(lambda results: Rows(results, TensorResult.to_dict)))
 
     def save_table(self, path: str | Path) -> None:
         """Per-tensor table as CSV, or parquet when the name ends in ``.parquet``."""
