@@ -59,7 +59,7 @@ def test_fp16_mode_on_cpu_and_gpu(tiny_dir: Path) -> None:
     assert d["loss_scaling"] is False and d["optimizer_state"] == "float32"
     assert [type(c) for c in cpu.callbacks()] == [Fp16Weights]
     gpu = Precision.for_device("fp16", "cuda")
-    assert gpu.compute == "float16" and gpu.describe()["loss_scaling"] == "dynamic"
+    assert gpu.compute == "float16" and gpu.describe()["loss_scaling"] is True
     cfg = config_from_dict(tiny_config(tiny_dir, "sft", precision="fp16"))
     on_gpu = common_args(cfg, Path("unused"), use_cpu=False, precision=gpu)
     assert on_gpu["fp16"] is True and on_gpu["bf16"] is False  # Trainer: autocast + GradScaler

@@ -189,7 +189,7 @@ class Precision:
         }
         if self.mode == "fp16":  # only here: the other modes' records stay as runs resume them
             out["trainer_fp16_autocast"] = self.autocast_fp16
-            out["loss_scaling"] = "dynamic" if self.autocast_fp16 else False
+            out["loss_scaling"] = self.autocast_fp16  # dynamic (GradScaler) where fp16 computes
         return out
 
 
