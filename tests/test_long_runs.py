@@ -335,3 +335,12 @@ def test_record_and_summary_of_the_toy_runs(toy) -> None:
         f"at step 6, the last checkpoint all runs have: SFT {record['SFT']['last']['sparsity_bitwise']:.2%}"
         in text
     )
+
+
+def test_relative_run_folders_are_under_the_repository_root(toy, monkeypatch) -> None:
+    """`rlsparse run 13 -p RUNS="data/runs/..."` executes in notebooks/: relative paths name
+    folders under the repository root, not the kernel's working directory."""
+    sft = toy["folders"][0]
+    monkeypatch.setenv("RLSPARSE_ROOT", str(sft.parent.parent))
+    monkeypatch.chdir(sft.parent)
+    assert lr.open_run(Path("runs") / sft.name).path == sft

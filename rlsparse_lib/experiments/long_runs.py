@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.paths import repo_root
 from rlsparse_lib.rules import PAPER_SPARSITY, sparsity_from_changed
 
 #: the run configs of the long horizon (``data/configs/<family>/<config>.yaml``), by label
@@ -33,7 +34,8 @@ _WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
 # ---- opening runs ---------------------------------------------------------------------------
 def open_run(folder: str | Path):
-    """A run folder, finished (``run.json``) or partial, as a ``RunResult``.
+    """A run folder (relative paths: to the repository root, where ``rlsparse run`` names them),
+    finished (``run.json``) or partial, as a ``RunResult``.
 
     A partial run's manifest has ``status: "partial"``, ``name``, ``kind``, ``config``,
     ``checkpoints`` (the ``step_NNNNNN`` folders with weights, by step), ``history`` and
@@ -48,6 +50,8 @@ def open_run(folder: str | Path):
     from rlsparse_lib.training.runner import RunResult
 
     path = Path(folder)
+    if not path.is_absolute():
+        path = repo_root() / path
     if not path.is_dir():
         raise ConfigError(f"{folder}: no such run folder")
     manifest_path = path / "run.json"
