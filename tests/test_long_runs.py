@@ -328,6 +328,7 @@ def test_record_and_summary_of_the_toy_runs(toy) -> None:
         == grpo["fate"]["n_params"]
     )
     assert grpo["fate"]["n_cancelled"] > 0  # step 5 moved some of step 4's changes back
+    assert list(fate["to_step"]) == [6, 6] and "to_step" not in grpo["fate"]
     assert set(grpo["S_k"]) == {2, 4, 6} and lr.rl_label(runs) == "GRPO"
     text = "\n".join(lr.summary_lines(json.loads(json.dumps(record))))  # as record.json holds it
     assert "GRPO (toy-grpo, partial): checkpoints up to step 6 of 10" in text

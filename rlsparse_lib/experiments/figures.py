@@ -231,7 +231,9 @@ def _long_dynamics(exp):
 
 
 def _long_parameter_fate(exp):
-    return plotting.plot_parameter_fate(exp.load_table("fate").set_index("run"))
+    fate = exp.load_table("fate")
+    fate.index = [f"{r} (0–{t})" for r, t in zip(fate["run"], fate["to_step"], strict=True)]
+    return plotting.plot_parameter_fate(fate)
 
 
 def _long_per_step_monitor(exp):

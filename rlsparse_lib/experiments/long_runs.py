@@ -436,14 +436,24 @@ def rl_label(runs: dict) -> str:
 
 def dynamics_tables(runs: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Sparsity dynamics over every run's checkpoints (``studies.run_dynamics``, 07's Figs. 2,
-    5–7): the series (``run`` + :meth:`DynamicsReport.series`) and one fate row per run."""
+    5–7): the series (``run`` + :meth:`DynamicsReport.series`) and one fate row per run
+    (``run, to_step`` (its last checkpoint) + :meth:`DynamicsReport.fate`)."""
     from rlsparse_lib.experiments.studies import run_dynamics
 
     reports = {label: run_dynamics(run) for label, run in runs.items()}
     series = pd.concat(
         [r.series().assign(run=label) for label, r in reports.items()], ignore_index=True
     )
-    fate = pd.DataFrame([{"run": label, **r.fate()} for label, r in reports.items()])
+    fate = pd.DataFrame(
+        [
+            {
+                "run": label,
+                "to_step": int(runs[label].manifest["checkpoints"][-1]["step"]),
+                **r.fate(),
+            }
+            for label, r in reports.items()
+        ]
+    )
     return series, fate
 
 
@@ -486,7 +496,9 @@ def long_record(
             "monitor_checked": len(agrees),
             "monitor_agrees": bool(agrees.all()) if len(agrees) else None,
             "fate": {
-                k: v for k, v in fate[fate["run"] == label].iloc[0].to_dict().items() if k != "run"
+                k: v
+                for k, v in fate[fate["run"] == label].iloc[0].to_dict().items()
+                if k not in ("run", "to_step")
             },
             "S_1": _mean_at(m, "monitor", 1),
             "S_k": {

@@ -90,7 +90,7 @@ def plot_sparsity_vs_step(along, monitor):
     runs = list(dict.fromkeys([*along["run"], *monitor["run"]]))
     colors = dict(zip(runs, palette(max(3, len(runs))), strict=False))
     with paper_style():
-        fig, ax = new_figure("single", 3.0)
+        fig, ax = new_figure(4.2, 3.0)
         for run in runs:
             m = monitor[monitor["run"] == run]
             if len(m):
@@ -100,7 +100,7 @@ def plot_sparsity_vs_step(along, monitor):
                     "-",
                     lw=1,
                     color=colors[run],
-                    label=f"{run}: monitor, every step",
+                    label=f"{run} monitor (every step)",
                 )
             d = along[along["run"] == run]
             ax.plot(
@@ -110,7 +110,7 @@ def plot_sparsity_vs_step(along, monitor):
                 ms=4,
                 mfc="none",
                 color=colors[run],
-                label=f"{run}: checkpoints, bitwise",
+                label=f"{run} checkpoints, bitwise",
             )
             ax.plot(
                 d["step"],
@@ -118,7 +118,7 @@ def plot_sparsity_vs_step(along, monitor):
                 "s",
                 ms=2.5,
                 color=colors[run],
-                label=f"{run}: checkpoints, |Δ| ≤ 1e-5",
+                label=f"{run} checkpoints, ≤ 1e-5",
             )
         ax.set(xlabel="training step t", ylabel="unchanged vs θ0 (bf16)")
         pct_axis(ax)
