@@ -337,6 +337,43 @@ def _check_long_horizon(r: dict) -> None:
     }
 
 
+def _check_seeds_controls(r: dict) -> None:
+    """Seed groups against naive means of their runs; each interval holds its mean; overlap's
+    Table 4 identity; masked controls change only what their masks allow."""
+    from rlsparse_lib.experiments.studies import CONTROLS, RANDOM_DENSITY
+
+    assert r["seeds"] == [0, 1] and {"random1pct", "random-matched"} <= set(r["controls"])
+    assert set(r["controls"]) <= set(CONTROLS)
+    runs = {row["run"]: row for row in r["runs"]}
+    assert r["engine_runs"] >= len(runs) and all(row["eval_n"] > 0 for row in runs.values())
+    for row in runs.values():
+        fp16 = row["precision"] == "fp16"
+        assert row["compare_dtype"] == ("float16" if fp16 else "bfloat16"), row["run"]
+    for group in r["summary"][:2]:  # GRPO and SFT over the two seeds
+        members = [runs[name] for name in group["runs"].split()]
+        assert group["n_runs"] == 2 and {m["seed"] for m in members} == {0, 1}
+        for metric in ("acc_after", "sparsity_bitwise"):
+            mean = sum(m[metric] for m in members) / 2
+            assert math.isclose(group[f"{metric}_mean"], mean, rel_tol=1e-12, abs_tol=1e-15)
+            assert group[f"{metric}_low"] <= mean <= group[f"{metric}_high"]
+    assert [o["axis"] for o in r["overlap"]] == [
+        "GRPO seed 0 vs GRPO seed 1",
+        "SFT seed 0 vs SFT seed 1",
+        "GRPO seed 0 vs SFT seed 0",
+        "GRPO seed 1 vs SFT seed 1",
+    ]
+    for row in r["overlap"]:
+        if row["o1"] is not None and row["o2"] is not None:
+            assert math.isclose(
+                row["o1"] * (1 - row["s1"]), row["o2"] * (1 - row["s2"]), rel_tol=1e-9
+            )
+    close = {c["run"]: c for c in r["closeness"]}
+    one_pct, matched = (close[k] for k in sorted(close))  # "GRPO random 1%...", "...density"
+    assert 0 < one_pct["n_updated_a"] <= math.ceil(RANDOM_DENSITY * one_pct["n_params"])
+    assert 0 < matched["n_updated_a"] <= matched["n_updated_b"]  # mask: full's changed count
+    assert r["figures"] == ["12_seed_intervals"]
+
+
 CHECKS = {
     "00_quickstart": _check_quickstart,
     "01_update_sparsity": _check_update_sparsity,
@@ -350,5 +387,6 @@ CHECKS = {
     "09_precision": _check_precision,
     "10_pair_report": _check_pair_report,
     "11_delta_sync": _check_delta_sync,
+    "12_seeds_controls": _check_seeds_controls,
     "13_long_horizon": _check_long_horizon,
 }

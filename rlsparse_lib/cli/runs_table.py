@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rlsparse_lib.analysis.intervals import CONFIDENCE
-    from rlsparse_lib.atomic import check_writable, write_text_atomic
+    from rlsparse_lib.atomic import check_writable
     from rlsparse_lib.errors import ConfigError
     from rlsparse_lib.experiments.tables import (
         RUNS_COLUMNS,
@@ -67,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
         replace_marked_block,
         runs_summary,
         runs_table_row,
-        summary_markdown,
-        to_csv_text,
+        save_summary,
         update_runs_table,
     )
 
@@ -84,13 +83,7 @@ def run(args: argparse.Namespace) -> int:
     new += [runs_table_row(r, args.k) for r in args.runs]
     rows = update_runs_table(args.table, new) if new else read_runs_table(args.table)
     summary = runs_summary(rows)
-    md = summary_markdown(summary)
-    if args.summary_csv:
-        write_text_atomic(
-            args.summary_csv, to_csv_text(summary, tuple(summary[0]) if summary else ())
-        )
-    if args.summary_md:
-        write_text_atomic(args.summary_md, md)
+    md = save_summary(summary, args.summary_csv, args.summary_md)
     if args.readme:
         changed = replace_marked_block(args.readme, md)
         print(f"{args.readme}: runs table {'updated' if changed else 'unchanged'}")

@@ -249,6 +249,13 @@ def _long_k_step(exp):
     return plot_long_k_step(k_step, k_step_means(k_step), exp.load_table("published_k_step"))
 
 
+# ---- 12_seeds_controls ------------------------------------------------------------------------
+def _seed_intervals(exp):
+    from rlsparse_lib.plotting.seeds import plot_seed_intervals
+
+    return plot_seed_intervals(exp.load_table("summary"))
+
+
 FIGURES: dict[str, FigureSpec] = {
     "quickstart_layer_module": FigureSpec("00_quickstart", _quickstart_layer_module),
     "quickstart_binade": FigureSpec("00_quickstart", _quickstart_binade),
@@ -277,6 +284,7 @@ FIGURES: dict[str, FigureSpec] = {
     "11_k_step": FigureSpec("11_delta_sync", _delta_sync_k_step, local_only=True),
     "11_payload": FigureSpec("11_delta_sync", _delta_sync_payload, local_only=True),
     "11_cadence": FigureSpec("11_delta_sync", _delta_sync_cadence, local_only=True),
+    "12_seed_intervals": FigureSpec("12_seeds_controls", _seed_intervals, local_only=True),
     "13_training_curves": FigureSpec("13_long_horizon", _long_training, local_only=True),
     "13_sparsity_vs_step": FigureSpec("13_long_horizon", _long_sparsity_vs_step, local_only=True),
     "13_dynamics": FigureSpec("13_long_horizon", _long_dynamics, local_only=True),

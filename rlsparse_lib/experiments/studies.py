@@ -7,6 +7,7 @@ names the figure functions in ``figures.py`` read back) and displays them.
 
 from __future__ import annotations
 
+from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.experiments.runs import learning_rate
 from rlsparse_lib.experiments.tables import final_step, run_row
 
@@ -278,16 +279,7 @@ def subnetwork_rows(exp, runs: dict) -> list[dict]:
 
 def subnetwork_closeness(runs: dict) -> dict:
     """05: closeness of each masked run's final weights to the full run's (``{label: summary}``)."""
-    from rlsparse_lib.analysis.closeness import closeness
-
-    full = runs["full"]
-    init, theta_full = full.checkpoint(0), full.checkpoint(final_step(full))
-    out = {}
-    for label in ("subnetwork", "random mask"):
-        run = runs[label]
-        report = closeness(run.checkpoint(final_step(run)), theta_full, init=init, progress=False)
-        out[label] = report.summary()
-    return out
+    return closeness_to_full(runs["full"], {k: runs[k] for k in ("subnetwork", "random mask")})
 
 
 # ---- 06: overlap ------------------------------------------------------------------------------
@@ -453,3 +445,160 @@ def absorbed_summary(steps) -> str:
         f"over {len(steps)} steps: {moved:,} fp32 weight moves, {visible:,} visible in bf16 "
         f"({1 - visible / moved:.2%} absorbed)"
     )
+
+
+# ---- 12: seeds and controls -------------------------------------------------------------------
+#: 12's controls (the CONTROLS parameter names a subset, space separated)
+CONTROLS = ("random1pct", "random-matched", "fp16", "sgd", "lr")
+#: 12's learning-rate sweep for GRPO: factors of the config's lr (1 is the first seed's run)
+LR_FACTORS = (0.3, 1, 3)
+#: the density of 12's random subnetwork control
+RANDOM_DENSITY = 0.01
+
+
+def seed_list(seeds: str, smoke: bool = False) -> list[int]:
+    """``"0 1 2"`` -> ``[0, 1, 2]`` (smoke runs: the first two)."""
+    try:
+        out = [int(s) for s in seeds.split()]
+    except ValueError:
+        raise ConfigError(f"SEEDS={seeds!r}: expected integers separated by spaces") from None
+    if len(out) < 2 or len(set(out)) != len(out):
+        raise ConfigError(f"SEEDS={seeds!r}: expected at least two distinct seeds")
+    return out[:2] if smoke else out
+
+
+def control_list(controls: str) -> list[str]:
+    """``"fp16 sgd"`` -> ``["fp16", "sgd"]``, each one of :data:`CONTROLS`."""
+    out = controls.split()
+    unknown = sorted(set(out) - set(CONTROLS))
+    if unknown:
+        raise ConfigError(f"CONTROLS: unknown {unknown} (use any of {' '.join(CONTROLS)})")
+    return out
+
+
+def _eval_overrides(exp, eval_size: int) -> tuple[dict, str]:
+    """12's common overrides (bf16 checkpoints only; the eval set size, except in smoke mode) and
+    the variant prefix naming them."""
+    if exp.smoke:
+        return {"checkpoints.fp32": False}, ""
+    return {"checkpoints.fp32": False, "task.eval_size": eval_size}, f"eval{eval_size}-"
+
+
+def seed_runs(exp, seeds: list[int], eval_size: int) -> dict:
+    """12: GRPO and SFT (their 20-step configs) at each seed, on ``eval_size`` held-out questions:
+    ``{"GRPO seed 0": run, ...}``."""
+    base, prefix = _eval_overrides(exp, eval_size)
+    return {
+        f"{kind.upper()} seed {s}": exp.run(kind, {**base, "seed": s}, variant=f"{prefix}seed{s}")
+        for kind in ("grpo", "sft")
+        for s in seeds
+    }
+
+
+def control_runs(exp, full, controls: list[str], seed: int, eval_size: int) -> dict:
+    """12: the controls at ``seed`` beside ``full`` (GRPO at that seed): a random subnetwork of
+    :data:`RANDOM_DENSITY` and one of ``full``'s mask density, fp16 GRPO and SFT, GRPO with SGD
+    (``grpo-sgd`` config: its lr), GRPO at :data:`LR_FACTORS` × lr. ``{label: run}``."""
+    base, prefix = _eval_overrides(exp, eval_size)
+    base = {**base, "seed": seed}
+    runs = {}
+    mask: dict[str, object]
+    for control in controls:
+        if control == "random1pct":
+            mask = {"mask.random": True, "mask.density": RANDOM_DENSITY}
+            runs[f"GRPO random {RANDOM_DENSITY:.0%} subnetwork"] = exp.run(
+                "grpo", {**base, **mask}, variant=f"{prefix}random1pct-seed{seed}"
+            )
+        elif control == "random-matched":
+            path = str(exp.run_mask(full).relative_to(exp.paths.root))
+            mask = {"mask.path": path, "mask.random": True}
+            runs["GRPO random subnetwork, full run's density"] = exp.run(
+                "grpo", {**base, **mask}, variant=f"{prefix}randmatched-seed{seed}"
+            )
+        elif control == "fp16":
+            for kind in ("grpo", "sft"):
+                runs[f"{kind.upper()} fp16"] = exp.run(
+                    kind, {**base, "precision": "fp16"}, variant=f"{prefix}fp16-seed{seed}"
+                )
+        elif control == "sgd":
+            runs["GRPO SGD"] = exp.run("grpo-sgd", base, variant=f"{prefix}seed{seed}")
+        elif control == "lr":
+            lr = learning_rate(full)
+            for factor in (f for f in LR_FACTORS if f != 1):
+                runs[f"GRPO lr x{factor:g}"] = exp.run(
+                    "grpo",
+                    {**base, "train.lr": lr * factor},
+                    variant=f"{prefix}lr{factor:g}x-seed{seed}",
+                )
+    return runs
+
+
+def runs_table_rows(exp, runs: dict) -> list[dict]:
+    """:func:`~rlsparse_lib.experiments.tables.runs_table_row` of every ``{label: run}``, with
+    ``label`` first and ``source`` relative to the output root."""
+    from rlsparse_lib.experiments.tables import runs_table_row
+
+    return [
+        {
+            "label": label,
+            **runs_table_row(run.path, source=str(run.path.relative_to(exp.paths.root))),
+        }
+        for label, run in runs.items()
+    ]
+
+
+def closeness_to_full(full, runs: dict) -> dict:
+    """Closeness of each run's final weights to ``full``'s, with ``full``'s init (``{label:
+    summary}``; every run must start from that init)."""
+    from rlsparse_lib.analysis.closeness import closeness
+
+    init, theta_full = full.checkpoint(0), full.checkpoint(final_step(full))
+    return {
+        label: closeness(
+            run.checkpoint(final_step(run)), theta_full, init=init, progress=False
+        ).summary()
+        for label, run in runs.items()
+    }
+
+
+def masked_closeness_rows(full, runs: dict) -> list[dict]:
+    """12: for each run of ``{label: run}`` trained on a mask, its closeness to ``full``
+    (:func:`closeness_to_full`): bitwise equality overall and among the weights either run
+    updated, and the update sets (a: the masked run, b: the full run)."""
+    masked = {k: r for k, r in runs.items() if r.manifest["config"].get("mask")}
+    return [
+        {
+            "run": label,
+            "n_params": s["n_params"],
+            "equal_bitwise": s["equal"]["bitwise"],
+            "equal_among_updated_bitwise": s["equal_among_updated"]["bitwise"],
+            **{k: s["updates"][k] for k in ("n_updated_a", "n_updated_b", "n_updated_both")},
+        }
+        for label, s in closeness_to_full(full, masked).items()
+    ]
+
+
+def publish_runs(exp, rows: list[dict]) -> list[dict]:
+    """12: add ``rows`` to ``<root>/data/results/engine/runs.csv`` and rewrite its seed summary
+    (``runs_summary.csv`` / ``.md``) beside it; the table's rows."""
+    from rlsparse_lib.experiments.tables import runs_summary, save_summary, update_runs_table
+
+    engine = exp.paths.results / "engine"
+    table = update_runs_table(engine / "runs.csv", rows)
+    save_summary(runs_summary(table), engine / "runs_summary.csv", engine / "runs_summary.md")
+    return table
+
+
+def seed_overlap_axes(labels: list[str]) -> dict:
+    """12's overlap pairs: every two seeds of one algorithm, and GRPO vs SFT at one seed."""
+    from itertools import combinations
+
+    by_kind: dict[str, list[str]] = {}
+    for label in labels:
+        by_kind.setdefault(label.split(" seed ")[0], []).append(label)
+    axes = {f"{a} vs {b}": (a, b) for group in by_kind.values() for a, b in combinations(group, 2)}
+    for label in by_kind.get("GRPO", []):
+        other = label.replace("GRPO", "SFT", 1)
+        if other in labels:
+            axes[f"{label} vs {other}"] = (label, other)
+    return axes

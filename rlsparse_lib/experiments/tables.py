@@ -118,10 +118,11 @@ def config_id(config: dict) -> str:
     return config_hash({k: v for k, v in config.items() if k not in _NOT_CONFIG})[:12]
 
 
-def runs_table_row(run_dir: str | Path, k: int = 5) -> dict:
+def runs_table_row(run_dir: str | Path, k: int = 5, source: str | None = None) -> dict:
     """The :data:`RUNS_COLUMNS` row of one finished run folder: :func:`run_summary` (accuracy,
     rewards, the fp32 view, time) plus what run.json records of optimizer, seed, mask, task,
-    eval set size and the stored checkpoints' headline (read, never recomputed)."""
+    eval set size and the stored checkpoints' headline (read, never recomputed). ``source``:
+    the folder as the table names it (default: ``run_dir`` as given)."""
     from rlsparse_lib.training.results import run_summary
 
     summary = run_summary(run_dir, k)
@@ -143,7 +144,7 @@ def runs_table_row(run_dir: str | Path, k: int = 5) -> dict:
         sparsity_bitwise=stored.get("sparsity_bitwise"),
         **{PAPER_SPARSITY: stored.get(PAPER_SPARSITY)},
         config_id=config_id(cfg),
-        source=str(Path(run_dir)),
+        source=source or str(Path(run_dir)),
     )
     return row
 
@@ -211,7 +212,7 @@ def runs_summary(rows: list[dict]) -> list[dict]:
     """Seed summary of runs-table rows: one row per ``config_id`` (a row without one is its own
     group) with :data:`SUMMARY_IDENTITY`, and the mean, 95 % Student-t interval and run count of
     each of :data:`SUMMARY_METRICS` (:func:`~rlsparse_lib.analysis.intervals.seed_summary`).
-    ``group`` is the first run's name, less a ``-seed<N>`` ending when the group has several."""
+    ``group`` is the first run's name, less its ``-seed<N>`` parts when the group has several."""
     from rlsparse_lib.analysis.intervals import seed_summary
 
     first = {r["run"]: r for r in rows}
@@ -221,12 +222,24 @@ def runs_summary(rows: list[dict]) -> list[dict]:
         name = s.pop("group")
         out.append(
             {
-                "group": re.sub(r"-seed\d+$", "", name) if s["n_runs"] > 1 else name,
+                "group": re.sub(r"-seed\d+(?=-|$)", "", name) if s["n_runs"] > 1 else name,
                 **{c: head.get(c) for c in SUMMARY_IDENTITY},
                 **s,
             }
         )
     return out
+
+
+def save_summary(
+    summary: list[dict], csv_path: str | Path | None, md_path: str | Path | None
+) -> str:
+    """Write the seed summary as CSV and/or Markdown (atomically); return the Markdown."""
+    md = summary_markdown(summary)
+    if csv_path:
+        write_text_atomic(csv_path, to_csv_text(summary, tuple(summary[0]) if summary else ()))
+    if md_path:
+        write_text_atomic(md_path, md)
+    return md
 
 
 def summary_markdown(summary: list[dict]) -> str:
