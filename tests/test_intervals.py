@@ -138,3 +138,15 @@ def test_seed_summary_against_naive_per_group_statistics() -> None:
     assert single["group"] == "old1" and single["acc_mean"] == 0.17
     assert single["acc_low"] is None and single["acc_binomial_se"] is None
     assert single["seeds"] == ""
+
+
+def test_seed_summary_cuts_intervals_at_the_bounds() -> None:
+    rows = [{"run": f"r{s}", "seed": s, "cfg": "a", "sp": v} for s, v in enumerate([0.3, 0.99])]
+    (free,) = seed_summary(rows, "cfg", ["sp"])
+    (cut,) = seed_summary(rows, "cfg", ["sp"], bounds=(0.0, 1.0))
+    assert free["sp_low"] < 0.0 and free["sp_high"] > 1.0  # t with 1 degree of freedom: wide
+    assert (cut["sp_low"], cut["sp_high"]) == (0.0, 1.0) and cut["sp_mean"] == free["sp_mean"]
+    rows[1]["sp"] = 0.31
+    (narrow,) = seed_summary(rows, "cfg", ["sp"], bounds=(0.0, 1.0))
+    (same,) = seed_summary(rows, "cfg", ["sp"])
+    assert (narrow["sp_low"], narrow["sp_high"]) == (same["sp_low"], same["sp_high"])

@@ -122,6 +122,7 @@ def seed_summary(
     n_column: str = "eval_n",
     label: str = "run",
     confidence: float = CONFIDENCE,
+    bounds: tuple[float, float] | None = None,
 ) -> list[dict]:
     """One row per group of ``rows`` sharing ``row[key]`` (runs that differ only in seed).
 
@@ -130,6 +131,8 @@ def seed_summary(
     for one value) and ``<m>_n`` (runs that have the metric; missing values are skipped). For each
     metric in ``accuracies`` also ``<m>_binomial_se``: :func:`binomial_se` of the group's mean
     accuracy on ``n_column`` questions (empty unless every run of the group has the same count).
+    ``bounds``: the range every metric lies in (e.g. ``(0, 1)`` for fractions); an interval
+    reaching past it is cut there (the cut interval covers the true mean just as often).
     """
     out = []
     for group in seed_groups(rows, key):
@@ -146,8 +149,10 @@ def seed_summary(
             values = [float(r[m]) for r in group if not _missing(r.get(m))]
             iv = mean_interval(values, confidence) if values else None
             row[f"{m}_mean"] = iv.mean if iv else None
-            row[f"{m}_low"] = iv.low if iv else None
-            row[f"{m}_high"] = iv.high if iv else None
+            low, high = (iv.low, iv.high) if iv else (None, None)
+            if bounds is not None and low is not None and high is not None:
+                low, high = max(low, bounds[0]), min(high, bounds[1])
+            row[f"{m}_low"], row[f"{m}_high"] = low, high
             row[f"{m}_n"] = len(values)
             if m in accuracies:
                 row[f"{m}_binomial_se"] = (

@@ -210,14 +210,15 @@ def update_runs_table(path: str | Path, rows: list[dict]) -> list[dict]:
 
 def runs_summary(rows: list[dict]) -> list[dict]:
     """Seed summary of runs-table rows: one row per ``config_id`` (a row without one is its own
-    group) with :data:`SUMMARY_IDENTITY`, and the mean, 95 % Student-t interval and run count of
-    each of :data:`SUMMARY_METRICS` (:func:`~rlsparse_lib.analysis.intervals.seed_summary`).
+    group) with :data:`SUMMARY_IDENTITY`, and the mean, 95 % Student-t interval (cut to [0, 1])
+    and run count of each of :data:`SUMMARY_METRICS`
+    (:func:`~rlsparse_lib.analysis.intervals.seed_summary`).
     ``group`` is the first run's name, less its ``-seed<N>`` parts when the group has several."""
     from rlsparse_lib.analysis.intervals import seed_summary
 
     first = {r["run"]: r for r in rows}
     out = []
-    for s in seed_summary(rows, "config_id", SUMMARY_METRICS):
+    for s in seed_summary(rows, "config_id", SUMMARY_METRICS, bounds=(0.0, 1.0)):
         head = first[s["group"]]
         name = s.pop("group")
         out.append(
