@@ -78,6 +78,8 @@ def _write_run(folder: Path, kind: str, seed: int, mixed: bool, upto: int = STEP
         "precision": "mixed" if mixed else "bf16",
         "train": {"steps": 10, "lr": 1e-5},
         "checkpoints": {"every": EVERY, "fp32": False},
+        "task": {"eval_size": 8},
+        "eval": {"max_new_tokens": 16},
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     for s in range(0, upto + 1, EVERY):
@@ -300,8 +302,39 @@ def test_curves_and_windows_keep_reward_for_rl_and_loss_for_sft(toy) -> None:
     }
     evals = lr.evaluation_rows(runs)
     assert evals.to_dict("records") == [
-        {"run": r, "step": 0, "accuracy": 0.109375, "n": 256} for r in ("SFT", "GRPO")
+        {"run": r, "step": 0, "accuracy": 0.109375, "n": 256, "source": "run"}
+        for r in ("SFT", "GRPO")
     ]
+
+
+def test_checkpoint_evaluations_are_reused_by_weight_content(toy, monkeypatch) -> None:
+    """A checkpoint is evaluated once; a stored row is reused only for the same weight bytes."""
+    import rlsparse_lib.experiments.evaluate as evaluate
+
+    calls = []
+
+    def fake_accuracy(path, run, max_new_tokens=None):
+        calls.append((run.manifest["name"], Path(path).name))
+        return 0.25 * len(calls)
+
+    monkeypatch.setattr(evaluate, "checkpoint_accuracy", fake_accuracy)
+    exp, runs = toy["exp"], lr.open_runs(toy["folders"])
+    first = exp.table("checkpoint_evaluations", lr.checkpoint_evaluations(exp, runs, (0, 4, 5)))
+    assert calls == [(n, f"step_00000{s}") for n in ("toy-sft", "toy-grpo") for s in (0, 4)]
+    assert list(first["accuracy"]) == [0.25, 0.5, 0.75, 1.0] and set(first["n"]) == {8}
+    again = lr.checkpoint_evaluations(exp, runs, (0, 4))
+    assert len(calls) == 4 and again.equals(first)  # all reused
+    save_hf(toy["folders"][1] / "step_000004", toy["states"]["GRPO"][3])  # other bytes
+    changed = lr.checkpoint_evaluations(exp, lr.open_runs(toy["folders"]), (0, 4))
+    assert calls[4:] == [("toy-grpo", "step_000004")] and changed["accuracy"].iloc[3] == 1.25
+    save_hf(toy["folders"][1] / "step_000000", toy["states"]["SFT"][0])  # a shared θ0
+    (exp.results / "checkpoint_evaluations.csv").unlink()
+    del calls[:]
+    shared = lr.checkpoint_evaluations(exp, lr.open_runs(toy["folders"]), (0,))
+    assert calls == [("toy-sft", "step_000000")] and list(shared["accuracy"]) == [0.25, 0.25]
+    rows = lr.evaluation_rows(runs, first)
+    assert list(rows["source"]) == ["run", "run"] + ["checkpoint"] * 4
+    assert list(rows["step"]) == [0, 0, 0, 4, 0, 4]
 
 
 def test_record_and_summary_of_the_toy_runs(toy) -> None:

@@ -290,9 +290,59 @@ def window_table(history: pd.DataFrame, window: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def evaluation_rows(runs: dict) -> pd.DataFrame:
+#: columns of :func:`checkpoint_evaluations`
+CHECKPOINT_EVAL_COLUMNS = ["run", "step", "accuracy", "n", "max_new_tokens", "task", "weights"]
+
+
+def checkpoint_evaluations(exp, runs: dict, steps: tuple[int, ...]) -> pd.DataFrame:
+    """Greedy held-out accuracy of each run's bf16 checkpoint at ``steps`` (those it has), on
+    its own evaluation split (``experiments.evaluate.checkpoint_accuracy``).
+
+    Evaluating 256 questions takes minutes per checkpoint on a CPU, so an accuracy is reused
+    (from the stored ``checkpoint_evaluations.csv`` or an earlier row of this call, e.g. the
+    runs' shared θ0) when the ``weights`` (sha256 of the checkpoint's weight files), the
+    ``task`` section (which fixes the evaluation split) and ``max_new_tokens`` are the same.
+    The runs' own evaluations before and after training use the fp32 weights, these the bf16
+    files (evaluate step 0 too for a like-for-like start).
+
+    Returns:
+        :data:`CHECKPOINT_EVAL_COLUMNS`, one row per evaluated checkpoint.
+    """
+    from rlsparse_lib.experiments.evaluate import checkpoint_accuracy
+    from rlsparse_lib.io.checkpoint import open_checkpoint
+    from rlsparse_lib.io.digest import files_digest
+
+    stored = exp.results / "checkpoint_evaluations.csv"
+    cache = (
+        pd.read_csv(stored) if stored.is_file() else pd.DataFrame(columns=CHECKPOINT_EVAL_COLUMNS)
+    )
+    known = {
+        (w, t, int(m)): float(a)
+        for w, t, m, a in zip(
+            cache["weights"], cache["task"], cache["max_new_tokens"], cache["accuracy"], strict=True
+        )
+    }
+    rows = []
+    for label, run in runs.items():
+        config = run.manifest["config"]
+        have = {int(c["step"]) for c in run.manifest["checkpoints"]}
+        tokens = int(config["eval"]["max_new_tokens"])
+        task = json.dumps(config["task"], sort_keys=True)
+        for step in sorted(set(steps) & have):
+            path = run.checkpoint(step)
+            weights = json.dumps(files_digest(open_checkpoint(path).files))
+            key = (weights, task, tokens)
+            if key not in known:
+                known[key] = checkpoint_accuracy(path, run)
+            n = int(config["task"]["eval_size"])
+            rows.append([label, step, known[key], n, tokens, task, weights])
+    return pd.DataFrame(rows, columns=CHECKPOINT_EVAL_COLUMNS)
+
+
+def evaluation_rows(runs: dict, checkpoints: pd.DataFrame | None = None) -> pd.DataFrame:
     """Held-out greedy accuracy where the runs evaluated: before training (step 0) and, for a
-    finished run, after its last step: ``run, step, accuracy, n``."""
+    finished run, after its last step (``source: run``, fp32 weights), then the rows of
+    :func:`checkpoint_evaluations` (``source: checkpoint``): ``run, step, accuracy, n, source``."""
     rows = []
     for label, run in runs.items():
         m = run.manifest
@@ -301,8 +351,21 @@ def evaluation_rows(runs: dict) -> pd.DataFrame:
         for when, step in (("before", 0), ("after", last)):
             e = ev.get(when)
             if e:
-                rows.append({"run": label, "step": step, "accuracy": e["accuracy"], "n": e["n"]})
-    return pd.DataFrame(rows, columns=["run", "step", "accuracy", "n"])
+                rows.append(
+                    {
+                        "run": label,
+                        "step": step,
+                        "accuracy": e["accuracy"],
+                        "n": e["n"],
+                        "source": "run",
+                    }
+                )
+    if checkpoints is not None:
+        for r in checkpoints.to_dict("records"):
+            rows.append(
+                {k: r[k] for k in ("run", "step", "accuracy", "n")} | {"source": "checkpoint"}
+            )
+    return pd.DataFrame(rows, columns=["run", "step", "accuracy", "n", "source"])
 
 
 # ---- the in-training monitor ----------------------------------------------------------------
