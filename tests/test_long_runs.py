@@ -170,8 +170,10 @@ def test_read_jsonl_skips_the_line_being_written(tmp_path: Path) -> None:
     assert lr.read_jsonl(path) == []
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3')
     assert lr.read_jsonl(path) == [{"step": 1}, {"step": 2}]
-    path.write_text('{"step": 1}\n{"step"\n{"step": 3}\n')
-    assert lr.read_jsonl(path) == [{"step": 1}, {"step": 3}]
+    for broken, line in (('{"step": 1}\n{"step"\n{"step": 3}\n', 2), ("[1]\n", 1)):
+        path.write_text(broken)
+        with pytest.raises(ConfigError, match=f"{path}: line {line} is not"):
+            lr.read_jsonl(path)
 
 
 def _naive_vs_init(s0: dict, st: dict) -> tuple[int, int, int]:

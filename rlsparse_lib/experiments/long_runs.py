@@ -108,17 +108,23 @@ def _read_config(path: Path) -> dict:
 
 def read_jsonl(path: Path) -> list[dict]:
     """The complete records of a JSON-lines log that may still be growing (a missing file is
-    empty; a line being written, without its newline or not yet valid JSON, is skipped)."""
+    empty; the text after the last newline is a record being written and is left out).
+
+    Raises:
+        ConfigError: a complete line that is not a JSON record (naming the file and line).
+    """
     if not path.is_file():
         return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")[:-1]  # the part after the last newline is still being written
+    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
     out = []
-    for line in lines:
+    for i, line in enumerate(lines, 1):
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: line {i} is not JSON ({err.msg})") from None
+        if not isinstance(rec, dict):
+            raise ConfigError(f"{path}: line {i} is not a JSON record")
+        out.append(rec)
     return out
 
 
