@@ -272,3 +272,28 @@ def test_cli_updates_table_summary_and_readme(tmp_path: Path, seed_runs, capsys)
     )
     assert "expected one '<!-- runs-table:begin -->' marker" in capsys.readouterr().err
     assert table.read_bytes() == before
+
+
+def test_notebook_12_parameters_and_overlap_pairs() -> None:
+    from rlsparse_lib.experiments.studies import (
+        control_list,
+        seed_list,
+        seed_overlap_axes,
+    )
+
+    assert seed_list("0 1 2") == [0, 1, 2] and seed_list("3 1 2", smoke=True) == [3, 1]
+    for bad in ("0", "0 0", "0 x"):
+        with pytest.raises(ConfigError, match="SEEDS"):
+            seed_list(bad)
+    assert control_list("fp16 lr") == ["fp16", "lr"] and control_list("") == []
+    with pytest.raises(ConfigError, match=r"unknown \['adam'\]"):
+        control_list("fp16 adam")
+    labels = ["GRPO seed 0", "GRPO seed 1", "GRPO seed 2", "SFT seed 0", "SFT seed 2"]
+    assert seed_overlap_axes(labels) == {
+        "GRPO seed 0 vs GRPO seed 1": ("GRPO seed 0", "GRPO seed 1"),
+        "GRPO seed 0 vs GRPO seed 2": ("GRPO seed 0", "GRPO seed 2"),
+        "GRPO seed 1 vs GRPO seed 2": ("GRPO seed 1", "GRPO seed 2"),
+        "SFT seed 0 vs SFT seed 2": ("SFT seed 0", "SFT seed 2"),
+        "GRPO seed 0 vs SFT seed 0": ("GRPO seed 0", "SFT seed 0"),
+        "GRPO seed 2 vs SFT seed 2": ("GRPO seed 2", "SFT seed 2"),
+    }
