@@ -16,9 +16,9 @@ the other tasks and is raised as is, naming the file and tensor.
 
 Attempts: Ray tells a task neither that it is a retry nor how many runs it took (only its state
 API does, which needs the dashboard). So every run counts itself: it first bumps its unit's counter
-in :class:`AttemptCounter`, a small actor made for the run (no CPU, on the driver's node when it
-can), and returns the count with its result; the run that succeeds thus reports the unit's
-attempts, those that crashed or raised included.
+in :class:`AttemptCounter`, a small actor made for the run (no CPU, on the head node), and
+returns the count with its result; the run that succeeds thus reports the unit's attempts, those
+that crashed or raised included.
 """
 
 from __future__ import annotations
@@ -98,12 +98,11 @@ def call(counter: Any, index: int, fn: Callable[..., dict[str, Any]], *args: Any
 
 
 def _counter(ray: ModuleType) -> Any:
-    """A new :class:`AttemptCounter` actor: no CPU, on the driver's node if it can (soft, so that
-    it is placed elsewhere rather than not at all)."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return ray.remote(AttemptCounter).options(num_cpus=0, scheduling_strategy=here).remote()
+    """A new :class:`AttemptCounter` actor on the head node, without a CPU (the way Ray Train
+    places its state actor): a worker node that goes takes its units' runs with it, not the
+    counts; the head going ends the run anyway."""
+    head = {"node:__internal_head__": 0.001}
+    return ray.remote(AttemptCounter).options(num_cpus=0, resources=head).remote()
 
 
 def run_tasks_ray(tasks: list[Task], address: str | None, on_done: TaskDone) -> None:
