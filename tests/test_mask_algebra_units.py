@@ -167,7 +167,8 @@ def test_random_on_units_is_one_stream(tmp_path, like, stratify) -> None:
     for run, extra in {
         "small": {"max_unit_bytes": 500},
         "tiny": {"max_unit_bytes": 1},
-        "pool": {"max_unit_bytes": 500, "cluster": "local:2"},
+        "pool1": {"max_unit_bytes": 500, "cluster": "local:1"},
+        "pool2": {"max_unit_bytes": 500, "cluster": "local:2"},
         "resumed": {"max_unit_bytes": 500, "resume": tmp_path / "r"},
     }.items():
         out = random_mask_like(src, tmp_path / f"{run}.mask", **kw, **extra)

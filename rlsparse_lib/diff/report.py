@@ -12,7 +12,7 @@ plus a per-tensor CSV or parquet table.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -348,7 +348,10 @@ class DiffReport:
 
     def tensor_rows(self) -> list[dict]:
         """Per-tensor rows: identity, shapes, dtypes, unchanged counts and sparsity per rule, norms."""
-        rows = []
+        return list(self._tensor_rows())
+
+    def _tensor_rows(self) -> Iterator[dict]:
+        """:meth:`tensor_rows` one at a time (the per-group sums never hold them all)."""
         for t in self.tensors:
             s = t.float_stats()
             row = {k: v for k, v in t.to_dict().items() if k not in ("stats", "sparsity")}
@@ -360,8 +363,7 @@ class DiffReport:
                 row[sparsity_column(suffix)] = float("nan") if frac is None else frac
             row.update(_norms(s))
             row.update({f: getattr(s, f) for f in NONFINITE_FIELDS})
-            rows.append(row)
-        return rows
+            yield row
 
     def table(self):
         """Per-tensor DataFrame of :meth:`tensor_rows`."""
@@ -378,7 +380,7 @@ class DiffReport:
         """
         keys = [s for s, _ in self.rules()]
         groups: dict[object, dict] = {}
-        for row in self.tensor_rows():
+        for row in self._tensor_rows():
             g = groups.setdefault(row[by], {by: row[by], "n_tensors": 0, "numel": 0, "_sums": {}})
             g["n_tensors"] += 1
             g["numel"] += row["numel"]
