@@ -61,8 +61,8 @@ lock: setup
 	grep -E '^triton==' $(VENV)/lock-gpu.txt > $(LOCK_TRITON)
 	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
 	  --constraint $(LOCK) --extra ray -o $(VENV)/lock-ray-full.txt pyproject.toml
-	{ echo "# ray and those of its dependencies that lock.txt lacks (make lock)"; \
-	  grep -E '^[A-Za-z0-9]' $(VENV)/lock-ray-full.txt | sed 's/ .*//' | grep -vxFf $(LOCK); } > $(LOCK_RAY)
+	{ echo "# ray and those of its dependencies that lock.txt lacks (make lock), installed with --no-deps"; \
+	  grep -E '^[A-Za-z0-9]' $(VENV)/lock-ray-full.txt | sed 's/ .*//; s/+cpu$$//' | grep -vxFf $(LOCK); } > $(LOCK_RAY)
 
 demo: setup
 	$(BIN)/rlsparse demo
