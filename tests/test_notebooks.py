@@ -342,13 +342,15 @@ def _check_seeds_controls(r: dict) -> None:
     Table 4 identity; masked controls change only what their masks allow."""
     from rlsparse_lib.experiments.studies import CONTROLS, RANDOM_DENSITY
 
-    assert r["seeds"] == [0, 1] and {"random1pct", "random-matched"} <= set(r["controls"])
-    assert set(r["controls"]) <= set(CONTROLS)
+    assert r["seeds"] == [0, 1] and r["controls"] == list(CONTROLS)
     runs = {row["run"]: row for row in r["runs"]}
     assert r["engine_runs"] >= len(runs) and all(row["eval_n"] > 0 for row in runs.values())
     for row in runs.values():
         fp16 = row["precision"] == "fp16"
         assert row["compare_dtype"] == ("float16" if fp16 else "bfloat16"), row["run"]
+    labels = {row["label"]: row for row in r["runs"]}
+    assert labels["GRPO SGD"]["optimizer"] == "sgd" and labels["GRPO fp16"]["precision"] == "fp16"
+    assert len({labels[k]["lr"] for k in labels if k.startswith("GRPO lr")}) == 2
     for group in r["summary"][:2]:  # GRPO and SFT over the two seeds
         members = [runs[name] for name in group["runs"].split()]
         assert group["n_runs"] == 2 and {m["seed"] for m in members} == {0, 1}
