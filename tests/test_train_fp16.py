@@ -71,6 +71,25 @@ def test_fp16_mode_on_cpu_and_gpu(tiny_dir: Path) -> None:
         assert "loss_scaling" not in rec and Precision(mode).callbacks() == []
 
 
+def test_fp16_autocast_without_a_loss_scaler_is_refused(tmp_path: Path, tiny_dir: Path) -> None:
+    """The GPU branch (``fp16=True``) reaches accelerate, which makes a GradScaler only on an
+    accelerator: on this CPU there is none, so the manifest's ``loss_scaling`` would be false."""
+    from rlsparse_lib.training.builders import build_trainer
+    from rlsparse_lib.training.data import build_rows
+
+    cfg = config_from_dict(tiny_config(tiny_dir, "sft", precision="fp16"))
+    gpu = Precision("fp16", gpu=True)
+    model, tok = load_model(str(tiny_dir), gpu.tensors)
+    task = Task(cfg.task)
+    rows = build_rows(cfg, task, None)
+    with pytest.raises(RuntimeError, match="fp16 autocast without a loss scaler"):
+        build_trainer(cfg, model, tok, task, rows, [], tmp_path, use_cpu=True, precision=gpu)
+    cpu = Precision("fp16")
+    trainer = build_trainer(cfg, model, tok, task, rows, [], tmp_path, True, cpu)
+    assert trainer.args.fp16 is False and trainer.accelerator.scaler is None
+    assert any(isinstance(c, Fp16Weights) for c in trainer.callback_handler.callbacks)
+
+
 def test_rounding_absorbs_updates_below_half_an_fp16_ulp() -> None:
     """SGD steps on planted gradients, then the mode's rounding, equal numpy's fp16 rounding of
     the fp32 sum w + Δ; updates below half an ULP leave the weight bit-identical."""

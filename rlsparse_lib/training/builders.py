@@ -80,13 +80,37 @@ def build_trainer(
     precision: Precision | None = None,
 ):
     """The TRL trainer for ``cfg.kind`` on ``rows`` (from :func:`~.data.build_rows`); the
-    precision mode's own callbacks (``fp16``: rounding to fp16 after each step) come first."""
-    import trl
-    from datasets import Dataset
+    precision mode's own callbacks (``fp16``: rounding to fp16 after each step) come first.
 
+    Raises:
+        RuntimeError: ``fp16`` autocast without accelerate's loss scaler (the manifest would
+            claim loss scaling that does not happen; accelerate makes none on a CPU).
+    """
     if precision is None:
         precision = Precision.for_device(cfg.precision, "cpu" if use_cpu else "cuda")
     callbacks = [*precision.callbacks(), *callbacks]
+    trainer = _trainer_for_kind(
+        cfg, model, tokenizer, task, rows, callbacks, output_dir, use_cpu, precision
+    )
+    if precision.autocast_fp16 and trainer.accelerator.scaler is None:
+        raise RuntimeError("precision fp16: fp16 autocast without a loss scaler on this device")
+    return trainer
+
+
+def _trainer_for_kind(
+    cfg: RunConfig,
+    model,
+    tokenizer,
+    task: Task,
+    rows: list[dict[str, Any]],
+    callbacks: list,
+    output_dir: Path,
+    use_cpu: bool,
+    precision: Precision,
+):
+    import trl
+    from datasets import Dataset
+
     dataset = Dataset.from_list(rows)
     args = common_args(cfg, output_dir, use_cpu, precision)
     t = cfg.train
