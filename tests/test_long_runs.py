@@ -350,7 +350,12 @@ def test_record_and_summary_of_the_toy_runs(toy) -> None:
     ).all()
     k_step = lr.k_step_table(runs, monitor)
     record = lr.long_record(
-        pd.DataFrame(lr.analysed_steps(runs)), lr.window_table(history, 3), along, fate, k_step
+        pd.DataFrame(lr.analysed_steps(runs)),
+        lr.window_table(history, 3),
+        along,
+        fate,
+        k_step,
+        lr.evaluation_rows(runs),
     )
     grpo = record["GRPO"]
     assert (
@@ -367,6 +372,8 @@ def test_record_and_summary_of_the_toy_runs(toy) -> None:
     assert set(grpo["S_k"]) == {2, 4, 6} and lr.rl_label(runs) == "GRPO"
     text = "\n".join(lr.summary_lines(json.loads(json.dumps(record))))  # as record.json holds it
     assert "GRPO (toy-grpo, partial): checkpoints up to step 6 of 10" in text
+    se = math.sqrt(0.109375 * (1 - 0.109375) / 256)
+    assert f"held-out accuracy (± one standard error): step 0 0.109 ± {se:.3f} (fp32" in text
     assert (
         f"at step 6, the last checkpoint all runs have: SFT {record['SFT']['last']['sparsity_bitwise']:.2%}"
         in text

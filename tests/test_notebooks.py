@@ -327,6 +327,9 @@ def _check_long_horizon(r: dict) -> None:
         assert math.isclose(fate["final"], 1 - run["last"]["sparsity_bitwise"], abs_tol=1e-12)
         assert _frac(run["S_1"]) and set(run["S_k"]) == {"2", "4"}, label
         assert run["S_k"]["4"] == run["last"]["sparsity_bitwise"], label
+        checked = [(e["step"], e["source"]) for e in run["held_out"]]
+        assert checked == [(0, "run"), (4, "run"), (0, "checkpoint"), (2, "checkpoint")], label
+        assert all(_frac(e["accuracy"]) for e in run["held_out"]), label
     assert set(r["figures"]) == {
         "13_training_curves",
         "13_sparsity_vs_step",

@@ -532,10 +532,12 @@ def long_record(
     along: pd.DataFrame,
     fate: pd.DataFrame,
     k_step: pd.DataFrame,
+    evals: pd.DataFrame,
 ) -> dict:
     """What notebook 13 records, per run: the steps analysed, the first/last window means, the
-    sparsity at its last checkpoint (both rules), whether the monitor agreed with every
-    checkpoint diff, the fate split, mean S_1 (monitor) and S_k (checkpoints) by k."""
+    held-out accuracies (:func:`evaluation_rows`), the sparsity at its last checkpoint (both
+    rules), whether the monitor agreed with every checkpoint diff, the fate split, mean S_1
+    (monitor) and S_k (checkpoints) by k."""
     means = k_step_means(k_step)
     out = {}
     for row in analysed.to_dict("records"):
@@ -569,6 +571,10 @@ def long_record(
                 for k, v in fate[fate["run"] == label].iloc[0].to_dict().items()
                 if k not in ("run", "to_step")
             },
+            "held_out": [
+                {k: e[k] for k in ("step", "accuracy", "n", "source")}
+                for e in evals[evals["run"] == label].to_dict("records")
+            ],
             "S_1": _mean_at(m, "monitor", 1),
             "S_k": {
                 int(k): float(v)
@@ -610,6 +616,10 @@ def summary_lines(record: dict) -> list[str]:
                 f"checkpoint diff's at {'all' if r['monitor_agrees'] else 'NOT all'} "
                 f"{r['monitor_checked']} checkpoints it recorded"
             )
+        if r["held_out"]:
+            lines.append(
+                "  held-out accuracy (± one standard error): " + _accuracies(r["held_out"])
+            )
         f = r["fate"]
         lines.append(
             f"  fate over the checkpoints: {f['never']:.2%} never changed, "
@@ -630,6 +640,16 @@ def summary_lines(record: dict) -> list[str]:
         )
         lines.append(f"at step {t}, the last checkpoint all runs have: {side} bitwise")
     return lines
+
+
+def _accuracies(rows: list[dict]) -> str:
+    """``step 0 0.109 ± 0.020 (run, fp32), ...``: binomial standard error sqrt(p(1 − p)/n)."""
+    weights = {"run": "fp32 weights", "checkpoint": "bf16 checkpoint"}
+    return ", ".join(
+        f"step {e['step']} {e['accuracy']:.3f} ± "
+        f"{math.sqrt(e['accuracy'] * (1 - e['accuracy']) / e['n']):.3f} ({weights[e['source']]})"
+        for e in rows
+    )
 
 
 def _interval(w: dict) -> str:
