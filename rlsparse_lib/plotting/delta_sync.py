@@ -7,7 +7,7 @@ import numpy as np
 
 from rlsparse_lib.plotting.style import new_figure, palette, paper_style, pct_axis
 
-_BELOW = {"fontsize": "xx-small", "loc": "upper center", "bbox_to_anchor": (0.5, -0.22), "ncols": 2}
+_BELOW = {"fontsize": "xx-small", "loc": "upper center", "bbox_to_anchor": (0.5, -0.3), "ncols": 2}
 #: codecs drawn, with their legend names (the ``dense`` baseline is the anchor, drawn apart)
 CODEC_LABELS = {
     "raw": "raw int32 index + value",
