@@ -4,7 +4,7 @@ differ only in their seed, and the binomial standard error of one run's accuracy
 The interval is ``mean ± t_{(1+c)/2, n-1} · s / √n`` (``s``: the sample standard deviation,
 ``ddof=1``), the textbook interval for the mean of ``n`` roughly normal values; with 3 seeds
 ``t = 4.30``, so it is wide, honestly. The t quantile comes from ``mpmath`` (the regularized
-incomplete beta function and a root finder), a locked dependency of the environment (via sympy);
+incomplete beta function and a root finder), a declared dependency (also torch's, via sympy);
 scipy is not installed. A seeded bootstrap was the alternative and was not chosen: with 3 values
 it has only 10 distinct resamples and its percentile interval is far narrower than the
 t interval's coverage requires.
