@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rlsparse_lib.analysis.intervals import binomial_se, mean_interval
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.paths import repo_root
 from rlsparse_lib.rules import PAPER_SPARSITY, sparsity_from_changed
@@ -239,16 +240,13 @@ def rolling_band(history: pd.DataFrame, column: str, window: int) -> pd.DataFram
 
 
 def window_means(history: pd.DataFrame, column: str, window: int) -> list[dict]:
-    """Mean of ``column`` over each run's first and last ``window`` logged steps, with the 95 %
-    normal interval (``mean ± 1.96·sd/√n``): did it rise?"""
+    """Mean of ``column`` over each run's first and last ``window`` logged steps, with its 95 %
+    Student-t interval (:func:`~rlsparse_lib.analysis.intervals.mean_interval`): did it rise?"""
     rows = []
     for label, h in history.dropna(subset=[column]).groupby("run", sort=False):
         values = h.sort_values("step")
         for which, part in (("first", values.head(window)), ("last", values.tail(window))):
-            x = part[column].to_numpy(float)
-            n = len(x)
-            mean = float(x.mean())
-            half = Z95 * float(x.std(ddof=1)) / math.sqrt(n) if n > 1 else None
+            interval = mean_interval(part[column].to_numpy(float))
             rows.append(
                 {
                     "run": label,
@@ -256,10 +254,10 @@ def window_means(history: pd.DataFrame, column: str, window: int) -> list[dict]:
                     "window": which,
                     "from_step": int(part["step"].min()),
                     "to_step": int(part["step"].max()),
-                    "n": n,
-                    "mean": mean,
-                    "lo": None if half is None else mean - half,
-                    "hi": None if half is None else mean + half,
+                    "n": interval.n,
+                    "mean": interval.mean,
+                    "lo": interval.low,
+                    "hi": interval.high,
                 }
             )
     return rows
@@ -647,7 +645,7 @@ def _accuracies(rows: list[dict]) -> str:
     weights = {"run": "fp32 weights", "checkpoint": "bf16 checkpoint"}
     return ", ".join(
         f"step {e['step']} {e['accuracy']:.3f} ± "
-        f"{math.sqrt(e['accuracy'] * (1 - e['accuracy']) / e['n']):.3f} ({weights[e['source']]})"
+        f"{binomial_se(e['accuracy'], e['n']):.3f} ({weights[e['source']]})"
         for e in rows
     )
 
