@@ -172,12 +172,15 @@ class MonitorSection:
 
 @dataclass(frozen=True)
 class EvalSection:
-    """Greedy accuracy on the held-out split before and after training."""
+    """Greedy accuracy on the held-out split before and after training; ``cache: false`` always
+    evaluates anew instead of reusing ``data/cache/evals/`` (:mod:`~rlsparse_lib.training.eval_cache`;
+    unset means on and keeps the configs of runs started before the key existed equal)."""
 
     before: bool = True
     after: bool = True
     batch_size: int = 32
     max_new_tokens: int = 48
+    cache: bool | None = None
 
 
 @dataclass(frozen=True)

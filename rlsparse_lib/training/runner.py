@@ -152,7 +152,6 @@ def _run(
     from rlsparse_lib.training.builders import build_trainer
     from rlsparse_lib.training.checkpoints import CheckpointSaver, save_step, step_entry
     from rlsparse_lib.training.data import OwnSamples, build_rows, sample_own
-    from rlsparse_lib.training.evaluation import evaluate
     from rlsparse_lib.training.models import (
         library_versions,
         load_model,
@@ -194,7 +193,14 @@ def _run(
         eval_before = None
         if cfg.eval.before:
             eval_before = _evaluate(
-                evaluate, model, tokenizer, task, cfg, run_dir / "eval_before.jsonl", progress
+                model,
+                tokenizer,
+                task,
+                cfg,
+                run_dir / "eval_before.jsonl",
+                progress,
+                paths,
+                precision,
             )
         own = None
         if cfg.uses_own_samples:
@@ -276,7 +282,7 @@ def _run(
     eval_after = None
     if cfg.eval.after:
         eval_after = _evaluate(
-            evaluate, model, tokenizer, task, cfg, run_dir / "eval_after.jsonl", progress
+            model, tokenizer, task, cfg, run_dir / "eval_after.jsonl", progress, paths, precision
         )
 
     checkpoints = [init_entry, *saver.saved]
@@ -458,17 +464,31 @@ def _check_prompt_lengths(cfg: RunConfig, task, tokenizer) -> None:
                 )
 
 
-def _evaluate(evaluate, model, tokenizer, task, cfg: RunConfig, path: Path, progress: bool) -> dict:
-    result = evaluate(
+def _evaluate(
+    model,
+    tokenizer,
+    task,
+    cfg: RunConfig,
+    path: Path,
+    progress: bool,
+    paths: Paths,
+    precision: Precision,
+) -> dict:
+    """Greedy evaluation on the eval split, written to ``path``; through the evaluation cache
+    (``data/cache/evals/``) unless ``eval.cache: false``."""
+    from rlsparse_lib.training.eval_cache import cached_evaluate, records_text
+
+    result, _ = cached_evaluate(
         model,
         tokenizer,
         task,
+        None if cfg.eval.cache is False else paths.data / "cache" / "evals",
         batch_size=cfg.eval.batch_size,
         max_new_tokens=cfg.eval.max_new_tokens,
+        precision=precision.describe(),
         progress=progress,
     )
-    lines = "".join(json.dumps(r) + "\n" for r in result.records)
-    write_text_atomic(path, lines)
+    write_text_atomic(path, records_text(result))
     return {
         **result.summary(),
         "weights": str(next(model.parameters()).dtype).removeprefix("torch."),
