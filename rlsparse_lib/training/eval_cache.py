@@ -144,8 +144,9 @@ def cached_evaluate(
     Returns:
         The result (identical to a fresh evaluation's) and whether it came from the cache.
     """
-    if cache_dir is None:
-        fresh = evaluate(
+
+    def fresh() -> EvalResult:
+        return evaluate(
             model,
             tokenizer,
             task,
@@ -153,7 +154,9 @@ def cached_evaluate(
             max_new_tokens=max_new_tokens,
             progress=progress,
         )
-        return fresh, False
+
+    if cache_dir is None:
+        return fresh(), False
     key = evaluation_key(
         model,
         tokenizer,
@@ -168,14 +171,7 @@ def cached_evaluate(
         hit = _read(records_path, meta_path, key)
         if hit is not None:
             return hit, True
-    result = evaluate(
-        model,
-        tokenizer,
-        task,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        progress=progress,
-    )
+    result = fresh()
     text = records_text(result)
     write_text_atomic(records_path, text)
     meta = {
