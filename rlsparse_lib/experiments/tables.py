@@ -288,8 +288,9 @@ def summary_markdown(summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def marked_span(path: str | Path) -> tuple[str, int, int]:
-    """The text of the file ``path`` and the span between its :data:`MARKERS`.
+def marked_span(path: str | Path, markers: tuple[str, str] = MARKERS) -> tuple[str, int, int]:
+    """The text of the file ``path`` and the span between its ``markers`` (begin, end; default
+    :data:`MARKERS`).
 
     Raises:
         ConfigError: the file is missing, or a marker is missing, repeated or out of order.
@@ -298,8 +299,8 @@ def marked_span(path: str | Path) -> tuple[str, int, int]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     text = path.read_text(encoding="utf-8")
-    begin, end = MARKERS
-    for marker in MARKERS:
+    begin, end = markers
+    for marker in markers:
         if text.count(marker) != 1:
             raise ConfigError(f"{path}: expected one {marker!r} marker, found {text.count(marker)}")
     i, j = text.index(begin) + len(begin), text.index(end)
@@ -308,14 +309,14 @@ def marked_span(path: str | Path) -> tuple[str, int, int]:
     return text, i, j
 
 
-def replace_marked_block(path: str | Path, block: str) -> bool:
-    """Replace the text between :data:`MARKERS` in the file ``path`` by ``block`` (atomically;
-    errors as :func:`marked_span`).
+def replace_marked_block(path: str | Path, block: str, markers: tuple[str, str] = MARKERS) -> bool:
+    """Replace the text between ``markers`` (default :data:`MARKERS`) in the file ``path`` by
+    ``block`` (atomically; errors as :func:`marked_span`).
 
     Returns:
         True when the file changed.
     """
-    text, i, j = marked_span(path)
+    text, i, j = marked_span(path, markers)
     new = text[:i] + "\n" + block.rstrip("\n") + "\n" + text[j:]
     if new == text:
         return False
