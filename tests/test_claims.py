@@ -90,6 +90,21 @@ def test_welch_interval_against_naive() -> None:
     assert out["verdict"] == ("holds" if d - half > 0 else "inconclusive")
 
 
+def test_welch_with_zero_spreads() -> None:
+    """One side without spread: ν = n_b − 1 exactly; both without: a zero-width interval."""
+    rows = _rows("a", "acc_before", [0.125] * 3) + _rows("b", "acc_before", [0.1, 0.12, 0.13])
+    out = evaluate_claim(_claim("compare", metric="acc_before", expect="greater"), rows)
+    xb = np.array([0.1, 0.12, 0.13])
+    half = _t_quantile(0.975, 2) * xb.std(ddof=1) / math.sqrt(3)
+    d = 0.125 - xb.mean()
+    assert (out["low"], out["high"]) == pytest.approx((d - half, d + half), rel=1e-7)
+    assert "df 2" in out["method"]
+    same = _rows("a", "acc_before", [0.125] * 3) + _rows("b", "acc_before", [0.125] * 2)
+    out = evaluate_claim(_claim("compare", metric="acc_before", expect="greater"), same)
+    assert (out["estimate"], out["low"], out["high"]) == (0.0, 0.0, 0.0)
+    assert out["verdict"] == "does not hold" and "df 3" in out["method"]
+
+
 def test_prediction_interval_against_naive_on_either_side() -> None:
     seeded, single = [0.177, 0.172, 0.184], 0.15
     rows = _rows("b", "acc_after", seeded) + _rows("a", "acc_after", [single])
