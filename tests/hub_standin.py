@@ -5,7 +5,7 @@ Two HTTP/1.1 servers on 127.0.0.1 (never another address):
 * the **hub** origin (point ``HF_ENDPOINT`` at :attr:`HubStandin.endpoint`):
   ``GET /api/models/{id}[/revision/{rev}]`` -> ``{"id", "sha", "siblings"}``;
   ``HEAD|GET /{id}/resolve/{rev}/{file}`` -> a JSON file's bytes (``200``), or for a safetensors
-  file a ``302`` to a signed location on the CDN origin with ``X-Linked-Size``,
+  or GGUF file a ``302`` to a signed location on the CDN origin with ``X-Linked-Size``,
   ``X-Linked-ETag`` and ``X-Repo-Commit``, as the hub does for LFS files;
 * the **CDN** origin: ``GET /{id}/{file}?sig=N`` answers ``Range: bytes=a-b`` with ``206`` and
   ``Content-Range``; ``ETag`` is the sha256 of the file's current bytes.
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-_LFS_SUFFIX = ".safetensors"
+_LFS_SUFFIX = (".safetensors", ".gguf")
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 
 
@@ -61,8 +61,10 @@ class HubStandin:
         self.repos: dict[str, dict[str, _Blob]] = {}
         self.commits: dict[str, str] = {}
         for repo_id, folder in repos.items():
-            self.repos[repo_id] = {
-                p.name: _Blob(p) for p in sorted(Path(folder).iterdir()) if p.is_file()
+            self.repos[repo_id] = {  # files in subfolders as "sub/file", like the hub's siblings
+                p.relative_to(folder).as_posix(): _Blob(p)
+                for p in sorted(Path(folder).rglob("*"))
+                if p.is_file()
             }
             self.commits[repo_id] = hashlib.sha1(repo_id.encode()).hexdigest()
         self.expire_every = 0

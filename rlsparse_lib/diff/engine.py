@@ -234,8 +234,8 @@ def diff_pairs(
                 mask.write(pair.name, packed)
         result.numel = pair.numel
         blocks = block_views(
-            base.ckpt.encodings.get(pair.name),
-            tuned.ckpt.encodings.get(pair.name),
+            base.gguf,
+            tuned.gguf,
             pair.base,
             pair.tuned,
             pair.numel,

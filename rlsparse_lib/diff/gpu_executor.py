@@ -142,8 +142,8 @@ def stream_pairs(
     for p in pairs:
         out[p.name].numel = p.numel
         blocks = block_views(
-            base.ckpt.encodings.get(p.name),
-            tuned.ckpt.encodings.get(p.name),
+            base.gguf,
+            tuned.gguf,
             p.base,
             p.tuned,
             p.numel,

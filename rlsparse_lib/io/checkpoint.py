@@ -2,11 +2,12 @@
 
 Supported: a single ``model.safetensors``, sharded ``*.safetensors`` with
 ``model.safetensors.index.json``, ``pytorch_model*.bin`` (with or without an index, read with
-``torch.load(weights_only=True)``), a single weight file given directly, a ``.gguf`` file
-(:mod:`rlsparse_lib.io.gguf_io`: quantized tensors read as their dequantized values), and
-``org/name[@rev]`` hub ids (safetensors and JSON only): streamed with HTTP Range requests by
-default (:mod:`rlsparse_lib.io.hub_stream`, no local copy), or downloaded into the HF cache with
-``download=True``. Inventories come from headers; no tensor data is read.
+``torch.load(weights_only=True)``), a single weight file given directly, a ``.gguf`` file or a
+folder holding one GGUF model (:mod:`rlsparse_lib.io.gguf_io`: quantized tensors read as their
+dequantized values), and ``org/name[@rev]`` / ``org/name/path/file.gguf[@rev]`` hub ids
+(safetensors, GGUF and JSON only): streamed with HTTP Range requests by default
+(:mod:`rlsparse_lib.io.hub_stream`, no local copy), or (safetensors) downloaded into the HF cache
+with ``download=True``. Inventories come from headers; no tensor data is read.
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from rlsparse_lib.errors import CheckpointError
-from rlsparse_lib.io.gguf_io import BlockEncoding, GGUFFiles, gguf_shards, read_gguf
-from rlsparse_lib.io.hub import download_snapshot, looks_like_hub_id
+from rlsparse_lib.io.gguf_io import (
+    BlockEncoding,
+    GGUFFiles,
+    gguf_shards,
+    pick_gguf_model,
+    read_gguf,
+)
+from rlsparse_lib.io.hub import download_snapshot, looks_like_hub_id, split_hub_spec
 from rlsparse_lib.io.hub_stream import HubRepo, RangeFiles, StreamSettings, open_repo
 from rlsparse_lib.io.pickle_io import PickleFiles
 from rlsparse_lib.io.pickle_io import inventory as pickle_inventory
@@ -125,7 +132,7 @@ class Checkpoint:
     def undecodable(self) -> dict[str, str]:
         """Tensors stored in a quantized type no decoder is known for, with their scheme."""
         return {
-            n: f"{e.scheme} blocks (not decodable by the gguf package)"
+            n: f"{e.refusal} in {self.tensors[n].file.name}"
             for n, e in self.encodings.items()
             if not e.decodable
         }
@@ -137,7 +144,10 @@ class TensorReader:
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
         self._files: MappedFiles | PickleFiles | GGUFFiles | RangeFiles
-        if ckpt.remote is not None:
+        if ckpt.format == "gguf" and ckpt.remote is not None:  # a streamed tensor is read once
+            keep = ckpt.remote.session.settings.window_bytes
+            self._files = GGUFFiles(ckpt.encodings, ckpt.remote.reader(), keep)
+        elif ckpt.remote is not None:
             self._files = ckpt.remote.reader()
         elif ckpt.format == "gguf":
             self._files = GGUFFiles(ckpt.encodings)
@@ -145,6 +155,11 @@ class TensorReader:
             self._files = MappedFiles()
         else:
             self._files = PickleFiles()
+
+    @property
+    def gguf(self) -> GGUFFiles | None:
+        """The GGUF reader (raw blocks beside the values), or None for another format."""
+        return self._files if isinstance(self._files, GGUFFiles) else None
 
     def words(self, name: str, start: int, stop: int) -> np.ndarray:
         """Flat elements ``[start, stop)`` of tensor ``name`` as unsigned words (zero-copy when possible)."""
@@ -175,8 +190,9 @@ def open_checkpoint(
     """Resolve a local path or hub id and read its tensor inventory.
 
     Args:
-        spec: folder, weight file, ``*.index.json`` file, ``org/name[@revision]``, or an
-            already-open :class:`Checkpoint` (returned as is).
+        spec: folder, weight file, ``*.index.json`` file, ``org/name[@revision]``,
+            ``org/name/path/file.gguf[@revision]``, or an already-open :class:`Checkpoint`
+            (returned as is).
         cache_dir: Hugging Face cache folder for hub ids with ``download``.
         download: download a hub id's safetensors into the HF cache (as before streaming)
             instead of streaming it with Range requests.
@@ -193,6 +209,10 @@ def open_checkpoint(
     if not path.exists():
         if looks_like_hub_id(text) and not download:
             return _open_remote(text, open_repo(text, stream))
+        if looks_like_hub_id(text) and split_hub_spec(text)[1] is not None:
+            raise CheckpointError(
+                f"'{text}': GGUF files are streamed, not downloaded (drop --download)"
+            )
         if looks_like_hub_id(text):
             path, revision = download_snapshot(text, cache_dir)
         else:
@@ -207,13 +227,14 @@ def _open_remote(source: str, repo: HubRepo) -> Checkpoint:
     ckpt = Checkpoint(
         source=source,
         path=Path(repo.key),
-        format="safetensors",
+        format=repo.format,
         files=repo.files,
         tensors={},
         config=repo.config,
         revision=repo.commit,
         warnings=list(repo.warnings),
         remote=repo,
+        encodings=dict(repo.encodings),
     )
     for f in repo.files:
         _add_tensors(ckpt, f, repo.headers[f])
@@ -230,6 +251,8 @@ def _add_tensors(ckpt: Checkpoint, f: Path, tensors: dict[str, TensorInfo]) -> N
 
 
 def _open_local(source: str, path: Path) -> Checkpoint:
+    if path.is_dir():
+        path = _gguf_in_folder(path) or path
     if path.is_file() and path.name.endswith(".gguf"):
         files = gguf_shards(path)
         ckpt = Checkpoint(source, path, "gguf", tuple(files), {})
@@ -269,6 +292,30 @@ def _open_local(source: str, path: Path) -> Checkpoint:
         _check_index(index, ckpt)
     ckpt.config = _read_config(folder / "config.json", ckpt.warnings)
     return ckpt
+
+
+def _gguf_in_folder(folder: Path) -> Path | None:
+    """The first file of the folder's one GGUF model, or None without ``.gguf`` files.
+
+    Raises:
+        CheckpointError: listing the models when there are several, or the files when the
+            folder also holds safetensors or PyTorch weights (never a silent choice).
+    """
+    names = [p.name for p in folder.glob("*.gguf") if p.is_file()]
+    if not names:
+        return None
+    others = sorted(
+        p.name for p in (*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin"))
+    )
+    if others:
+        raise CheckpointError(
+            f"{folder}: holds both GGUF files ({', '.join(sorted(names)[:4])}) and other weights "
+            f"({', '.join(others[:4])}); pass the file to read (a .gguf, or a .safetensors / "
+            "*.index.json file)"
+        )
+    files = pick_gguf_model(names, str(folder), f"pass the file, e.g. {folder / sorted(names)[0]},")
+    assert files is not None  # names holds .gguf files
+    return folder / files[0]
 
 
 def _find_weights(folder: Path) -> tuple[str, list[Path], Path | None]:

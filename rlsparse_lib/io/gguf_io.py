@@ -1,8 +1,10 @@
-"""GGUF checkpoints (llama.cpp files), read through the ``gguf`` package's memory-mapped reader.
+"""GGUF checkpoints (llama.cpp files): inventories from the header, tensors read from a local file
+or streamed from the hub, quantized blocks decoded by the ``gguf`` package.
 
 A GGUF file lists its tensors with dims fastest-first (``ne[0]`` is the row length); shapes here
-are in PyTorch order (reversed) and the flat element order is the same. Tensor data are
-contiguous at absolute offsets, so:
+are in PyTorch order (reversed) and the flat element order is the same. The header is parsed by
+:mod:`rlsparse_lib.io.gguf_header` (from byte ranges: the same code for a local file and for HTTP
+Range requests). Tensor data are contiguous at absolute offsets, so:
 
 * ``F32``/``F16``/``BF16``/``F64`` and ``I8``..``I64`` tensors are plain :class:`TensorInfo`
   records read as raw words like safetensors (float tensors compared exactly as stored);
@@ -11,23 +13,28 @@ contiguous at absolute offsets, so:
   :class:`GGUFFiles` decodes whole blocks with :func:`gguf.quants.dequantize` (the package's
   reference decoder) for any element range, so every command compares the dequantized values;
   :func:`block_views` compares the raw blocks of a pair beside them (``quant`` in diff reports);
-* a quantized type the ``gguf`` package cannot decode keeps its logical shape and is marked not
-  decodable: pairing refuses it by name unless it is excluded.
+* a quantized type the ``gguf`` package cannot decode, or a type id it does not know at all, keeps
+  its logical shape and is marked not decodable: pairing refuses it by tensor and file unless it
+  is excluded.
 
 A llama.cpp split model (``<stem>-00001-of-00003.gguf``) opens from any of its shards as one
-checkpoint of all of them (:func:`gguf_shards`).
+checkpoint of all of them (:func:`gguf_shards`); a folder or hub repository holding exactly one
+GGUF model (one file or one complete split set) opens as that model (:func:`pick_gguf_model`).
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
 
 import numpy as np
 
 from rlsparse_lib.errors import CheckpointError
+from rlsparse_lib.io.gguf_header import GGUFHeader, ReadFn, parse_gguf_header
 from rlsparse_lib.io.safetensors_io import MappedFiles
 from rlsparse_lib.io.tensor_info import TensorInfo
 
@@ -53,10 +60,10 @@ class BlockEncoding:
     """How a quantized GGUF tensor is stored.
 
     Attributes:
-        scheme: ``gguf:<type name>``, e.g. ``gguf:Q4_1``.
-        qtype: the ``gguf.GGMLQuantizationType`` value.
+        scheme: ``gguf:<type name>``, e.g. ``gguf:Q4_1`` (``gguf:type<id>`` for an unknown id).
+        qtype: the ``gguf.GGMLQuantizationType`` value (the raw type id).
         block: elements per block.
-        type_size: bytes per block.
+        type_size: bytes per block (0 for a type id the ``gguf`` package does not know).
         decodable: whether :func:`gguf.quants.dequantize` implements the type.
     """
 
@@ -72,129 +79,267 @@ class BlockEncoding:
             info.name, "uint8", (info.numel // self.block * self.type_size,), info.file, info.offset
         )
 
+    @property
+    def refusal(self) -> str:
+        """Why the tensor cannot be compared (for an undecodable encoding)."""
+        if self.type_size == 0:
+            return f"{self.scheme} (type id {self.qtype} unknown to the gguf package)"
+        return f"{self.scheme} blocks (not decodable by the gguf package)"
+
 
 def _gguf() -> Any:
     try:
         import gguf
-    except ImportError as exc:  # gguf ships with the train extra
+    except ImportError as exc:  # a core dependency; kept for a clear message in broken installs
         raise CheckpointError(
-            "reading .gguf files needs the gguf package (pip install gguf, or rlsparse[train])"
+            "reading .gguf files needs the gguf package (pip install gguf)"
         ) from exc
     return gguf
 
 
+# ---- which files make a model ---------------------------------------------------------------------
+def shard_names(name: str) -> list[str]:
+    """The files of the GGUF model named ``name`` (a path inside a folder or repository, ``/``
+    separated): ``[name]``, or for one shard of a llama.cpp split every shard's name, in order."""
+    p = PurePosixPath(name)
+    m = _SHARD.match(p.name)
+    if m is None:
+        return [name]
+    count = int(m["count"])
+    return [
+        str(p.with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf")) for i in range(1, count + 1)
+    ]
+
+
 def gguf_shards(path: Path) -> list[Path]:
-    """The files of the GGUF model ``path``: the file itself, or, for one shard of a llama.cpp
-    split (``<stem>-00001-of-00003.gguf``, as ``gguf-split`` and ``GGUFWriter`` name them), every
-    shard in order.
+    """The files of the local GGUF model ``path``: the file itself, or, for one shard of a
+    llama.cpp split (``<stem>-00001-of-00003.gguf``, as ``gguf-split`` and ``GGUFWriter`` name
+    them), every shard in order.
 
     Raises:
         CheckpointError: naming the missing shards of a split.
     """
-    m = _SHARD.match(path.name)
-    if m is None:
-        return [path]
-    count = int(m["count"])
-    files = [
-        path.with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)
-    ]
+    files = [path.with_name(PurePosixPath(n).name) for n in shard_names(path.name)]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise CheckpointError(f"{path}: split GGUF model is missing {', '.join(missing)}")
     return files
 
 
+def pick_gguf_model(names: Iterable[str], where: str, how: str) -> list[str] | None:
+    """The one GGUF model among ``names`` (files of a folder or repository): its files in shard
+    order, or None when there is no ``.gguf`` file.
+
+    Args:
+        where: the folder or repository, for messages.
+        how: how to pass one file (e.g. ``"pass the file: org/name/<file>"``).
+
+    Raises:
+        CheckpointError: listing the models when there are several (e.g. ``Q4_K_M`` and ``Q8_0``
+            files of one repository), or naming the missing shards of an incomplete split.
+    """
+    available = {n for n in names if n.endswith(".gguf")}
+    models: dict[str, list[str]] = {}
+    for n in sorted(available):
+        files = shard_names(n)
+        models.setdefault(files[0], files)
+    if not models:
+        return None
+    if len(models) > 1:
+        listed = ", ".join(
+            first if len(files) == 1 else f"{first} ({len(files)} shards)"
+            for first, files in models.items()
+        )
+        raise CheckpointError(
+            f"{where} holds {len(models)} GGUF models ({listed}); {how} to pick one"
+        )
+    (files,) = models.values()
+    missing = [f for f in files if f not in available]
+    if missing:
+        raise CheckpointError(f"{where}: split GGUF model is missing {', '.join(missing)}")
+    return files
+
+
+# ---- inventories ----------------------------------------------------------------------------------
+def gguf_inventory(
+    header: GGUFHeader, file: Path, size: int
+) -> tuple[dict[str, TensorInfo], dict[str, BlockEncoding]]:
+    """Tensors (PyTorch shape order) and block encodings of a parsed header of file ``file``
+    (``size`` bytes: a tensor that would end past it means a truncated file).
+
+    Raises:
+        CheckpointError: naming the file and tensor for a truncated file or a tensor that is not
+            whole blocks.
+    """
+    gguf = _gguf()
+    decoders = set(gguf.quants._type_traits)  # the types gguf.quants.dequantize implements
+    known = {int(t) for t in gguf.GGMLQuantizationType}
+    tensors: dict[str, TensorInfo] = {}
+    encodings: dict[str, BlockEncoding] = {}
+    for t in header.tensors:
+        shape = tuple(reversed(t.dims))
+        numel = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+        where = f"{file}: tensor '{t.name}'"
+        if t.type_id not in known:  # kept: refused by name (tensor and file) unless excluded
+            tensors[t.name] = TensorInfo(t.name, "float32", shape, file, t.offset)
+            encodings[t.name] = BlockEncoding(f"gguf:type{t.type_id}", t.type_id, 1, 0, False)
+            continue
+        qtype = gguf.GGMLQuantizationType(t.type_id)
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        if numel % block:
+            raise CheckpointError(
+                f"{where}: {numel} elements are not whole {qtype.name} blocks of {block}"
+            )
+        end = t.offset + numel // block * type_size
+        if end > size:
+            raise CheckpointError(
+                f"{where}: file is truncated (tensor ends at byte {end}, file has {size})"
+            )
+        tensors[t.name] = TensorInfo(
+            t.name, PLAIN_TYPES.get(qtype.name, "float32"), shape, file, t.offset
+        )
+        if qtype.name not in PLAIN_TYPES:
+            encodings[t.name] = BlockEncoding(
+                f"gguf:{qtype.name}", int(qtype), block, type_size, qtype in decoders
+            )
+    return tensors, encodings
+
+
+def read_gguf_at(
+    read: ReadFn, size: int, file: Path, first: int = 1 << 16, most: int = 16 << 20
+) -> tuple[dict[str, TensorInfo], dict[str, BlockEncoding]]:
+    """Inventory of GGUF file ``file`` (``size`` bytes) whose bytes come from ``read(start,
+    stop)``: a local file or Range requests, in pieces of ``first`` bytes doubling up to
+    ``most``. Only the header is read."""
+    return gguf_inventory(parse_gguf_header(read, size, str(file), first, most), file, size)
+
+
 def read_gguf(path: Path) -> tuple[dict[str, TensorInfo], dict[str, BlockEncoding]]:
-    """Inventory of a GGUF file from its header (no tensor data is read).
+    """Inventory of a local GGUF file from its header (no tensor data is read).
 
     Returns:
         (tensors by name, in PyTorch shape order; the block encoding of every quantized tensor).
 
     Raises:
-        CheckpointError: naming the file (and tensor) for a file that is not GGUF, corrupt,
-            truncated, or holds a type id the ``gguf`` package does not know.
+        CheckpointError: naming the file (and tensor) for a file that is not GGUF, corrupt or
+            truncated.
     """
-    gguf = _gguf()
     try:
-        reader = gguf.GGUFReader(path, "r")
-    except (ValueError, OSError, IndexError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: not a readable GGUF file ({exc})") from exc
-    size = path.stat().st_size
-    decoders = set(gguf.quants._type_traits)  # the types gguf.quants.dequantize implements
-    tensors: dict[str, TensorInfo] = {}
-    encodings: dict[str, BlockEncoding] = {}
-    for t in reader.tensors:
-        qtype = gguf.GGMLQuantizationType(t.tensor_type)
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-        where = f"{path}: tensor '{t.name}'"
-        if int(t.n_elements) % block:
-            raise CheckpointError(
-                f"{where}: {t.n_elements} elements are not whole {qtype.name} blocks of {block}"
-            )
-        if int(t.data_offset) + int(t.n_bytes) > size:
-            raise CheckpointError(
-                f"{where}: file is truncated (tensor ends at byte "
-                f"{int(t.data_offset) + int(t.n_bytes)}, file has {size})"
-            )
-        dtype = PLAIN_TYPES.get(qtype.name, "float32")
-        tensors[t.name] = TensorInfo(t.name, dtype, shape, path, int(t.data_offset))
-        if qtype.name not in PLAIN_TYPES:
-            encodings[t.name] = BlockEncoding(
-                f"gguf:{qtype.name}", int(qtype), block, type_size, qtype in decoders
-            )
-    del reader  # drop the package's whole-file memory map
-    return tensors, encodings
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot open ({exc})") from exc
+    try:
+        return read_gguf_at(lambda a, b: os.pread(fd, b - a, a), os.fstat(fd).st_size, path)
+    finally:
+        os.close(fd)
+
+
+# ---- tensor data ----------------------------------------------------------------------------------
+class RawWords(Protocol):
+    """Raw words of byte-addressed tensors: :class:`MappedFiles` (local) or
+    :class:`~rlsparse_lib.io.hub_stream.RangeFiles` (streamed)."""
+
+    def words(self, info: TensorInfo, start: int, stop: int) -> np.ndarray: ...
+
+    def prefetch(self, info: TensorInfo, start: int, stop: int) -> None: ...
+
+    def release(self, info: TensorInfo, start: int, stop: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class GGUFFiles:
-    """Element-ranged words of GGUF tensors: plain types as stored (zero-copy views), quantized
-    types as the float32 words of their dequantized values (only the blocks covering the range are
-    read and decoded)."""
+    """Element-ranged words of GGUF tensors: plain types as stored, quantized types as the
+    float32 words of their dequantized values (only the blocks covering the range are read and
+    decoded).
 
-    def __init__(self, encodings: dict[str, BlockEncoding]) -> None:
+    Args:
+        encodings: block encodings by tensor name.
+        raw: where the bytes come from (default: local memory maps).
+        keep_bytes: a quantized tensor of at most this many raw bytes is read once, whole, and
+            kept until the next such tensor, so that its values and its raw-block view
+            (:func:`block_views`) cost one read (for streamed files; 0: no keeping).
+    """
+
+    def __init__(
+        self, encodings: dict[str, BlockEncoding], raw: RawWords | None = None, keep_bytes: int = 0
+    ) -> None:
         self._enc = encodings
-        self._maps = MappedFiles()
+        self._raw: RawWords = MappedFiles() if raw is None else raw
+        self._keep = keep_bytes
+        self._kept: tuple[TensorInfo, np.ndarray] | None = None
+
+    def encoding(self, name: str) -> BlockEncoding | None:
+        return self._enc.get(name)
+
+    def blocks(self, info: TensorInfo, b0: int, b1: int) -> np.ndarray:
+        """Raw bytes of blocks ``[b0, b1)`` of quantized tensor ``info``: ``uint8[(b1 - b0) *
+        type_size]``."""
+        enc = self._enc[info.name]
+        raw = enc.raw(info)
+        lo, hi = b0 * enc.type_size, b1 * enc.type_size
+        if 0 < raw.numel <= self._keep:
+            if self._kept is None or self._kept[0] != raw:
+                self._kept = None  # drop the previous tensor before reading this one
+                self._kept = (raw, np.array(self._raw.words(raw, 0, raw.numel), copy=True))
+            return self._kept[1][lo:hi]
+        return self._raw.words(raw, lo, hi)
+
+    def release_blocks(self, info: TensorInfo, b0: int, b1: int) -> None:
+        enc = self._enc[info.name]
+        raw = enc.raw(info)
+        if not 0 < raw.numel <= self._keep:
+            self._raw.release(raw, b0 * enc.type_size, b1 * enc.type_size)
 
     def words(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
         """Elements ``[start, stop)`` as raw words (``uint32`` of float32 for quantized tensors)."""
         enc = self._enc.get(info.name)
         if enc is None:
-            return self._maps.words(info, start, stop)
+            return self._raw.words(info, start, stop)
         b0, b1 = start // enc.block, -(-stop // enc.block)
-        raw = self._maps.words(enc.raw(info), b0 * enc.type_size, b1 * enc.type_size)
-        values = _gguf().quants.dequantize(raw, enc.qtype).reshape(-1)
+        values = _gguf().quants.dequantize(self.blocks(info, b0, b1), enc.qtype).reshape(-1)
         lo = start - b0 * enc.block
         return np.ascontiguousarray(values[lo : lo + stop - start], np.float32).view(np.uint32)
 
     def prefetch(self, info: TensorInfo, start: int, stop: int) -> None:
-        self._maps.prefetch(*self._raw_range(info, start, stop))
+        raw = self._raw_range(info, start, stop)
+        if raw is not None:
+            self._raw.prefetch(*raw)
 
     def release(self, info: TensorInfo, start: int, stop: int) -> None:
-        self._maps.release(*self._raw_range(info, start, stop))
+        raw = self._raw_range(info, start, stop)
+        if raw is not None:
+            self._raw.release(*raw)
 
-    def _raw_range(self, info: TensorInfo, start: int, stop: int) -> tuple[TensorInfo, int, int]:
+    def _raw_range(
+        self, info: TensorInfo, start: int, stop: int
+    ) -> tuple[TensorInfo, int, int] | None:
+        """The raw byte range behind elements ``[start, stop)`` (None for a kept tensor)."""
         enc = self._enc.get(info.name)
         if enc is None:
             return info, start, stop
+        raw = enc.raw(info)
+        if 0 < raw.numel <= self._keep:
+            return None
         b0, b1 = start // enc.block, -(-stop // enc.block)
-        return enc.raw(info), b0 * enc.type_size, b1 * enc.type_size
+        return raw, b0 * enc.type_size, b1 * enc.type_size
 
     def close(self) -> None:
-        self._maps.close()
+        self._kept = None
+        self._raw.close()
 
 
 def block_views(
-    base: BlockEncoding | None,
-    tuned: BlockEncoding | None,
+    base: GGUFFiles | None,
+    tuned: GGUFFiles | None,
     ib: TensorInfo,
     it: TensorInfo,
     numel: int,
 ) -> dict | None:
-    """Raw-block view of a pair of quantized GGUF tensors (``base``/``tuned``: each side's
-    encoding, None for a plain tensor; ``ib``/``it``: their infos; ``numel``: elements compared):
-    the blocks of the compared elements compared byte for byte, streamed ``_BLOCKS_PER_STEP``
-    blocks at a time.
+    """Raw-block view of a pair of quantized GGUF tensors (``base``/``tuned``: each side's GGUF
+    reader, None for another format; ``ib``/``it``: their infos; ``numel``: elements compared):
+    the blocks of the compared elements compared byte for byte, ``_BLOCKS_PER_STEP`` blocks at a
+    time.
 
     Returns:
         ``{"scheme", "decoded": "float32", "block": [1, block], "raw_n", "raw_changed", "scales_n": 0,
@@ -202,25 +347,20 @@ def block_views(
         a changed scale is a changed block), or None unless both sides store the tensor in the
         same quantized type.
     """
-    if base is None or tuned is None or base.scheme != tuned.scheme:
+    eb = None if base is None else base.encoding(ib.name)
+    et = None if tuned is None else tuned.encoding(it.name)
+    if base is None or tuned is None or eb is None or et is None or eb.scheme != et.scheme:
         return None
-    eb = base
     n_blocks = numel // eb.block
     changed = 0
-    maps = MappedFiles()
-    try:
-        raw_b, raw_t = eb.raw(ib), tuned.raw(it)
-        for b0 in range(0, n_blocks, _BLOCKS_PER_STEP):
-            b1 = min(n_blocks, b0 + _BLOCKS_PER_STEP)
-            lo, hi = b0 * eb.type_size, b1 * eb.type_size
-            a = maps.words(raw_b, lo, hi).reshape(-1, eb.type_size)
-            b = maps.words(raw_t, lo, hi).reshape(-1, eb.type_size)
-            changed += int(np.count_nonzero((a != b).any(axis=1)))
-            del a, b
-            maps.release(raw_b, lo, hi)
-            maps.release(raw_t, lo, hi)
-    finally:
-        maps.close()
+    for b0 in range(0, n_blocks, _BLOCKS_PER_STEP):
+        b1 = min(n_blocks, b0 + _BLOCKS_PER_STEP)
+        a = base.blocks(ib, b0, b1).reshape(-1, eb.type_size)
+        b = tuned.blocks(it, b0, b1).reshape(-1, eb.type_size)
+        changed += int(np.count_nonzero((a != b).any(axis=1)))
+        del a, b
+        base.release_blocks(ib, b0, b1)
+        tuned.release_blocks(it, b0, b1)
     return {
         "scheme": eb.scheme,
         "decoded": "float32",

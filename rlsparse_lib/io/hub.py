@@ -8,13 +8,29 @@ from pathlib import Path
 from rlsparse_lib.errors import CheckpointError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+#: one GGUF file of a repository: ``org/name/path/file.gguf[@rev]`` (a repo id has two segments,
+#: so three or more ending in ``.gguf`` cannot be read as one)
+_HUB_FILE = re.compile(
+    r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)/(?P<file>(?:[\w.-]+/)*[\w.-]+\.gguf)(@[\w./-]+)?$"
+)
 #: files fetched from the hub: never pickles
 ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json"]
 
 
 def looks_like_hub_id(spec: str) -> bool:
-    """``org/name`` or ``org/name@revision``, not an absolute or dotted relative path."""
-    return bool(_HUB_ID.match(spec)) and not spec.startswith((".", "/", "~"))
+    """``org/name``, ``org/name@revision`` or a GGUF file of a repository
+    (``org/name/path/file.gguf[@revision]``), not an absolute or dotted relative path."""
+    return bool(_HUB_ID.match(spec) or _HUB_FILE.match(spec)) and not spec.startswith(
+        (".", "/", "~")
+    )
+
+
+def split_hub_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """``org/name[/path/file.gguf][@rev]`` -> (``org/name``, ``path/file.gguf`` or None, ``rev``
+    or None)."""
+    head, rev = split_revision(spec)
+    m = _HUB_FILE.match(head)
+    return (m["repo"], m["file"], rev) if m else (head, None, rev)
 
 
 def split_revision(spec: str) -> tuple[str, str | None]:

@@ -1,6 +1,8 @@
 """Stream hub checkpoints with HTTP Range requests: no local copy, bounded memory.
 
-Only the hub's documented routes are used, so the same code runs against huggingface.co, a mirror
+Safetensors files and GGUF files (:mod:`rlsparse_lib.io.gguf_io`: a repository's one GGUF model,
+or one named as ``org/name/path/file.gguf``) are streamed alike. Only the hub's documented routes
+are used, so the same code runs against huggingface.co, a mirror
 named by ``HF_ENDPOINT`` and the loopback stand-in of the tests:
 
 * ``GET /api/models/{id}[/revision/{rev}]``: the commit (``sha``) and the file list. The commit of
@@ -32,6 +34,7 @@ Settings come from :class:`StreamSettings` (``RLSPARSE_HUB_CONNECTIONS``,
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -50,7 +53,8 @@ import numpy as np
 from rlsparse_lib.errors import CheckpointError, ConfigError
 from rlsparse_lib.io.digest import register_digest
 from rlsparse_lib.io.dtypes import word_dtype
-from rlsparse_lib.io.hub import split_revision
+from rlsparse_lib.io.gguf_io import BlockEncoding, pick_gguf_model, read_gguf_at, shard_names
+from rlsparse_lib.io.hub import split_hub_spec
 from rlsparse_lib.io.safetensors_io import header_length, parse_header
 from rlsparse_lib.io.tensor_info import TensorInfo
 
@@ -288,14 +292,20 @@ class HubRepo:
     Made by :func:`open_repo`. Attributes: ``spec`` (as given), ``repo_id``, ``commit`` (pinned),
     ``files`` (weight files in shard order, as ``org/name@commit/file`` keys), ``remote`` (by key),
     ``headers`` (tensors by file key), ``weight_map`` (the index's, or None), ``config``,
-    ``warnings`` and ``stats``.
+    ``warnings``, ``stats``, ``format`` (``safetensors`` or ``gguf``), ``filename`` (the GGUF
+    file named in the spec, or None) and ``encodings`` (GGUF block encodings by tensor name).
     """
 
-    def __init__(self, spec: str, repo_id: str, commit: str, sess: HubSession) -> None:
+    def __init__(
+        self, spec: str, repo_id: str, commit: str, sess: HubSession, filename: str | None = None
+    ) -> None:
         self.spec = spec
         self.repo_id = repo_id
         self.commit = commit
         self.session = sess
+        self.filename = filename
+        self.format = "safetensors"
+        self.encodings: dict[str, BlockEncoding] = {}
         self.stats = StreamStats()
         self.files: tuple[Path, ...] = ()
         self.remote: dict[Path, RemoteFile] = {}
@@ -307,8 +317,15 @@ class HubRepo:
 
     @property
     def key(self) -> str:
-        """``org/name@commit``: reopens the same files (e.g. in a ``--cluster`` worker)."""
-        return f"{self.repo_id}@{self.commit}"
+        """``org/name[/file.gguf]@commit``: reopens the same files (e.g. in a ``--cluster``
+        worker)."""
+        file = f"/{self.filename}" if self.filename else ""
+        return f"{self.repo_id}{file}@{self.commit}"
+
+    @property
+    def root(self) -> Path:
+        """``org/name@commit``: the folder-like key the files are named under."""
+        return Path(f"{self.repo_id}@{self.commit}")
 
     def url(self, filename: str) -> str:
         """The resolve URL of ``filename`` at the pinned commit."""
@@ -340,7 +357,7 @@ class HubRepo:
             CheckpointError: missing/gated file, no size, or a commit other than the pinned one.
         """
         url = self.url(filename)
-        key = Path(self.key) / filename
+        key = self.root / filename
         where = f"{self.repo_id}@{self.commit[:12]}/{filename}"
         target = url
         for _ in range(10):
@@ -375,7 +392,7 @@ class HubRepo:
         with rf.lock:
             if rf.location != failed:  # another thread refreshed it already
                 return
-            fresh = self.resolve(rf.key.name)
+            fresh = self.resolve(rf.key.relative_to(self.root).as_posix())
             if (fresh.size, fresh.etag) != (rf.size, rf.etag):
                 raise CheckpointError(
                     f"{rf.key}: changed on the server during the run (size/etag "
@@ -499,6 +516,21 @@ class HubRepo:
 
     # ---- open ------------------------------------------------------------------------------
     def _load(self, siblings: list[str]) -> None:
+        ggufs = [s for s in siblings if s.endswith(".gguf")]
+        if self.filename is not None:
+            if self.filename not in siblings:
+                listed = ", ".join(ggufs[:8]) or "none"
+                raise CheckpointError(
+                    f"'{self.spec}': no file '{self.filename}' in {self.repo_id}@"
+                    f"{self.commit[:12]} (GGUF files there: {listed})"
+                )
+            missing = [f for f in shard_names(self.filename) if f not in siblings]
+            if missing:
+                raise CheckpointError(
+                    f"'{self.spec}': split GGUF model is missing {', '.join(missing)}"
+                )
+            self._load_gguf(shard_names(self.filename))
+            return
         top = [s for s in siblings if "/" not in s]
         names = set(top)
         index: str | None = None
@@ -520,6 +552,18 @@ class HubRepo:
             missing = [w for w in weights if w not in names]
             if missing:
                 raise CheckpointError(f"{self.key}/{index}: names missing shard '{missing[0]}'")
+        if weights and ggufs:
+            raise CheckpointError(
+                f"hub checkpoint '{self.spec}' holds both safetensors weights ({weights[0]}, ...) "
+                f"and GGUF files ({', '.join(ggufs[:4])}); never a silent choice: pass "
+                f"{self.repo_id}/<file>.gguf for a GGUF model, or --download for the safetensors"
+            )
+        gguf_files = pick_gguf_model(
+            ggufs, f"hub checkpoint '{self.spec}'", f"pass {self.repo_id}/<file>.gguf[@rev]"
+        )
+        if not weights and gguf_files:
+            self._load_gguf(gguf_files)
+            return
         if not weights:
             raise CheckpointError(
                 f"hub checkpoint '{self.spec}' has no .safetensors weights; rlsparse never "
@@ -540,6 +584,36 @@ class HubRepo:
                 self.config = cfg if isinstance(cfg, dict) else {}
             except CheckpointError as exc:
                 self.warnings.append(f"{exc}; tied weights detected from data only")
+
+    def _load_gguf(self, files: list[str]) -> None:
+        """Resolve a GGUF model's files (shard order) and parse their headers from Range reads."""
+        self.format = "gguf"
+        remote = list(self.session.pool.map(self.resolve, files))
+        self.remote = {rf.key: rf for rf in remote}
+        for rf in remote:
+            oid = (rf.etag or "").removeprefix("W/").strip('"')
+            if _SHA256.fullmatch(oid):
+                register_digest(rf.key, oid)
+        self.files = tuple(rf.key for rf in remote)
+        for rf, (tensors, encodings) in zip(
+            remote, self.session.pool.map(self._gguf_header, remote), strict=True
+        ):
+            self.headers[rf.key] = tensors
+            self.encodings.update(encodings)
+
+    def _gguf_header(
+        self, rf: RemoteFile
+    ) -> tuple[dict[str, TensorInfo], dict[str, BlockEncoding]]:
+        """A GGUF file's inventory from sequential Range reads on the calling thread (this runs
+        on the pool)."""
+
+        def read(start: int, stop: int) -> bytes:
+            buf = bytearray(stop - start)
+            self.read_into(rf, start, memoryview(buf))
+            return bytes(buf)
+
+        s = self.session.settings
+        return read_gguf_at(read, rf.size, rf.key, min(_HEAD_BYTES, s.part_bytes), s.window_bytes)
 
     def _header(self, rf: RemoteFile) -> dict[str, TensorInfo]:
         """Parse a file's header (read on the calling thread: this runs on the pool)."""
@@ -610,12 +684,14 @@ def _weight_map(data: object, where: str) -> dict[str, str]:
 
 
 def open_repo(spec: str, settings: StreamSettings | None = None) -> HubRepo:
-    """Pin ``org/name[@rev]``'s commit (model info), resolve its safetensors files and read their
-    headers with Range requests.
+    """Pin ``org/name[@rev]``'s commit (model info), resolve its weight files and read their
+    headers with Range requests: the safetensors files, else the repository's one GGUF model
+    (one file or a split set), or the GGUF file named as ``org/name/path/file.gguf[@rev]``.
 
     Raises:
         CheckpointError: offline (``HF_HUB_OFFLINE``), unreachable endpoint, unknown or gated
-            repo, no safetensors weights, corrupt headers, a server that ignores Range.
+            repo, no weights, several GGUF models and none named, safetensors and GGUF weights
+            both, corrupt headers, a server that ignores Range.
     """
     if _offline():
         raise CheckpointError(
@@ -623,7 +699,7 @@ def open_repo(spec: str, settings: StreamSettings | None = None) -> HubRepo:
             "pass a local folder"
         )
     sess = session(settings or StreamSettings.from_env())
-    repo_id, revision = split_revision(spec)
+    repo_id, filename, revision = split_hub_spec(spec)
     stats = StreamStats()
     url = f"{sess.base_url}/api/models/{repo_id}"
     if revision:
@@ -647,7 +723,7 @@ def open_repo(spec: str, settings: StreamSettings | None = None) -> HubRepo:
         raise CheckpointError(f"'{spec}': unexpected model info from {url} ({exc})") from None
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise CheckpointError(f"'{spec}': model info has no commit hash (sha={commit!r})")
-    repo = HubRepo(spec, repo_id, commit, sess)
+    repo = HubRepo(spec, repo_id, commit, sess, filename)
     repo.stats.add(**{k: v for k, v in stats.as_dict().items()})
     repo._load(siblings)
     return repo
@@ -694,6 +770,12 @@ class RangeFiles:
         size = self.repo.remote[key].size
         wins = [w for w in self._windows.get(key, []) if w.end > b0]  # drop windows passed
         win = next((w for w in wins if w.start <= b0 and b1 <= w.end), None)
+        for first, second in itertools.pairwise(wins):
+            if win is None and first.start <= b0 and first.end == second.start and b1 <= second.end:
+                # across the boundary of two consecutive windows: joined, not fetched again
+                self._windows[key] = wins
+                head = first.wait(b0, first.end)[b0 - first.start :]
+                return np.concatenate((head, second.wait(second.start, b1)[: b1 - second.start]))
         if win is None:  # a jump (first read, skipped tensors): restart the windows here
             for w in wins:
                 w.cancel()
