@@ -338,7 +338,7 @@ def _find_weights(folder: Path) -> tuple[str, list[Path], Path | None]:
         return "pytorch", bins, None
     raise CheckpointError(
         f"{folder}: no weights found (expected model.safetensors, *.safetensors with "
-        "model.safetensors.index.json, or pytorch_model*.bin)"
+        "model.safetensors.index.json, pytorch_model*.bin, or one GGUF model: *.gguf)"
     )
 
 

@@ -2,8 +2,8 @@
 
 Safetensors files and GGUF files (:mod:`rlsparse_lib.io.gguf_io`: a repository's one GGUF model,
 or one named as ``org/name/path/file.gguf``) are streamed alike. Only the hub's documented routes
-are used, so the same code runs against huggingface.co, a mirror
-named by ``HF_ENDPOINT`` and the loopback stand-in of the tests:
+are used, so the same code runs against huggingface.co, a mirror named by ``HF_ENDPOINT`` and the
+loopback stand-in of the tests:
 
 * ``GET /api/models/{id}[/revision/{rev}]``: the commit (``sha``) and the file list. The commit of
   this first answer is pinned for the whole run: every file is resolved at that commit.
