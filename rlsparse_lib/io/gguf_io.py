@@ -53,6 +53,8 @@ PLAIN_TYPES: dict[str, str] = {
 _BLOCKS_PER_STEP = 1 << 18
 #: a llama.cpp split model's shard name: ``<stem>-00001-of-00003.gguf``
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+#: models named in a refusal (a ``*-GGUF`` repository can hold dozens of quantizations)
+_MAX_LISTED = 12
 
 
 @dataclass(frozen=True)
@@ -88,12 +90,9 @@ class BlockEncoding:
 
 
 def _gguf() -> Any:
-    try:
-        import gguf
-    except ImportError as exc:  # a core dependency; kept for a clear message in broken installs
-        raise CheckpointError(
-            "reading .gguf files needs the gguf package (pip install gguf)"
-        ) from exc
+    """The ``gguf`` package, imported on first use (it is slow to import; most runs read none)."""
+    import gguf
+
     return gguf
 
 
@@ -146,10 +145,12 @@ def pick_gguf_model(names: Iterable[str], where: str, how: str) -> list[str] | N
     if not models:
         return None
     if len(models) > 1:
-        listed = ", ".join(
+        shown = [
             first if len(files) == 1 else f"{first} ({len(files)} shards)"
             for first, files in models.items()
-        )
+        ]
+        more = f", … ({len(shown) - _MAX_LISTED} more)" if len(shown) > _MAX_LISTED else ""
+        listed = ", ".join(shown[:_MAX_LISTED]) + more
         raise CheckpointError(
             f"{where} holds {len(models)} GGUF models ({listed}); {how} to pick one"
         )
