@@ -145,6 +145,21 @@ def test_header_parser_matches_gguf_reader(files: dict, tmp_path: Path) -> None:
     w.add_array("tokenizer.ggml.tokens", [f"tok{i:06d}" * 3 for i in range(40_000)])
     w.add_array("tokenizer.ggml.scores", [float(i) for i in range(1000)])
     w.add_string("general.name", "x" * 5000)
+    w.add_array("nested", [[1, 2, 3], ["a", "bc"], [[0.5]]])  # arrays of arrays
+    for add, value in (
+        (w.add_uint8, 1),
+        (w.add_int8, -1),
+        (w.add_uint16, 2),
+        (w.add_int16, -2),
+        (w.add_uint32, 3),
+        (w.add_int32, -3),
+        (w.add_float32, 0.5),
+        (w.add_bool, True),
+        (w.add_uint64, 4),
+        (w.add_int64, -4),
+        (w.add_float64, 0.25),
+    ):
+        add(f"scalar.{add.__name__}", value)  # every scalar value type
     for name, (arr, qtype) in files["base"].items():
         if qtype in (Q.F32, Q.F16):
             w.add_tensor(name, arr)
@@ -189,6 +204,7 @@ def test_header_parser_refuses_bad_files(files: dict) -> None:
         data[:4] + struct.pack("<I", 1) + data[8:]: "GGUF version 1",
         data[:4] + struct.pack(">I", 3) + data[8:]: "big-endian",
         data[:200]: "truncated GGUF header",
+        data[:16] + struct.pack("<Q", 1 << 40) + data[24:]: r"corrupt GGUF header \(.* keys\)",
     }
     for bad, message in cases.items():
         with pytest.raises(CheckpointError, match=f"bad.gguf: .*{message}"):
