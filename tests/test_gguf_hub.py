@@ -286,6 +286,8 @@ def test_streamed_gguf_equals_local_and_reference(
     assert _plain(once) == files["local"]
     fetched = once.provenance["inputs"]["base"]["transport"]["bytes_fetched"]
     assert size <= fetched <= size + 700  # every byte once (+ the header piece's overshoot)
+    mixed = diff_checkpoints(b, files["root"] / "tuned", CONFIG, progress=False)  # hub vs local
+    assert _plain(mixed)["tensors"] == files["local"]["tensors"]
     cdn = hub.requests("cdn")
     assert len(cdn) > 10 and all(e[3] == 206 and e[4].startswith("bytes=") for e in cdn)
     assert not (tmp_path / "hf").exists()  # nothing written to the HF cache
