@@ -223,17 +223,17 @@ def test_folders_open_their_one_gguf_model(files: dict) -> None:
     check_against_reference(report, files["base"], files["tuned"])
 
 
-def test_folder_with_several_models_or_mixed_weights_is_refused(files: dict, tmp_path) -> None:
+def test_folder_with_several_models_is_refused_mixed_reads_safetensors(
+    files: dict, tmp_path
+) -> None:
     root = files["root"]
     with pytest.raises(
         CheckpointError, match=r"holds 2 GGUF models \(m-Q4_0\.gguf, m-Q8_0\.gguf\); pass the file"
     ):
         open_checkpoint(root / "multi")
-    with pytest.raises(
-        CheckpointError,
-        match=r"both GGUF files \(m-Q8_0\.gguf\) and other weights \(model\.safetensors\)",
-    ):
-        open_checkpoint(root / "mixed")
+    mixed = open_checkpoint(root / "mixed")  # the Hugging Face weights, and a warning saying so
+    assert mixed.format == "safetensors" and list(mixed.tensors) == ["w"]
+    assert any("also holds GGUF files (m-Q8_0.gguf)" in w for w in mixed.warnings)
     assert open_checkpoint(root / "mixed" / "m-Q8_0.gguf").format == "gguf"  # the file picks
     out = tmp_path / "r.json"
     assert main(["diff", str(root / "multi"), str(root / "tuned"), "--json", str(out), "-q"]) == 2
@@ -316,15 +316,16 @@ def test_hub_split_set_and_explicit_file_with_faults(files: dict, hub: HubStandi
     assert again.fingerprint() == tuned.fingerprint()
 
 
-def test_hub_several_models_or_mixed_are_refused(files: dict, hub: HubStandin) -> None:
+def test_hub_several_models_refused_mixed_reads_safetensors(files: dict, hub: HubStandin) -> None:
     with pytest.raises(
         CheckpointError,
         match=r"holds 3 GGUF models \(Q8_0/m-00001-of-00003\.gguf \(3 shards\), m-Q4_0\.gguf, "
         r"m-Q8_0\.gguf\); pass org/multi-GGUF/<file>\.gguf\[@rev\] to pick one",
     ):
         open_checkpoint("org/multi-GGUF", stream=FAST)
-    with pytest.raises(CheckpointError, match=r"both safetensors weights .* and GGUF files"):
-        open_checkpoint("org/mixed-GGUF", stream=FAST)
+    mixed = open_checkpoint("org/mixed-GGUF", stream=FAST)  # its safetensors, with a warning
+    assert mixed.format == "safetensors" and list(mixed.tensors) == ["w"]
+    assert any("also holds GGUF files (m-Q8_0.gguf)" in w for w in mixed.warnings)
     with pytest.raises(CheckpointError, match=r"no file 'm-Q2_K\.gguf'.*GGUF files there: "):
         open_checkpoint("org/multi-GGUF/m-Q2_K.gguf", stream=FAST)
     picked = open_checkpoint("org/multi-GGUF/m-Q4_0.gguf", stream=FAST)

@@ -251,8 +251,10 @@ def _add_tensors(ckpt: Checkpoint, f: Path, tensors: dict[str, TensorInfo]) -> N
 
 
 def _open_local(source: str, path: Path) -> Checkpoint:
+    gguf_note = None
     if path.is_dir():
-        path = _gguf_in_folder(path) or path
+        gguf, gguf_note = _gguf_in_folder(path)
+        path = gguf or path
     if path.is_file() and path.name.endswith(".gguf"):
         files = gguf_shards(path)
         ckpt = Checkpoint(source, path, "gguf", tuple(files), {})
@@ -291,31 +293,35 @@ def _open_local(source: str, path: Path) -> Checkpoint:
     if index is not None:
         _check_index(index, ckpt)
     ckpt.config = _read_config(folder / "config.json", ckpt.warnings)
+    if gguf_note:
+        ckpt.warnings.append(gguf_note)
     return ckpt
 
 
-def _gguf_in_folder(folder: Path) -> Path | None:
-    """The first file of the folder's one GGUF model, or None without ``.gguf`` files.
+def _gguf_in_folder(folder: Path) -> tuple[Path | None, str | None]:
+    """The first file of the folder's one GGUF model (None without ``.gguf`` files), and a
+    warning when the folder also holds Hugging Face weights: those are then read instead (the
+    folder's model in the layout every other tool reads), and the warning says so.
 
     Raises:
-        CheckpointError: listing the models when there are several, or the files when the
-            folder also holds safetensors or PyTorch weights (never a silent choice).
+        CheckpointError: listing the models when there are several GGUF models and no other
+            weights.
     """
     names = [p.name for p in folder.glob("*.gguf") if p.is_file()]
     if not names:
-        return None
+        return None, None
     others = sorted(
         p.name for p in (*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin"))
     )
     if others:
-        raise CheckpointError(
-            f"{folder}: holds both GGUF files ({', '.join(sorted(names)[:4])}) and other weights "
-            f"({', '.join(others[:4])}); pass the file to read (a .gguf, or a .safetensors / "
-            "*.index.json file)"
+        return None, (
+            f"{folder} also holds GGUF files ({', '.join(sorted(names)[:4])}): its "
+            f"{', '.join(others[:2])}{', ...' if len(others) > 2 else ''} weights are read; "
+            "pass a .gguf file to read a GGUF model"
         )
     files = pick_gguf_model(names, str(folder), f"pass the file, e.g. {folder / sorted(names)[0]},")
     assert files is not None  # names holds .gguf files
-    return folder / files[0]
+    return folder / files[0], None
 
 
 def _find_weights(folder: Path) -> tuple[str, list[Path], Path | None]:

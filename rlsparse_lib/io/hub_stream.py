@@ -552,16 +552,14 @@ class HubRepo:
             missing = [w for w in weights if w not in names]
             if missing:
                 raise CheckpointError(f"{self.key}/{index}: names missing shard '{missing[0]}'")
-        if weights and ggufs:
-            raise CheckpointError(
-                f"hub checkpoint '{self.spec}' holds both safetensors weights ({weights[0]}, ...) "
-                f"and GGUF files ({', '.join(ggufs[:4])}); never a silent choice: pass "
-                f"{self.repo_id}/<file>.gguf for a GGUF model, or --download for the safetensors"
+        if weights and ggufs:  # the Hugging Face layout is the repo's model; said, not silent
+            self.warnings.append(
+                f"hub checkpoint '{self.spec}' also holds GGUF files ({', '.join(ggufs[:4])}): "
+                f"its safetensors weights are read; pass {self.repo_id}/<file>.gguf for a GGUF model"
             )
-        gguf_files = pick_gguf_model(
+        elif gguf_files := pick_gguf_model(
             ggufs, f"hub checkpoint '{self.spec}'", f"pass {self.repo_id}/<file>.gguf[@rev]"
-        )
-        if not weights and gguf_files:
+        ):
             self._load_gguf(gguf_files)
             return
         if not weights:
