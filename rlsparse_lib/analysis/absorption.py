@@ -17,6 +17,8 @@ and a float16 pair is measured in its own ULPs;
 
 When fp32 weights of the same run exist, :func:`visible_vs_absorbed` splits the true (fp32)
 updates into visible (the bf16 casts differ) and absorbed (they do not), in one streaming pass.
+A quantized checkpoint (FP8 block scales, compressed-tensors FP8, MXFP4) holds no fp32 master: its
+weights are refused by name and scheme (GGUF block types, dequantized floats too, are skipped).
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ import numpy as np
 
 from rlsparse_lib.diff.report import DiffReport, binade_label
 from rlsparse_lib.diff.stats import BINADE_BINS, ULP_BINS, ULP_LOG2_MIN
-from rlsparse_lib.errors import ConfigError
+from rlsparse_lib.errors import ConfigError, QuantizedWeightsError
 from rlsparse_lib.io.checkpoint import Checkpoint, open_checkpoint
 from rlsparse_lib.io.chunks import pair_chunks
 from rlsparse_lib.io.dtypes import FLOAT_FORMATS, decode_tables
-from rlsparse_lib.io.pairing import pair_checkpoints
+from rlsparse_lib.io.pairing import TensorPair, pair_checkpoints
 from rlsparse_lib.masks.bitops import absorb_counts
 from rlsparse_lib.progress import byte_progress
 from rlsparse_lib.provenance import build_provenance, load_report_json, save_report_json
@@ -249,12 +251,16 @@ def visible_vs_absorbed(
 
     Raises:
         ConfigError: unknown ``dtype`` or no fp32 tensor in common.
+        QuantizedWeightsError: a tensor not left out by ``include``/``exclude`` is stored
+            quantized (FP8, MXFP4): it has no fp32 master to compare (named, with its scheme).
+        CheckpointError: a malformed quantized layout (missing scale, ...), named.
     """
     if dtype not in CAST_DTYPES:
         raise ConfigError(f"cast dtype must be one of {', '.join(CAST_DTYPES)}, got {dtype!r}")
     t0 = time.perf_counter()
     base_ck, tuned_ck = open_checkpoint(base), open_checkpoint(tuned)
-    plan = pair_checkpoints(base_ck, tuned_ck, "float32", include, exclude)
+    plan = pair_checkpoints(base_ck, tuned_ck, "float32", include, exclude, dequantize=True)
+    _refuse_quantized(plan.pairs, base_ck, tuned_ck, dtype)
     skipped = [{"name": s.name, "reason": s.reason} for s in plan.skipped]
     pairs = []
     for p in plan.pairs:
@@ -310,6 +316,30 @@ def visible_vs_absorbed(
         "seconds": time.perf_counter() - t0,
     }
     return AbsorptionReport(dtype, rows, binades, hist, skipped, provenance)
+
+
+def _refuse_quantized(
+    pairs: list[TensorPair], base: Checkpoint, tuned: Checkpoint, dtype: str
+) -> None:
+    """Raise :class:`QuantizedWeightsError` naming the first quantized tensor (and the count):
+    visible-vs-absorbed compares fp32 master weights with their ``dtype`` cast, and a quantized
+    checkpoint has no fp32 master (its dequantized values are no training state)."""
+    found = [
+        (p.name, ck.source, q.scheme)
+        for p in pairs
+        for ck, q in ((base, p.quant_base), (tuned, p.quant_tuned))
+        if q is not None
+    ]
+    if not found:
+        return
+    name, source, scheme = found[0]
+    others = len({n for n, _, _ in found}) - 1
+    more = f" (and {others} more quantized tensor(s))" if others else ""
+    raise QuantizedWeightsError(
+        f"{source}: {name} is stored quantized ({scheme}){more}: visible-vs-absorbed compares "
+        f"fp32 master weights with their {dtype} cast, and a quantized checkpoint has no fp32 "
+        "master; pass the run's fp32 weights, or leave the tensor out with exclude"
+    )
 
 
 def _records(df) -> list[dict]:

@@ -13,6 +13,11 @@ With M_k = changed(θ0 → θk) and S_k = changed(θ_{k−1} → θk) under one 
 Everything comes from ONE streaming pass per tensor: each chunk of θ0 … θK is read once, the
 engine's diff kernel produces M_k and S_k for it (and their full statistics), and the bit algebra
 runs on the packed chunk masks. Memory: one chunk of each checkpoint plus 2K packed chunk masks.
+
+Quantized checkpoints of the series (FP8 block scales, compressed-tensors FP8, MXFP4) are read as
+their dequantized bfloat16 values, decoded chunk by chunk (whole scale slabs) by the diff's rule
+and kernel, so the numbers equal those of bf16 copies decoded whole; GGUF block types as their
+float32 dequantized values. ``provenance.dequantized`` names the scheme of every such tensor.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from rlsparse_lib.diff.cluster import (
     worker_threads,
 )
 from rlsparse_lib.diff.config import DEFAULT_TOLERANCES, DEFAULT_UNIT_BYTES
+from rlsparse_lib.diff.kernels.dequant import quant_step
 from rlsparse_lib.diff.kernels.protocol import ChunkSpec, DiffKernel
 from rlsparse_lib.diff.kernels.selection import get_kernel
 from rlsparse_lib.diff.resume import ResumeDir, manifest
@@ -45,12 +51,17 @@ from rlsparse_lib.diff.stats import DiffStats
 from rlsparse_lib.diff.units import MaskSlice, assemble_mask, mask_slice_path
 from rlsparse_lib.diff.worker import Task
 from rlsparse_lib.errors import ConfigError
-from rlsparse_lib.io.checkpoint import Checkpoint, open_checkpoint
-from rlsparse_lib.io.chunks import WordSource, stream_chunks
-from rlsparse_lib.io.dtypes import is_float
+from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
+from rlsparse_lib.io.chunks import WordSource, stream_chunks, value_source
 from rlsparse_lib.io.maskfile import MaskWriter, packed_size
 from rlsparse_lib.io.naming import parse_param_name
-from rlsparse_lib.io.pairing import TensorPair, pair_checkpoints
+from rlsparse_lib.io.pairing import (
+    TensorPair,
+    TensorValues,
+    logical_tensors,
+    pair_checkpoints,
+    tensor_values,
+)
 from rlsparse_lib.masks import bitops
 from rlsparse_lib.provenance import build_provenance, load_report_json, save_report_json
 from rlsparse_lib.rules import MaskRule, sparsity, sparsity_from_changed, tol_key
@@ -278,8 +289,9 @@ def plan_series_units(
     """Cut the series' tensors into units of at most ``max_bytes`` read from all checkpoints.
 
     A tensor above the bound is cut into slabs of whole chunks (at least one chunk each, so a
-    single chunk above the bound is a unit of its own); slabs follow plan order, so concatenating
-    the units' slabs walks every tensor's elements once, in order.
+    single chunk above the bound is a unit of its own; a tensor quantized in some checkpoint: of
+    whole scale slabs, :func:`series_chunk`); slabs follow plan order, so concatenating the units'
+    slabs walks every tensor's elements once, in order. ``cks``: θ1 … θK.
     """
     if max_bytes <= 0:
         raise ConfigError(f"max_unit_bytes must be > 0, got {max_bytes}")
@@ -294,9 +306,12 @@ def plan_series_units(
             units.append(SeriesUnit(len(units), tuple(run), names, size))
         run, size = [], 0
 
+    logical = [logical_tensors(c) for c in cks]
     for t, pair in enumerate(pairs):
-        per_elem = pair.base.itemsize + sum(c.tensors[pair.name].itemsize for c in cks)
-        step = max(1, max_bytes // (per_elem * chunk_elems)) * chunk_elems
+        vals = [TensorValues(pair.base, pair.quant_base), *(lg[pair.name] for lg in logical)]
+        per_elem = sum(v.itemsize for v in vals)
+        chunk = series_chunk(chunk_elems, vals)
+        step = max(1, max_bytes // (per_elem * chunk)) * chunk
         for start in range(0, max(pair.numel, 1), step):
             stop = min(pair.numel, start + step)
             n = (stop - start) * per_elem
@@ -306,6 +321,12 @@ def plan_series_units(
             size += n
     flush()
     return units
+
+
+def series_chunk(chunk_elems: int, values: Sequence[TensorValues]) -> int:
+    """Elements per chunk of one series tensor: ``chunk_elems``, or whole scale slabs near it when
+    a checkpoint holds the tensor quantized."""
+    return quant_step(chunk_elems, *(v.quant for v in values))
 
 
 class _Offset:
@@ -353,8 +374,8 @@ class SeriesSettings:
 def run_series_unit(
     pairs: Sequence[TensorPair],
     slabs: Sequence[Slab],
-    readers: Sequence[WordSource],
-    cks: Sequence[Checkpoint],
+    readers: Sequence[TensorReader],
+    values: Sequence[Sequence[TensorValues]],
     settings: SeriesSettings,
     kernel: DiffKernel,
     masks: Mapping[str, MaskWriter | MaskSlice],
@@ -362,11 +383,12 @@ def run_series_unit(
 ) -> dict:
     """One unit's share of the dynamics: per-tensor counts and the unit's merged statistics.
 
-    ``readers`` are θ0's then θ1 … θK's; ``masks`` (``final``/``union``) receive the slabs' packed
-    masks in order. Returns ``{"counts": {tensor index: {count key: int64[K]}}, "vs_init": [K
+    ``readers`` are θ0's then θ1 … θK's; ``values[t]`` how tensor ``t`` is read in each of them
+    (:func:`series_values`); ``masks`` (``final``/``union``) receive the slabs' packed masks in
+    order. Returns ``{"counts": {tensor index: {count key: int64[K]}}, "vs_init": [K
     DiffStats], "vs_prev": [K DiffStats]}`` (statistics merged chunk by chunk from empty).
     """
-    k_n = len(cks)
+    k_n = len(readers) - 1
     tols = np.asarray(settings.tolerances, np.float64)
     rule, rel_eta = settings.rule, settings.rel_eta
     counts: dict[int, dict[str, np.ndarray]] = {}
@@ -376,13 +398,19 @@ def run_series_unit(
         pair = pairs[slab.t]
         assert pair.compare_dtype is not None  # the series holds float pairs only
         row = counts.setdefault(slab.t, {key: np.zeros((1, k_n), np.int64) for key in _COUNTS})
-        # θ0, θ1 … θK: words[0] is θ0, words[k + 1] is θ(k+1), all cast to the compare dtype
-        stored = [pair.base.dtype] + [c.tensors[pair.name].dtype for c in cks]
+        # θ0, θ1 … θK: words[0] is θ0, words[k + 1] is θ(k+1), all cast to the compare dtype (a
+        # quantized checkpoint: its dequantized bfloat16 words, in whole scale slabs)
+        vals = values[slab.t]
+        stored = [v.dtype for v in vals]
+        sources: list[WordSource] = [
+            _Offset(value_source(r, v.quant, settings.threads), slab.start)
+            for r, v in zip(readers, vals, strict=True)
+        ]
         chunks = stream_chunks(
             pair.name,
             slab.stop - slab.start,
-            [_Offset(r, slab.start) for r in readers],
-            settings.chunk_elems,
+            sources,
+            series_chunk(settings.chunk_elems, vals),
             stored=stored,
             compare=pair.compare_dtype,
             on_bytes=on_bytes,
@@ -394,7 +422,7 @@ def run_series_unit(
                 prev, wk = chunk.words[k], chunk.words[k + 1]
                 m_init = np.zeros(packed_size(chunk.numel), np.uint8)
                 m_step = np.zeros_like(m_init)
-                spec0 = ChunkSpec(pair.compare_dtype, pair.base.dtype, tols, rel_eta, rule)
+                spec0 = ChunkSpec(pair.compare_dtype, stored[0], tols, rel_eta, rule)
                 spec1 = ChunkSpec(pair.compare_dtype, stored[k], tols, rel_eta, rule)
                 vs_init[k] = vs_init[k].merge(kernel.diff_chunk(w0, wk, spec0, m_init))
                 vs_prev[k] = vs_prev[k].merge(kernel.diff_chunk(prev, wk, spec1, m_step))
@@ -435,7 +463,7 @@ def _unit_from_json(d: dict) -> dict:
     }
 
 
-_opened: dict[tuple, tuple[list[Checkpoint], list[TensorPair]]] = {}
+_opened: dict[tuple, tuple[list[Checkpoint], list[TensorPair], list[list[TensorValues]]]] = {}
 
 
 def series_worker(
@@ -456,13 +484,13 @@ def series_worker(
         pairs, _ = _plan_series(
             cks[0], cks[1:], settings.compare_dtype, settings.include, settings.exclude
         )
-        _opened[key] = (cks, pairs)
-    cks, pairs = _opened[key]
+        _opened[key] = (cks, pairs, series_values(cks[0], cks[1:], pairs))
+    cks, pairs, values = _opened[key]
     kernel = get_kernel("cpu", settings.threads)
     masks = {kind: MaskSlice() for kind in mask_paths}
     with contextlib.ExitStack() as stack:
         readers = [stack.enter_context(c.reader()) for c in cks]
-        part = run_series_unit(pairs, slabs, readers, cks[1:], settings, kernel, masks)
+        part = run_series_unit(pairs, slabs, readers, values, settings, kernel, masks)
     for kind, path in mask_paths.items():
         masks[kind].save(path)
     return _unit_to_json(part) | {
@@ -532,6 +560,7 @@ def sparsity_dynamics(
     if steps is not None and len(steps) != k_n:
         raise ConfigError(f"{k_n} checkpoints but {len(steps)} steps")
     pairs, skipped = _plan_series(init_ck, cks, compare_dtype, include, exclude)
+    values = series_values(init_ck, cks, pairs)
     tols = tuple(sorted({float(t) for t in tolerances}))
     settings = SeriesSettings(
         rule, tols, rel_eta, compare_dtype, include, exclude, chunk_elems, threads
@@ -637,7 +666,7 @@ def sparsity_dynamics(
                     {kind: MaskSlice() for kind in mask_out} if sliced else dict(writers)
                 )
                 part = run_series_unit(
-                    pairs, unit.slabs, readers, cks, settings, kernel, masks, bar.update
+                    pairs, unit.slabs, readers, values, settings, kernel, masks, bar.update
                 )
                 if slice_dir is not None:
                     for kind, m in masks.items():
@@ -677,6 +706,12 @@ def sparsity_dynamics(
         "chunk_elems": chunk_elems,
         "masks_out": {"final": _str(final_mask_out), "union": _str(union_mask_out)},
         "ever_updated": "observed at checkpoint granularity (a lower bound)",
+        # θ0 … θK's scheme of every tensor read as dequantized values (None: stored floats)
+        "dequantized": {
+            p.name: [v.scheme for v in vals]
+            for p, vals in zip(pairs, values, strict=True)
+            if any(v.scheme for v in vals)
+        },
         "seconds": time.perf_counter() - t0,
         "execution": log.summary(),
     }
@@ -720,19 +755,32 @@ def _plan_series(
     include: tuple[str, ...],
     exclude: tuple[str, ...],
 ) -> tuple[list[TensorPair], list[dict]]:
-    """Float tensors of θ0 ↔ θK that every checkpoint holds with θK's shape."""
-    plan = pair_checkpoints(init, cks[-1], compare_dtype, include, exclude)
+    """Float tensors of θ0 ↔ θK that every checkpoint holds with θK's shape (quantized layouts
+    as logical tensors; every checkpoint is paired with θ0, so undecodable weights anywhere in
+    the series are refused by name)."""
+    plan = pair_checkpoints(init, cks[-1], compare_dtype, include, exclude, dequantize=True)
+    middle = []  # per θ1 … θ(K-1): (its pairs with θ0, why others are not paired) by name
+    for c in cks[:-1]:
+        plan_k = pair_checkpoints(init, c, compare_dtype, include, exclude, dequantize=True)
+        middle.append(
+            ({x.name: x for x in plan_k.pairs}, {x.name: x.reason for x in plan_k.skipped})
+        )
     skipped = [{"name": s.name, "reason": s.reason} for s in plan.skipped]
     pairs = []
     for p in plan.pairs:
         why = None if p.kind == "float" else "not a float tensor"
-        for k, c in enumerate(cks[:-1]):
-            info = c.tensors.get(p.name)
-            if why is None and (info is None or info.shape != p.tuned.shape):
-                found = "missing" if info is None else f"shape {list(info.shape)}"
-                why = f"{found} in checkpoint {k + 1} ({c.source})"
-        if why is None and not all(is_float(c.tensors[p.name].dtype) for c in cks):
-            why = "not a float tensor in every checkpoint"
+        for k, (c, (paired, reasons)) in enumerate(zip(cks[:-1], middle, strict=True)):
+            if why is not None:
+                break
+            q = paired.get(p.name)
+            if q is None:
+                reason = reasons.get(p.name, "missing")
+                reason = "missing" if reason.startswith("missing") else reason
+                why = f"{reason} in checkpoint {k + 1} ({c.source})"
+            elif q.tuned.shape != p.tuned.shape:
+                why = f"shape {list(q.tuned.shape)} in checkpoint {k + 1} ({c.source})"
+            elif q.kind != "float":
+                why = "not a float tensor in every checkpoint"
         if why:
             skipped.append({"name": p.name, "reason": why})
         else:
@@ -742,6 +790,17 @@ def _plan_series(
             f"no float tensor is comparable across the whole series from {init.source}"
         )
     return pairs, skipped
+
+
+def series_values(
+    init: Checkpoint, cks: Sequence[Checkpoint], pairs: Sequence[TensorPair]
+) -> list[list[TensorValues]]:
+    """Per series tensor, how θ0, θ1 … θK hold it (:class:`TensorValues`: stored floats, or a
+    quantized layout read as its dequantized bfloat16 values)."""
+    logical = [logical_tensors(c) for c in cks]
+    return [
+        [tensor_values(init, p.base, p.quant_base), *(lg[p.name] for lg in logical)] for p in pairs
+    ]
 
 
 def _src(ck: Checkpoint) -> dict:

@@ -16,7 +16,9 @@ Two runs that both mostly touch small weights overlap above the uniform baseline
 choices are otherwise independent; the binade baseline removes exactly that effect.
 
 All counts come from one streaming pass over the packed masks (fused popcount over uint64 words,
-pages released after each range), plus θ0's words when binade strata are asked for.
+pages released after each range), plus θ0's words when binade strata are asked for (a quantized
+θ0 — FP8 block scales, compressed-tensors FP8, MXFP4 — is read as its dequantized bfloat16 values,
+as the diff compares them; a GGUF block type as its float32 dequantized values).
 """
 
 from __future__ import annotations
@@ -45,13 +47,15 @@ from rlsparse_lib.io.checkpoint import open_checkpoint
 from rlsparse_lib.io.chunks import stream_chunks
 from rlsparse_lib.io.maskfile import packed_size
 from rlsparse_lib.io.naming import parse_param_name
+from rlsparse_lib.io.pairing import TensorValues
 from rlsparse_lib.masks import bitops
 from rlsparse_lib.masks.ops import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_CHUNK_ELEMS,
     CheckpointLike,
     MaskLike,
-    base_tensor,
+    base_chunks,
+    base_values,
     check_same_layout,
     describe_mask,
     numel_of,
@@ -491,32 +495,37 @@ def _counts_dict(c: OverlapCounts) -> dict:
     }
 
 
-def _count_tensors(files, ck, reader, names, numel, pairs, step, on_bytes) -> dict[str, Any]:
+def _count_tensors(files, base, reader, names, numel, pairs, step, on_bytes) -> dict[str, Any]:
     """Counts of the tensors ``names`` (sizes ``numel``) of the open mask ``files`` (and θ0's
-    ``reader`` for binade strata): ``n_set`` int64[t, N], ``n_both`` int64[t, P],
+    values ``base`` (:func:`~rlsparse_lib.masks.ops.base_values`) read by ``reader`` for binade
+    strata, or None): ``n_set`` int64[t, N], ``n_both`` int64[t, P],
     ``binade_expected``/``binade_variance`` float64[t, P] or None."""
     n_t, n_m, n_p = len(names), len(files), len(pairs)
     n_set = np.zeros((n_t, n_m), np.int64)
     n_both = np.zeros((n_t, n_p), np.int64)
     exp_b = var_b = None
-    if ck is not None:
+    if base is not None:
         exp_b, var_b = np.zeros((n_t, n_p)), np.zeros((n_t, n_p))
-    # the masks' packed bits (weights [start, stop) = bytes [start // 8, ceil(stop / 8))),
-    # then θ0's raw words when binade strata are asked
-    sources = [m.bits() for m in files] + ([reader] if reader is not None else [])
+    # θ0's words when binade strata are asked, then the masks' packed bits (weights
+    # [start, stop) = bytes [start // 8, ceil(stop / 8)))
+    bits = [m.bits() for m in files]
+    first = 0 if base is None else 1
     for t, name in enumerate(names):
-        strata = np.zeros((bitops.N_STRATA, 1 << n_m), np.int64) if ck else None
-        chunks = stream_chunks(name, int(numel[t]), sources, step, on_bytes=on_bytes)
+        strata = np.zeros((bitops.N_STRATA, 1 << n_m), np.int64) if base else None
+        if base is None:
+            chunks = stream_chunks(name, int(numel[t]), bits, step, on_bytes=on_bytes)
+        else:
+            chunks = base_chunks(name, int(numel[t]), base[name], reader, bits, step, on_bytes)
         for chunk in chunks:
-            parts = chunk.words[:n_m]
+            parts = chunk.words[first:]
             _count_chunk(parts, pairs, n_set[t], n_both[t])
-            if ck is not None:
-                assert strata is not None  # allocated for every tensor when ck is set
+            if base is not None:
+                assert strata is not None  # allocated for every tensor when base is set
                 rows = np.stack(parts)
-                bitops.strata_histogram(chunk.words[n_m], ck.tensors[name].dtype, rows, strata)
+                bitops.strata_histogram(chunk.words[0], base[name].dtype, rows, strata)
             del parts
         if strata is not None:
-            assert exp_b is not None and var_b is not None  # allocated when ck is set
+            assert exp_b is not None and var_b is not None  # allocated when base is set
             _binade_expectation(strata, pairs, exp_b[t], var_b[t])
     return {"n_set": n_set, "n_both": n_both, "binade_expected": exp_b, "binade_variance": var_b}
 
@@ -533,13 +542,14 @@ def overlap_worker(
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         files = stack.enter_context(opened_all(mask_paths))
-        ck = reader = None
+        base = reader = None
         if base_path is not None:
             ck = open_checkpoint(Path(base_path))
             reader = stack.enter_context(ck.reader())
+            base = base_values(ck, {n: files[0].shapes[n] for n in names})
         numel = [numel_of(files[0], n) for n in names]
         pairs = list(itertools.combinations(range(len(files)), 2))
-        part = _count_tensors(files, ck, reader, names, numel, pairs, step, None)
+        part = _count_tensors(files, base, reader, names, numel, pairs, step, None)
     return _part_to_json(part) | {
         "kernel": "bitcore",
         "seconds": time.perf_counter() - t0,
@@ -606,12 +616,11 @@ def count_overlaps(
         files = stack.enter_context(opened_all(masks))
         check_same_layout(files)
         labels = _labels(files, labels)
-        ck = reader = None
+        ck = reader = values = None
         if base is not None:
             ck = open_checkpoint(base)
             reader = stack.enter_context(ck.reader())
-            for name in files[0].names:
-                base_tensor(ck, name, files[0].shapes[name])
+            values = base_values(ck, files[0].shapes)
         names = list(files[0].names)
         pairs = list(itertools.combinations(range(len(files)), 2))
         n_t, n_m, n_p = len(names), len(files), len(pairs)
@@ -619,7 +628,7 @@ def count_overlaps(
         step = chunk_elems if ck is not None else chunk_bytes * 8
         per_tensor = [
             packed_size(int(numel[t])) * n_m
-            + (0 if ck is None else int(numel[t]) * ck.tensors[name].itemsize)
+            + (0 if values is None else int(numel[t]) * values[name].itemsize)
             for t, name in enumerate(names)
         ]
         nbytes_masks = int(sum(packed_size(int(v)) for v in numel)) * n_m
@@ -669,7 +678,7 @@ def count_overlaps(
                     t = time.perf_counter()
                     sizes = numel[unit.first : unit.first + len(unit.names)]
                     part = _count_tensors(
-                        files, ck, reader, unit.names, sizes, pairs, step, bar.update
+                        files, values, reader, unit.names, sizes, pairs, step, bar.update
                     )
                     finished(unit, part, time.perf_counter() - t, log.host, 1)
         finally:
@@ -695,6 +704,8 @@ def count_overlaps(
         provenance = build_provenance("overlap", settings=settings, sources={"base": base_desc}) | {
             "base": base_desc,
             "binade_dtype": "θ0 stored dtype (exponent field)" if ck is not None else None,
+            # θ0 tensors whose binades are those of dequantized values, by scheme
+            "base_dequantized": None if values is None else _schemes(values),
             "seconds": seconds,
             "mask_bytes_read": nbytes_masks,
             "base_bytes_read": base_bytes,
@@ -713,6 +724,15 @@ def count_overlaps(
             masks=[dict(describe_mask(m), label=lab) for m, lab in zip(files, labels, strict=True)],
             provenance=provenance,
         )
+
+
+def _schemes(values: dict[str, TensorValues]) -> dict[str, list[str]]:
+    """Tensor names by the scheme their values are dequantized from (stored floats left out)."""
+    out: dict[str, list[str]] = {}
+    for name, v in values.items():
+        if v.scheme is not None:
+            out.setdefault(v.scheme, []).append(name)
+    return out
 
 
 def _count_chunk(parts, pairs, n_set_row, n_both_row) -> None:

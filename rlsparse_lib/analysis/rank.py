@@ -9,6 +9,11 @@ For each selected 2-D ΔW, computed in float32 from the compare-dtype values (as
 * ``effective_rank``: the smallest k whose top-k singular values hold ``energy`` (0.99) of Σσ²;
 * ``stable_rank``: ‖ΔW‖_F² / σ_max².
 
+Quantized checkpoints (FP8 block scales, compressed-tensors FP8, MXFP4) are ranked on their
+dequantized bfloat16 values, decoded by the diff's rule and kernel (a quantized side may meet a
+bf16 one); GGUF block types on their float32 dequantized values. Each such matrix names its
+schemes (``quant``).
+
 The paper's selection is the default: every ≥ 2-D float tensor whose name does not contain
 ``layernorm`` (embeddings and lm_head included). Tensors are processed one at a time (memory: the
 largest ΔW plus the SVD workspace), on CUDA when present, or by several CPU workers in parallel.
@@ -38,7 +43,12 @@ from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
 from rlsparse_lib.io.chunks import pair_chunks
 from rlsparse_lib.io.naming import parse_param_name
-from rlsparse_lib.io.pairing import TensorPair, check_include_matches, pair_checkpoints
+from rlsparse_lib.io.pairing import (
+    TensorPair,
+    check_include_matches,
+    pair_checkpoints,
+    tensor_values,
+)
 from rlsparse_lib.progress import progress_bar
 from rlsparse_lib.provenance import build_provenance, load_report_json, save_report_json
 
@@ -214,13 +224,15 @@ class RankReport:
     provenance: dict = field(default_factory=dict)
 
     def table(self):
-        """Per-matrix DataFrame (shape as ``m x n``; ``rank_at_rtol`` expanded to columns)."""
+        """Per-matrix DataFrame (shape as ``m x n``; ``rank_at_rtol`` expanded to columns;
+        ``quant`` as ``quant_base``/``quant_tuned`` when a matrix was dequantized)."""
         import pandas as pd
 
         rows = []
         for r in self.matrices:
-            row = {k: v for k, v in r.items() if k not in ("shape", "rank_at_rtol")}
+            row = {k: v for k, v in r.items() if k not in ("shape", "rank_at_rtol", "quant")}
             row["shape"] = "x".join(map(str, r["shape"]))
+            row.update({f"quant_{k}": v for k, v in (r.get("quant") or {}).items()})
             row.update({f"rank_rtol_{k}": v for k, v in r.get("rank_at_rtol", {}).items()})
             rows.append(row)
         return pd.DataFrame(rows)
@@ -361,10 +373,9 @@ def update_ranks(
     device = device or default_device()
     t0 = time.perf_counter()
     base_ck, tuned_ck = open_checkpoint(base), open_checkpoint(tuned)
-    plan = pair_checkpoints(base_ck, tuned_ck, compare_dtype)
-    check_include_matches(
-        selection.include, [*base_ck.tensors, *tuned_ck.tensors], base_ck, tuned_ck
-    )
+    plan = pair_checkpoints(base_ck, tuned_ck, compare_dtype, dequantize=True)
+    names = [p.name for p in plan.pairs] + [s.name for s in plan.skipped]
+    check_include_matches(selection.include, names, base_ck, tuned_ck)
     skipped = [{"name": s.name, "reason": s.reason} for s in plan.skipped]
     chosen: list[TensorPair] = []
     for pair in plan.pairs:
@@ -392,7 +403,7 @@ def update_ranks(
     def one(pair: TensorPair) -> dict:
         with base_ck.reader() as rb, tuned_ck.reader() as rt:
             delta = _delta(pair, rb, rt, device, chunk_elems)
-        res = _rank_one(pair, delta, rule, energy, rtol_grid, svd_dtype)
+        res = _rank_one(pair, delta, rule, energy, rtol_grid, svd_dtype, base_ck, tuned_ck)
         del delta
         bar.update(1)
         return res
@@ -466,6 +477,10 @@ def update_ranks(
         bar.close()
         torch.set_num_threads(old_threads)
     matrices = [m for i in sorted(rows) for m in rows[i]]
+    dequantized: dict[str, int] = {}
+    for m in matrices:
+        for scheme in {s for s in (m.get("quant") or {}).values() if s is not None}:
+            dequantized[scheme] = dequantized.get(scheme, 0) + 1
     inputs = {"base": base_ck.describe(), "tuned": tuned_ck.describe()}
     settings = {
         "rule": rule.describe(),
@@ -478,6 +493,7 @@ def update_ranks(
     provenance = build_provenance("rank", settings=settings, sources=inputs) | {
         "inputs": inputs,
         "delta": "Δ = tuned − base in float32 from the compare-dtype values",
+        "dequantized": dequantized,
         "compare_dtype_policy": compare_dtype or "base stored dtype",
         "rule": rule.describe(),
         "svd_dtype": svd_dtype,
@@ -523,7 +539,7 @@ def plan_matrix_units(pairs: Sequence[TensorPair], max_bytes: int) -> list[Matri
     run: list[TensorPair] = []
     size = 0
     for pair in [*pairs, None]:
-        n = 0 if pair is None else pair.numel * (pair.base.itemsize + pair.tuned.itemsize)
+        n = 0 if pair is None else pair.nbytes
         if run and (pair is None or size + n > max_bytes):
             units.append(MatrixUnit(len(units), tuple(run), size))
             run, size = [], 0
@@ -565,7 +581,7 @@ def rank_worker(
 
     t0 = time.perf_counter()
     base_ck, tuned_ck = open_checkpoint(Path(base_path)), open_checkpoint(Path(tuned_path))
-    plan = pair_checkpoints(base_ck, tuned_ck, args.compare_dtype)
+    plan = pair_checkpoints(base_ck, tuned_ck, args.compare_dtype, dequantize=True)
     pairs = {p.name: p for p in plan.pairs}
     torch.set_num_threads(threads)
     matrices = []
@@ -574,7 +590,14 @@ def rank_worker(
             delta = _delta(pairs[name], rb, rt, args.device, args.chunk_elems)
             matrices.append(
                 _rank_one(
-                    pairs[name], delta, args.rule, args.energy, args.rtol_grid, args.svd_dtype
+                    pairs[name],
+                    delta,
+                    args.rule,
+                    args.energy,
+                    args.rtol_grid,
+                    args.svd_dtype,
+                    base_ck,
+                    tuned_ck,
                 )
             )
             del delta
@@ -587,7 +610,8 @@ def rank_worker(
 
 
 def _delta(pair: TensorPair, rb: TensorReader, rt: TensorReader, device: str, chunk_elems: int):
-    """ΔW (float32, on ``device``) of a pair, assembled chunk by chunk from raw words."""
+    """ΔW (float32, on ``device``) of a pair, assembled chunk by chunk from raw words (a
+    quantized side: its dequantized bfloat16 words)."""
     import torch
 
     shape = pair.compared_shape
@@ -614,15 +638,30 @@ def words_to_float32(words: np.ndarray, dtype: str) -> np.ndarray:
     raise ConfigError(f"cannot decode {dtype} words")
 
 
-def _rank_one(pair: TensorPair, delta, rule, energy, rtol_grid, svd_dtype) -> dict:
+def _rank_one(
+    pair: TensorPair,
+    delta,
+    rule,
+    energy,
+    rtol_grid,
+    svd_dtype,
+    base: Checkpoint,
+    tuned: Checkpoint,
+) -> dict:
     import torch
 
     p = parse_param_name(pair.name)
+    schemes = {
+        "base": tensor_values(base, pair.base, pair.quant_base).scheme,
+        "tuned": tensor_values(tuned, pair.tuned, pair.quant_tuned).scheme,
+    }
     info: dict[str, Any] = {
         "name": pair.name,
         "layer": p.layer,
         "module": p.module,
         "group": p.group,
+        # where the values were dequantized from (the diff's ``quant.scheme``), or None
+        "quant": schemes if any(schemes.values()) else None,
     }
     note = pair.note
     if len(pair.compared_shape) > 2:

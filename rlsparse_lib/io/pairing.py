@@ -21,6 +21,8 @@ With ``dequantize=True`` (``rlsparse diff``) the layouts :mod:`rlsparse_lib.io.q
 (FP8 block scales, compressed-tensors FP8, MXFP4) are paired instead as one logical tensor each
 (codes + scales; the scales are consumed, not counted), compared on their dequantized values;
 a quantized side may meet a float side (a user's dequantized copy). Everything else stays refused.
+``rank``, ``dynamics`` and the θ0 reads of ``overlap`` / ``mask random --stratify binade`` read
+those layouts the same way (:func:`logical_tensors`, :class:`TensorValues`).
 """
 
 from __future__ import annotations
@@ -332,6 +334,55 @@ def pair_checkpoints(
         key=lambda p: (files_b[p.base.file], files_t[p.tuned.file], p.base.offset, p.name)
     )
     return plan
+
+
+@dataclass(frozen=True)
+class TensorValues:
+    """How the values of one checkpoint tensor are read.
+
+    Attributes:
+        info: the (logical) tensor: a quantized layout's logical name, shape and code dtype.
+        quant: its quantized layout, decoded to bfloat16 words
+            (:func:`rlsparse_lib.io.chunks.value_source`), or None for a stored float tensor.
+        scheme: where the values come from when they are no stored floats: the layout's
+            scheme (``fp8_block``, ``mxfp4``, ``ct_fp8_*``) or a GGUF block type (``gguf:Q4_1``,
+            read as float32 dequantized values); None for a plain tensor.
+    """
+
+    info: TensorInfo
+    quant: QuantTensor | None = None
+    scheme: str | None = None
+
+    @property
+    def dtype(self) -> str:
+        """The dtype of the words read: ``bfloat16`` for a decoded layout, else the stored one."""
+        return "bfloat16" if self.quant is not None else self.info.dtype
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element of the words read."""
+        return 2 if self.quant is not None else self.info.itemsize
+
+
+def tensor_values(ckpt: Checkpoint, info: TensorInfo, quant: QuantTensor | None) -> TensorValues:
+    """The :class:`TensorValues` of ``ckpt``'s (logical) tensor ``info`` with layout ``quant``
+    (e.g. one side of a :class:`TensorPair`)."""
+    enc = ckpt.encodings.get(info.name)
+    scheme = quant.scheme if quant is not None else (enc.scheme if enc is not None else None)
+    return TensorValues(info, quant, scheme)
+
+
+def logical_tensors(ckpt: Checkpoint) -> dict[str, TensorValues]:
+    """Every tensor of ``ckpt`` by logical name, each decodable quantized layout
+    (:func:`~rlsparse_lib.io.quant.quant_layout`) as one tensor whose scales are consumed.
+
+    Raises:
+        CheckpointError: a missing scale, a scale shape that does not fit its weight, or an
+            unknown block size (named).
+    """
+    layout = quant_layout(ckpt)
+    tensors, _ = _logical(ckpt, layout)
+    return {n: tensor_values(ckpt, i, layout.get(n)) for n, i in tensors.items()}
 
 
 def _logical(

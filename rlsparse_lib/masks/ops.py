@@ -25,7 +25,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import numpy as np
 from rlsparse_lib.diff.cluster import UnitProgress, parse_cluster, run_tasks
 from rlsparse_lib.diff.config import DEFAULT_TOLERANCES, DEFAULT_UNIT_BYTES, DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
+from rlsparse_lib.diff.kernels.dequant import quant_step
 from rlsparse_lib.diff.report import DiffReport
 from rlsparse_lib.diff.resume import ResumeDir, manifest
 from rlsparse_lib.diff.units import (
@@ -45,10 +46,11 @@ from rlsparse_lib.diff.units import (
 )
 from rlsparse_lib.diff.worker import Task
 from rlsparse_lib.errors import CheckpointError, ConfigError, RlsparseError
-from rlsparse_lib.io.checkpoint import Checkpoint, TensorInfo, open_checkpoint
-from rlsparse_lib.io.chunks import stream_chunks
+from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
+from rlsparse_lib.io.chunks import ChunkStream, stream_chunks, value_source
 from rlsparse_lib.io.maskfile import MaskFile, MaskWriter, packed_size
 from rlsparse_lib.io.naming import parse_param_name
+from rlsparse_lib.io.pairing import TensorValues, logical_tensors
 from rlsparse_lib.masks import bitops
 from rlsparse_lib.rules import MaskRule
 
@@ -441,7 +443,8 @@ def random_mask_like(
         seed: generator seed.
         stratify: ``global`` — the same total count, uniform over all weights (the paper's
             baseline); ``tensor`` — the same count in every tensor; ``binade`` — the same count in
-            every tensor × |θ0| binade (exponent of θ0 in ``base``'s stored dtype).
+            every tensor × |θ0| binade (exponent of θ0 in ``base``'s stored dtype; a quantized
+            θ0 (FP8, MXFP4): of its dequantized bfloat16 values, :func:`base_values`).
         base: the checkpoint θ0 (path or :class:`Checkpoint`), required for ``binade``.
         chunk_elems: weights per step (a multiple of 8).
         max_unit_bytes, resume, cluster: work units (bytes written, and θ0 and mask bytes read for
@@ -462,13 +465,12 @@ def random_mask_like(
         raise ConfigError(f"chunk_elems must be a positive multiple of 8, got {chunk_elems}")
     with contextlib.ExitStack() as stack:
         m = stack.enter_context(opened(mask))
-        ck = reader = None
+        ck = reader = values = None
         if stratify == "binade":
             assert base is not None  # checked above
             ck = open_checkpoint(base)
             reader = stack.enter_context(ck.reader())
-            for name in m.names:
-                base_tensor(ck, name, m.shapes[name])
+            values = base_values(ck, m.shapes)
         rule = {
             "kind": "random",
             "stratify": stratify,
@@ -482,9 +484,9 @@ def random_mask_like(
         numel = [numel_of(m, n) for n in names]
         offsets = np.concatenate([[0], np.cumsum(numel, dtype=np.int64)]).tolist()
         per_tensor = [packed_size(n) for n in numel]
-        if ck is not None:  # θ0 read twice (strata, then sampling) and the mask once
+        if values is not None:  # θ0 read twice (strata, then sampling) and the mask once
             per_tensor = [
-                2 * packed_size(n) + 2 * n * ck.tensors[name].itemsize
+                2 * packed_size(n) + 2 * n * values[name].itemsize
                 for name, n in zip(names, numel, strict=True)
             ]
         if stratify == "global":
@@ -499,7 +501,7 @@ def random_mask_like(
             rng = _stream_at(seed, offsets[unit.first])
             rem = np.array([total_k, offsets[-1]], np.int64)
             _random_tensors(
-                m, ck, reader, unit.names, stratify, rng, rem, chunk_elems, sink, on_bytes
+                m, values, reader, unit.names, stratify, rng, rem, chunk_elems, sink, on_bytes
             )
 
         def task(unit: MaskUnit, slice_path: str) -> Task:
@@ -534,8 +536,8 @@ def _stream_at(seed: int, offset: int) -> np.random.Generator:
 
 def _random_tensors(
     m: MaskFile,
-    ck: Checkpoint | None,
-    reader: Any,
+    values: dict[str, TensorValues] | None,
+    reader: TensorReader | None,
     names: Sequence[str],
     stratify: str,
     rng: np.random.Generator,
@@ -546,14 +548,14 @@ def _random_tensors(
 ) -> None:
     """Random tensors ``names`` like those of ``m`` into ``sink``, from ``rng`` (one uniform per
     weight); ``rem`` int64[2] = (still to select, weights left), carried across tensors for
-    ``global`` strata."""
+    ``global`` strata; ``values``/``reader``: θ0 (:func:`base_values`) for ``binade`` strata."""
     for name in names:
         numel = numel_of(m, name)
         if stratify == "tensor":
             rem = np.array([n_set_of(m, name), numel], np.int64)
         if stratify == "binade":
-            assert ck is not None
-            _random_binade(m, name, ck, reader, rng, sink, chunk_elems, on_bytes)
+            assert values is not None and reader is not None
+            _random_binade(m, name, values[name], reader, rng, sink, chunk_elems, on_bytes)
             continue
         for start in range(0, numel, chunk_elems):
             stop = min(numel, start + chunk_elems)
@@ -586,54 +588,80 @@ def random_unit(
     sink = MaskSlice()
     with contextlib.ExitStack() as stack:
         m = stack.enter_context(opened(mask_path))
-        ck = reader = None
+        reader = values = None
         if base_path is not None:
             ck = open_checkpoint(Path(base_path))
             reader = stack.enter_context(ck.reader())
+            values = base_values(ck, {n: m.shapes[n] for n in names})
         rem = np.array([total_k, sum(numel_of(m, n) for n in m.names)], np.int64)
         rng = _stream_at(seed, offset)
-        _random_tensors(m, ck, reader, names, stratify, rng, rem, chunk_elems, sink, None)
+        _random_tensors(m, values, reader, names, stratify, rng, rem, chunk_elems, sink, None)
     sink.save(slice_path)
     return {"seconds": time.perf_counter() - t0, "host": socket.gethostname()}
 
 
-def base_tensor(ck: Checkpoint, name: str, shape: tuple[int, ...]) -> TensorInfo:
-    """θ0's tensor for mask tensor ``name``; its leading elements must cover the mask's shape.
+def base_values(ck: Checkpoint, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, TensorValues]:
+    """θ0's values of every mask tensor (name -> mask shape): a stored bf16/fp16/fp32 tensor, a
+    GGUF block type (float32 dequantized values) or a quantized layout (FP8 block scales,
+    compressed-tensors FP8, MXFP4: its dequantized bfloat16 values, as the diff compares them);
+    its leading elements must cover the mask's shape.
 
     Raises:
-        CheckpointError: missing, incompatible shape (fewer rows or other trailing dims), or not
-            a bf16/fp16/fp32 tensor.
+        CheckpointError: missing, incompatible shape (fewer rows or other trailing dims), values
+            that are no bf16/fp16/fp32 (e.g. FP8 codes without a scale), or a malformed quantized
+            layout (a missing scale, a scale shape that does not fit, an unknown block size).
     """
-    info = ck.tensors.get(name)
-    where = f"{ck.source}: tensor '{name}'"
-    if info is None:
-        raise CheckpointError(f"{where} is in the mask but not in the base checkpoint")
-    shape = tuple(shape)
-    if info.shape != shape and not (
-        len(info.shape) == len(shape) >= 1
-        and info.shape[1:] == shape[1:]
-        and info.shape[0] >= shape[0]
-    ):
-        raise CheckpointError(f"{where} has shape {list(info.shape)}, the mask {list(shape)}")
-    if info.dtype not in STRATA_DTYPES:
-        raise CheckpointError(
-            f"{where}: |θ0| binades need bf16/fp16/fp32 weights, not {info.dtype}"
-        )
-    return info
+    logical = logical_tensors(ck)
+    out = {}
+    for name, mask_shape in shapes.items():
+        vals = logical.get(name)
+        where = f"{ck.source}: tensor '{name}'"
+        if vals is None:
+            raise CheckpointError(f"{where} is in the mask but not in the base checkpoint")
+        info, shape = vals.info, tuple(mask_shape)
+        if info.shape != shape and not (
+            len(info.shape) == len(shape) >= 1
+            and info.shape[1:] == shape[1:]
+            and info.shape[0] >= shape[0]
+        ):
+            raise CheckpointError(f"{where} has shape {list(info.shape)}, the mask {list(shape)}")
+        if vals.dtype not in STRATA_DTYPES:
+            raise CheckpointError(
+                f"{where}: |θ0| binades need bf16/fp16/fp32 weights, not {info.dtype}"
+            )
+        out[name] = vals
+    return out
 
 
-def _random_binade(m, name, ck, reader, rng, sink, chunk_elems, on_bytes) -> None:
+def base_chunks(
+    name: str,
+    numel: int,
+    values: TensorValues,
+    reader: TensorReader,
+    others: Sequence[Any],
+    chunk_elems: int,
+    on_bytes: OnBytes,
+) -> ChunkStream:
+    """Chunks of θ0's words of tensor ``name`` (``values``: its dequantized bfloat16 words for a
+    quantized layout, in whole scale slabs near ``chunk_elems``) followed by ``others``' words
+    (e.g. mask bits), ``numel`` elements."""
+    step = quant_step(chunk_elems, values.quant)
+    sources = [value_source(reader, values.quant), *others]
+    return stream_chunks(name, numel, sources, step, on_bytes=on_bytes)
+
+
+def _random_binade(m, name, values, reader, rng, sink, chunk_elems, on_bytes) -> None:
     """Two passes over one tensor: count the mask per binade, then sample within each binade."""
-    dtype = ck.tensors[name].dtype
+    dtype = values.dtype
     numel = numel_of(m, name)
     hist = np.zeros((bitops.N_STRATA, 2), np.int64)
-    for chunk in stream_chunks(name, numel, [reader, m.bits()], chunk_elems, on_bytes=on_bytes):
+    for chunk in base_chunks(name, numel, values, reader, [m.bits()], chunk_elems, on_bytes):
         words, packed = chunk.words
         bitops.strata_histogram(words, dtype, packed[None, :], hist)
         del words, packed
     rem_n = bitops.strata_marginals(hist)
     rem_k = bitops.strata_marginals(hist, 0)
-    for chunk in stream_chunks(name, numel, [reader], chunk_elems, on_bytes=on_bytes):
+    for chunk in base_chunks(name, numel, values, reader, [], chunk_elems, on_bytes):
         packed = np.zeros(packed_size(chunk.numel), np.uint8)
         u = rng.random(chunk.numel)
         bitops.select_uniform_strata(chunk.words[0], dtype, u, rem_k, rem_n, packed)
