@@ -43,6 +43,7 @@ def _manifest(name: str, seed: int, acc: float, sparsity: float, **changes) -> d
         "train": {"steps": 20, "lr": 1e-5, "optimizer": "adamw"},
         "checkpoints": {"every": 5, "fp32": True},
         "monitor": {"every": 1},
+        "eval": {"max_new_tokens": 32},
     }
     for key, value in changes.items():
         section, _, field = key.partition(".")
@@ -133,6 +134,12 @@ def test_config_id_is_shared_by_seed_siblings_only(tmp_path: Path, seed_runs) ->
         assert runs_table_row(_write_run(tmp_path, m))["config_id"] != same, label
     outputs_only = _manifest("ck", 5, 0.2, 0.8, checkpoints={"every": 1}, monitor={"every": 2})
     assert runs_table_row(_write_run(tmp_path, outputs_only))["config_id"] == same
+    # the evaluation cache setting changes no number (a cached evaluation is byte-identical)
+    cached = _manifest("cache", 6, 0.2, 0.8, eval={"max_new_tokens": 32, "cache": None})
+    assert runs_table_row(_write_run(tmp_path, cached))["config_id"] == same
+    # ... but the eval section's other keys do
+    longer = _manifest("tokens", 7, 0.2, 0.8, eval={"max_new_tokens": 64})
+    assert runs_table_row(_write_run(tmp_path, longer))["config_id"] != same
     masked = runs_table_row(tmp_path / "mask")
     assert masked["mask"] == "random=True density=0.01"
 

@@ -100,6 +100,9 @@ SUMMARY_IDENTITY = (
 _STORED_VIEWS = {"bf16": "bfloat16", "fp16": "float16"}
 #: config keys that do not change the trained weights (or are the seed): left out of config_id
 _NOT_CONFIG = ("name", "seed", "checkpoints", "monitor")
+#: keys inside a section that do not change any number either (the evaluation cache returns
+#: byte-identical evaluations): left out of config_id too
+_NOT_CONFIG_IN = {"eval": ("cache",)}
 #: the README block markers :func:`replace_marked_block` writes between
 MARKERS = ("<!-- runs-table:begin -->", "<!-- runs-table:end -->")
 
@@ -112,10 +115,15 @@ def mask_label(mask: dict | None) -> str:
 
 
 def config_id(config: dict) -> str:
-    """12 hex digits of the config's hash without :data:`_NOT_CONFIG` (equal for seed siblings)."""
+    """12 hex digits of the config's hash without :data:`_NOT_CONFIG` and :data:`_NOT_CONFIG_IN`
+    (equal for seed siblings)."""
     from rlsparse_lib.provenance import config_hash
 
-    return config_hash({k: v for k, v in config.items() if k not in _NOT_CONFIG})[:12]
+    kept = {k: v for k, v in config.items() if k not in _NOT_CONFIG}
+    for section, keys in _NOT_CONFIG_IN.items():
+        if isinstance(kept.get(section), dict):
+            kept[section] = {k: v for k, v in kept[section].items() if k not in keys}
+    return config_hash(kept)[:12]
 
 
 def runs_table_row(run_dir: str | Path, k: int = 5, source: str | None = None) -> dict:
