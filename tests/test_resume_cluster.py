@@ -393,3 +393,27 @@ def test_cluster_ray_without_ray_is_a_clear_error(monkeypatch, tmp_path, pair) -
     argv = ["diff", *map(str, pair), "--cluster", "ray", "-q", "--json", str(tmp_path / "x.json")]
     assert main(argv) == 2
     assert not (tmp_path / "x.json").exists()
+
+
+def test_local_workers_see_the_callers_hub_environment_now(monkeypatch) -> None:
+    """A forkserver started before HF_ENDPOINT was set (or changed) must not hand its stale
+    environment to later workers: each pool's workers adopt the caller's HF_*/RLSPARSE_* variables,
+    and a variable the caller unset is unset in the worker too."""
+    from rlsparse_lib.diff.cluster import run_tasks_local
+    from rlsparse_lib.diff.worker import Task
+
+    names = ("HF_ENDPOINT", "RLSPARSE_PROBE")
+
+    def seen() -> dict:
+        """Each variable as a worker process reads it (``os.getenv`` run in the pool)."""
+        got: dict = {}
+        tasks = [Task(i, os.getenv, (name,)) for i, name in enumerate(names)]
+        run_tasks_local(tasks, 2, lambda task, value, attempt: got.update({task.args[0]: value}))
+        return got
+
+    monkeypatch.setenv("RLSPARSE_PROBE", "first")
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    assert seen() == {"HF_ENDPOINT": None, "RLSPARSE_PROBE": "first"}
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # after the fork server started
+    monkeypatch.delenv("RLSPARSE_PROBE")
+    assert seen() == {"HF_ENDPOINT": "http://127.0.0.1:9", "RLSPARSE_PROBE": None}

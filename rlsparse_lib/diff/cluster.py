@@ -253,6 +253,25 @@ def run_units(
     run_tasks(cluster, tasks, done)
 
 
+#: environment variables a worker reads checkpoints by (hub endpoint, token, offline mode, stream
+#: settings): handed to every worker as the caller has them now
+_WORKER_ENV_PREFIXES = ("HF_", "HUGGING_FACE_", "RLSPARSE_")
+
+
+def _worker_env() -> dict[str, str]:
+    """The caller's :data:`_WORKER_ENV_PREFIXES` variables."""
+    return {k: v for k, v in os.environ.items() if k.startswith(_WORKER_ENV_PREFIXES)}
+
+
+def _adopt_env(env: dict[str, str]) -> None:
+    """Pool initializer: a forkserver's workers inherit the environment of when the fork server
+    started (possibly long before this run, e.g. before ``HF_ENDPOINT`` was set), so each worker
+    takes the caller's current :func:`_worker_env` instead."""
+    for k in [k for k in os.environ if k.startswith(_WORKER_ENV_PREFIXES) and k not in env]:
+        del os.environ[k]
+    os.environ.update(env)
+
+
 def run_tasks_local(tasks: list[Task], workers: int, on_done: TaskDone) -> None:
     """Run ``tasks`` on a pool of ``workers`` processes (see :func:`run_tasks`). An ``OSError`` or
     ``TimeoutError`` is retried; a worker that dies breaks the pool: the pool is rebuilt and the
@@ -269,7 +288,12 @@ def run_tasks_local(tasks: list[Task], workers: int, on_done: TaskDone) -> None:
         ctx.set_forkserver_preload(sorted(m for m in modules if m and m != "__main__"))
     queue = [(task, 1) for task in tasks]
     while queue:
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=ctx)
+        pool = ProcessPoolExecutor(
+            max_workers=min(workers, len(queue)),
+            mp_context=ctx,
+            initializer=_adopt_env,
+            initargs=(_worker_env(),),
+        )
         try:
             pending: dict[Future, tuple[Task, int]] = {
                 pool.submit(task.fn, *task.args): (task, attempt) for task, attempt in queue
