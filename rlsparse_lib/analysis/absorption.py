@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from rlsparse_lib.diff.kernels.dequant import value_chunks
 from rlsparse_lib.diff.report import DiffReport, binade_label
 from rlsparse_lib.diff.stats import BINADE_BINS, ULP_BINS, ULP_LOG2_MIN
 from rlsparse_lib.errors import ConfigError, QuantizedWeightsError
 from rlsparse_lib.io.checkpoint import Checkpoint, open_checkpoint
-from rlsparse_lib.io.chunks import pair_chunks
 from rlsparse_lib.io.dtypes import FLOAT_FORMATS, decode_tables
 from rlsparse_lib.io.pairing import TensorPair, pair_checkpoints
 from rlsparse_lib.masks.bitops import absorb_counts
@@ -291,7 +291,7 @@ def visible_vs_absorbed(
             for p in pairs:
                 before = binades[:, 1:].sum(axis=0)
                 # raw: the fp32 words; base/tuned: their casts to ``dtype``
-                for c in pair_chunks(p, rb, rt, chunk_elems, compare=dtype, on_bytes=bar.update):
+                for c in value_chunks(p, rb, rt, chunk_elems, compare=dtype, on_bytes=bar.update):
                     a32, b32 = c.raw
                     absorb_counts(a32, b32, c.base, c.tuned, efield, ulplog2, binades, hist)
                 upd, vis = (int(v) for v in binades[:, 1:].sum(axis=0) - before)

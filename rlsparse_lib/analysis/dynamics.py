@@ -43,7 +43,7 @@ from rlsparse_lib.diff.cluster import (
     worker_threads,
 )
 from rlsparse_lib.diff.config import DEFAULT_TOLERANCES, DEFAULT_UNIT_BYTES
-from rlsparse_lib.diff.kernels.dequant import quant_step
+from rlsparse_lib.diff.kernels.dequant import quant_step, value_source
 from rlsparse_lib.diff.kernels.protocol import ChunkSpec, DiffKernel
 from rlsparse_lib.diff.kernels.selection import get_kernel
 from rlsparse_lib.diff.resume import ResumeDir, manifest
@@ -52,7 +52,7 @@ from rlsparse_lib.diff.units import MaskSlice, assemble_mask, mask_slice_path
 from rlsparse_lib.diff.worker import Task
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
-from rlsparse_lib.io.chunks import WordSource, stream_chunks, value_source
+from rlsparse_lib.io.chunks import WordSource, stream_chunks
 from rlsparse_lib.io.maskfile import MaskWriter, packed_size
 from rlsparse_lib.io.naming import parse_param_name
 from rlsparse_lib.io.pairing import (

@@ -37,11 +37,11 @@ import numpy as np
 
 from rlsparse_lib.diff.cluster import ExecutionLog, parse_cluster, run_tasks, worker_threads
 from rlsparse_lib.diff.config import DEFAULT_UNIT_BYTES
+from rlsparse_lib.diff.kernels.dequant import value_chunks
 from rlsparse_lib.diff.resume import ResumeDir, manifest
 from rlsparse_lib.diff.worker import Task
 from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
-from rlsparse_lib.io.chunks import pair_chunks
 from rlsparse_lib.io.naming import parse_param_name
 from rlsparse_lib.io.pairing import (
     TensorPair,
@@ -621,7 +621,7 @@ def _delta(pair: TensorPair, rb: TensorReader, rt: TensorReader, device: str, ch
     flat = delta.view(-1)
     dtype = pair.compare_dtype
     assert dtype is not None  # only float pairs (which have a compare dtype) are ranked
-    for c in pair_chunks(pair, rb, rt, chunk_elems, compare=dtype):
+    for c in value_chunks(pair, rb, rt, chunk_elems, compare=dtype):
         d = words_to_float32(c.tuned, dtype) - words_to_float32(c.base, dtype)
         flat[c.start : c.stop].copy_(torch.from_numpy(d))
     return delta

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from rlsparse_lib.diff.kernels.cuda import SIGNED, CudaKernel, device_context
+from rlsparse_lib.diff.kernels.dequant import value_chunks
 from rlsparse_lib.diff.kernels.protocol import ChunkSpec
 from rlsparse_lib.diff.report import TensorResult
-from rlsparse_lib.io.chunks import Chunk, pair_chunks
+from rlsparse_lib.io.chunks import Chunk
 from rlsparse_lib.io.gguf_io import block_views
 
 _SPLIT = 4 << 20  # bytes per reader-thread piece when filling a pinned buffer
@@ -134,7 +135,7 @@ def stream_pairs(
             # when a chunk's results are back, not by the stream.
             for pair in pairs:
                 compare = pair.compare_dtype if pair.kind == "float" else None
-                for chunk in pair_chunks(pair, base, tuned, config.chunk_elems, compare=compare):
+                for chunk in value_chunks(pair, base, tuned, config.chunk_elems, compare=compare):
                     pipe.submit(out[pair.name], pair, chunk)
             pipe.drain()
         finally:

@@ -6,11 +6,9 @@ prefetched on every source, raw words read, optionally cast to a compare dtype, 
 per-chunk work, then the pages released and the bytes reported. :func:`stream_chunks` (and
 :func:`pair_chunks` for a :class:`~rlsparse_lib.io.pairing.TensorPair`) does that once.
 
-A quantized logical tensor (:class:`~rlsparse_lib.io.quant.QuantTensor`: FP8 block scales,
-compressed-tensors FP8, MXFP4) is a source of its dequantized bfloat16 words
-(:func:`value_source`, the diff's decoder), read in whole scale slabs
-(:func:`~rlsparse_lib.diff.kernels.dequant.quant_step`); :func:`pair_chunks` does that for a pair
-with a quantized side, so every command sees the values the diff compares.
+A quantized logical tensor (:class:`~rlsparse_lib.io.quant.QuantTensor`) is read as its
+dequantized values by :func:`rlsparse_lib.diff.kernels.dequant.value_chunks`, which decodes with
+the diff's compiled kernel and streams through :func:`stream_chunks`.
 
 Memory stays bounded by one chunk per source: a :class:`Chunk` is valid until the next one is
 requested; the stream then releases its pages and drops its arrays (copy what must outlive it).
@@ -27,21 +25,10 @@ from typing import Protocol
 
 import numpy as np
 
-from rlsparse_lib.diff.kernels.dequant import CpuDecoder, DequantSource, quant_step
-from rlsparse_lib.io.checkpoint import TensorReader
 from rlsparse_lib.io.dtypes import cast_words
 from rlsparse_lib.io.pairing import TensorPair
-from rlsparse_lib.io.quant import QuantTensor
 
-__all__ = [
-    "CastFn",
-    "Chunk",
-    "ChunkStream",
-    "WordSource",
-    "pair_chunks",
-    "stream_chunks",
-    "value_source",
-]
+__all__ = ["CastFn", "Chunk", "ChunkStream", "WordSource", "pair_chunks", "stream_chunks"]
 
 #: ``cast(words, stored, compare) -> words``: raw words of one dtype to raw words of another
 CastFn = Callable[[np.ndarray, str, str], np.ndarray]
@@ -181,49 +168,19 @@ def pair_chunks(
     on_bytes: Callable[[int], object] | None = None,
     cast: CastFn = cast_words,
 ) -> ChunkStream:
-    """Chunks of a pair's compared elements: ``chunk.base`` and ``chunk.tuned``, cast to
-    ``compare`` (e.g. ``pair.compare_dtype``) or raw when ``compare`` is None.
-
-    A quantized side (``pair.quant_base`` / ``pair.quant_tuned``; ``base``/``tuned`` must then be
-    checkpoint readers) is read as its dequantized bfloat16 words (:func:`value_source`; its
-    ``raw`` words are those), in chunks of whole scale slabs near ``chunk_elems``."""
-    qb, qt = pair.quant_base, pair.quant_tuned
-    if qb is None and qt is None:
-        return stream_chunks(
-            pair.name,
-            pair.numel,
-            (base, tuned),
-            chunk_elems,
-            stored=(pair.base.dtype, pair.tuned.dtype),
-            compare=compare,
-            on_bytes=on_bytes,
-            cast=cast,
-        )
+    """Chunks of a pair's compared elements as stored: ``chunk.base`` and ``chunk.tuned``, cast to
+    ``compare`` (e.g. ``pair.compare_dtype``) or raw when ``compare`` is None (a quantized side:
+    :func:`rlsparse_lib.diff.kernels.dequant.value_chunks`)."""
     return stream_chunks(
         pair.name,
         pair.numel,
-        (value_source(base, qb), value_source(tuned, qt)),
-        quant_step(chunk_elems, qb, qt),
-        stored=tuple("bfloat16" if q else i.dtype for q, i in ((qb, pair.base), (qt, pair.tuned))),
+        (base, tuned),
+        chunk_elems,
+        stored=(pair.base.dtype, pair.tuned.dtype),
         compare=compare,
         on_bytes=on_bytes,
         cast=cast,
     )
-
-
-def value_source(
-    reader: WordSource, quant: QuantTensor | None, threads: int | None = None
-) -> WordSource:
-    """``reader`` for a stored tensor; for a quantized layout ``quant`` a source of its
-    dequantized bfloat16 words (uint16), decoded by the diff's compiled kernel
-    (:class:`~rlsparse_lib.diff.kernels.dequant.DequantSource` on a
-    :class:`~rlsparse_lib.diff.kernels.dequant.CpuDecoder` of ``threads`` threads, None: all) from
-    ``reader`` (a checkpoint reader). Its ranges must be cut in whole scale slabs (``quant_step``);
-    each chunk is valid until the next one."""
-    if quant is None:
-        return reader
-    assert isinstance(reader, TensorReader), "a quantized layout is decoded from a checkpoint"
-    return DequantSource(reader, quant, CpuDecoder(threads))
 
 
 def _stream(

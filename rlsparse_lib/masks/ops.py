@@ -34,7 +34,7 @@ import numpy as np
 from rlsparse_lib.diff.cluster import UnitProgress, parse_cluster, run_tasks
 from rlsparse_lib.diff.config import DEFAULT_TOLERANCES, DEFAULT_UNIT_BYTES, DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
-from rlsparse_lib.diff.kernels.dequant import quant_step
+from rlsparse_lib.diff.kernels.dequant import quant_step, value_source
 from rlsparse_lib.diff.report import DiffReport
 from rlsparse_lib.diff.resume import ResumeDir, manifest
 from rlsparse_lib.diff.units import (
@@ -47,7 +47,7 @@ from rlsparse_lib.diff.units import (
 from rlsparse_lib.diff.worker import Task
 from rlsparse_lib.errors import CheckpointError, ConfigError, RlsparseError
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
-from rlsparse_lib.io.chunks import ChunkStream, stream_chunks, value_source
+from rlsparse_lib.io.chunks import ChunkStream, stream_chunks
 from rlsparse_lib.io.maskfile import MaskFile, MaskWriter, packed_size
 from rlsparse_lib.io.naming import parse_param_name
 from rlsparse_lib.io.pairing import TensorValues, logical_tensors

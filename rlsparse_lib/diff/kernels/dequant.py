@@ -20,13 +20,16 @@ one, for other compare dtypes and on the GPU (where decoding is cheap next to th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
 from rlsparse_lib.diff.kernels import _diffcore
 from rlsparse_lib.io.checkpoint import TensorReader
+from rlsparse_lib.io.chunks import CastFn, ChunkStream, WordSource, pair_chunks, stream_chunks
 from rlsparse_lib.io.dtypes import cast_words
+from rlsparse_lib.io.pairing import TensorPair
 from rlsparse_lib.io.quant import (
     MX_GROUP,
     QuantTensor,
@@ -43,6 +46,8 @@ __all__ = [
     "count_codes",
     "count_scales",
     "quant_step",
+    "value_chunks",
+    "value_source",
 ]
 
 
@@ -263,3 +268,48 @@ def count_scales(
         base.release(qb.scales.name, start, stop)
         tuned.release(qt.scales.name, start, stop)
     return changed
+
+
+def value_source(
+    reader: WordSource, quant: QuantTensor | None, threads: int | None = None
+) -> WordSource:
+    """``reader`` for a stored tensor; for a quantized layout ``quant`` a source of its
+    dequantized bfloat16 words (uint16), decoded by :class:`DequantSource` on a
+    :class:`CpuDecoder` of ``threads`` threads (None: all) from ``reader`` (a checkpoint reader).
+    Its ranges must be cut in whole scale slabs (:func:`quant_step`); each chunk is valid until
+    the next one."""
+    if quant is None:
+        return reader
+    assert isinstance(reader, TensorReader), "a quantized layout is decoded from a checkpoint"
+    return DequantSource(reader, quant, CpuDecoder(threads))
+
+
+def value_chunks(
+    pair: TensorPair,
+    base: WordSource,
+    tuned: WordSource,
+    chunk_elems: int,
+    *,
+    compare: str | None = None,
+    on_bytes: Callable[[int], object] | None = None,
+    cast: CastFn = cast_words,
+) -> ChunkStream:
+    """:func:`~rlsparse_lib.io.chunks.pair_chunks` of the values every command compares: a
+    quantized side (``pair.quant_base`` / ``pair.quant_tuned``; ``base``/``tuned`` must then be
+    checkpoint readers) is read as its dequantized bfloat16 words (:func:`value_source`; its
+    ``raw`` words are those), in chunks of whole scale slabs near ``chunk_elems``."""
+    qb, qt = pair.quant_base, pair.quant_tuned
+    if qb is None and qt is None:
+        return pair_chunks(
+            pair, base, tuned, chunk_elems, compare=compare, on_bytes=on_bytes, cast=cast
+        )
+    return stream_chunks(
+        pair.name,
+        pair.numel,
+        (value_source(base, qb), value_source(tuned, qt)),
+        quant_step(chunk_elems, qb, qt),
+        stored=tuple("bfloat16" if q else i.dtype for q, i in ((qb, pair.base), (qt, pair.tuned))),
+        compare=compare,
+        on_bytes=on_bytes,
+        cast=cast,
+    )
