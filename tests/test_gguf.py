@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from importlib import util
 from pathlib import Path
 
@@ -61,11 +62,19 @@ def q4k_blocks(rng: np.random.Generator, n_blocks: int) -> np.ndarray:
 
 
 # ---- a synthetic pair -------------------------------------------------------------------------
-def write_gguf(path: Path, tensors: dict[str, tuple[np.ndarray, Q]], split: int = 0) -> None:
+def write_gguf(
+    path: Path,
+    tensors: dict[str, tuple[np.ndarray, Q]],
+    split: int = 0,
+    header: Callable[[gguf.GGUFWriter], object] | None = None,
+) -> None:
     """Write ``{name: (array, type)}``: plain arrays as stored; quantized ones are raw blocks
     ``uint8[..., bytes]`` (from :func:`gguf.quants.quantize` or built by hand); ``split``: at
-    most this many tensors per shard (``<stem>-0000i-of-0000n.gguf``)."""
+    most this many tensors per shard (``<stem>-0000i-of-0000n.gguf``); ``header(writer)`` adds
+    metadata first."""
     w = gguf.GGUFWriter(path, "llama", split_max_tensors=split)
+    if header is not None:  # extra key/values, alignment, ... before the tensors
+        header(w)
     for name, (arr, qtype) in tensors.items():
         if qtype in (Q.F32, Q.F16):
             w.add_tensor(name, arr)

@@ -140,35 +140,29 @@ def test_header_parser_matches_gguf_reader(files: dict, tmp_path: Path) -> None:
     """Every tensor's name, type, shape and data offset equal GGUFReader's on the same files, with
     megabyte-scale tokenizer-like metadata skipped and a custom alignment, read in small pieces."""
     path = tmp_path / "meta.gguf"
-    w = gguf.GGUFWriter(path, "llama")
-    w.add_custom_alignment(64)
-    w.add_array("tokenizer.ggml.tokens", [f"tok{i:06d}" * 3 for i in range(40_000)])
-    w.add_array("tokenizer.ggml.scores", [float(i) for i in range(1000)])
-    w.add_string("general.name", "x" * 5000)
-    w.add_array("nested", [[1, 2, 3], ["a", "bc"], [[0.5]]])  # arrays of arrays
-    for add, value in (
-        (w.add_uint8, 1),
-        (w.add_int8, -1),
-        (w.add_uint16, 2),
-        (w.add_int16, -2),
-        (w.add_uint32, 3),
-        (w.add_int32, -3),
-        (w.add_float32, 0.5),
-        (w.add_bool, True),
-        (w.add_uint64, 4),
-        (w.add_int64, -4),
-        (w.add_float64, 0.25),
-    ):
-        add(f"scalar.{add.__name__}", value)  # every scalar value type
-    for name, (arr, qtype) in files["base"].items():
-        if qtype in (Q.F32, Q.F16):
-            w.add_tensor(name, arr)
-        else:
-            w.add_tensor(name, arr, raw_shape=arr.shape, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+
+    def metadata(w: gguf.GGUFWriter) -> None:
+        w.add_custom_alignment(64)
+        w.add_array("tokenizer.ggml.tokens", [f"tok{i:06d}" * 3 for i in range(40_000)])
+        w.add_array("tokenizer.ggml.scores", [float(i) for i in range(1000)])
+        w.add_string("general.name", "x" * 5000)
+        w.add_array("nested", [[1, 2, 3], ["a", "bc"], [[0.5]]])  # arrays of arrays
+        for add, value in (
+            (w.add_uint8, 1),
+            (w.add_int8, -1),
+            (w.add_uint16, 2),
+            (w.add_int16, -2),
+            (w.add_uint32, 3),
+            (w.add_int32, -3),
+            (w.add_float32, 0.5),
+            (w.add_bool, True),
+            (w.add_uint64, 4),
+            (w.add_int64, -4),
+            (w.add_float64, 0.25),
+        ):
+            add(f"scalar.{add.__name__}", value)  # every scalar value type
+
+    write_gguf(path, files["base"], header=metadata)
     root = files["root"]
     for f in (path, root / "base" / "m-Q8_0.gguf", *sorted((root / "split").glob("*.gguf"))):
         data = f.read_bytes()
