@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlsparse_lib.analysis.intervals import CONFIDENCE, mean_interval, t_quantile
+from rlsparse_lib.analysis.intervals import CONFIDENCE, is_missing, mean_interval, t_quantile
 from rlsparse_lib.errors import ConfigError
 
 #: the tests a claim can make
@@ -103,10 +103,6 @@ class Estimate:
     over_runs: bool = False
 
 
-def _missing(v: Any) -> bool:
-    return v is None or v == "" or (isinstance(v, float) and math.isnan(v))
-
-
 def _float(v: Any) -> float | None:
     try:
         return float(v)
@@ -117,8 +113,8 @@ def _float(v: Any) -> float | None:
 def _matches(cell: Any, want: Any) -> bool:
     """A cell against a selector value: both numbers (``1e-05`` and ``1.0e-5`` alike) → equal to
     1e-9 relative; else equal as text; ``None`` matches an empty cell only."""
-    if want is None or _missing(cell):
-        return want is None and _missing(cell)
+    if want is None or is_missing(cell):
+        return want is None and is_missing(cell)
     x, y = _float(cell), _float(want)
     if x is not None and y is not None:
         return math.isclose(x, y, rel_tol=1e-9, abs_tol=0.0)
@@ -135,7 +131,7 @@ def metric_value(row: Mapping[str, Any], metric: str) -> float | None:
         after, before = metric_value(row, "acc_after"), metric_value(row, "acc_before")
         return None if after is None or before is None else after - before
     v = row.get(metric)
-    if _missing(v):
+    if is_missing(v):
         return None
     x = _float(v)
     if x is None:

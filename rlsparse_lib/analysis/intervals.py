@@ -99,7 +99,8 @@ def binomial_se(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n)
 
 
-def _missing(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
+    """An empty table cell: None, ``""`` or a float NaN."""
     return v is None or v == "" or (isinstance(v, float) and math.isnan(v))
 
 
@@ -108,7 +109,7 @@ def seed_groups(rows: Sequence[dict], key: str) -> list[list[dict]]:
     missing (None, "", NaN) is a group of its own."""
     groups: dict[object, list[dict]] = {}
     for i, row in enumerate(rows):
-        k = ("row", i) if _missing(row.get(key)) else ("key", row[key])
+        k = ("row", i) if is_missing(row.get(key)) else ("key", row[key])
         groups.setdefault(k, []).append(row)
     return list(groups.values())
 
@@ -140,13 +141,13 @@ def seed_summary(
             "group": group[0][label],
             "n_runs": len(group),
             "runs": " ".join(str(r[label]) for r in group),
-            "seeds": " ".join("" if _missing(r.get("seed")) else str(r["seed"]) for r in group),
+            "seeds": " ".join("" if is_missing(r.get("seed")) else str(r["seed"]) for r in group),
         }
         counts = {r.get(n_column) for r in group}
         count = counts.pop() if len(counts) == 1 else None
-        n_eval = None if count is None or _missing(count) else int(count)
+        n_eval = None if count is None or is_missing(count) else int(count)
         for m in metrics:
-            values = [float(r[m]) for r in group if not _missing(r.get(m))]
+            values = [float(r[m]) for r in group if not is_missing(r.get(m))]
             iv = mean_interval(values, confidence) if values else None
             row[f"{m}_mean"] = iv.mean if iv else None
             low, high = (iv.low, iv.high) if iv else (None, None)
