@@ -346,14 +346,20 @@ def _check_seeds_controls(r: dict) -> None:
     from rlsparse_lib.experiments.studies import CONTROLS, RANDOM_DENSITY
 
     assert r["seeds"] == [0, 1] and r["controls"] == list(CONTROLS)
+    assert r["seeded_controls"] == ["random1pct", "random-matched"]
     runs = {row["run"]: row for row in r["runs"]}
     assert r["engine_runs"] >= len(runs) and all(row["eval_n"] > 0 for row in runs.values())
     for row in runs.values():
         fp16 = row["precision"] == "fp16"
         assert row["compare_dtype"] == ("float16" if fp16 else "bfloat16"), row["run"]
     labels = {row["label"]: row for row in r["runs"]}
-    assert labels["GRPO SGD"]["optimizer"] == "sgd" and labels["GRPO fp16"]["precision"] == "fp16"
+    assert labels["GRPO SGD seed 0"]["optimizer"] == "sgd"
+    assert labels["GRPO fp16 seed 0"]["precision"] == "fp16"
     assert len({labels[k]["lr"] for k in labels if k.startswith("GRPO lr")}) == 2
+    for seed in (0, 1):  # the seeded controls run at each seed, with that seed
+        for control in ("GRPO random 1% subnetwork", "GRPO random subnetwork, full run's density"):
+            assert labels[f"{control} seed {seed}"]["seed"] == seed
+    assert not any(k.endswith("seed 1") for k in labels if "fp16" in k or "SGD" in k or " lr " in k)
     for group in r["summary"][:2]:  # GRPO and SFT over the two seeds
         members = [runs[name] for name in group["runs"].split()]
         assert group["n_runs"] == 2 and {m["seed"] for m in members} == {0, 1}
@@ -373,9 +379,16 @@ def _check_seeds_controls(r: dict) -> None:
                 row["o1"] * (1 - row["s1"]), row["o2"] * (1 - row["s2"]), rel_tol=1e-9
             )
     close = {c["run"]: c for c in r["closeness"]}
-    one_pct, matched = (close[k] for k in sorted(close))  # "GRPO random 1%...", "...density"
-    assert 0 < one_pct["n_updated_a"] <= math.ceil(RANDOM_DENSITY * one_pct["n_params"])
-    assert 0 < matched["n_updated_a"] <= matched["n_updated_b"]  # mask: full's changed count
+    assert len(close) == 4  # two masked controls at two seeds, each against its seed's full run
+    for seed in (0, 1):
+        one_pct = close[f"GRPO random 1% subnetwork seed {seed}"]
+        matched = close[f"GRPO random subnetwork, full run's density seed {seed}"]
+        assert one_pct["seed"] == matched["seed"] == seed
+        assert 0 < one_pct["n_updated_a"] <= math.ceil(RANDOM_DENSITY * one_pct["n_params"])
+        assert 0 < matched["n_updated_a"] <= matched["n_updated_b"]  # mask: full's changed count
+        full = labels[f"GRPO seed {seed}"]  # n_updated_b: the same seed's full run's changes
+        n_changed = round((1 - full["sparsity_bitwise"]) * matched["n_params"])
+        assert matched["n_updated_b"] == n_changed
     assert r["figures"] == ["12_seed_intervals"]
 
 

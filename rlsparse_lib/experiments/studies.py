@@ -495,42 +495,46 @@ def seed_runs(exp, seeds: list[int], eval_size: int) -> dict:
     }
 
 
-def control_runs(exp, full, controls: list[str], seed: int, eval_size: int) -> dict:
-    """12: the controls at ``seed`` beside ``full`` (GRPO at that seed): a random subnetwork of
-    :data:`RANDOM_DENSITY` and one of ``full``'s mask density, fp16 GRPO and SFT, GRPO with SGD
-    (``grpo-sgd`` config: its lr), GRPO at :data:`LR_FACTORS` × lr. ``{label: run}``."""
+def control_runs(exp, fulls: dict, controls: list[str], seeded: list[str], eval_size: int) -> dict:
+    """12: the controls beside the full GRPO runs ``fulls`` (``{seed: run}``, first seed first): a
+    random subnetwork of :data:`RANDOM_DENSITY` and one of the same seed's full-run mask density,
+    fp16 GRPO and SFT, GRPO with SGD (``grpo-sgd`` config: its lr), GRPO at :data:`LR_FACTORS` ×
+    lr. The controls in ``seeded`` run at every seed, the others at the first.
+    ``{"<label> seed <s>": run}``."""
     base, prefix = _eval_overrides(exp, eval_size)
-    base = {**base, "seed": seed}
+    seeds = list(fulls)
     runs = {}
-    mask: dict[str, object]
     for control in controls:
-        if control == "random1pct":
-            mask = {"mask.random": True, "mask.density": RANDOM_DENSITY}
-            runs[f"GRPO random {RANDOM_DENSITY:.0%} subnetwork"] = exp.run(
-                "grpo", {**base, **mask}, variant=f"{prefix}random1pct-seed{seed}"
-            )
-        elif control == "random-matched":
-            path = str(exp.run_mask(full).relative_to(exp.paths.root))
-            mask = {"mask.path": path, "mask.random": True}
-            runs["GRPO random subnetwork, full run's density"] = exp.run(
-                "grpo", {**base, **mask}, variant=f"{prefix}randmatched-seed{seed}"
-            )
-        elif control == "fp16":
-            for kind in ("grpo", "sft"):
-                runs[f"{kind.upper()} fp16"] = exp.run(
-                    kind, {**base, "precision": "fp16"}, variant=f"{prefix}fp16-seed{seed}"
-                )
-        elif control == "sgd":
-            runs["GRPO SGD"] = exp.run("grpo-sgd", base, variant=f"{prefix}seed{seed}")
-        elif control == "lr":
-            lr = learning_rate(full)
-            for factor in (f for f in LR_FACTORS if f != 1):
-                runs[f"GRPO lr x{factor:g}"] = exp.run(
-                    "grpo",
-                    {**base, "train.lr": lr * factor},
-                    variant=f"{prefix}lr{factor:g}x-seed{seed}",
+        for seed in seeds if control in seeded else seeds[:1]:
+            at = {**base, "seed": seed}
+            for label, (kind, overrides, name) in _control(exp, control, fulls[seed]).items():
+                runs[f"{label} seed {seed}"] = exp.run(
+                    kind, {**at, **overrides}, variant=f"{prefix}{name}seed{seed}"
                 )
     return runs
+
+
+def _control(exp, control: str, full) -> dict[str, tuple[str, dict, str]]:
+    """One control's runs beside ``full``: ``{label: (config kind, overrides, variant prefix)}``
+    (the variant is ``<prefix>seed<s>``)."""
+    mask: dict[str, object]
+    if control == "random1pct":
+        mask = {"mask.random": True, "mask.density": RANDOM_DENSITY}
+        return {f"GRPO random {RANDOM_DENSITY:.0%} subnetwork": ("grpo", mask, "random1pct-")}
+    if control == "random-matched":
+        path = str(exp.run_mask(full).relative_to(exp.paths.root))
+        mask = {"mask.path": path, "mask.random": True}
+        return {"GRPO random subnetwork, full run's density": ("grpo", mask, "randmatched-")}
+    if control == "fp16":
+        return {f"{k.upper()} fp16": (k, {"precision": "fp16"}, "fp16-") for k in ("grpo", "sft")}
+    if control == "sgd":  # its own config: no variant prefix
+        return {"GRPO SGD": ("grpo-sgd", {}, "")}
+    lr = learning_rate(full)
+    return {
+        f"GRPO lr x{f:g}": ("grpo", {"train.lr": lr * f}, f"lr{f:g}x-")
+        for f in LR_FACTORS
+        if f != 1
+    }
 
 
 def runs_table_rows(exp, runs: dict) -> list[dict]:
@@ -561,21 +565,27 @@ def closeness_to_full(full, runs: dict) -> dict:
     }
 
 
-def masked_closeness_rows(full, runs: dict) -> list[dict]:
-    """12: for each run of ``{label: run}`` trained on a mask, its closeness to ``full``
-    (:func:`closeness_to_full`): bitwise equality overall and among the weights either run
-    updated, and the update sets (a: the masked run, b: the full run)."""
-    masked = {k: r for k, r in runs.items() if r.manifest["config"].get("mask")}
-    return [
-        {
-            "run": label,
-            "n_params": s["n_params"],
-            "equal_bitwise": s["equal"]["bitwise"],
-            "equal_among_updated_bitwise": s["equal_among_updated"]["bitwise"],
-            **{k: s["updates"][k] for k in ("n_updated_a", "n_updated_b", "n_updated_both")},
-        }
-        for label, s in closeness_to_full(full, masked).items()
-    ]
+def masked_closeness_rows(fulls: dict, runs: dict) -> list[dict]:
+    """12: for each run of ``{label: run}`` trained on a mask, its closeness to the full run of its
+    seed (``fulls``: ``{seed: run}``; :func:`closeness_to_full`): bitwise equality overall and among
+    the weights either run updated, and the update sets (a: the masked run, b: the full run)."""
+    rows = []
+    for label, run in runs.items():
+        config = run.manifest["config"]
+        if not config.get("mask"):
+            continue
+        s = closeness_to_full(fulls[config["seed"]], {label: run})[label]
+        rows.append(
+            {
+                "run": label,
+                "seed": config["seed"],
+                "n_params": s["n_params"],
+                "equal_bitwise": s["equal"]["bitwise"],
+                "equal_among_updated_bitwise": s["equal_among_updated"]["bitwise"],
+                **{k: s["updates"][k] for k in ("n_updated_a", "n_updated_b", "n_updated_both")},
+            }
+        )
+    return rows
 
 
 def publish_runs(exp, rows: list[dict]) -> list[dict]:
