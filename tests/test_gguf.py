@@ -139,9 +139,12 @@ def reference(arr: np.ndarray, qtype: Q) -> np.ndarray:
     return ref_dequant(arr.reshape(-1, ts), qtype)
 
 
-def test_gguf_pair_counts_equal_whole_tensor_reference(pair):
+@pytest.mark.parametrize("chunk_elems", [8, 72, 4096])
+def test_gguf_pair_counts_equal_whole_tensor_reference(pair, chunk_elems):
+    """Counts, sums and raw-block views against whole-tensor numpy references, whatever the chunk
+    boundaries: less than one block (8), not whole blocks (72), every tensor in one chunk (4096)."""
     a_path, b_path, base, tuned = pair
-    report = diff_checkpoints(a_path, b_path, DiffConfig(chunk_elems=72), progress=False)
+    report = diff_checkpoints(a_path, b_path, DiffConfig(chunk_elems=chunk_elems), progress=False)
     results = {t.name: t for t in report.tensors}
     assert set(results) == set(base)
     assert not report.skipped and not report.buffers
@@ -166,6 +169,12 @@ def test_gguf_pair_counts_equal_whole_tensor_reference(pair):
         k = list(report.tolerances).index(TOL)
         assert t.float_stats().n_unchanged_at(k) == ra.size - int(changed.sum()) + int(le.sum())
         total_changed += int(changed.sum())
+        delta = (fb - fa).astype(np.float64)  # the float32 differences
+        stats = t.float_stats()
+        assert stats.max_abs_delta == np.abs(delta).max(), name
+        assert stats.sum_abs_delta == pytest.approx(np.abs(delta).sum(), rel=1e-12), name
+        assert stats.sum_sq_delta == pytest.approx((delta**2).sum(), rel=1e-12), name
+        assert stats.sum_sq_base == pytest.approx((fa.astype(np.float64) ** 2).sum(), rel=1e-12)
         if qtype in (Q.F32, Q.F16, Q.BF16):
             assert t.quant is None
             assert t.shape_base == arr_a.shape  # already PyTorch order
@@ -201,9 +210,9 @@ def test_gpu_executor_gives_the_cpu_report(pair, monkeypatch):
         monkeypatch.setattr(cuda_mod, "cuda_problem", lambda: None)
         monkeypatch.setattr(cuda_mod, "default_device", lambda: torch.device("cpu"))
     a_path, b_path, _, _ = pair
-    cpu = diff_checkpoints(a_path, b_path, DiffConfig(chunk_elems=96), progress=False)
+    cpu = diff_checkpoints(a_path, b_path, DiffConfig(chunk_elems=72), progress=False)
     gpu = diff_checkpoints(
-        a_path, b_path, DiffConfig(device="cuda", chunk_elems=96), progress=False
+        a_path, b_path, DiffConfig(device="cuda", chunk_elems=72), progress=False
     )
     assert gpu.provenance["kernel"] != cpu.provenance["kernel"]
     for g, c in zip(gpu.tensors, cpu.tensors, strict=True):

@@ -53,7 +53,7 @@ from rlsparse_lib.diff.worker import UnitOutcome
 from rlsparse_lib.io.checkpoint import Checkpoint, TensorReader, open_checkpoint
 from rlsparse_lib.io.chunks import ChunkStream, WordSource, pair_chunks, stream_chunks
 from rlsparse_lib.io.dtypes import cast_words
-from rlsparse_lib.io.gguf_io import block_views
+from rlsparse_lib.io.gguf_io import BlockViews
 from rlsparse_lib.io.maskfile import MaskWriter, packed_size
 from rlsparse_lib.io.pairing import PairPlan, TensorPair, pair_checkpoints, same_layout
 
@@ -221,7 +221,11 @@ def diff_pairs(
             on_bytes=on_bytes,
             cast=cast_words,
         )
+        # a GGUF quantized pair: raw blocks compared beside the values, while each chunk is held
+        blocks = BlockViews.of(base.gguf, tuned.gguf, pair.base, pair.tuned)
         for chunk in chunks:
+            if blocks is not None:
+                blocks.add(chunk.start, chunk.stop)
             if spec is None:
                 result.n_changed += kernel.count_changed(chunk.base, chunk.tuned)
                 continue
@@ -233,15 +237,8 @@ def diff_pairs(
                 assert packed is not None  # allocated whenever there is a mask
                 mask.write(pair.name, packed)
         result.numel = pair.numel
-        blocks = block_views(
-            base.gguf,
-            tuned.gguf,
-            pair.base,
-            pair.tuned,
-            pair.numel,
-        )
-        if blocks is not None:  # GGUF quantized pair: raw blocks beside the dequantized values
-            result.quant = blocks
+        if blocks is not None:
+            result.quant = blocks.view()
         out[pair.name] = result
     return out
 

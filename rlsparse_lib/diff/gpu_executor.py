@@ -28,7 +28,7 @@ from rlsparse_lib.diff.kernels.dequant import value_chunks
 from rlsparse_lib.diff.kernels.protocol import ChunkSpec
 from rlsparse_lib.diff.report import TensorResult
 from rlsparse_lib.io.chunks import Chunk
-from rlsparse_lib.io.gguf_io import block_views
+from rlsparse_lib.io.gguf_io import BlockViews
 
 _SPLIT = 4 << 20  # bytes per reader-thread piece when filling a pinned buffer
 
@@ -133,24 +133,21 @@ def stream_pairs(
             # pinned slot before the next chunk is requested (and released), while the copy and
             # the kernel of earlier chunks run on their streams. Progress is reported by finish(),
             # when a chunk's results are back, not by the stream.
+            # the raw blocks of a GGUF quantized pair are compared on the host, chunk by chunk,
+            # while the readers still hold the chunk's bytes
             for pair in pairs:
                 compare = pair.compare_dtype if pair.kind == "float" else None
+                blocks = BlockViews.of(base.gguf, tuned.gguf, pair.base, pair.tuned)
                 for chunk in value_chunks(pair, base, tuned, config.chunk_elems, compare=compare):
                     pipe.submit(out[pair.name], pair, chunk)
+                    if blocks is not None:
+                        blocks.add(chunk.start, chunk.stop)
+                out[pair.name].numel = pair.numel
+                if blocks is not None:
+                    out[pair.name].quant = blocks.view()
             pipe.drain()
         finally:
             pipe.streams.synchronize()
-    for p in pairs:
-        out[p.name].numel = p.numel
-        blocks = block_views(
-            base.gguf,
-            tuned.gguf,
-            p.base,
-            p.tuned,
-            p.numel,
-        )
-        if blocks is not None:  # GGUF quantized pair: raw blocks beside the dequantized values
-            out[p.name].quant = blocks
     return out
 
 

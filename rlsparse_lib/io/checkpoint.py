@@ -144,9 +144,8 @@ class TensorReader:
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
         self._files: MappedFiles | PickleFiles | GGUFFiles | RangeFiles
-        if ckpt.format == "gguf" and ckpt.remote is not None:  # a streamed tensor is read once
-            keep = ckpt.remote.session.settings.window_bytes
-            self._files = GGUFFiles(ckpt.encodings, ckpt.remote.reader(), keep)
+        if ckpt.format == "gguf" and ckpt.remote is not None:
+            self._files = GGUFFiles(ckpt.encodings, ckpt.remote.reader())
         elif ckpt.remote is not None:
             self._files = ckpt.remote.reader()
         elif ckpt.format == "gguf":

@@ -12,7 +12,8 @@ Range requests). Tensor data are contiguous at absolute offsets, so:
   ``block`` elements in ``type_size`` bytes. Their :class:`TensorInfo` has dtype ``float32``:
   :class:`GGUFFiles` decodes whole blocks with :func:`gguf.quants.dequantize` (the package's
   reference decoder) for any element range, so every command compares the dequantized values;
-  :func:`block_views` compares the raw blocks of a pair beside them (``quant`` in diff reports);
+  :class:`BlockViews` compares the raw blocks of a pair beside them, chunk by chunk in the same
+  pass (``quant`` in diff reports);
 * a quantized type the ``gguf`` package cannot decode, or a type id it does not know at all, keeps
   its logical shape and is marked not decodable: pairing refuses it by tensor and file unless it
   is excluded.
@@ -49,8 +50,6 @@ PLAIN_TYPES: dict[str, str] = {
     "I32": "int32",
     "I64": "int64",
 }
-#: raw blocks compared per step by :func:`block_views` (bounded memory)
-_BLOCKS_PER_STEP = 1 << 18
 #: a llama.cpp split model's shard name: ``<stem>-00001-of-00003.gguf``
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 #: models named in a refusal (a ``*-GGUF`` repository can hold dozens of quantizations)
@@ -254,121 +253,128 @@ class GGUFFiles:
     float32 words of their dequantized values (only the blocks covering the range are read and
     decoded).
 
+    The raw blocks behind the last quantized range read are held until that range is released
+    (one range per reader: a chunk's own bytes), so that :class:`BlockViews` compares a pair's raw
+    blocks chunk by chunk beside its values, with no second read.
+
     Args:
         encodings: block encodings by tensor name.
         raw: where the bytes come from (default: local memory maps).
-        keep_bytes: a quantized tensor of at most this many raw bytes is read once, whole, and
-            kept until the next such tensor, so that its values and its raw-block view
-            (:func:`block_views`) cost one read (for streamed files; 0: no keeping).
     """
 
-    def __init__(
-        self, encodings: dict[str, BlockEncoding], raw: RawWords | None = None, keep_bytes: int = 0
-    ) -> None:
+    def __init__(self, encodings: dict[str, BlockEncoding], raw: RawWords | None = None) -> None:
         self._enc = encodings
         self._raw: RawWords = MappedFiles() if raw is None else raw
-        self._keep = keep_bytes
-        self._kept: tuple[TensorInfo, np.ndarray] | None = None
+        #: (tensor, start, stop, raw bytes of blocks [start // block, ceil(stop / block)))
+        self._held: tuple[TensorInfo, int, int, np.ndarray] | None = None
 
     def encoding(self, name: str) -> BlockEncoding | None:
         return self._enc.get(name)
-
-    def blocks(self, info: TensorInfo, b0: int, b1: int) -> np.ndarray:
-        """Raw bytes of blocks ``[b0, b1)`` of quantized tensor ``info``: ``uint8[(b1 - b0) *
-        type_size]``."""
-        enc = self._enc[info.name]
-        raw = enc.raw(info)
-        lo, hi = b0 * enc.type_size, b1 * enc.type_size
-        if 0 < raw.numel <= self._keep:
-            if self._kept is None or self._kept[0] != raw:
-                self._kept = None  # drop the previous tensor before reading this one
-                self._kept = (raw, np.array(self._raw.words(raw, 0, raw.numel), copy=True))
-            return self._kept[1][lo:hi]
-        return self._raw.words(raw, lo, hi)
-
-    def release_blocks(self, info: TensorInfo, b0: int, b1: int) -> None:
-        enc = self._enc[info.name]
-        raw = enc.raw(info)
-        if not 0 < raw.numel <= self._keep:
-            self._raw.release(raw, b0 * enc.type_size, b1 * enc.type_size)
 
     def words(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
         """Elements ``[start, stop)`` as raw words (``uint32`` of float32 for quantized tensors)."""
         enc = self._enc.get(info.name)
         if enc is None:
             return self._raw.words(info, start, stop)
-        b0, b1 = start // enc.block, -(-stop // enc.block)
-        values = _gguf().quants.dequantize(self.blocks(info, b0, b1), enc.qtype).reshape(-1)
-        lo = start - b0 * enc.block
+        blocks = self._raw.words(*_block_range(enc, info, start, stop))
+        self._held = None  # drop the previous range before decoding this one
+        self._held = (info, start, stop, blocks)
+        values = _gguf().quants.dequantize(blocks, enc.qtype).reshape(-1)
+        lo = start - start // enc.block * enc.block
         return np.ascontiguousarray(values[lo : lo + stop - start], np.float32).view(np.uint32)
 
+    def held_blocks(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
+        """Raw bytes ``uint8[n, type_size]`` of the blocks of quantized tensor ``info`` whose first
+        element lies in ``[start, stop)``, from the range :meth:`words` read last (not released).
+
+        Raises:
+            RuntimeError: when ``[start, stop)`` of ``info`` is not the range held (a caller bug).
+        """
+        held = self._held
+        if held is None or held[0] != info or held[1:3] != (start, stop):
+            raise RuntimeError(f"{info.name}: raw blocks of [{start}, {stop}) are not held")
+        enc = self._enc[info.name]
+        skip = -(-start // enc.block) - start // enc.block  # a block begun in the previous chunk
+        return held[3].reshape(-1, enc.type_size)[skip:]
+
     def prefetch(self, info: TensorInfo, start: int, stop: int) -> None:
-        raw = self._raw_range(info, start, stop)
-        if raw is not None:
-            self._raw.prefetch(*raw)
-
-    def release(self, info: TensorInfo, start: int, stop: int) -> None:
-        raw = self._raw_range(info, start, stop)
-        if raw is not None:
-            self._raw.release(*raw)
-
-    def _raw_range(
-        self, info: TensorInfo, start: int, stop: int
-    ) -> tuple[TensorInfo, int, int] | None:
-        """The raw byte range behind elements ``[start, stop)`` (None for a kept tensor)."""
         enc = self._enc.get(info.name)
         if enc is None:
-            return info, start, stop
-        raw = enc.raw(info)
-        if 0 < raw.numel <= self._keep:
-            return None
-        b0, b1 = start // enc.block, -(-stop // enc.block)
-        return raw, b0 * enc.type_size, b1 * enc.type_size
+            self._raw.prefetch(info, start, stop)
+        else:
+            self._raw.prefetch(*_block_range(enc, info, start, stop))
+
+    def release(self, info: TensorInfo, start: int, stop: int) -> None:
+        enc = self._enc.get(info.name)
+        if enc is None:
+            self._raw.release(info, start, stop)
+            return
+        held = self._held
+        if held is not None and held[0] == info and held[1:3] == (start, stop):
+            self._held = None
+        self._raw.release(*_block_range(enc, info, start, stop))
 
     def close(self) -> None:
-        self._kept = None
+        self._held = None
         self._raw.close()
 
 
-def block_views(
-    base: GGUFFiles | None,
-    tuned: GGUFFiles | None,
-    ib: TensorInfo,
-    it: TensorInfo,
-    numel: int,
-) -> dict | None:
-    """Raw-block view of a pair of quantized GGUF tensors (``base``/``tuned``: each side's GGUF
-    reader, None for another format; ``ib``/``it``: their infos; ``numel``: elements compared):
-    the blocks of the compared elements compared byte for byte, ``_BLOCKS_PER_STEP`` blocks at a
-    time.
+def _block_range(
+    enc: BlockEncoding, info: TensorInfo, start: int, stop: int
+) -> tuple[TensorInfo, int, int]:
+    """The raw byte range of the whole blocks covering elements ``[start, stop)`` of ``info``."""
+    b0, b1 = start // enc.block, -(-stop // enc.block)
+    return enc.raw(info), b0 * enc.type_size, b1 * enc.type_size
 
-    Returns:
-        ``{"scheme", "decoded": "float32", "block": [1, block], "raw_n", "raw_changed", "scales_n": 0,
-        "scales_changed": 0, "scale_only_changed": 0}`` (GGUF scales live inside the blocks, so
-        a changed scale is a changed block), or None unless both sides store the tensor in the
-        same quantized type.
+
+class BlockViews:
+    """Raw-block view of a pair of quantized GGUF tensors, counted chunk by chunk beside the
+    values: :meth:`add` compares the blocks whose first element lies in a chunk while the readers
+    still hold that chunk's raw bytes (each block counted exactly once, whatever the chunk
+    boundaries), :meth:`view` gives the counts.
+
+    Make one with :meth:`of`.
     """
-    eb = None if base is None else base.encoding(ib.name)
-    et = None if tuned is None else tuned.encoding(it.name)
-    if base is None or tuned is None or eb is None or et is None or eb.scheme != et.scheme:
-        return None
-    n_blocks = numel // eb.block
-    changed = 0
-    for b0 in range(0, n_blocks, _BLOCKS_PER_STEP):
-        b1 = min(n_blocks, b0 + _BLOCKS_PER_STEP)
-        a = base.blocks(ib, b0, b1).reshape(-1, eb.type_size)
-        b = tuned.blocks(it, b0, b1).reshape(-1, eb.type_size)
-        changed += int(np.count_nonzero((a != b).any(axis=1)))
-        del a, b
-        base.release_blocks(ib, b0, b1)
-        tuned.release_blocks(it, b0, b1)
-    return {
-        "scheme": eb.scheme,
-        "decoded": "float32",
-        "block": [1, eb.block],
-        "raw_n": n_blocks,
-        "raw_changed": changed,
-        "scales_n": 0,
-        "scales_changed": 0,
-        "scale_only_changed": 0,
-    }
+
+    def __init__(
+        self, base: GGUFFiles, tuned: GGUFFiles, ib: TensorInfo, it: TensorInfo, enc: BlockEncoding
+    ) -> None:
+        self._sides = ((base, ib), (tuned, it))
+        self._enc = enc
+        self.raw_n = 0
+        self.raw_changed = 0
+
+    @classmethod
+    def of(
+        cls, base: GGUFFiles | None, tuned: GGUFFiles | None, ib: TensorInfo, it: TensorInfo
+    ) -> BlockViews | None:
+        """The view of a pair (``base``/``tuned``: each side's GGUF reader, None for another
+        format; ``ib``/``it``: their infos), or None unless both sides store the tensor in the
+        same quantized type."""
+        eb = None if base is None else base.encoding(ib.name)
+        et = None if tuned is None else tuned.encoding(it.name)
+        if base is None or tuned is None or eb is None or et is None or eb.scheme != et.scheme:
+            return None
+        return cls(base, tuned, ib, it, eb)
+
+    def add(self, start: int, stop: int) -> None:
+        """Compare, byte for byte, the blocks whose first element lies in ``[start, stop)`` (the
+        chunk both readers just read and have not released)."""
+        a, b = (files.held_blocks(info, start, stop) for files, info in self._sides)
+        self.raw_n += a.shape[0]
+        self.raw_changed += int(np.count_nonzero((a != b).any(axis=1)))
+
+    def view(self) -> dict:
+        """``{"scheme", "decoded": "float32", "block": [1, block], "raw_n", "raw_changed",
+        "scales_n": 0, "scales_changed": 0, "scale_only_changed": 0}`` (GGUF scales live inside
+        the blocks, so a changed scale is a changed block)."""
+        return {
+            "scheme": self._enc.scheme,
+            "decoded": "float32",
+            "block": [1, self._enc.block],
+            "raw_n": self.raw_n,
+            "raw_changed": self.raw_changed,
+            "scales_n": 0,
+            "scales_changed": 0,
+            "scale_only_changed": 0,
+        }
