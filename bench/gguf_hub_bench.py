@@ -4,8 +4,11 @@ The pair: the project's own SmolLM2-135M-Instruct Q4_1 GGUF (package ``llm_smoll
 with one byte changed in every 1000th block of every quantized tensor. Each side is a folder laid
 out like a ``*-GGUF`` hub repo; the stand-in serves them from its own process; each diff runs in a
 fresh niced process (peak RSS its own). Prints wall time, bytes fetched vs file bytes, peak RSS.
+``--window-mb`` sets the streamed side's read-ahead window (``RLSPARSE_HUB_WINDOW_MB``), e.g. below
+the embedding's 17.7 MB of Q4_1 blocks so that tensors larger than the window are streamed;
+``--chunk-elems`` the diff's chunk (both runs).
 
-    python bench/gguf_hub_bench.py
+    python bench/gguf_hub_bench.py [--window-mb 1] [--chunk-elems 262144]
 """
 
 from __future__ import annotations
@@ -58,12 +61,14 @@ def _serve(folder: Path) -> None:
         sys.stdin.read()  # until the parent closes the pipe
 
 
-def _measure(base: str, tuned: str) -> None:
+def _measure(base: str, tuned: str, chunk_elems: str) -> None:
     os.nice(10)
+    from rlsparse_lib.diff.config import DiffConfig
     from rlsparse_lib.diff.engine import diff_checkpoints
 
     t0 = time.perf_counter()
-    report = diff_checkpoints(base, tuned, progress=False)
+    config = DiffConfig(chunk_elems=int(chunk_elems)) if int(chunk_elems) else DiffConfig()
+    report = diff_checkpoints(base, tuned, config, progress=False)
     seconds = time.perf_counter() - t0
     inputs = report.provenance["inputs"]
     fetched = sum((inputs[s].get("transport") or {}).get("bytes_fetched", 0) for s in inputs)
@@ -91,7 +96,9 @@ def _child(*args: str, env: dict | None = None) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--serve", help=argparse.SUPPRESS)
-    p.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--window-mb", type=float, help="streaming read-ahead window (MiB)")
+    p.add_argument("--chunk-elems", type=int, default=0, help="diff chunk (elements; 0: default)")
     args = p.parse_args()
     if args.serve:
         return _serve(Path(args.serve))
@@ -101,7 +108,8 @@ def main() -> None:
         folder = Path(tmp)
         _write_pair(folder)
         size = sum(f.stat().st_size for f in folder.glob("*/*.gguf"))
-        local = _child("--measure", str(folder / "base"), str(folder / "tuned"))
+        chunk = str(args.chunk_elems)
+        local = _child("--measure", str(folder / "base"), str(folder / "tuned"), chunk)
         server = subprocess.Popen(
             [sys.executable, __file__, "--serve", str(folder)],
             stdin=subprocess.PIPE,
@@ -112,7 +120,9 @@ def main() -> None:
             assert server.stdout is not None
             endpoint = server.stdout.readline().strip()
             env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"}
-            stream = _child("--measure", "bench/base-GGUF", "bench/tuned-GGUF", env=env)
+            if args.window_mb is not None:
+                env["RLSPARSE_HUB_WINDOW_MB"] = str(args.window_mb)
+            stream = _child("--measure", "bench/base-GGUF", "bench/tuned-GGUF", chunk, env=env)
         finally:
             server.terminate()
             server.wait()
@@ -121,7 +131,9 @@ def main() -> None:
     print(
         f"pair: 2 x SmolLM2-135M Q4_1 GGUF, {size / mb:.1f} MiB of files, {local['n_params']:,} "
         f"elements per side; {local['n_changed']:,} changed, {local['raw_changed']:,} of "
-        f"{local['raw_n']:,} raw blocks; streamed counts equal local: {all(same.values())}"
+        f"{local['raw_n']:,} raw blocks; streamed counts equal local: {all(same.values())}; "
+        f"window {'default' if args.window_mb is None else f'{args.window_mb} MiB'}, chunks "
+        f"{'default' if not args.chunk_elems else f'of {args.chunk_elems:,} elements'}"
     )
     for name, r in (("local", local), ("stream", stream)):
         print(
