@@ -45,7 +45,7 @@ def _bf16(x: np.ndarray) -> np.ndarray:
 
 def make_pair(seed: int = 0) -> tuple[Tensors, Tensors]:
     """F32, F16, BF16, Q8_0, Q4_0 tensors with sparse updates (one Q8_0 tensor larger than the
-    streaming window, so it is read in ranged chunks rather than kept whole)."""
+    streaming window, so that it streams through several windows)."""
     rng = np.random.default_rng(seed)
     base: Tensors = {}
     tuned: Tensors = {}
