@@ -359,6 +359,9 @@ def _check_seeds_controls(r: dict) -> None:
     for seed in (0, 1):  # the seeded controls run at each seed, with that seed
         for control in ("GRPO random 1% subnetwork", "GRPO random subnetwork, full run's density"):
             assert labels[f"{control} seed {seed}"]["seed"] == seed
+    one_pct = [labels[f"GRPO random 1% subnetwork seed {s}"] for s in (0, 1)]
+    assert "random_seed=1" in one_pct[1]["mask"] and one_pct[0]["mask"] != one_pct[1]["mask"]
+    assert one_pct[0]["config_id"] == one_pct[1]["config_id"]  # a new draw per seed: siblings
     assert not any(k.endswith("seed 1") for k in labels if "fp16" in k or "SGD" in k or " lr " in k)
     for group in r["summary"][:2]:  # GRPO and SFT over the two seeds
         members = [runs[name] for name in group["runs"].split()]

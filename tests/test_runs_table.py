@@ -142,6 +142,11 @@ def test_config_id_is_shared_by_seed_siblings_only(tmp_path: Path, seed_runs) ->
     assert runs_table_row(_write_run(tmp_path, longer))["config_id"] != same
     masked = runs_table_row(tmp_path / "mask")
     assert masked["mask"] == "random=True density=0.01"
+    # a random mask's draw is a seed: seed siblings of a masked run share its config_id
+    redrawn = _manifest(
+        "redrawn", 8, 0.2, 0.8, mask={"random": True, "density": 0.01, "random_seed": 1}
+    )
+    assert runs_table_row(_write_run(tmp_path, redrawn))["config_id"] == masked["config_id"]
 
 
 def test_fp16_run_is_compared_in_float16(tmp_path: Path) -> None:

@@ -507,23 +507,23 @@ def control_runs(exp, fulls: dict, controls: list[str], seeded: list[str], eval_
     for control in controls:
         for seed in seeds if control in seeded else seeds[:1]:
             at = {**base, "seed": seed}
-            for label, (kind, overrides, name) in _control(exp, control, fulls[seed]).items():
+            for label, (kind, overrides, name) in _control(exp, control, fulls[seed], seed).items():
                 runs[f"{label} seed {seed}"] = exp.run(
                     kind, {**at, **overrides}, variant=f"{prefix}{name}seed{seed}"
                 )
     return runs
 
 
-def _control(exp, control: str, full) -> dict[str, tuple[str, dict, str]]:
-    """One control's runs beside ``full``: ``{label: (config kind, overrides, variant prefix)}``
-    (the variant is ``<prefix>seed<s>``)."""
+def _control(exp, control: str, full, seed: int) -> dict[str, tuple[str, dict, str]]:
+    """One control's runs beside ``full`` at ``seed`` (which also draws the random masks):
+    ``{label: (config kind, overrides, variant prefix)}`` (the variant is ``<prefix>seed<s>``)."""
     mask: dict[str, object]
     if control == "random1pct":
-        mask = {"mask.random": True, "mask.density": RANDOM_DENSITY}
+        mask = {"mask.random": True, "mask.density": RANDOM_DENSITY, "mask.random_seed": seed}
         return {f"GRPO random {RANDOM_DENSITY:.0%} subnetwork": ("grpo", mask, "random1pct-")}
     if control == "random-matched":
         path = str(exp.run_mask(full).relative_to(exp.paths.root))
-        mask = {"mask.path": path, "mask.random": True}
+        mask = {"mask.path": path, "mask.random": True, "mask.random_seed": seed}
         return {"GRPO random subnetwork, full run's density": ("grpo", mask, "randmatched-")}
     if control == "fp16":
         return {f"{k.upper()} fp16": (k, {"precision": "fp16"}, "fp16-") for k in ("grpo", "sft")}

@@ -100,9 +100,9 @@ SUMMARY_IDENTITY = (
 _STORED_VIEWS = {"bf16": "bfloat16", "fp16": "float16"}
 #: config keys that do not change the trained weights (or are the seed): left out of config_id
 _NOT_CONFIG = ("name", "seed", "checkpoints", "monitor")
-#: keys inside a section that do not change any number either (the evaluation cache returns
-#: byte-identical evaluations): left out of config_id too
-_NOT_CONFIG_IN = {"eval": ("cache",)}
+#: keys inside a section that are seeds (a random mask's draw) or change no number (the
+#: evaluation cache returns byte-identical evaluations): left out of config_id too
+_NOT_CONFIG_IN = {"eval": ("cache",), "mask": ("random_seed",)}
 #: the README block markers :func:`replace_marked_block` writes between
 MARKERS = ("<!-- runs-table:begin -->", "<!-- runs-table:end -->")
 
