@@ -346,7 +346,7 @@ def _check_seeds_controls(r: dict) -> None:
     from rlsparse_lib.experiments.studies import CONTROLS, RANDOM_DENSITY
 
     assert r["seeds"] == [0, 1] and r["controls"] == list(CONTROLS)
-    assert r["seeded_controls"] == ["random1pct", "random-matched"]
+    assert r["seeded_controls"] == ["random1pct", "random-matched", "fp16"]
     runs = {row["run"]: row for row in r["runs"]}
     assert r["engine_runs"] >= len(runs) and all(row["eval_n"] > 0 for row in runs.values())
     for row in runs.values():
@@ -362,7 +362,8 @@ def _check_seeds_controls(r: dict) -> None:
     one_pct = [labels[f"GRPO random 1% subnetwork seed {s}"] for s in (0, 1)]
     assert "random_seed=1" in one_pct[1]["mask"] and one_pct[0]["mask"] != one_pct[1]["mask"]
     assert one_pct[0]["config_id"] == one_pct[1]["config_id"]  # a new draw per seed: siblings
-    assert not any(k.endswith("seed 1") for k in labels if "fp16" in k or "SGD" in k or " lr " in k)
+    assert labels["SFT fp16 seed 1"]["seed"] == 1 and labels["GRPO fp16 seed 1"]["seed"] == 1
+    assert not any(k.endswith("seed 1") for k in labels if "SGD" in k or " lr " in k)
     for group in r["summary"][:2]:  # GRPO and SFT over the two seeds
         members = [runs[name] for name in group["runs"].split()]
         assert group["n_runs"] == 2 and {m["seed"] for m in members} == {0, 1}
