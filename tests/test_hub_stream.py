@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
 from rlsparse_lib.errors import CheckpointError
 from rlsparse_lib.io.checkpoint import open_checkpoint
-from rlsparse_lib.io.hub_stream import StreamSettings
+from rlsparse_lib.io.hub_stream import _HEAD_BYTES, StreamSettings
+from rlsparse_lib.io.synthetic import LlamaShape
 from tests.ckpt_factory import bump_bits, pick, random_state, save_hf
 from tests.hub_standin import HubStandin
 
@@ -235,3 +237,98 @@ def test_gated_repo_needs_hf_token(hub: HubStandin, monkeypatch: pytest.MonkeyPa
         open_checkpoint("org/base", stream=FAST)
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     assert open_checkpoint("org/base", stream=FAST).revision == hub.commits["org/base"]
+
+
+#: a window smaller than the MLP matrices below (256 KiB of bf16 each), parts of a window
+SMALL_WINDOW = StreamSettings(part_bytes=4000, window_bytes=16000, backoff=0.01, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def big_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Tensors larger than SMALL_WINDOW's window, each after small ones (norms, attention)."""
+    root = tmp_path_factory.mktemp("bigpair")
+    shape = LlamaShape(vocab=64, hidden=64, intermediate=2048, layers=2, heads=4, kv_heads=2)
+    state = random_state(shape, seed=5)
+    tuned = {
+        k: bump_bits(v, pick(v.numel(), max(1, v.numel() // 100), i)) if v.dim() == 2 else v
+        for i, (k, v) in enumerate(state.items())
+    }
+    save_hf(root / "base", state, shards=2)  # the same layout: both sides read in file order
+    save_hf(root / "tuned", tuned, shards=2)
+    return root / "base", root / "tuned"
+
+
+@pytest.fixture()
+def big_hub(big_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with HubStandin({"org/big-base": big_pair[0], "org/big-tuned": big_pair[1]}) as standin:
+        monkeypatch.setenv("HF_ENDPOINT", standin.endpoint)
+        yield standin
+
+
+def _served(hub: HubStandin, repo: str, name: str) -> int:
+    """Bytes the stand-in's CDN sent for file ``name`` of ``repo`` (its ``206`` ranges)."""
+    total = 0
+    for _, _, path, _, asked, _ in hub.requests("cdn", 206):
+        if path.split("?")[0].lstrip("/") == f"{repo}/{name}":
+            a, b = asked.removeprefix("bytes=").split("-")
+            total += int(b) - int(a) + 1
+    return total
+
+
+@pytest.mark.parametrize("chunk_elems", [8_200, 16_384])
+def test_chunks_beyond_the_window_reuse_its_read_ahead(
+    big_hub: HubStandin, big_pair: tuple[Path, Path], chunk_elems: int
+) -> None:
+    """Chunks larger than the window (16400 bytes: just over it, so the prefetched second chunk of
+    a tensor takes read-ahead too; 32 KiB) of tensors larger than the window: the windows'
+    read-ahead into each big tensor is reused, so the server sends every file once plus the header
+    read (its first 64 KiB, read before the tensors), and the report equals the local one."""
+    config = DiffConfig(chunk_elems=chunk_elems)
+    assert chunk_elems * 2 > SMALL_WINDOW.window_bytes  # the premise: chunks beyond the window
+    b = open_checkpoint("org/big-base", stream=SMALL_WINDOW)
+    t = open_checkpoint("org/big-tuned", stream=SMALL_WINDOW)
+    assert max(info.nbytes for info in b.tensors.values()) > 2 * chunk_elems * 2
+    report = diff_checkpoints(b, t, config, progress=False)
+    local = diff_checkpoints(*big_pair, config, progress=False)
+    assert _plain(report) == _plain(local)
+    for side, ck, folder in (("base", b, big_pair[0]), ("tuned", t, big_pair[1])):
+        sizes = {f.name: (folder / f.name).stat().st_size for f in ck.files}
+        served = {name: _served(big_hub, f"org/big-{side}", name) for name in sizes}
+        for name, size in sizes.items():
+            assert size <= served[name] <= size + min(size, _HEAD_BYTES), (side, name, size)
+
+
+def test_reused_window_part_cancelled_is_read_again(
+    big_hub: HubStandin, big_pair: tuple[Path, Path]
+) -> None:
+    """A large read reuses the window ahead of it; a part of that window cancelled before it ran
+    (as a jump elsewhere in the file does) is fetched again: the bytes are still the file's."""
+    ck = open_checkpoint("org/big-tuned", stream=SMALL_WINDOW)
+    assert ck.remote is not None
+    reader = ck.remote.reader()
+    order = sorted(ck.tensors.values(), key=lambda info: (str(info.file), info.offset))
+    k = next(i for i, info in enumerate(order) if info.nbytes > SMALL_WINDOW.window_bytes)
+    small, big = order[k - 1], order[k]
+    assert small.nbytes <= SMALL_WINDOW.window_bytes and small.file == big.file
+    reader.words(small, 0, small.numel)  # the window now runs into `big`
+    window = reader._windows[big.file][-1]
+    assert window.start < big.offset < window.end
+    part = (big.offset - window.start) // window.part
+    lost: Future = Future()
+    lost.cancel()
+    window.result()
+    window.futures[part] = lost
+    window.buf[part * window.part : (part + 1) * window.part] = 0
+    before = ck.remote.stats.bytes_fetched
+    n = 2 * SMALL_WINDOW.window_bytes // big.itemsize
+    got = reader.words(big, 0, n)
+    want = (big_pair[1] / big.file.name).read_bytes()[big.offset :][: n * big.itemsize]
+    assert got.tobytes() == want
+    part_end = min(window.end, window.start + (part + 1) * window.part)
+    refetched = part_end - max(big.offset, window.start + part * window.part)
+    fresh = big.offset + n * big.itemsize - window.end
+    assert ck.remote.stats.bytes_fetched - before == refetched + fresh
+    reader.close()

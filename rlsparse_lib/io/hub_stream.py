@@ -23,8 +23,9 @@ hub's own host only, never to the CDN.
 
 Memory, per checkpoint side: two read-ahead windows of ``window_bytes`` (tensors up to that size
 are read from them) and, for larger tensors, the chunk in use and one prefetched chunk (the
-engine's ``chunk_elems`` words); every fetch is split into ``part_bytes`` Range requests run on
-``connections`` threads that write straight into the buffer. Defaults: 8 connections, 8 MiB parts,
+engine's ``chunk_elems`` words; what the windows already hold of a chunk is copied from them, not
+fetched again); every fetch is split into ``part_bytes`` Range requests run on ``connections``
+threads that write straight into the buffer. Defaults: 8 connections, 8 MiB parts,
 64 MiB windows: about 2 × (2 × 64 MiB + 2 chunks) ≤ 1 GiB for a pair. Nothing is written to disk.
 
 Settings come from :class:`StreamSettings` (``RLSPARSE_HUB_CONNECTIONS``,
@@ -40,6 +41,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -495,11 +497,12 @@ class HubRepo:
                     f"{etag}); rerun"
                 )
 
-    def fetch(self, key: Path, start: int, stop: int) -> Fetch:
+    def fetch(self, key: Path, start: int, stop: int, out: np.ndarray | None = None) -> Fetch:
         """Start fetching bytes ``[start, stop)`` of file ``key`` in ``part_bytes`` parts on the
-        session's threads; :meth:`Fetch.result` waits for them."""
+        session's threads, into ``out`` (``uint8[stop - start]``, a new buffer by default);
+        :meth:`Fetch.result` waits for them."""
         rf = self.remote[key]
-        buf = np.empty(stop - start, np.uint8)
+        buf = np.empty(stop - start, np.uint8) if out is None else out
         view = buf.data
         part = self.session.settings.part_bytes
         futures = [
@@ -509,10 +512,6 @@ class HubRepo:
             for lo in range(0, stop - start, part)
         ]
         return Fetch(buf, futures, start, part)
-
-    def read(self, key: Path, start: int, stop: int) -> np.ndarray:
-        """Bytes ``[start, stop)`` of file ``key`` (``uint8``), fetched in parallel parts."""
-        return self.fetch(key, start, stop).result()
 
     # ---- open ------------------------------------------------------------------------------
     def _load(self, siblings: list[str]) -> None:
@@ -664,6 +663,55 @@ class Fetch:
             if not f.cancelled():
                 f.exception()
 
+    def copy_into(
+        self, out: np.ndarray, lo: int, refetch: Callable[[int, memoryview], None]
+    ) -> None:
+        """Copy file bytes ``[lo, lo + len(out))`` (inside this fetch) into ``out`` once their
+        parts are in; a part cancelled before it ran (the window was dropped by a jump) is read
+        again with ``refetch(start, view)``. Raises a failed part's error (all parts cancelled)."""
+        hi = lo + len(out)
+        first, last = (lo - self.start) // self.part, (hi - 1 - self.start) // self.part
+        try:
+            for k in range(first, last + 1):
+                a = max(lo, self.start + k * self.part)
+                b = min(hi, self.start + (k + 1) * self.part)
+                if self.futures[k].cancelled():
+                    refetch(a, out[a - lo : b - lo].data)
+                    continue
+                self.futures[k].result()
+                out[a - lo : b - lo] = self.buf[a - self.start : b - self.start]
+        except BaseException:
+            self.cancel()
+            raise
+
+
+@dataclass
+class Assembled:
+    """Bytes ``[start, start + len(buf))`` of a read larger than a window: the pieces that live
+    read-ahead windows already hold or are fetching (``held``: window, first file byte, length),
+    copied from them when read, and fresh fetches of the rest written in place into ``buf``."""
+
+    buf: np.ndarray
+    start: int
+    held: list[tuple[Fetch, int, int]]
+    fresh: list[Fetch]
+    refetch: Callable[[int, memoryview], None]
+
+    def result(self) -> np.ndarray:
+        """The whole filled buffer; the windows it reused are let go."""
+        for fetch in self.fresh:
+            fetch.result()
+        for window, lo, n in self.held:
+            window.copy_into(self.buf[lo - self.start : lo - self.start + n], lo, self.refetch)
+        self.held = []
+        return self.buf
+
+    def cancel(self) -> None:
+        """Cancel the fresh fetches (never the windows: they are the reader's)."""
+        for fetch in self.fresh:
+            fetch.cancel()
+        self.held = []
+
 
 def _check_status(r: httpx.Response, where: str) -> None:
     if r.status_code in (401, 403):
@@ -735,8 +783,11 @@ class RangeFiles:
     ``window_bytes`` from the first read on, fetched as parallel parts; once a read passes the
     middle of the newest window the next one is fetched in the background (at most two windows per
     file), so consecutive tensors stream without a round trip each. Larger reads (chunks of big
-    tensors) are fetched on their own, and :meth:`prefetch` starts the next one while the current
-    one is compared (at most ``_DEPTH`` pending).
+    tensors) take what live windows of their file already hold or are fetching (the newest window
+    runs up to 1.5 windows past the last small read, i.e. into the big tensor that follows) and
+    fetch only the rest on its own, so read-ahead is not fetched a second time; :meth:`prefetch`
+    starts the next one while the current one is compared (at most ``_DEPTH`` pending, each
+    holding the windows it reuses until it is read).
     """
 
     _DEPTH = 2
@@ -744,7 +795,7 @@ class RangeFiles:
     def __init__(self, repo: HubRepo) -> None:
         self.repo = repo
         self._window = repo.session.settings.window_bytes
-        self._pending: dict[tuple[Path, int, int], Fetch] = {}
+        self._pending: dict[tuple[Path, int, int], Assembled] = {}
         self._windows: dict[Path, list[Fetch]] = {}
 
     def _span(self, info: TensorInfo, start: int, stop: int) -> tuple[Path, int, int]:
@@ -758,7 +809,7 @@ class RangeFiles:
         if pending is not None:
             return pending.result().view(word)
         if b1 - b0 > self._window:
-            return self.repo.read(key, b0, b1).view(word)
+            return self._large(key, b0, b1).result().view(word)
         raw = self._from_window(key, b0, b1)
         if raw.ctypes.data % word.itemsize:
             raw = raw.copy()
@@ -784,13 +835,34 @@ class RangeFiles:
         self._windows[key] = wins
         return win.wait(b0, b1)[b0 - win.start : b1 - win.start]
 
+    def _large(self, key: Path, b0: int, b1: int) -> Assembled:
+        """Start a read larger than a window: the pieces the file's live windows cover (they are
+        consecutive, in file order) are copied from them when read, the gaps fetched in place.
+        The windows are left as they are: reads up to a window still drop them as they pass."""
+        buf = np.empty(b1 - b0, np.uint8)
+        held: list[tuple[Fetch, int, int]] = []
+        fresh: list[Fetch] = []
+        at = b0
+        for window in self._windows.get(key, []):
+            lo, hi = max(at, window.start), min(b1, window.end)
+            if lo >= hi:
+                continue
+            if at < lo:
+                fresh.append(self.repo.fetch(key, at, lo, buf[at - b0 : lo - b0]))
+            held.append((window, lo, hi - lo))
+            at = hi
+        if at < b1:
+            fresh.append(self.repo.fetch(key, at, b1, buf[at - b0 :]))
+        rf = self.repo.remote[key]
+        return Assembled(buf, b0, held, fresh, lambda a, out: self.repo.read_into(rf, a, out))
+
     def prefetch(self, info: TensorInfo, start: int, stop: int) -> None:
         """Start fetching ``[start, stop)`` in the background (ranges beyond a window only)."""
         span = self._span(info, start, stop)
         if span[2] - span[1] <= self._window:
             return
         if span not in self._pending and len(self._pending) < self._DEPTH:
-            self._pending[span] = self.repo.fetch(*span)
+            self._pending[span] = self._large(*span)
 
     def release(self, info: TensorInfo, start: int, stop: int) -> None:
         """Drop a prefetched range that was never read (the chunk's own buffer dies with it)."""
@@ -799,7 +871,9 @@ class RangeFiles:
             pending.cancel()
 
     def close(self) -> None:
-        for fetch in [*self._pending.values(), *(w for ws in self._windows.values() for w in ws)]:
-            fetch.cancel()
+        for pending in self._pending.values():
+            pending.cancel()
+        for window in (w for ws in self._windows.values() for w in ws):
+            window.cancel()
         self._pending.clear()
         self._windows.clear()
