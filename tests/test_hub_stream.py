@@ -245,10 +245,14 @@ SMALL_WINDOW = StreamSettings(part_bytes=4000, window_bytes=16000, backoff=0.01,
 
 @pytest.fixture(scope="module")
 def big_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Tensors larger than SMALL_WINDOW's window, each after small ones (norms, attention)."""
+    """Tensors larger than SMALL_WINDOW's window, each after small ones (norms, attention), and
+    a run of tensors of 3/4 of a window (12000 bytes: reads across window ends)."""
     root = tmp_path_factory.mktemp("bigpair")
     shape = LlamaShape(vocab=64, hidden=64, intermediate=2048, layers=2, heads=4, kv_heads=2)
     state = random_state(shape, seed=5)
+    g = torch.Generator().manual_seed(6)
+    for i in range(12):  # stored between the embedding and the layers (names are sorted)
+        state[f"model.extra.{i:02d}.weight"] = torch.randn(60, 100, generator=g).bfloat16()
     tuned = {
         k: bump_bits(v, pick(v.numel(), max(1, v.numel() // 100), i)) if v.dim() == 2 else v
         for i, (k, v) in enumerate(state.items())
@@ -278,16 +282,16 @@ def _served(hub: HubStandin, repo: str, name: str) -> int:
     return total
 
 
-@pytest.mark.parametrize("chunk_elems", [8_200, 16_384])
-def test_chunks_beyond_the_window_reuse_its_read_ahead(
+@pytest.mark.parametrize("chunk_elems", [4_096, 8_200, 16_384])
+def test_read_ahead_is_fetched_once(
     big_hub: HubStandin, big_pair: tuple[Path, Path], chunk_elems: int
 ) -> None:
-    """Chunks larger than the window (16400 bytes: just over it, so the prefetched second chunk of
-    a tensor takes read-ahead too; 32 KiB) of tensors larger than the window: the windows'
-    read-ahead into each big tensor is reused, so the server sends every file once plus the header
-    read (its first 64 KiB, read before the tensors), and the report equals the local one."""
+    """Chunks within the window (8 KiB) and larger than it (16400 bytes: just over it, so the
+    prefetched second chunk of a tensor takes read-ahead too; 32 KiB) of tensors larger than the
+    window, and reads across window ends: what the windows read ahead is reused, by reads up to a
+    window and beyond it, so the server sends every file once plus the header read (its first
+    64 KiB, read before the tensors), and the report equals the local one."""
     config = DiffConfig(chunk_elems=chunk_elems)
-    assert chunk_elems * 2 > SMALL_WINDOW.window_bytes  # the premise: chunks beyond the window
     b = open_checkpoint("org/big-base", stream=SMALL_WINDOW)
     t = open_checkpoint("org/big-tuned", stream=SMALL_WINDOW)
     assert max(info.nbytes for info in b.tensors.values()) > 2 * chunk_elems * 2
@@ -331,4 +335,31 @@ def test_reused_window_part_cancelled_is_read_again(
     refetched = part_end - max(big.offset, window.start + part * window.part)
     fresh = big.offset + n * big.itemsize - window.end
     assert ck.remote.stats.bytes_fetched - before == refetched + fresh
+    reader.close()
+
+
+def test_sequential_reads_hold_two_windows_and_fetch_each_byte_once(
+    big_hub: HubStandin, big_pair: tuple[Path, Path]
+) -> None:
+    """Every tensor of a file read in file order as the engine does (chunks of 8200 elements,
+    the next one prefetched): the bytes are the file's, at most two windows are held at any time,
+    and the tensors' bytes are fetched once."""
+    ck = open_checkpoint("org/big-base", stream=SMALL_WINDOW)
+    assert ck.remote is not None
+    reader = ck.remote.reader()
+    key = ck.files[0]
+    data = (big_pair[0] / key.name).read_bytes()
+    infos = sorted((i for i in ck.tensors.values() if i.file == key), key=lambda i: i.offset)
+    before, step = ck.remote.stats.bytes_fetched, 8200
+    for info in infos:
+        for start in range(0, info.numel, step):
+            stop = min(info.numel, start + step)
+            if stop < info.numel:
+                reader.prefetch(info, stop, min(info.numel, stop + step))
+            got = reader.words(info, start, stop).tobytes()
+            at = info.offset + start * info.itemsize
+            assert got == data[at : info.offset + stop * info.itemsize], (info.name, start)
+            assert len(reader._windows.get(key, [])) <= 2
+    span = infos[-1].offset + infos[-1].nbytes - infos[0].offset
+    assert ck.remote.stats.bytes_fetched - before == span
     reader.close()

@@ -35,7 +35,6 @@ Settings come from :class:`StreamSettings` (``RLSPARSE_HUB_CONNECTIONS``,
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -782,7 +781,9 @@ class RangeFiles:
     Reads up to ``window_bytes`` come from read-ahead windows: per file, a window of
     ``window_bytes`` from the first read on, fetched as parallel parts; once a read passes the
     middle of the newest window the next one is fetched in the background (at most two windows per
-    file), so consecutive tensors stream without a round trip each. Larger reads (chunks of big
+    file), so consecutive tensors stream without a round trip each; a read running past the newest
+    window's end gets the next window (where that one ends), never a restart at the read that
+    would fetch the newest window's tail again. Larger reads (chunks of big
     tensors) take what live windows of their file already hold or are fetching (the newest window
     runs up to 1.5 windows past the last small read, i.e. into the big tensor that follows) and
     fetch only the rest on its own, so read-ahead is not fetched a second time; :meth:`prefetch`
@@ -816,24 +817,27 @@ class RangeFiles:
         return raw.view(word)
 
     def _from_window(self, key: Path, b0: int, b1: int) -> np.ndarray:
+        """Bytes ``[b0, b1)`` (at most a window) from the file's consecutive windows."""
         size = self.repo.remote[key].size
         wins = [w for w in self._windows.get(key, []) if w.end > b0]  # drop windows passed
-        win = next((w for w in wins if w.start <= b0 and b1 <= w.end), None)
-        for first, second in itertools.pairwise(wins):
-            if win is None and first.start <= b0 and first.end == second.start and b1 <= second.end:
-                # across the boundary of two consecutive windows: joined, not fetched again
-                self._windows[key] = wins
-                head = first.wait(b0, first.end)[b0 - first.start :]
-                return np.concatenate((head, second.wait(second.start, b1)[: b1 - second.start]))
-        if win is None:  # a jump (first read, skipped tensors): restart the windows here
+        if not wins or wins[0].start > b0:  # a jump (first read, skipped tensors): restart here
             for w in wins:
                 w.cancel()
-            win = self.repo.fetch(key, b0, min(size, max(b1, b0 + self._window)))
-            wins = [win]
-        if win is wins[-1] and win.end < size and b1 > (win.start + win.end) // 2:
-            wins.append(self.repo.fetch(key, win.end, min(size, win.end + self._window)))
+            wins = [self.repo.fetch(key, b0, min(size, b0 + self._window))]
+        while wins[-1].end < b1:  # past the newest window: the next one, not a restart at b0,
+            # which would fetch again what the newest window holds of the read
+            wins.append(self.repo.fetch(key, wins[-1].end, min(size, wins[-1].end + self._window)))
+        covering = [w for w in wins if w.start < b1]  # one, or two across a boundary
+        newest = wins[-1]
+        if newest.end < size and b1 > (newest.start + newest.end) // 2:  # read ahead
+            wins = [w for w in wins if w.end > b1]  # those this read passed go: two at most
+            wins.append(self.repo.fetch(key, newest.end, min(size, newest.end + self._window)))
         self._windows[key] = wins
-        return win.wait(b0, b1)[b0 - win.start : b1 - win.start]
+        pieces = []
+        for w in covering:
+            lo, hi = max(b0, w.start), min(b1, w.end)
+            pieces.append(w.wait(lo, hi)[lo - w.start : hi - w.start])
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def _large(self, key: Path, b0: int, b1: int) -> Assembled:
         """Start a read larger than a window: the pieces the file's live windows cover (they are
