@@ -362,6 +362,9 @@ def _check_seeds_controls(r: dict) -> None:
     one_pct = [labels[f"GRPO random 1% subnetwork seed {s}"] for s in (0, 1)]
     assert "random_seed=1" in one_pct[1]["mask"] and one_pct[0]["mask"] != one_pct[1]["mask"]
     assert one_pct[0]["config_id"] == one_pct[1]["config_id"]  # a new draw per seed: siblings
+    # each seed's density-matched control (its own full run's mask) is one seed group as well
+    for control in ("random1pct", "randmatched", "fp16"):
+        assert sum(g["n_runs"] == 2 and control in g["runs"] for g in r["summary"]) >= 1, control
     assert labels["SFT fp16 seed 1"]["seed"] == 1 and labels["GRPO fp16 seed 1"]["seed"] == 1
     assert not any(k.endswith("seed 1") for k in labels if "SGD" in k or " lr " in k)
     for group in r["summary"][:2]:  # GRPO and SFT over the two seeds

@@ -309,3 +309,24 @@ def test_notebook_12_parameters_and_overlap_pairs() -> None:
         "GRPO seed 0 vs SFT seed 0": ("GRPO seed 0", "SFT seed 0"),
         "GRPO seed 2 vs SFT seed 2": ("GRPO seed 2", "SFT seed 2"),
     }
+
+
+def test_controls_on_each_seeds_own_mask_are_seed_siblings(tmp_path: Path, seed_runs) -> None:
+    """A mask taken from a run folder counts as that run's config: controls drawn at each seed's
+    own full-run mask share one config_id and one summary group; another run's mask does not."""
+    runs = tmp_path / "runs"
+
+    def masked(name: str, seed: int, source: str, parent: str = "data/runs") -> Path:
+        mask = {"path": f"{parent}/{source}/mask.safetensors", "random": True, "random_seed": seed}
+        return _write_run(runs, _manifest(name, seed, 0.2, 0.98, mask=mask))
+
+    controls = [masked(f"m-seed{s}", s, f"g-seed{s}") for s in range(3)]
+    ids = {runs_table_row(r)["config_id"] for r in controls}
+    assert len(ids) == 1
+    _write_run(runs, _manifest("lr-seed0", 0, 0.2, 0.8, **{"train.lr": 3e-5}))
+    assert runs_table_row(masked("other", 0, "lr-seed0"))["config_id"] not in ids
+    elsewhere = [masked(f"x-seed{s}", s, f"g-seed{s}", parent="masks") for s in range(2)]
+    assert len({runs_table_row(r)["config_id"] for r in elsewhere}) == 2  # not a run: the path
+    (group,) = runs_summary([runs_table_row(r) for r in controls])
+    assert group["n_runs"] == 3 and group["group"] == "m"
+    assert group["mask"] == "path=(per run) random=True random_seed=(per run)"

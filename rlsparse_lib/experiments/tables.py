@@ -114,12 +114,22 @@ def mask_label(mask: dict | None) -> str:
     return " ".join(f"{k}={v}" for k, v in mask.items() if v not in ("", None))
 
 
-def config_id(config: dict) -> str:
+def config_id(config: dict, runs_dir: str | Path | None = None) -> str:
     """12 hex digits of the config's hash without :data:`_NOT_CONFIG` and :data:`_NOT_CONFIG_IN`
-    (equal for seed siblings)."""
+    (equal for seed siblings). A mask taken from a run in ``runs_dir`` (``mask.path``:
+    ``<run>/<file>``, the folder holding a ``run.json``) counts as that run's config_id and file
+    name, so masks of seed siblings (a control at each seed's own full-run mask) keep the
+    controls seed siblings too."""
     from rlsparse_lib.provenance import config_hash
 
     kept = {k: v for k, v in config.items() if k not in _NOT_CONFIG}
+    mask = kept.get("mask")
+    if runs_dir is not None and isinstance(mask, dict) and mask.get("path"):
+        path = Path(mask["path"])
+        source = Path(runs_dir) / path.parent.name
+        if path.parent.parent.name == Path(runs_dir).name and (source / "run.json").is_file():
+            cfg = json.loads((source / "run.json").read_text(encoding="utf-8"))["config"]
+            kept["mask"] = {**mask, "path": f"run:{config_id(cfg)}/{path.name}"}
     for section, keys in _NOT_CONFIG_IN.items():
         if isinstance(kept.get(section), dict):
             kept[section] = {k: v for k, v in kept[section].items() if k not in keys}
@@ -151,7 +161,7 @@ def runs_table_row(run_dir: str | Path, k: int = 5, source: str | None = None) -
         compare_dtype=_STORED_VIEWS.get(view or ""),
         sparsity_bitwise=stored.get("sparsity_bitwise"),
         **{PAPER_SPARSITY: stored.get(PAPER_SPARSITY)},
-        config_id=config_id(cfg),
+        config_id=config_id(cfg, Path(run_dir).parent),
         source=source or str(Path(run_dir)),
     )
     return row
@@ -229,14 +239,31 @@ def runs_summary(rows: list[dict]) -> list[dict]:
     for s in seed_summary(rows, "config_id", SUMMARY_METRICS, bounds=(0.0, 1.0)):
         head = first[s["group"]]
         name = s.pop("group")
+        members = [first[r] for r in s["runs"].split()]
         out.append(
             {
                 "group": re.sub(r"-seed\d+(?=-|$)", "", name) if s["n_runs"] > 1 else name,
-                **{c: head.get(c) for c in SUMMARY_IDENTITY},
+                **{
+                    c: _group_mask(members) if c == "mask" else head.get(c)
+                    for c in SUMMARY_IDENTITY
+                },
                 **s,
             }
         )
     return out
+
+
+def _group_mask(members: list[dict]) -> str | None:
+    """The mask label of seed siblings: each field's value, ``(per run)`` where they differ (a
+    random draw seeded per run, each seed's own reference mask)."""
+    labels = [m.get("mask") for m in members]
+    if len(set(labels)) == 1 or any(not isinstance(x, str) for x in labels):
+        return labels[0]
+    fields = [dict(f.split("=", 1) for f in str(x).split()) for x in labels]
+    return " ".join(
+        f"{k}={v}" if all(f.get(k) == v for f in fields) else f"{k}=(per run)"
+        for k, v in fields[0].items()
+    )
 
 
 def save_summary(
