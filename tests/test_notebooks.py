@@ -346,7 +346,7 @@ def _check_seeds_controls(r: dict) -> None:
     from rlsparse_lib.experiments.studies import CONTROLS, RANDOM_DENSITY
 
     assert r["seeds"] == [0, 1] and r["controls"] == list(CONTROLS)
-    assert r["seeded_controls"] == ["random1pct", "random-matched", "fp16"]
+    assert r["seeded_controls"] == ["random1pct", "random-matched", "fp16", "lr"]
     runs = {row["run"]: row for row in r["runs"]}
     assert r["engine_runs"] >= len(runs) and all(row["eval_n"] > 0 for row in runs.values())
     for row in runs.values():
@@ -355,7 +355,7 @@ def _check_seeds_controls(r: dict) -> None:
     labels = {row["label"]: row for row in r["runs"]}
     assert labels["GRPO SGD seed 0"]["optimizer"] == "sgd"
     assert labels["GRPO fp16 seed 0"]["precision"] == "fp16"
-    assert len({labels[k]["lr"] for k in labels if k.startswith("GRPO lr")}) == 2
+    assert len({labels[k]["lr"] for k in labels if k.startswith("GRPO lr")}) == 2  # x0.3, x3
     for seed in (0, 1):  # the seeded controls run at each seed, with that seed
         for control in ("GRPO random 1% subnetwork", "GRPO random subnetwork, full run's density"):
             assert labels[f"{control} seed {seed}"]["seed"] == seed
@@ -363,10 +363,11 @@ def _check_seeds_controls(r: dict) -> None:
     assert "random_seed=1" in one_pct[1]["mask"] and one_pct[0]["mask"] != one_pct[1]["mask"]
     assert one_pct[0]["config_id"] == one_pct[1]["config_id"]  # a new draw per seed: siblings
     # each seed's density-matched control (its own full run's mask) is one seed group as well
-    for control in ("random1pct", "randmatched", "fp16"):
+    for control in ("random1pct", "randmatched", "fp16", "lr3x"):
         assert sum(g["n_runs"] == 2 and control in g["runs"] for g in r["summary"]) >= 1, control
     assert labels["SFT fp16 seed 1"]["seed"] == 1 and labels["GRPO fp16 seed 1"]["seed"] == 1
-    assert not any(k.endswith("seed 1") for k in labels if "SGD" in k or " lr " in k)
+    assert labels["GRPO lr x3 seed 1"]["seed"] == 1
+    assert not any(k.endswith("seed 1") for k in labels if "SGD" in k)
     for group in r["summary"][:2]:  # GRPO and SFT over the two seeds
         members = [runs[name] for name in group["runs"].split()]
         assert group["n_runs"] == 2 and {m["seed"] for m in members} == {0, 1}
