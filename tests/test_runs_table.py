@@ -330,3 +330,16 @@ def test_controls_on_each_seeds_own_mask_are_seed_siblings(tmp_path: Path, seed_
     (group,) = runs_summary([runs_table_row(r) for r in controls])
     assert group["n_runs"] == 3 and group["group"] == "m"
     assert group["mask"] == "path=(per run) random=True random_seed=(per run)"
+
+
+def test_summary_of_just_added_and_stored_rows_is_the_stored_tables(
+    tmp_path: Path, seed_runs
+) -> None:
+    """A seed added to a table that already holds its siblings gives the same summary (the
+    binomial error included) as the stored table read back: the rows come back as stored."""
+    table = tmp_path / "runs.csv"
+    update_runs_table(table, [runs_table_row(r) for r in seed_runs[:2]])
+    rows = update_runs_table(table, [runs_table_row(seed_runs[2])])
+    (g,) = runs_summary(rows)
+    assert g["n_runs"] == 3 and g["acc_after_binomial_se"] not in (None, "")
+    assert runs_summary(rows) == runs_summary(read_runs_table(table))

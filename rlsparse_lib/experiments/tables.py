@@ -220,10 +220,12 @@ def to_csv_text(rows: list[dict], columns: tuple[str, ...]) -> str:
 
 
 def update_runs_table(path: str | Path, rows: list[dict]) -> list[dict]:
-    """Add or replace ``rows`` in the runs table at ``path`` (written atomically); all its rows."""
+    """Add or replace ``rows`` in the runs table at ``path`` (written atomically); all its rows as
+    the file now holds them (:func:`read_runs_table`), so that a summary of new and old rows
+    does not depend on which were just added."""
     merged = merge_runs(read_runs_table(path), rows)
     write_text_atomic(path, to_csv_text(merged, RUNS_COLUMNS))
-    return merged
+    return read_runs_table(path)
 
 
 def runs_summary(rows: list[dict]) -> list[dict]:
