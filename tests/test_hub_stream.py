@@ -41,14 +41,19 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "base", root / "tuned"
 
 
-@pytest.fixture()
-def hub(pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def _serve(repos: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A loopback stand-in serving ``repos``, with the hub environment pointed at it."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    with HubStandin({"org/base": pair[0], "org/tuned": pair[1]}) as standin:
+    with HubStandin(repos) as standin:
         monkeypatch.setenv("HF_ENDPOINT", standin.endpoint)
         yield standin
+
+
+@pytest.fixture()
+def hub(pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    yield from _serve({"org/base": pair[0], "org/tuned": pair[1]}, monkeypatch, tmp_path)
 
 
 def _plain(report) -> dict:
@@ -264,12 +269,8 @@ def big_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture()
 def big_hub(big_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    with HubStandin({"org/big-base": big_pair[0], "org/big-tuned": big_pair[1]}) as standin:
-        monkeypatch.setenv("HF_ENDPOINT", standin.endpoint)
-        yield standin
+    repos = {"org/big-base": big_pair[0], "org/big-tuned": big_pair[1]}
+    yield from _serve(repos, monkeypatch, tmp_path)
 
 
 def _served(hub: HubStandin, repo: str, name: str) -> int:
