@@ -151,13 +151,13 @@ def test_mask_out_count_matches_report(tmp_path: Path, pair) -> None:
         )  # one-ULP changes of tiny weights pass 1e-5
 
 
-def test_start_up_stays_light(pair) -> None:
-    """`rlsparse diff` imports no torch, tqdm (when no bar is shown), pandas or transformers:
+def test_start_up_stays_light(pair, tmp_path: Path) -> None:
+    """`rlsparse diff --json` imports no torch, tqdm (when no bar is shown), pandas or transformers:
     start-up is part of every diff's wall time (bench/diff_bench.py)."""
     b, t, _ = pair
     code = (
         "import sys; from rlsparse_lib.cli import main; "
-        f"rc = main(['diff', {str(b)!r}, {str(t)!r}]); "
+        f"rc = main(['diff', {str(b)!r}, {str(t)!r}, '--json', {str(tmp_path / 'r.json')!r}]); "
         "print(sorted(m for m in ('torch', 'tqdm', 'pandas', 'transformers') "
         "if m in sys.modules))"
     )
