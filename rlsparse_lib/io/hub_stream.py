@@ -783,7 +783,12 @@ class RangeFiles:
     middle of the newest window the next one is fetched in the background (at most two windows per
     file), so consecutive tensors stream without a round trip each; a read running past the newest
     window's end gets the next window (where that one ends), never a restart at the read that
-    would fetch the newest window's tail again. Larger reads (chunks of big
+    would fetch the newest window's tail again. A small read (up to :attr:`side_bytes`) outside the
+    windows (quantized weights: FP8 ``*_scale_inv`` tensors, which safetensors stores apart from
+    their codes, or MXFP4 ``*_scales`` after their ``*_blocks``) is served by a side window of
+    ``side_bytes`` (the last :attr:`_SIDE` kept per file) and leaves the windows alone, so the
+    weights' sequential stream is not restarted and fetched again at every scale read; once there
+    are no windows, a read that a side window covers the start of starts them from it. Larger reads (chunks of big
     tensors) take what live windows of their file already hold or are fetching (the newest window
     runs up to 1.5 windows past the last small read, i.e. into the big tensor that follows) and
     fetch only the rest on its own, so read-ahead is not fetched a second time; :meth:`prefetch`
@@ -792,12 +797,16 @@ class RangeFiles:
     """
 
     _DEPTH = 2
+    _SIDE = 4
 
     def __init__(self, repo: HubRepo) -> None:
         self.repo = repo
         self._window = repo.session.settings.window_bytes
+        #: reads up to this size outside the windows go to side windows of this size
+        self.side_bytes = min(self._window // 4, 1 << 20)
         self._pending: dict[tuple[Path, int, int], Assembled] = {}
         self._windows: dict[Path, list[Fetch]] = {}
+        self._side: dict[Path, list[Fetch]] = {}
 
     def _span(self, info: TensorInfo, start: int, stop: int) -> tuple[Path, int, int]:
         return info.file, info.offset + start * info.itemsize, info.offset + stop * info.itemsize
@@ -817,13 +826,30 @@ class RangeFiles:
         return raw.view(word)
 
     def _from_window(self, key: Path, b0: int, b1: int) -> np.ndarray:
-        """Bytes ``[b0, b1)`` (at most a window) from the file's consecutive windows."""
+        """Bytes ``[b0, b1)`` (at most a window) from the file's consecutive windows, or from a
+        side window (see the class)."""
         size = self.repo.remote[key].size
-        wins = [w for w in self._windows.get(key, []) if w.end > b0]  # drop windows passed
-        if not wins or wins[0].start > b0:  # a jump (first read, skipped tensors): restart here
-            for w in wins:
+        held = self._windows.get(key, [])
+        inside = bool(held) and held[0].start <= b0 <= held[-1].end
+        if not inside:
+            side = self._side.setdefault(key, [])
+            hit = next((w for w in side if w.start <= b0 and b1 <= w.end), None)
+            if hit is not None and held:
+                return hit.wait(b0, b1)[b0 - hit.start : b1 - hit.start]
+            if hit is None and b1 - b0 <= self.side_bytes and (held or not side):
+                side.append(self.repo.fetch(key, b0, min(size, b0 + self.side_bytes)))
+                if len(side) > self._SIDE:
+                    side.pop(0).cancel()
+                return side[-1].wait(b0, b1)[: b1 - b0]
+        wins = [w for w in held if w.end > b0]  # drop windows passed
+        if not wins or wins[0].start > b0:  # a jump (first read, skipped tensors): restart here,
+            for w in wins:  # from the side window that holds the read's start if there is one
                 w.cancel()
-            wins = [self.repo.fetch(key, b0, min(size, b0 + self._window))]
+            side = self._side.get(key, [])
+            start = next((w for w in side if w.start <= b0 < w.end), None)
+            if start is not None:
+                side.remove(start)
+            wins = [start or self.repo.fetch(key, b0, min(size, b0 + self._window))]
         while wins[-1].end < b1:  # past the newest window: the next one, not a restart at b0,
             # which would fetch again what the newest window holds of the read
             wins.append(self.repo.fetch(key, wins[-1].end, min(size, wins[-1].end + self._window)))
@@ -877,7 +903,8 @@ class RangeFiles:
     def close(self) -> None:
         for pending in self._pending.values():
             pending.cancel()
-        for window in (w for ws in self._windows.values() for w in ws):
+        for window in (w for d in (self._windows, self._side) for ws in d.values() for w in ws):
             window.cancel()
         self._pending.clear()
         self._windows.clear()
+        self._side.clear()

@@ -168,13 +168,16 @@ class CodeSource:
         if qt.scheme == "mxfp4":
             if start % MX_GROUP or (stop % MX_GROUP and stop != qt.numel):
                 raise ValueError(f"{name}: MXFP4 range [{start}, {stop}) is not group-aligned")
+        elif start % qt.cols or stop % qt.cols:
+            raise ValueError(f"{name}: FP8 range [{start}, {stop}) is not row-aligned")
+        # the codes first: where the scales follow them (gpt-oss stores each *_scales right after
+        # its *_blocks) a streamed file is then read in order
+        codes = self.reader.words(qt.codes.name, *self._code_range(start, stop))
+        if qt.scheme == "mxfp4":
             s0, s1 = start // MX_GROUP, stop // MX_GROUP
             self.scales = self.reader.words(qt.scales.name, s0, s1)
         else:
-            c = qt.cols
-            if start % c or stop % c:
-                raise ValueError(f"{name}: FP8 range [{start}, {stop}) is not row-aligned")
-            srow = qt.scale_rows(start // c, stop // c)
+            srow = qt.scale_rows(start // qt.cols, stop // qt.cols)
             _, scols = qt.scale_grid()
             r0, r1 = (int(srow[0]), int(srow[-1]) + 1) if srow.size else (0, 0)
             s0, s1 = r0 * scols, r1 * scols
@@ -182,7 +185,7 @@ class CodeSource:
             self.scales = cast_words(raw, qt.scales.dtype, "float32").view(np.float32)
             self.srow = srow - r0
         self._scale_range = (s0, s1)
-        return self.reader.words(qt.codes.name, *self._code_range(start, stop))
+        return codes
 
     def prefetch(self, name: str, start: int, stop: int) -> None:
         self.reader.prefetch(self.qt.codes.name, *self._code_range(start, stop))
