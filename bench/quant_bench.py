@@ -12,24 +12,33 @@ codes plus scales), elements per second and bytes per CPU second (user + system:
 shared machine), each with its ratio to the bf16 diff of the same fraction (target for bytes per
 second: >= 0.8).
 
+``--source`` says where the bytes come from: ``warm`` (the page cache, read once before; the
+diff is then bound by its CPU work), ``cold`` (every file of the pair evicted from the page cache
+with ``posix_fadvise(DONTNEED)`` before each run, so it is read from the disk) or ``hub`` (served by
+the loopback hub stand-in, ``tests/hub_standin.py``, in its own process, and streamed with HTTP
+Range requests as a hub pair is).
+
 ``--kernels`` instead times the kernels alone in memory (CPU seconds, best of ``--repeat``) on one
 4096 x 4096 matrix per format: the bf16 diff, the fused FP8 / MXFP4 diff and decode-then-diff, in
 ns per element at 0 % (the scan: compare and base histogram) and at each fraction, and the cost
 per changed element ((t(f) - t(0)) / f).
 
 usage: nice -n 10 python bench/quant_bench.py [--out bench/out/quant] [--repeat 3] [--threads N]
-       [--fractions 0.05,0.2,0.3] [--quick] [--kernels]
+       [--fractions 0.05,0.2,0.3] [--source warm|cold|hub] [--quick] [--kernels]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -101,11 +110,14 @@ def ensure_pair(
     return folder / "base", folder / "tuned"
 
 
-def measure(cmd: list[str], repeat: int) -> dict:
+def measure(
+    cmd: list[str], repeat: int, before: Callable[[], None], env: dict[str, str] | None = None
+) -> dict:
     """Median wall time, median CPU time (user + system) and the peak RSS (GNU time) over
-    ``repeat`` runs."""
+    ``repeat`` runs; ``before`` runs ahead of each."""
     walls, cpus, rss = [], [], []
     for _ in range(repeat):
+        before()
         with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
             t0 = time.perf_counter()
             proc = subprocess.run(
@@ -113,6 +125,7 @@ def measure(cmd: list[str], repeat: int) -> dict:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,
+                env=env,
             )
             if proc.returncode != 0:
                 raise RuntimeError(f"{cmd} failed ({proc.returncode}): {proc.stderr[-500:]}")
@@ -125,6 +138,58 @@ def measure(cmd: list[str], repeat: int) -> dict:
         "cpu_s": statistics.median(cpus),
         "peak_rss": max(rss),
     }
+
+
+def _files(*folders: Path) -> list[Path]:
+    return [f for d in folders for f in sorted(d.glob("*.safetensors"))]
+
+
+def warm(files: list[Path]) -> None:
+    """Reads every file once, so the page cache holds it."""
+    for f in files:
+        with f.open("rb") as fh:
+            while fh.read(1 << 24):
+                pass
+
+
+def evict(files: list[Path]) -> None:
+    """Drops every file's pages from the page cache (written back first), so the next run reads
+    them from the disk."""
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def hub_standin(repos: dict[str, Path]) -> Iterator[dict[str, str]]:
+    """Serves ``repos`` (repo id -> folder) with the loopback hub stand-in in its own process;
+    yields the environment that points rlsparse at it."""
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", json.dumps({k: str(v) for k, v in repos.items()})],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        endpoint = server.stdout.readline().strip()
+        yield {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"}
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def _serve(repos: str) -> None:
+    sys.path.insert(0, str(HERE.parent))
+    from tests.hub_standin import HubStandin
+
+    with HubStandin({k: Path(v) for k, v in json.loads(repos).items()}) as hub:
+        print(hub.endpoint, flush=True)
+        sys.stdin.read()  # until the parent closes the pipe
 
 
 class _Memory:
@@ -230,13 +295,16 @@ def kernels(fractions: list[float], threads: int, repeat: int) -> list[dict]:
     return out
 
 
-def _row(kind: str, base: Path, tuned: Path, report: Path, m: dict, fraction: float) -> dict:
+def _row(
+    kind: str, base: Path, tuned: Path, report: Path, m: dict, fraction: float, source: str
+) -> dict:
     data = json.loads(report.read_text())
     nbytes = sum(f.stat().st_size for d in (base, tuned) for f in d.glob("*.safetensors"))
     quant = next(iter(data.get("quant_summary", {}).values()), None)
     codes_changed = data["n_changed"] if quant is None else quant["raw_changed"]
     return {
         "pair": kind,
+        "source": source,
         "fraction": fraction,
         "codes_changed_share": codes_changed / data["n_params"],
         "values_changed_share": data["density"],
@@ -264,7 +332,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
     ap.add_argument("--quick", action="store_true", help="tiny pairs (a smoke test)")
     ap.add_argument("--kernels", action="store_true", help="time the kernels alone in memory")
+    ap.add_argument(
+        "--source",
+        choices=("warm", "cold", "hub"),
+        default="warm",
+        help="page cache, disk (evicted before each run) or the loopback hub stand-in",
+    )
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve:
+        return _serve(args.serve)
     fractions = [float(f) for f in args.fractions.split(",")]
     if args.kernels:
         res = kernels(fractions, args.threads or 1, args.repeat)
@@ -278,24 +355,35 @@ def main() -> None:
     for fraction in fractions:
         root = args.out / f"f{round(fraction * 100):02d}"
         first = len(rows)
-        for kind in ("bf16", "fp8", "mxfp4"):
-            base, tuned = ensure_pair(root, kind, args.tensors, args.rows, args.cols, fraction)
-            for f in [*base.glob("*.safetensors"), *tuned.glob("*.safetensors")]:  # warm cache
-                with f.open("rb") as fh:
-                    while fh.read(1 << 24):
-                        pass
-            report = root / f"{kind}.report.json"
-            cmd = [rlsparse, "diff", str(base), str(tuned), "-q", "--by", "none"]
-            cmd += ["--json", str(report)]
-            if args.threads:
-                cmd += ["--threads", str(args.threads)]
-            rows.append(_row(kind, base, tuned, report, measure(cmd, args.repeat), fraction))
+        pairs = {
+            k: ensure_pair(root, k, args.tensors, args.rows, args.cols, fraction)
+            for k in ("bf16", "fp8", "mxfp4")
+        }
+        repos = {
+            f"bench/{k}-{side}": p[i]
+            for k, p in pairs.items()
+            for i, side in enumerate(("base", "tuned"))
+        }
+        with hub_standin(repos) if args.source == "hub" else contextlib.nullcontext() as env:
+            for kind, (base, tuned) in pairs.items():
+                files = _files(base, tuned)
+                warm(files)
+                report = root / f"{kind}.report.json"
+                a, b = (f"bench/{kind}-base", f"bench/{kind}-tuned") if env else (base, tuned)
+                cmd = [rlsparse, "diff", str(a), str(b), "-q", "--by", "none"]
+                cmd += ["--json", str(report)]
+                if args.threads:
+                    cmd += ["--threads", str(args.threads)]
+                before = (lambda fs=files: evict(fs)) if args.source == "cold" else (lambda: None)
+                m = measure(cmd, args.repeat, before, env)
+                rows.append(_row(kind, base, tuned, report, m, fraction, args.source))
         bf16 = rows[first]
         for r in rows[first:]:
             r["bytes_per_s_vs_bf16"] = r["bytes_per_s"] / bf16["bytes_per_s"]
             r["elements_per_s_vs_bf16"] = r["elements_per_s"] / bf16["elements_per_s"]
             r["bytes_per_cpu_s_vs_bf16"] = r["bytes_per_cpu_s"] / bf16["bytes_per_cpu_s"]
-    name = f"quant_bench{'' if not args.threads else f'_t{args.threads}'}.json"
+    name = f"quant_bench{'' if args.source == 'warm' else '_' + args.source}"
+    name += f"{'' if not args.threads else f'_t{args.threads}'}.json"
     (args.out / name).write_text(json.dumps(rows, indent=2))
     print(
         f"{'pair':<7}{'changed':>8}{'elements':>15}{'GB read':>8}{'wall s':>8}{'GB/s':>6}"
