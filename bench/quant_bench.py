@@ -302,6 +302,8 @@ def _row(
     nbytes = sum(f.stat().st_size for d in (base, tuned) for f in d.glob("*.safetensors"))
     quant = next(iter(data.get("quant_summary", {}).values()), None)
     codes_changed = data["n_changed"] if quant is None else quant["raw_changed"]
+    inputs = data["provenance"]["inputs"]
+    fetched = sum((inputs[s].get("transport") or {}).get("bytes_fetched", 0) for s in inputs)
     return {
         "pair": kind,
         "source": source,
@@ -310,6 +312,7 @@ def _row(
         "values_changed_share": data["density"],
         "elements": data["n_params"],
         "bytes_read": nbytes,
+        "bytes_fetched_vs_files": fetched / nbytes if fetched else None,  # hub: HTTP bodies
         "wall_s": m["wall_s"],
         "cpu_s": m["cpu_s"],
         "bytes_per_s": nbytes / m["wall_s"],
@@ -388,7 +391,7 @@ def main() -> None:
     print(
         f"{'pair':<7}{'changed':>8}{'elements':>15}{'GB read':>8}{'wall s':>8}{'GB/s':>6}"
         f"{'vs bf16':>8}{'Gelem/s':>8}{'vs bf16':>8}{'CPU s':>7}{'GB/CPU-s':>9}{'vs bf16':>8}"
-        f"{'peak RSS':>9}"
+        f"{'peak RSS':>9}{'fetched':>9}"
     )
     for r in rows:
         print(
@@ -398,6 +401,7 @@ def main() -> None:
             f"{r['elements_per_s_vs_bf16']:>7.2f}x{r['cpu_s']:>7.2f}"
             f"{r['bytes_per_cpu_s'] / 1e9:>9.2f}{r['bytes_per_cpu_s_vs_bf16']:>7.2f}x"
             f"{r['peak_rss'] / 2**20:>6.0f} MB"
+            + (f"{r['bytes_fetched_vs_files']:>8.3f}x" if r["bytes_fetched_vs_files"] else "")
         )
 
 

@@ -784,11 +784,12 @@ class RangeFiles:
     file), so consecutive tensors stream without a round trip each; a read running past the newest
     window's end gets the next window (where that one ends), never a restart at the read that
     would fetch the newest window's tail again. A small read (up to :attr:`side_bytes`) outside the
-    windows (quantized weights: FP8 ``*_scale_inv`` tensors, which safetensors stores apart from
-    their codes, or MXFP4 ``*_scales`` after their ``*_blocks``) is served by a side window of
-    ``side_bytes`` (the last :attr:`_SIDE` kept per file) and leaves the windows alone, so the
-    weights' sequential stream is not restarted and fetched again at every scale read; once there
-    are no windows, a read that a side window covers the start of starts them from it. Larger reads (chunks of big
+    windows (the scales of quantized weights: safetensors stores every float32 FP8
+    ``*_scale_inv`` apart from the FP8 codes) is served by a side window of :attr:`_SIDE_READS`
+    times the read, at most ``side_bytes`` (the last :attr:`_SIDE` kept per file), and leaves the
+    windows alone, so the
+    weights' sequential stream is not restarted and fetched again at every scale read; while there
+    are no windows, a read that continues a side window starts them from it. Larger reads (chunks of big
     tensors) take what live windows of their file already hold or are fetching (the newest window
     runs up to 1.5 windows past the last small read, i.e. into the big tensor that follows) and
     fetch only the rest on its own, so read-ahead is not fetched a second time; :meth:`prefetch`
@@ -798,6 +799,7 @@ class RangeFiles:
 
     _DEPTH = 2
     _SIDE = 4
+    _SIDE_READS = 16
 
     def __init__(self, repo: HubRepo) -> None:
         self.repo = repo
@@ -836,8 +838,12 @@ class RangeFiles:
             hit = next((w for w in side if w.start <= b0 and b1 <= w.end), None)
             if hit is not None and held:
                 return hit.wait(b0, b1)[b0 - hit.start : b1 - hit.start]
-            if hit is None and b1 - b0 <= self.side_bytes and (held or not side):
-                side.append(self.repo.fetch(key, b0, min(size, b0 + self.side_bytes)))
+            # without windows, a read that continues a side window starts them from it
+            onward = not held and any(w.start <= b0 <= w.end for w in side)
+            if hit is None and b1 - b0 <= self.side_bytes and not onward:
+                # the read and the next reads like it (a run of scale tensors), no more
+                n = min(self.side_bytes, self._SIDE_READS * max(1, b1 - b0))
+                side.append(self.repo.fetch(key, b0, min(size, b0 + n)))
                 if len(side) > self._SIDE:
                     side.pop(0).cancel()
                 return side[-1].wait(b0, b1)[: b1 - b0]
@@ -848,7 +854,7 @@ class RangeFiles:
             side = self._side.get(key, [])
             start = next((w for w in side if w.start <= b0 < w.end), None)
             if start is not None:
-                side.remove(start)
+                side[:] = [w for w in side if w is not start]
             wins = [start or self.repo.fetch(key, b0, min(size, b0 + self._window))]
         while wins[-1].end < b1:  # past the newest window: the next one, not a restart at b0,
             # which would fetch again what the newest window holds of the read
