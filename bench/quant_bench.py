@@ -24,7 +24,7 @@ ns per element at 0 % (the scan: compare and base histogram) and at each fractio
 per changed element ((t(f) - t(0)) / f).
 
 usage: nice -n 10 python bench/quant_bench.py [--out bench/out/quant] [--repeat 3] [--threads N]
-       [--fractions 0.05,0.2,0.3] [--source warm|cold|hub] [--quick] [--kernels]
+       [--fractions 0.05,0.2,0.3] [--source warm,cold,hub] [--drop-pairs] [--quick] [--kernels]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -324,70 +325,35 @@ def _row(
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=HERE / "out" / "quant")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--tensors", type=int, default=64)
-    ap.add_argument("--rows", type=int, default=4096)
-    ap.add_argument("--cols", type=int, default=4096)
-    ap.add_argument("--fractions", default="0.05,0.2,0.3", help="shares of codes changed")
-    ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
-    ap.add_argument("--quick", action="store_true", help="tiny pairs (a smoke test)")
-    ap.add_argument("--kernels", action="store_true", help="time the kernels alone in memory")
-    ap.add_argument(
-        "--source",
-        choices=("warm", "cold", "hub"),
-        default="warm",
-        help="page cache, disk (evicted before each run) or the loopback hub stand-in",
-    )
-    ap.add_argument("--serve", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.serve:
-        return _serve(args.serve)
-    fractions = [float(f) for f in args.fractions.split(",")]
-    if args.kernels:
-        res = kernels(fractions, args.threads or 1, args.repeat)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "quant_kernels.json").write_text(json.dumps(res, indent=2))
-        return
-    if args.quick:
-        args.tensors, args.rows, args.cols = 8, 256, 512
+def measure_pairs(
+    pairs: dict[str, tuple[Path, Path]], root: Path, fraction: float, source: str, args
+) -> list[dict]:
+    """One row per pair (bf16 first) read from ``source``, with ratios to the bf16 row."""
     rlsparse = str(BIN / "rlsparse")
     rows = []
-    for fraction in fractions:
-        root = args.out / f"f{round(fraction * 100):02d}"
-        first = len(rows)
-        pairs = {
-            k: ensure_pair(root, k, args.tensors, args.rows, args.cols, fraction)
-            for k in ("bf16", "fp8", "mxfp4")
-        }
-        repos = {
-            f"bench/{k}-{side}": p[i]
-            for k, p in pairs.items()
-            for i, side in enumerate(("base", "tuned"))
-        }
-        with hub_standin(repos) if args.source == "hub" else contextlib.nullcontext() as env:
-            for kind, (base, tuned) in pairs.items():
-                files = _files(base, tuned)
-                warm(files)
-                report = root / f"{kind}.report.json"
-                a, b = (f"bench/{kind}-base", f"bench/{kind}-tuned") if env else (base, tuned)
-                cmd = [rlsparse, "diff", str(a), str(b), "-q", "--by", "none"]
-                cmd += ["--json", str(report)]
-                if args.threads:
-                    cmd += ["--threads", str(args.threads)]
-                before = (lambda fs=files: evict(fs)) if args.source == "cold" else (lambda: None)
-                m = measure(cmd, args.repeat, before, env)
-                rows.append(_row(kind, base, tuned, report, m, fraction, args.source))
-        bf16 = rows[first]
-        for r in rows[first:]:
-            r["bytes_per_s_vs_bf16"] = r["bytes_per_s"] / bf16["bytes_per_s"]
-            r["elements_per_s_vs_bf16"] = r["elements_per_s"] / bf16["elements_per_s"]
-            r["bytes_per_cpu_s_vs_bf16"] = r["bytes_per_cpu_s"] / bf16["bytes_per_cpu_s"]
-    name = f"quant_bench{'' if args.source == 'warm' else '_' + args.source}"
-    name += f"{'' if not args.threads else f'_t{args.threads}'}.json"
-    (args.out / name).write_text(json.dumps(rows, indent=2))
+    repos = {
+        f"bench/{k}-{s}": p[i] for k, p in pairs.items() for i, s in enumerate(("base", "tuned"))
+    }
+    with hub_standin(repos) if source == "hub" else contextlib.nullcontext() as env:
+        for kind, (base, tuned) in pairs.items():
+            files = _files(base, tuned)
+            warm(files)
+            report = root / f"{kind}.report.json"
+            a, b = (f"bench/{kind}-base", f"bench/{kind}-tuned") if env else (base, tuned)
+            cmd = [rlsparse, "diff", str(a), str(b), "-q", "--by", "none", "--json", str(report)]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            before = (lambda fs=files: evict(fs)) if source == "cold" else (lambda: None)
+            m = measure(cmd, args.repeat, before, env)
+            rows.append(_row(kind, base, tuned, report, m, fraction, source))
+    for r in rows:
+        for key in ("bytes_per_s", "elements_per_s", "bytes_per_cpu_s"):
+            r[key + "_vs_bf16"] = r[key] / rows[0][key]
+    return rows
+
+
+def print_rows(source: str, rows: list[dict]) -> None:
+    print(f"source: {source}")
     print(
         f"{'pair':<7}{'changed':>8}{'elements':>15}{'GB read':>8}{'wall s':>8}{'GB/s':>6}"
         f"{'vs bf16':>8}{'Gelem/s':>8}{'vs bf16':>8}{'CPU s':>7}{'GB/CPU-s':>9}{'vs bf16':>8}"
@@ -403,6 +369,62 @@ def main() -> None:
             f"{r['peak_rss'] / 2**20:>6.0f} MB"
             + (f"{r['bytes_fetched_vs_files']:>8.3f}x" if r["bytes_fetched_vs_files"] else "")
         )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=HERE / "out" / "quant")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--tensors", type=int, default=64)
+    ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--cols", type=int, default=4096)
+    ap.add_argument("--fractions", default="0.05,0.2,0.3", help="shares of codes changed")
+    ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
+    ap.add_argument("--quick", action="store_true", help="tiny pairs (a smoke test)")
+    ap.add_argument("--kernels", action="store_true", help="time the kernels alone in memory")
+    ap.add_argument(
+        "--source",
+        default="warm",
+        help="comma-separated: warm (page cache), cold (disk: evicted before each run), hub "
+        "(the loopback hub stand-in)",
+    )
+    ap.add_argument(
+        "--drop-pairs",
+        action="store_true",
+        help="delete each fraction's pairs once measured (7.6 GB each at the default size)",
+    )
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        return _serve(args.serve)
+    fractions = [float(f) for f in args.fractions.split(",")]
+    if args.kernels:
+        res = kernels(fractions, args.threads or 1, args.repeat)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "quant_kernels.json").write_text(json.dumps(res, indent=2))
+        return
+    sources = args.source.split(",")
+    if not set(sources) <= {"warm", "cold", "hub"}:
+        ap.error(f"--source: warm, cold or hub, not {args.source!r}")
+    if args.quick:
+        args.tensors, args.rows, args.cols = 8, 256, 512
+    rows: dict[str, list[dict]] = {s: [] for s in sources}
+    for fraction in fractions:
+        root = args.out / f"f{round(fraction * 100):02d}"
+        pairs = {
+            k: ensure_pair(root, k, args.tensors, args.rows, args.cols, fraction)
+            for k in ("bf16", "fp8", "mxfp4")
+        }
+        for source in sources:
+            rows[source] += measure_pairs(pairs, root, fraction, source, args)
+        if args.drop_pairs:
+            shutil.rmtree(root)
+    for source, found in rows.items():
+        name = f"quant_bench{'' if source == 'warm' else '_' + source}"
+        name += f"{'' if not args.threads else f'_t{args.threads}'}.json"
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / name).write_text(json.dumps(found, indent=2))
+        print_rows(source, found)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,7 @@ class HubStandin:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and a small body: no 40 ms ACK stall
 
             def log_message(self, *args: object) -> None:  # quiet
                 pass
