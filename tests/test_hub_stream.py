@@ -451,3 +451,26 @@ def test_quantized_scales_read_apart_do_not_restart_the_stream(
             size = (folder / "model.safetensors").stat().st_size
             served = _served(hub, f"org/{kind}-{s}", "model.safetensors")
             assert size <= served <= size + min(size, _HEAD_BYTES) + 2 * side, (s, size, served)
+
+
+def test_windows_are_kept_for_the_last_two_files_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A checkpoint of four shards read shard after shard: the read-ahead (and side) windows of a
+    shard are let go once two other shards have been read, so memory does not grow with the
+    number of shards (a 671B checkpoint has 163); the bytes are the files'."""
+    folder = save_hf(tmp_path / "many", random_state(seed=9), shards=4)
+    for _ in _serve({"org/many": folder}, monkeypatch, tmp_path):
+        ck = open_checkpoint("org/many", stream=FAST)
+        assert ck.remote is not None and len(ck.files) == 4
+        reader = ck.remote.reader()
+        order = sorted(ck.tensors.values(), key=lambda info: (str(info.file), info.offset))
+        seen: list[Path] = []
+        for info in order:
+            got = reader.words(info, 0, info.numel).tobytes()
+            assert got == (folder / info.file.name).read_bytes()[info.offset :][: info.nbytes]
+            if info.file not in seen:
+                seen.append(info.file)
+            assert set(reader._windows) | set(reader._side) <= set(seen[-2:]), info.name
+        assert len(seen) == 4
+        reader.close()

@@ -21,12 +21,14 @@ backoff (a short body resumes where it stopped); ``403`` on a signed location re
 the run with a message. The token is ``huggingface_hub.get_token()`` (``HF_TOKEN``), sent to the
 hub's own host only, never to the CDN.
 
-Memory, per checkpoint side: two read-ahead windows of ``window_bytes`` (tensors up to that size
-are read from them) and, for larger tensors, the chunk in use and one prefetched chunk (the
-engine's ``chunk_elems`` words; what the windows already hold of a chunk is copied from them, not
-fetched again); every fetch is split into ``part_bytes`` Range requests run on ``connections``
-threads that write straight into the buffer. Defaults: 8 connections, 8 MiB parts,
-64 MiB windows: about 2 × (2 × 64 MiB + 2 chunks) ≤ 1 GiB for a pair. Nothing is written to disk.
+Memory, per checkpoint side: two read-ahead windows of ``window_bytes`` for each of the last two
+files read (tensors up to that size are read from them; small reads elsewhere in a file from at
+most four side windows of at most 1 MiB) and, for larger tensors, the chunk in use and one
+prefetched chunk (the engine's ``chunk_elems`` words; what the windows already hold of a chunk is
+copied from them, not fetched again); every fetch is split into ``part_bytes`` Range requests run
+on ``connections`` threads that write straight into the buffer. Defaults: 8 connections, 8 MiB
+parts, 64 MiB windows: about 2 × (2 × 2 × 64 MiB + 2 chunks) ≤ 1 GiB for a pair, whatever the
+number of shards. Nothing is written to disk.
 
 Settings come from :class:`StreamSettings` (``RLSPARSE_HUB_CONNECTIONS``,
 ``RLSPARSE_HUB_PART_MB``, ``RLSPARSE_HUB_WINDOW_MB``, ``RLSPARSE_HUB_TIMEOUT``,
@@ -781,7 +783,8 @@ class RangeFiles:
     Reads up to ``window_bytes`` come from read-ahead windows: per file, a window of
     ``window_bytes`` from the first read on, fetched as parallel parts; once a read passes the
     middle of the newest window the next one is fetched in the background (at most two windows per
-    file), so consecutive tensors stream without a round trip each; a read running past the newest
+    file, for the last :attr:`_FILES` files read), so consecutive tensors stream without a round
+    trip each; a read running past the newest
     window's end gets the next window (where that one ends), never a restart at the read that
     would fetch the newest window's tail again. A small read (up to :attr:`side_bytes`) outside the
     windows (the scales of quantized weights: safetensors stores every float32 FP8
@@ -800,6 +803,7 @@ class RangeFiles:
     _DEPTH = 2
     _SIDE = 4
     _SIDE_READS = 16
+    _FILES = 2
 
     def __init__(self, repo: HubRepo) -> None:
         self.repo = repo
@@ -809,6 +813,7 @@ class RangeFiles:
         self._pending: dict[tuple[Path, int, int], Assembled] = {}
         self._windows: dict[Path, list[Fetch]] = {}
         self._side: dict[Path, list[Fetch]] = {}
+        self._recent: list[Path] = []  # files with windows, read last at the end
 
     def _span(self, info: TensorInfo, start: int, stop: int) -> tuple[Path, int, int]:
         return info.file, info.offset + start * info.itemsize, info.offset + stop * info.itemsize
@@ -827,9 +832,22 @@ class RangeFiles:
             raw = raw.copy()
         return raw.view(word)
 
+    def _touch(self, key: Path) -> None:
+        """Mark ``key`` the file read last; the windows of files read before the last
+        :attr:`_FILES` are let go (a run reads its shards one after the other: without this a
+        checkpoint of hundreds of shards would keep every shard's last windows)."""
+        if key in self._recent:
+            self._recent.remove(key)
+        self._recent.append(key)
+        while len(self._recent) > self._FILES:
+            old = self._recent.pop(0)
+            for w in (*self._windows.pop(old, []), *self._side.pop(old, [])):
+                w.cancel()
+
     def _from_window(self, key: Path, b0: int, b1: int) -> np.ndarray:
         """Bytes ``[b0, b1)`` (at most a window) from the file's consecutive windows, or from a
         side window (see the class)."""
+        self._touch(key)
         size = self.repo.remote[key].size
         held = self._windows.get(key, [])
         inside = bool(held) and held[0].start <= b0 <= held[-1].end
@@ -875,6 +893,7 @@ class RangeFiles:
         """Start a read larger than a window: the pieces the file's live windows cover (they are
         consecutive, in file order) are copied from them when read, the gaps fetched in place.
         The windows are left as they are: reads up to a window still drop them as they pass."""
+        self._touch(key)
         buf = np.empty(b1 - b0, np.uint8)
         held: list[tuple[Fetch, int, int]] = []
         fresh: list[Fetch] = []
@@ -914,3 +933,4 @@ class RangeFiles:
         self._pending.clear()
         self._windows.clear()
         self._side.clear()
+        self._recent.clear()
