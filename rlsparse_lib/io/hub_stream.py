@@ -784,20 +784,21 @@ class RangeFiles:
     ``window_bytes`` from the first read on, fetched as parallel parts; once a read passes the
     middle of the newest window the next one is fetched in the background (at most two windows per
     file, for the last :attr:`_FILES` files read), so consecutive tensors stream without a round
-    trip each; a read running past the newest
-    window's end gets the next window (where that one ends), never a restart at the read that
-    would fetch the newest window's tail again. A small read (up to :attr:`side_bytes`) outside the
-    windows (the scales of quantized weights: safetensors stores every float32 FP8
-    ``*_scale_inv`` apart from the FP8 codes) is served by a side window of :attr:`_SIDE_READS`
-    times the read, at most ``side_bytes`` (the last :attr:`_SIDE` kept per file), and leaves the
-    windows alone, so the
-    weights' sequential stream is not restarted and fetched again at every scale read; while there
-    are no windows, a read that continues a side window starts them from it. Larger reads (chunks of big
-    tensors) take what live windows of their file already hold or are fetching (the newest window
-    runs up to 1.5 windows past the last small read, i.e. into the big tensor that follows) and
-    fetch only the rest on its own, so read-ahead is not fetched a second time; :meth:`prefetch`
-    starts the next one while the current one is compared (at most ``_DEPTH`` pending, each
-    holding the windows it reuses until it is read).
+    trip each; a read running past the newest window's end gets the next window (where that one
+    ends), never a restart at the read that would fetch the newest window's tail again.
+
+    A small read (up to :attr:`side_bytes`) outside the windows is served by a side window of
+    :attr:`_SIDE_READS` times the read, at most ``side_bytes`` (the last :attr:`_SIDE` are kept per
+    file), and leaves the windows alone. Such reads are the scales of quantized weights:
+    safetensors stores every float32 FP8 ``*_scale_inv`` apart from the FP8 codes, so without side
+    windows every scale read would restart the codes' stream and have it fetched again. While a
+    file has no windows, a read that continues a side window starts them from it.
+
+    Larger reads (chunks of big tensors) take what live windows of their file already hold or are
+    fetching (the newest window runs up to 1.5 windows past the last small read, i.e. into the big
+    tensor that follows) and fetch only the rest on its own, so read-ahead is not fetched a second
+    time; :meth:`prefetch` starts the next one while the current one is compared (at most
+    ``_DEPTH`` pending, each holding the windows it reuses until it is read).
     """
 
     _DEPTH = 2
@@ -873,7 +874,9 @@ class RangeFiles:
             start = next((w for w in side if w.start <= b0 < w.end), None)
             if start is not None:
                 side[:] = [w for w in side if w is not start]
-            wins = [start or self.repo.fetch(key, b0, min(size, b0 + self._window))]
+            if start is None:
+                start = self.repo.fetch(key, b0, min(size, b0 + self._window))
+            wins = [start]
         while wins[-1].end < b1:  # past the newest window: the next one, not a restart at b0,
             # which would fetch again what the newest window holds of the read
             wins.append(self.repo.fetch(key, wins[-1].end, min(size, wins[-1].end + self._window)))
