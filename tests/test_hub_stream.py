@@ -6,6 +6,7 @@ so a wrong byte anywhere fails the test.
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from concurrent.futures import Future
@@ -474,3 +475,30 @@ def test_windows_are_kept_for_the_last_two_files_only(
             assert set(reader._windows) | set(reader._side) <= set(seen[-2:]), info.name
         assert len(seen) == 4
         reader.close()
+
+
+def test_reads_in_any_order_return_the_files_bytes(
+    big_hub: HubStandin, big_pair: tuple[Path, Path]
+) -> None:
+    """Random reads (tiny, within a window, beyond it; forward, backward, across the two shards,
+    some prefetched first) take the reader's paths: side windows and their promotion, restarts,
+    reads beyond a window reusing live windows. Each returns exactly the file's bytes."""
+    ck = open_checkpoint("org/big-base", stream=SMALL_WINDOW)
+    assert ck.remote is not None
+    reader = ck.remote.reader()
+    data = {f: (big_pair[0] / f.name).read_bytes() for f in ck.files}
+    infos = sorted(ck.tensors.values(), key=lambda info: info.name)
+    rng = random.Random(0)
+    for _ in range(400):
+        info = rng.choice(infos)
+        size = rng.choice([1, 100, 3000, 12000, 40000]) // info.itemsize or 1
+        start = rng.randrange(info.numel)
+        stop = min(info.numel, start + size)
+        if rng.random() < 0.2:
+            reader.prefetch(info, start, stop)
+        got = reader.words(info, start, stop).tobytes()
+        at = info.offset + start * info.itemsize
+        assert got == data[info.file][at : at + (stop - start) * info.itemsize], info.name
+        if rng.random() < 0.1:
+            reader.release(info, start, stop)
+    reader.close()
