@@ -152,13 +152,13 @@ def test_mask_out_count_matches_report(tmp_path: Path, pair) -> None:
 
 
 def test_start_up_stays_light(pair, tmp_path: Path) -> None:
-    """`rlsparse diff --json` imports no torch, tqdm (when no bar is shown), pandas or transformers:
-    start-up is part of every diff's wall time (bench/diff_bench.py)."""
+    """`rlsparse diff --json` of local files imports no torch, tqdm (when no bar is shown), pandas,
+    transformers or httpx: start-up is part of every diff's wall time (bench/diff_bench.py)."""
     b, t, _ = pair
     code = (
         "import sys; from rlsparse_lib.cli import main; "
         f"rc = main(['diff', {str(b)!r}, {str(t)!r}, '--json', {str(tmp_path / 'r.json')!r}]); "
-        "print(sorted(m for m in ('torch', 'tqdm', 'pandas', 'transformers') "
+        "print(sorted(m for m in ('torch', 'tqdm', 'pandas', 'transformers', 'httpx') "
         "if m in sys.modules))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}

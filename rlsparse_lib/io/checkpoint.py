@@ -16,6 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,11 +29,13 @@ from rlsparse_lib.io.gguf_io import (
     read_gguf,
 )
 from rlsparse_lib.io.hub import download_snapshot, looks_like_hub_id, split_hub_spec
-from rlsparse_lib.io.hub_stream import HubRepo, RangeFiles, StreamSettings, open_repo
 from rlsparse_lib.io.pickle_io import PickleFiles
 from rlsparse_lib.io.pickle_io import inventory as pickle_inventory
 from rlsparse_lib.io.safetensors_io import MappedFiles, SafetensorsWriter, read_header
 from rlsparse_lib.io.tensor_info import TensorInfo
+
+if TYPE_CHECKING:  # imported when a hub id is opened: httpx costs a local diff 50 ms of start-up
+    from rlsparse_lib.io.hub_stream import HubRepo, RangeFiles, StreamSettings
 
 __all__ = [
     "Checkpoint",
@@ -207,6 +210,8 @@ def open_checkpoint(
     revision = None
     if not path.exists():
         if looks_like_hub_id(text) and not download:
+            from rlsparse_lib.io.hub_stream import open_repo
+
             return _open_remote(text, open_repo(text, stream))
         if looks_like_hub_id(text) and split_hub_spec(text)[1] is not None:
             raise CheckpointError(
