@@ -25,7 +25,7 @@ import time
 from importlib import util
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from standin_process import served
 
 
 def _write_pair(folder: Path) -> None:
@@ -49,16 +49,6 @@ def _write_pair(folder: Path) -> None:
                 byte = fh.read(1)[0]
                 fh.seek(at)
                 fh.write(bytes([byte ^ 0x11]))
-
-
-def _serve(folder: Path) -> None:
-    sys.path.insert(0, str(ROOT))
-    from tests.hub_standin import HubStandin
-
-    repos = {"bench/base-GGUF": folder / "base", "bench/tuned-GGUF": folder / "tuned"}
-    with HubStandin(repos) as hub:
-        print(hub.endpoint, flush=True)
-        sys.stdin.read()  # until the parent closes the pipe
 
 
 def _measure(base: str, tuned: str, chunk_elems: str) -> None:
@@ -95,13 +85,10 @@ def _child(*args: str, env: dict | None = None) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--window-mb", type=float, help="streaming read-ahead window (MiB)")
     p.add_argument("--chunk-elems", type=int, default=0, help="diff chunk (elements; 0: default)")
     args = p.parse_args()
-    if args.serve:
-        return _serve(Path(args.serve))
     if args.measure:
         return _measure(*args.measure)
     with tempfile.TemporaryDirectory(prefix="gguf-hub-bench-") as tmp:
@@ -110,22 +97,11 @@ def main() -> None:
         size = sum(f.stat().st_size for f in folder.glob("*/*.gguf"))
         chunk = str(args.chunk_elems)
         local = _child("--measure", str(folder / "base"), str(folder / "tuned"), chunk)
-        server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(folder)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert server.stdout is not None
-            endpoint = server.stdout.readline().strip()
-            env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"}
+        repos = {"bench/base-GGUF": folder / "base", "bench/tuned-GGUF": folder / "tuned"}
+        with served(repos) as env:
             if args.window_mb is not None:
                 env["RLSPARSE_HUB_WINDOW_MB"] = str(args.window_mb)
             stream = _child("--measure", "bench/base-GGUF", "bench/tuned-GGUF", chunk, env=env)
-        finally:
-            server.terminate()
-            server.wait()
     mb = 1 << 20
     same = {k: local[k] == stream[k] for k in ("n_params", "n_changed", "raw_changed", "raw_n")}
     print(

@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from standin_process import served
+
 #: bytes of one side of a public pair: bf16 8B and 70B, FP8 671B (DeepSeek-V3 as stored)
 MODELS = {"8B (bf16)": 16.1e9, "70B (bf16)": 141e9, "671B (fp8)": 689e9}
 LINKS = {"1 Gbit/s": 1e9 / 8, "10 Gbit/s": 10e9 / 8}
@@ -46,15 +47,6 @@ def _write_pair(folder: Path, mb: int) -> None:
         return base.reshape(shape), tuned.reshape(shape)
 
     write_pair(folder / "base", folder / "tuned", tensors, make, shards=2)
-
-
-def _serve(folder: Path) -> None:
-    sys.path.insert(0, str(ROOT))
-    from tests.hub_standin import HubStandin
-
-    with HubStandin({"bench/base": folder / "base", "bench/tuned": folder / "tuned"}) as hub:
-        print(hub.endpoint, flush=True)
-        sys.stdin.read()  # until the parent closes the pipe
 
 
 def _measure(base: str, tuned: str) -> None:
@@ -81,31 +73,16 @@ def _child(*args: str, env: dict | None = None) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mb", type=int, default=512, help="MB per side (default: %(default)s)")
-    p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.serve:
-        return _serve(Path(args.serve))
     if args.measure:
         return _measure(*args.measure)
     with tempfile.TemporaryDirectory(prefix="hub-bench-") as tmp:
         folder = Path(tmp)
         _write_pair(folder, args.mb)
         local = _child("--measure", str(folder / "base"), str(folder / "tuned"))
-        server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(folder)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert server.stdout is not None
-            endpoint = server.stdout.readline().strip()
-            env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"}
+        with served({"bench/base": folder / "base", "bench/tuned": folder / "tuned"}) as env:
             stream = _child("--measure", "bench/base", "bench/tuned", env=env)
-        finally:
-            server.terminate()
-            server.wait()
     mb = 1 << 20
     print(
         f"pair: {local['bytes'] / mb:.0f} MiB of bf16 checkpoint data (both sides), {os.cpu_count()} CPUs"

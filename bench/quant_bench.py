@@ -39,12 +39,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from standin_process import served
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -163,34 +164,6 @@ def evict(files: list[Path]) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-
-
-@contextlib.contextmanager
-def hub_standin(repos: dict[str, Path]) -> Iterator[dict[str, str]]:
-    """Serves ``repos`` (repo id -> folder) with the loopback hub stand-in in its own process;
-    yields the environment that points rlsparse at it."""
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", json.dumps({k: str(v) for k, v in repos.items()})],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        endpoint = server.stdout.readline().strip()
-        yield {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"}
-    finally:
-        server.terminate()
-        server.wait()
-
-
-def _serve(repos: str) -> None:
-    sys.path.insert(0, str(HERE.parent))
-    from tests.hub_standin import HubStandin
-
-    with HubStandin({k: Path(v) for k, v in json.loads(repos).items()}) as hub:
-        print(hub.endpoint, flush=True)
-        sys.stdin.read()  # until the parent closes the pipe
 
 
 class _Memory:
@@ -334,7 +307,7 @@ def measure_pairs(
     repos = {
         f"bench/{k}-{s}": p[i] for k, p in pairs.items() for i, s in enumerate(("base", "tuned"))
     }
-    with hub_standin(repos) if source == "hub" else contextlib.nullcontext() as env:
+    with served(repos) if source == "hub" else contextlib.nullcontext() as env:
         for kind, (base, tuned) in pairs.items():
             files = _files(base, tuned)
             warm(files)
@@ -393,10 +366,7 @@ def main() -> None:
         action="store_true",
         help="delete each fraction's pairs once measured (7.6 GB each at the default size)",
     )
-    ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.serve:
-        return _serve(args.serve)
     fractions = [float(f) for f in args.fractions.split(",")]
     if args.kernels:
         res = kernels(fractions, args.threads or 1, args.repeat)
