@@ -8,6 +8,10 @@ included), peak RSS, the ratios, and the wall time expected for 8B/70B/671B pair
 10 Gbit/s from the measured per-byte cost: ``max(bytes / link, bytes × cost per byte)``.
 
     python bench/hub_bench.py --mb 512
+    python bench/hub_bench.py --mb 512 --shards 4 3   # the tuned side sharded otherwise
+
+Each shard stores its tensors sorted by name, as ``save_pretrained`` (safetensors) writes them, so
+with other shard counts a base shard's tensors come from two tuned shards in turn.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ MODELS = {"8B (bf16)": 16.1e9, "70B (bf16)": 141e9, "671B (fp8)": 689e9}
 LINKS = {"1 Gbit/s": 1e9 / 8, "10 Gbit/s": 10e9 / 8}
 
 
-def _write_pair(folder: Path, mb: int) -> None:
+def _write_pair(folder: Path, mb: int, shards: tuple[int, int]) -> None:
     import numpy as np
 
     from rlsparse_lib.io.synthetic import base_values, to_bf16_words, write_pair
@@ -37,16 +41,32 @@ def _write_pair(folder: Path, mb: int) -> None:
     n_tensors = 16
     rows = max(1, mb * (1 << 20) // 2 // n_tensors // 4096)
     tensors = [(f"model.layers.{i}.mlp.up_proj.weight", (rows, 4096)) for i in range(n_tensors)]
-    rng = np.random.default_rng(0)
 
     def make(name: str, shape: tuple[int, ...]):
+        rng = np.random.default_rng(int(name.split(".")[2]))
         base = to_bf16_words(base_values(name, shape, rng)).ravel()
         tuned = base.copy()
         hit = rng.random(base.size) < 0.2
         tuned[hit] += np.uint16(1)
         return base.reshape(shape), tuned.reshape(shape)
 
-    write_pair(folder / "base", folder / "tuned", tensors, make, shards=2)
+    write_pair(folder / "base", folder / "tuned", tensors, make, shards=shards[0])
+    if shards[1] != shards[0]:
+        (folder / "tuned").rename(folder / "unused")
+        write_pair(folder / "unused", folder / "tuned", tensors, make, shards=shards[1])
+        for f in (folder / "unused").iterdir():
+            f.unlink()
+        (folder / "unused").rmdir()
+    # sorted by name within each file, as safetensors saves them; in a child process, so that the
+    # measuring children (forked from this one) do not start with torch's and a shard's pages
+    subprocess.run([sys.executable, __file__, "--sort", str(folder)], check=True)
+
+
+def _sort(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    for f in folder.glob("*/*.safetensors"):
+        save_file(load_file(f), f, metadata={"format": "pt"})
 
 
 def _measure(base: str, tuned: str) -> None:
@@ -73,13 +93,25 @@ def _child(*args: str, env: dict | None = None) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mb", type=int, default=512, help="MB per side (default: %(default)s)")
+    p.add_argument(
+        "--shards",
+        type=int,
+        nargs=2,
+        default=(2, 2),
+        metavar=("BASE", "TUNED"),
+        help="shards per side (default: 2 2)",
+    )
     p.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--sort", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:
         return _measure(*args.measure)
+    if args.sort:
+        return _sort(args.sort)
     with tempfile.TemporaryDirectory(prefix="hub-bench-") as tmp:
         folder = Path(tmp)
-        _write_pair(folder, args.mb)
+        _write_pair(folder, args.mb, tuple(args.shards))
+        files = sum(f.stat().st_size for f in folder.glob("*/*.safetensors"))
         local = _child("--measure", str(folder / "base"), str(folder / "tuned"))
         with served({"bench/base": folder / "base", "bench/tuned": folder / "tuned"}) as env:
             stream = _child("--measure", "bench/base", "bench/tuned", env=env)
@@ -89,9 +121,14 @@ def main() -> None:
     )
     for name, r in (("local", local), ("stream", stream)):
         rate = r["bytes"] / r["seconds"] / 1e6
+        fetched = (
+            f", fetched {r['fetched'] / mb:.0f} MiB ({r['fetched'] / files:.3f}x the files)"
+            if r["fetched"]
+            else ""
+        )
         print(
-            f"{name:>6}: {r['seconds']:.2f} s, {rate:.0f} MB/s, peak RSS {r['peak_rss'] / mb:.0f} MiB,"
-            f" fetched {r['fetched'] / mb:.0f} MiB"
+            f"{name:>6}: {r['seconds']:.2f} s, {rate:.0f} MB/s, peak RSS {r['peak_rss'] / mb:.0f} MiB"
+            + fetched
         )
     print(
         f"stream/local: time x{stream['seconds'] / local['seconds']:.2f}, "

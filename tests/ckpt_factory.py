@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -35,11 +36,18 @@ def save_hf(
     shards: int = 1,
     fmt: str = "safetensors",
     config: dict | None = None,
+    contiguous: bool = False,
 ) -> Path:
-    """Save ``state`` in HF layout: single file or ``shards`` files plus an index."""
+    """Save ``state`` in HF layout: single file or ``shards`` files plus an index. Shards take
+    every ``shards``-th name, or runs of consecutive names with ``contiguous`` (as
+    ``save_pretrained`` cuts them); each file stores its tensors sorted by name (safetensors)."""
     folder.mkdir(parents=True, exist_ok=True)
     names = list(state)
-    groups = [names[i::shards] for i in range(shards)] if shards > 1 else [names]
+    if shards > 1 and contiguous:
+        cut = [round(i * len(names) / shards) for i in range(shards + 1)]
+        groups = [names[a:b] for a, b in itertools.pairwise(cut)]
+    else:
+        groups = [names[i::shards] for i in range(shards)] if shards > 1 else [names]
     stem, ext = ("model", "safetensors") if fmt == "safetensors" else ("pytorch_model", "bin")
     weight_map = {}
     for i, group in enumerate(groups):

@@ -502,3 +502,45 @@ def test_reads_in_any_order_return_the_files_bytes(
         if rng.random() < 0.1:
             reader.release(info, start, stop)
     reader.close()
+
+
+def test_tuned_side_sharded_otherwise_is_fetched_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A base in 4 shards against a tuned side in 3 (cut by name order, as ``save_pretrained``
+    does; safetensors stores each shard's tensors sorted by name, so layer 10 comes before layer 2
+    and a layer split between two tuned shards sits at the end of the second): the base is read
+    front to back once, and the tuned side's reads resume the stream they left and read ahead no
+    further than bytes already read: each base file is fetched once plus its header read, each
+    tuned file at most a window more (tiny tensors next to the jumps). The old plan read a base
+    shard once per tuned shard it shares tensors with (1.1–1.2× its bytes fetched), and the old
+    reader fetched again what a stream left at a jump had read ahead. The report equals the local
+    one and, tensor for tensor in the same order, the same-sharded one's."""
+    shape = LlamaShape(vocab=64, hidden=64, intermediate=512, layers=12, heads=4, kv_heads=2)
+    state = random_state(shape, seed=11)
+    tuned = {
+        k: bump_bits(v, pick(v.numel(), max(1, v.numel() // 20), i)) if v.dim() == 2 else v
+        for i, (k, v) in enumerate(state.items())
+    }
+    base_dir = save_hf(tmp_path / "b4", state, shards=4, contiguous=True)
+    tuned_dir = save_hf(tmp_path / "t3", tuned, shards=3, contiguous=True)
+    alike = save_hf(tmp_path / "t4", tuned, shards=4, contiguous=True)
+    config = DiffConfig(chunk_elems=4096)
+    local = _plain(diff_checkpoints(base_dir, tuned_dir, config, progress=False))
+    assert (
+        local["tensors"]
+        == _plain(diff_checkpoints(base_dir, alike, config, progress=False))["tensors"]
+    )
+    for hub in _serve({"org/b4": base_dir, "org/t3": tuned_dir}, monkeypatch, tmp_path):
+        b = open_checkpoint("org/b4", stream=SMALL_WINDOW)
+        t = open_checkpoint("org/t3", stream=SMALL_WINDOW)
+        assert _plain(diff_checkpoints(b, t, config, progress=False)) == local
+        for repo, folder, slack in (("org/b4", base_dir, 0), ("org/t3", tuned_dir, 1)):
+            for f in sorted(folder.glob("*.safetensors")):
+                size, served = f.stat().st_size, _served(hub, repo, f.name)
+                head = min(size, _HEAD_BYTES)
+                assert size <= served <= size + head + slack * SMALL_WINDOW.window_bytes, (
+                    f.name,
+                    size,
+                    served,
+                )

@@ -24,7 +24,7 @@ from rlsparse_lib.io.pairing import pair_checkpoints
 from .ckpt_factory import random_state, save_hf
 from .test_diff_exact import planted
 
-#: bounds from "one tensor per unit" to "one unit per shard group"
+#: bounds from "one tensor per unit" to "one unit per base shard"
 BOUNDS = (1, 3_000, 20_000, DEFAULT_UNIT_BYTES)
 
 
@@ -58,13 +58,19 @@ def test_units_partition_the_plan(ckpts, max_bytes: int) -> None:
     assert [u.index for u in units] == list(range(len(units)))
     # every planned pair exactly once, in shard-group order then tensor order
     flat = [p for u in units for p in u.pairs]
-    assert flat == [p for g in groups for p in g]
+    assert flat == [p for g in groups for p in g] == plan.pairs
+    # each base shard is read front to back, once, whatever the tuned side's sharding (3 vs 2)
+    base_files = list(ckpts[0].files)
+    at = [(base_files.index(p.base.file), p.base.offset) for p in flat]
+    assert at == sorted(at) and len(set(at)) == len(at)
+    assert len(groups) == len(base_files)
     assert sorted(p.name for p in flat) == sorted(p.name for p in plan.pairs)
     assert len({p.name for p in flat}) == len(plan.pairs)
     group_of = {p.name: i for i, g in enumerate(groups) for p in g}
     for u in units:
-        # one shard pair per unit, whole tensors, byte bound unless a single oversized tensor
-        assert {(p.base.file, p.tuned.file) for p in u.pairs} == {u.shard_pair}
+        # one base shard per unit, whole tensors, byte bound unless a single oversized tensor
+        assert {p.base.file for p in u.pairs} == {u.base_file}
+        assert u.tuned_files == tuple(dict.fromkeys(p.tuned.file for p in u.pairs))
         assert len({group_of[n] for n in u.names}) == 1
         assert u.nbytes == sum(pair_nbytes(p) for p in u.pairs)
         assert u.nbytes <= max_bytes or len(u.pairs) == 1

@@ -1,9 +1,8 @@
-"""The streaming diff engine: plan, run per shard pair in bounded chunks, merge into a report.
+"""The streaming diff engine: plan, run per base shard in bounded chunks, merge into a report.
 
 Memory is bounded by one chunk per side (plus mapped pages, released after each chunk); no model,
 state dict or concatenated delta is ever materialised. Work is organised in byte-bounded work
-units of consecutive tensors of one (base shard, tuned shard) group
-(:func:`rlsparse_lib.diff.units.plan_units`); :func:`diff_pairs` turns a unit into per-tensor
+units of consecutive tensors of one base shard (:func:`rlsparse_lib.diff.units.plan_units`); :func:`diff_pairs` turns a unit into per-tensor
 partial results and :func:`rlsparse_lib.diff.units.merge_units` merges them in unit order (whatever
 order they completed in), so distributed or resumable executors reuse the math unchanged and give
 the same report bit for bit.
@@ -191,7 +190,7 @@ def diff_pairs(
     mask: MaskWriter | None = None,
     on_bytes: Callable[[int], object] | None = None,
 ) -> dict[str, TensorResult]:
-    """Compare a unit of work (typically one shard pair) chunk by chunk.
+    """Compare a unit of work (consecutive tensors of one base shard) chunk by chunk.
 
     Returns:
         Partial results by tensor name, to be merged by :func:`build_report`.

@@ -7,7 +7,7 @@ the diff's folder is described here, the others differ only in their inputs and 
 
 * ``manifest.json``: the schema and :data:`VERSION`, the input fingerprints, the result-changing
   settings (:meth:`DiffConfig.result_settings`) and their ``config_hash``, and the unit plan
-  (each unit's shard pair, tensor names and bytes);
+  (each unit's base shard and tuned shards, tensor names and bytes);
 * ``unit-<index>.json``: the partial result of each finished unit (``TensorResult.to_dict``),
   written atomically (temporary name, then rename) as soon as the unit is done;
 * ``unit-<index>.mask.safetensors``: with ``--mask-out``, the unit's packed mask slice, written
@@ -56,7 +56,7 @@ def _unit_record(unit: WorkUnit) -> dict[str, Any]:
     return {
         "index": unit.index,
         "base_file": unit.base_file.name,
-        "tuned_file": unit.tuned_file.name,
+        "tuned_files": [f.name for f in unit.tuned_files],
         "names": list(unit.names),
         "nbytes": unit.nbytes,
     }

@@ -2,7 +2,7 @@
 
 A :class:`DiffStats` summarises any contiguous range of a tensor pair. Stats of two disjoint
 ranges merge by :meth:`DiffStats.merge`, so a tensor's stats are the merge of its chunks and a
-report is the merge of per-shard-pair partial results: the math never depends on how work was
+report is the merge of per-unit partial results: the math never depends on how work was
 split (integer counts are exact; float sums may differ in the last bits).
 """
 

@@ -1,10 +1,11 @@
 """Work units: the plan of a diff cut into independently runnable, byte-bounded pieces, and the
 merge of their results into a report (:func:`merge_units`, :func:`build_report`).
 
-A unit is a run of consecutive tensor pairs of one (base shard, tuned shard) group
-(:meth:`PairPlan.shard_groups`), cut at tensor boundaries so that the bytes read from both sides
-stay within ``max_bytes``; a tensor is never split, so a tensor larger than the bound is a unit of
-its own. Units are numbered in a fixed order (shard-group order, then tensor order within the group),
+A unit is a run of consecutive tensor pairs of one base shard (:meth:`PairPlan.shard_groups`;
+plan order is base file, then base offset, so a base shard is read front to back once whatever
+the tuned side's sharding), cut at tensor boundaries so that the bytes read from both sides stay
+within ``max_bytes``; a tensor is never split, so a tensor larger than the bound is a unit of its
+own. Units are numbered in a fixed order (base-shard order, then tensor order within the shard),
 which is plan order.
 
 Any executor (the in-process CPU and GPU executors today, a process pool or Ray tomorrow) runs a
@@ -55,18 +56,20 @@ def pair_nbytes(pair: TensorPair) -> int:
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """A unit of work: consecutive tensor pairs of one shard group.
+    """A unit of work: consecutive tensor pairs of one base shard.
 
     Attributes:
         index: position in :func:`plan_units`' order (the merge order).
-        base_file, tuned_file: the shard pair all of the unit's tensors are read from.
+        base_file: the base shard all of the unit's tensors are read from.
+        tuned_files: the tuned shards they are read from, in first-read order (one when both
+            sides are sharded alike).
         pairs: the tensor pairs, in plan order.
         nbytes: bytes read from both sides (sum of :func:`pair_nbytes`).
     """
 
     index: int
     base_file: Path
-    tuned_file: Path
+    tuned_files: tuple[Path, ...]
     pairs: tuple[TensorPair, ...]
     nbytes: int
 
@@ -75,19 +78,13 @@ class WorkUnit:
         """The unit's tensor names, in plan order."""
         return tuple(p.name for p in self.pairs)
 
-    @property
-    def shard_pair(self) -> tuple[Path, Path]:
-        """(base file, tuned file)."""
-        return self.base_file, self.tuned_file
-
 
 def plan_units(plan: PairPlan, max_bytes: int = DEFAULT_UNIT_BYTES) -> list[WorkUnit]:
     """Cut ``plan`` into work units of at most ``max_bytes`` read from both sides.
 
-    Units never mix shard groups and never split a tensor (a single tensor above ``max_bytes`` is a
-    unit of its own). Order: shard-group order, then tensor order within the group; every planned
-    pair is in exactly one unit, and concatenating the units' pairs gives the plan's pairs grouped
-    by shard pair.
+    Units never mix base shards and never split a tensor (a single tensor above ``max_bytes`` is a
+    unit of its own). Every planned pair is in exactly one unit, and concatenating the units' pairs
+    gives the plan's pairs in plan order.
 
     Raises:
         ValueError: when ``max_bytes`` is not positive.
@@ -98,10 +95,8 @@ def plan_units(plan: PairPlan, max_bytes: int = DEFAULT_UNIT_BYTES) -> list[Work
 
     def flush(run: list[TensorPair], nbytes: int) -> None:
         if run:
-            first = run[0]
-            units.append(
-                WorkUnit(len(units), first.base.file, first.tuned.file, tuple(run), nbytes)
-            )
+            tuned = tuple(dict.fromkeys(p.tuned.file for p in run))
+            units.append(WorkUnit(len(units), run[0].base.file, tuned, tuple(run), nbytes))
 
     for group in plan.shard_groups():
         run: list[TensorPair] = []

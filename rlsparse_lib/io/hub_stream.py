@@ -37,6 +37,7 @@ Settings come from :class:`StreamSettings` (``RLSPARSE_HUB_CONNECTIONS``,
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import re
@@ -794,6 +795,13 @@ class RangeFiles:
     windows every scale read would restart the codes' stream and have it fetched again. While a
     file has no windows, a read that continues a side window starts them from it.
 
+    A jump (a read before or beyond the file's windows) parks the windows it leaves, their parts
+    not yet started cancelled, in place of those parked before; a later read inside their fetched
+    parts resumes that stream instead of fetching it again. A tuned side sharded unlike the base is
+    read in the base's order, and such a side leaves a stream and comes back to it: a layer split
+    across two tuned shards is stored at the end of the second (safetensors sorts names), read
+    between the tensors stored at its start and those after them.
+
     Larger reads (chunks of big tensors) take what live windows of their file already hold or are
     fetching (the newest window runs up to 1.5 windows past the last small read, i.e. into the big
     tensor that follows) and fetch only the rest on its own, so read-ahead is not fetched a second
@@ -815,6 +823,11 @@ class RangeFiles:
         self._windows: dict[Path, list[Fetch]] = {}
         self._side: dict[Path, list[Fetch]] = {}
         self._recent: list[Path] = []  # files with windows, read last at the end
+        #: the windows a jump left (their fetched parts), resumed by a read inside them
+        self._parked: tuple[Path, list[Fetch]] | None = None
+        #: per file, the byte ranges read so far by reads above side_bytes (merged, sorted):
+        #: read-ahead stops at them
+        self._read: dict[Path, list[tuple[int, int]]] = {}
 
     def _span(self, info: TensorInfo, start: int, stop: int) -> tuple[Path, int, int]:
         return info.file, info.offset + start * info.itemsize, info.offset + stop * info.itemsize
@@ -825,12 +838,15 @@ class RangeFiles:
         word = word_dtype(info.dtype)
         pending = self._pending.pop((key, b0, b1), None)
         if pending is not None:
-            return pending.result().view(word)
-        if b1 - b0 > self._window:
-            return self._large(key, b0, b1).result().view(word)
-        raw = self._from_window(key, b0, b1)
-        if raw.ctypes.data % word.itemsize:
-            raw = raw.copy()
+            raw = pending.result()
+        elif b1 - b0 > self._window:
+            raw = self._large(key, b0, b1).result()
+        else:
+            raw = self._from_window(key, b0, b1)
+            if raw.ctypes.data % word.itemsize:
+                raw = raw.copy()
+        if b1 - b0 > self.side_bytes:  # a small read costs no more fetched again than a stall
+            self._mark(key, b0, b1)
         return raw.view(word)
 
     def _touch(self, key: Path) -> None:
@@ -844,6 +860,38 @@ class RangeFiles:
             old = self._recent.pop(0)
             for w in (*self._windows.pop(old, []), *self._side.pop(old, [])):
                 w.cancel()
+            if self._parked is not None and self._parked[0] == old:
+                self._parked = None
+            self._read.pop(old, None)
+
+    def _mark(self, key: Path, b0: int, b1: int) -> None:
+        """Record that bytes ``[b0, b1)`` of ``key`` are read (merged with the ranges they touch)."""
+        spans = self._read.setdefault(key, [])
+        i = bisect.bisect_left(spans, (b0, b0))
+        if i and spans[i - 1][1] >= b0:
+            i -= 1
+        j = i
+        while j < len(spans) and spans[j][0] <= b1:
+            j += 1
+        if i < j:
+            b0, b1 = min(b0, spans[i][0]), max(b1, spans[j - 1][1])
+        spans[i:j] = [(b0, b1)]
+
+    def _ahead(self, key: Path, start: int, stop: int) -> int:
+        """The end of a speculative fetch from ``start`` of ``key`` that would end at ``stop``: cut
+        where bytes already read begin (each tensor is read once) or a parked stream starts
+        (reaching it resumes it); ``start`` when ``start`` itself was read."""
+        spans = self._read.get(key, [])
+        i = bisect.bisect_right(spans, (start, 1 << 62))
+        if i and spans[i - 1][1] > start:
+            return start
+        if i < len(spans):
+            stop = min(stop, spans[i][0])
+        if self._parked is not None and self._parked[0] == key:
+            first = self._parked[1][0].start
+            if first > start:
+                stop = min(stop, first)
+        return stop
 
     def _from_window(self, key: Path, b0: int, b1: int) -> np.ndarray:
         """Bytes ``[b0, b1)`` (at most a window) from the file's consecutive windows, or from a
@@ -867,30 +915,66 @@ class RangeFiles:
                     side.pop(0).cancel()
                 return side[-1].wait(b0, b1)[: b1 - b0]
         wins = [w for w in held if w.end > b0]  # drop windows passed
-        if not wins or wins[0].start > b0:  # a jump (first read, skipped tensors): restart here,
-            for w in wins:  # from the side window that holds the read's start if there is one
-                w.cancel()
-            side = self._side.get(key, [])
-            start = next((w for w in side if w.start <= b0 < w.end), None)
-            if start is not None:
-                side[:] = [w for w in side if w is not start]
-            if start is None:
-                start = self.repo.fetch(key, b0, min(size, b0 + self._window))
-            wins = [start]
+        if not wins or wins[0].start > b0:  # a jump (first read, skipped tensors, another order)
+            resumed = self._resume(key, b0)
+            if held:
+                self._park(key, held)
+            if resumed:
+                wins = resumed
+            else:  # restart here, from the side window that holds the read's start if any
+                side = self._side.get(key, [])
+                start = next((w for w in side if w.start <= b0 < w.end), None)
+                if start is not None:
+                    side[:] = [w for w in side if w is not start]
+                if start is None:
+                    stop = max(b1, self._ahead(key, b0, min(size, b0 + self._window)))
+                    start = self.repo.fetch(key, b0, stop)
+                wins = [start]
         while wins[-1].end < b1:  # past the newest window: the next one, not a restart at b0,
             # which would fetch again what the newest window holds of the read
             wins.append(self.repo.fetch(key, wins[-1].end, min(size, wins[-1].end + self._window)))
         covering = [w for w in wins if w.start < b1]  # one, or two across a boundary
         newest = wins[-1]
-        if newest.end < size and b1 > (newest.start + newest.end) // 2:  # read ahead
+        ahead = self._ahead(key, newest.end, min(size, newest.end + self._window))
+        if newest.end < ahead and b1 > (newest.start + newest.end) // 2:  # read ahead
             wins = [w for w in wins if w.end > b1]  # those this read passed go: two at most
-            wins.append(self.repo.fetch(key, newest.end, min(size, newest.end + self._window)))
+            wins.append(self.repo.fetch(key, newest.end, ahead))
         self._windows[key] = wins
         pieces = []
         for w in covering:
             lo, hi = max(b0, w.start), min(b1, w.end)
             pieces.append(w.wait(lo, hi)[lo - w.start : hi - w.start])
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def _park(self, key: Path, windows: list[Fetch]) -> None:
+        """Keep the windows a jump leaves, their parts not yet started cancelled, in place of the
+        windows parked before."""
+        for w in windows:
+            w.cancel()
+        self._parked = (key, windows)
+
+    def _resume(self, key: Path, b0: int) -> list[Fetch]:
+        """The parked windows from the one holding byte ``b0`` of ``key`` on, cut where their
+        fetched parts end, or [] when they do not hold it. A file whose tensors are not read in
+        file order (the tuned side, sharded unlike the base, in the base's order) leaves a stream
+        at a jump and comes back to it; without this the bytes it read ahead are fetched again."""
+        if self._parked is None or self._parked[0] != key:
+            return []
+        fetched: list[Fetch] = []
+        for w in self._parked[1]:
+            k = 0
+            while k < len(w.futures) and not w.futures[k].cancelled():
+                if w.futures[k].exception() is not None:
+                    break
+                k += 1
+            if k:
+                fetched.append(Fetch(w.buf[: k * w.part], w.futures[:k], w.start, w.part))
+            if k < len(w.futures):
+                break
+        if not fetched or not fetched[0].start <= b0 < fetched[-1].end:
+            return []
+        self._parked = None
+        return [w for w in fetched if w.end > b0]
 
     def _large(self, key: Path, b0: int, b1: int) -> Assembled:
         """Start a read larger than a window: the pieces the file's live windows cover (they are
@@ -937,3 +1021,5 @@ class RangeFiles:
         self._windows.clear()
         self._side.clear()
         self._recent.clear()
+        self._parked = None
+        self._read.clear()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -240,10 +241,12 @@ class PairPlan:
         return sum(p.nbytes for p in self.pairs)
 
     def shard_groups(self) -> list[list[TensorPair]]:
-        """Pairs grouped by (base file, tuned file), in file order: the units of work."""
-        groups: dict[tuple[str, str], list[TensorPair]] = {}
+        """The plan's pairs grouped by base file, in file order: the units of work. Their tuned
+        tensors come from one tuned file when both sides are sharded alike, else from the tuned
+        files that hold them."""
+        groups: dict[Path, list[TensorPair]] = {}
         for p in self.pairs:
-            groups.setdefault((str(p.base.file), str(p.tuned.file)), []).append(p)
+            groups.setdefault(p.base.file, []).append(p)
         return list(groups.values())
 
 
@@ -328,11 +331,11 @@ def pair_checkpoints(
             f"{base.source} and {tuned.source} have no comparable tensor in common "
             f"({len(base.tensors)} vs {len(tuned.tensors)} tensors)"
         )
+    # base file order, then base offset: the base side is read front to back, once, however
+    # the tuned side is sharded (grouping by tuned file first read a base file once per tuned
+    # file it shares tensors with, and streamed read-ahead fetched its bytes again)
     files_b = {f: i for i, f in enumerate(base.files)}
-    files_t = {f: i for i, f in enumerate(tuned.files)}
-    plan.pairs.sort(
-        key=lambda p: (files_b[p.base.file], files_t[p.tuned.file], p.base.offset, p.name)
-    )
+    plan.pairs.sort(key=lambda p: (files_b[p.base.file], p.base.offset, p.name))
     return plan
 
 
