@@ -18,13 +18,18 @@ with ``posix_fadvise(DONTNEED)`` before each run, so it is read from the disk) o
 the loopback hub stand-in, ``tests/hub_standin.py``, in its own process, and streamed with HTTP
 Range requests as a hub pair is).
 
+``--device`` runs the diffs on ``cpu`` (default) or ``cuda`` (the Triton path: codes and scales
+are copied to the GPU and decoded there), or both (``cuda,cpu``: each device's rows, with ratios to
+that device's bf16 row; ``bench/device_issue12.sh`` runs it on a CUDA machine).
+
 ``--kernels`` instead times the kernels alone in memory (CPU seconds, best of ``--repeat``) on one
 4096 x 4096 matrix per format: the bf16 diff, the fused FP8 / MXFP4 diff and decode-then-diff, in
 ns per element at 0 % (the scan: compare and base histogram) and at each fraction, and the cost
 per changed element ((t(f) - t(0)) / f).
 
 usage: nice -n 10 python bench/quant_bench.py [--out bench/out/quant] [--repeat 3] [--threads N]
-       [--fractions 0.05,0.2,0.3] [--source warm,cold,hub] [--drop-pairs] [--quick] [--kernels]
+       [--fractions 0.05,0.2,0.3] [--source warm,cold,hub] [--device cpu,cuda] [--drop-pairs]
+       [--quick] [--kernels]
 """
 
 from __future__ import annotations
@@ -299,10 +304,17 @@ def _row(
 
 
 def measure_pairs(
-    pairs: dict[str, tuple[Path, Path]], root: Path, fraction: float, source: str, args
+    pairs: dict[str, tuple[Path, Path]],
+    root: Path,
+    fraction: float,
+    source: str,
+    device: str,
+    args: argparse.Namespace,
 ) -> list[dict]:
-    """One row per pair (bf16 first) read from ``source``, with ratios to the bf16 row."""
-    rlsparse = str(BIN / "rlsparse")
+    """One row per pair (bf16 first) read from ``source`` and diffed on ``device``, with ratios
+    to the bf16 row."""
+    script = BIN / "rlsparse"  # the console script, else the module (a checkout built in place)
+    rlsparse = [str(script)] if script.exists() else [sys.executable, "-m", "rlsparse_lib.cli"]
     rows = []
     repos = {
         f"bench/{k}-{s}": p[i] for k, p in pairs.items() for i, s in enumerate(("base", "tuned"))
@@ -313,12 +325,13 @@ def measure_pairs(
             warm(files)
             report = root / f"{kind}.report.json"
             a, b = (f"bench/{kind}-base", f"bench/{kind}-tuned") if env else (base, tuned)
-            cmd = [rlsparse, "diff", str(a), str(b), "-q", "--by", "none", "--json", str(report)]
+            cmd = [*rlsparse, "diff", str(a), str(b), "-q", "--by", "none", "--json", str(report)]
+            cmd += ["--device", device]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             before = (lambda fs=files: evict(fs)) if source == "cold" else (lambda: None)
             m = measure(cmd, args.repeat, before, env)
-            rows.append(_row(kind, base, tuned, report, m, fraction, source))
+            rows.append(_row(kind, base, tuned, report, m, fraction, source) | {"device": device})
     for r in rows:
         for key in ("bytes_per_s", "elements_per_s", "bytes_per_cpu_s"):
             r[key + "_vs_bf16"] = r[key] / rows[0][key]
@@ -362,6 +375,9 @@ def main() -> None:
         "(the loopback hub stand-in)",
     )
     ap.add_argument(
+        "--device", default="cpu", help="comma-separated: cpu, cuda (default: %(default)s)"
+    )
+    ap.add_argument(
         "--drop-pairs",
         action="store_true",
         help="delete each fraction's pairs once measured (7.6 GB each at the default size)",
@@ -376,25 +392,29 @@ def main() -> None:
     sources = args.source.split(",")
     if not set(sources) <= {"warm", "cold", "hub"}:
         ap.error(f"--source: warm, cold or hub, not {args.source!r}")
+    devices = args.device.split(",")
+    if not set(devices) <= {"cpu", "cuda"}:
+        ap.error(f"--device: cpu or cuda, not {args.device!r}")
     if args.quick:
         args.tensors, args.rows, args.cols = 8, 256, 512
-    rows: dict[str, list[dict]] = {s: [] for s in sources}
+    rows: dict[tuple[str, str], list[dict]] = {(s, d): [] for s in sources for d in devices}
     for fraction in fractions:
         root = args.out / f"f{round(fraction * 100):02d}"
         pairs = {
             k: ensure_pair(root, k, args.tensors, args.rows, args.cols, fraction)
             for k in ("bf16", "fp8", "mxfp4")
         }
-        for source in sources:
-            rows[source] += measure_pairs(pairs, root, fraction, source, args)
+        for source, device in rows:
+            rows[source, device] += measure_pairs(pairs, root, fraction, source, device, args)
         if args.drop_pairs:
             shutil.rmtree(root)
-    for source, found in rows.items():
+    for (source, device), found in rows.items():
         name = f"quant_bench{'' if source == 'warm' else '_' + source}"
+        name += f"{'' if device == 'cpu' else '_' + device}"
         name += f"{'' if not args.threads else f'_t{args.threads}'}.json"
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / name).write_text(json.dumps(found, indent=2))
-        print_rows(source, found)
+        print_rows(f"{source}, {device}", found)
 
 
 if __name__ == "__main__":
