@@ -16,7 +16,8 @@ second: >= 0.8).
 diff is then bound by its CPU work), ``cold`` (every file of the pair evicted from the page cache
 with ``posix_fadvise(DONTNEED)`` before each run, so it is read from the disk) or ``hub`` (served by
 the loopback hub stand-in, ``tests/hub_standin.py``, in its own process, and streamed with HTTP
-Range requests as a hub pair is).
+Range requests as a hub pair is). ``--link-mbit N`` serves the hub rows over one N Mbit/s link
+shared by all connections (the stand-in paces its bodies), as a real link to the hub would.
 
 ``--device`` runs the diffs on ``cpu`` (default) or ``cuda`` (the Triton path: codes and scales
 are copied to the GPU and decoded there), or both (``cuda,cpu``: each device's rows, with ratios to
@@ -28,8 +29,8 @@ ns per element at 0 % (the scan: compare and base histogram) and at each fractio
 per changed element ((t(f) - t(0)) / f).
 
 usage: nice -n 10 python bench/quant_bench.py [--out bench/out/quant] [--repeat 3] [--threads N]
-       [--fractions 0.05,0.2,0.3] [--source warm,cold,hub] [--device cpu,cuda] [--drop-pairs]
-       [--quick] [--kernels]
+       [--fractions 0.05,0.2,0.3] [--source warm,cold,hub] [--link-mbit N] [--device cpu,cuda]
+       [--drop-pairs] [--quick] [--kernels]
 """
 
 from __future__ import annotations
@@ -319,7 +320,8 @@ def measure_pairs(
     repos = {
         f"bench/{k}-{s}": p[i] for k, p in pairs.items() for i, s in enumerate(("base", "tuned"))
     }
-    with served(repos) if source == "hub" else contextlib.nullcontext() as env:
+    link = args.link_mbit * 1e6 / 8 if args.link_mbit else None
+    with served(repos, link) if source == "hub" else contextlib.nullcontext() as env:
         for kind, (base, tuned) in pairs.items():
             files = _files(base, tuned)
             warm(files)
@@ -331,7 +333,8 @@ def measure_pairs(
                 cmd += ["--threads", str(args.threads)]
             before = (lambda fs=files: evict(fs)) if source == "cold" else (lambda: None)
             m = measure(cmd, args.repeat, before, env)
-            rows.append(_row(kind, base, tuned, report, m, fraction, source) | {"device": device})
+            row = _row(kind, base, tuned, report, m, fraction, source)
+            rows.append(row | {"device": device, "link_mbit": args.link_mbit if env else None})
     for r in rows:
         for key in ("bytes_per_s", "elements_per_s", "bytes_per_cpu_s"):
             r[key + "_vs_bf16"] = r[key] / rows[0][key]
@@ -375,6 +378,12 @@ def main() -> None:
         "(the loopback hub stand-in)",
     )
     ap.add_argument(
+        "--link-mbit",
+        type=float,
+        default=None,
+        help="serve the hub rows over a link of this many Mbit/s (default: loopback speed)",
+    )
+    ap.add_argument(
         "--device", default="cpu", help="comma-separated: cpu, cuda (default: %(default)s)"
     )
     ap.add_argument(
@@ -410,11 +419,13 @@ def main() -> None:
             shutil.rmtree(root)
     for (source, device), found in rows.items():
         name = f"quant_bench{'' if source == 'warm' else '_' + source}"
+        name += f"_{args.link_mbit:g}mbit" if source == "hub" and args.link_mbit else ""
         name += f"{'' if device == 'cpu' else '_' + device}"
         name += f"{'' if not args.threads else f'_t{args.threads}'}.json"
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / name).write_text(json.dumps(found, indent=2))
-        print_rows(f"{source}, {device}", found)
+        link = f" over {args.link_mbit:g} Mbit/s" if source == "hub" and args.link_mbit else ""
+        print_rows(f"{source}{link}, {device}", found)
 
 
 if __name__ == "__main__":

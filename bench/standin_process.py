@@ -22,10 +22,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
-def served(repos: dict[str, Path]) -> Iterator[dict[str, str]]:
-    """Serves ``repos`` (repo id -> folder); yields the environment that points rlsparse at it."""
+def served(
+    repos: dict[str, Path], link_bytes_per_s: float | None = None
+) -> Iterator[dict[str, str]]:
+    """Serves ``repos`` (repo id -> folder), over a link of ``link_bytes_per_s`` if given (else as
+    fast as loopback); yields the environment that points rlsparse at it."""
     server = subprocess.Popen(
-        [sys.executable, __file__, json.dumps({k: str(v) for k, v in repos.items()})],
+        [
+            sys.executable,
+            __file__,
+            json.dumps({k: str(v) for k, v in repos.items()}),
+            str(link_bytes_per_s or 0),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -39,14 +47,15 @@ def served(repos: dict[str, Path]) -> Iterator[dict[str, str]]:
         server.wait()
 
 
-def _serve(repos: str) -> None:
+def _serve(repos: str, link_bytes_per_s: float) -> None:
     sys.path.insert(0, str(ROOT))
     from tests.hub_standin import HubStandin
 
     with HubStandin({k: Path(v) for k, v in json.loads(repos).items()}) as hub:
+        hub.link_bytes_per_s = link_bytes_per_s or None
         print(hub.endpoint, flush=True)
         sys.stdin.read()  # until the parent closes the pipe
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[1])
+    _serve(sys.argv[1], float(sys.argv[2]))

@@ -17,6 +17,9 @@ requests get ``429`` with ``Retry-After: retry_after``), ``ignore_range`` (answe
 whole file), ``server_errors`` (the next N CDN requests get ``503``), ``wrong_range`` (a
 ``Content-Range`` one byte off) and :meth:`replace` (new bytes under the same commit, as a
 misbehaving mirror would). ``log`` records every request (and whether it carried a token).
+
+``link_bytes_per_s`` (benches) paces the bodies as one link of that many bytes per second
+shared by all connections, as a real link to the hub would be.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import mmap
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,26 @@ class _Blob:
         return len(self.data)
 
 
+class _Link:
+    """One link shared by every connection: a piece of ``n`` bytes takes the next ``n / rate``
+    seconds of it (reserved in arrival order) and is sent once its slot has passed."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._free = time.monotonic()  # when the link is next free
+        self._lock = threading.Lock()
+
+    def send(self, wfile: Any, payload: bytes | memoryview, piece: int = 1 << 18) -> None:
+        view = memoryview(payload)
+        for at in range(0, len(view), piece):
+            chunk = view[at : at + piece]
+            with self._lock:
+                self._free = max(self._free, time.monotonic()) + len(chunk) / self.rate
+                done = self._free
+            time.sleep(max(0.0, done - time.monotonic()))
+            wfile.write(chunk)
+
+
 class HubStandin:
     """Serve folders as hub repositories: ``HubStandin({"org/name": folder})``; use as a context
     manager (servers on free loopback ports, stopped at exit)."""
@@ -74,6 +98,9 @@ class HubStandin:
         self.ignore_range = False
         self.server_errors = 0
         self.wrong_range = False
+        #: bytes per second of the CDN's link (None: as fast as loopback)
+        self.link_bytes_per_s: float | None = None
+        self._pacer: _Link | None = None
         #: gated repositories: the hub origin answers 401 without ``Authorization: Bearer <token>``
         self.gated: dict[str, str] = {}
         #: (server, method, path, status, Range header, whether an Authorization header came)
@@ -159,7 +186,14 @@ class HubStandin:
             h.send_header(k, v)
         h.send_header("Content-Length", str(len(payload) if length is None else length))
         h.end_headers()
-        if body and payload:
+        rate = self.link_bytes_per_s
+        if body and payload and rate:
+            with self._lock:
+                if self._pacer is None or self._pacer.rate != rate:
+                    self._pacer = _Link(rate)
+                pacer = self._pacer
+            pacer.send(h.wfile, payload)
+        elif body and payload:
             h.wfile.write(payload)
         return status
 
