@@ -417,3 +417,17 @@ def test_local_workers_see_the_callers_hub_environment_now(monkeypatch) -> None:
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # after the fork server started
     monkeypatch.delenv("RLSPARSE_PROBE")
     assert seen() == {"HF_ENDPOINT": "http://127.0.0.1:9", "RLSPARSE_PROBE": None}
+
+
+def test_resume_names_a_folder_of_another_version(tmp_path, pair) -> None:
+    """A folder whose unit records have other fields (before a unit became a run of one base
+    shard, a record named one ``tuned_file``) is refused, and the message says why."""
+    cfg = DiffConfig(max_unit_bytes=UNIT_BYTES)
+    r = tmp_path / "r"
+    diff_checkpoints(*pair, cfg, progress=False, resume=r)
+    manifest = json.loads((r / "manifest.json").read_text())
+    for unit in manifest["units"]:
+        unit["tuned_file"] = unit.pop("tuned_files")[0]
+    (r / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ResumeMismatchError, match=r"unit plan \(unit records of another rlsparse"):
+        diff_checkpoints(*pair, cfg, progress=False, resume=r)

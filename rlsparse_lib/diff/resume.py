@@ -122,11 +122,13 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
         )
         out.append(f"settings ({', '.join(keys) or 'config hash'})")
     if old.get("units") != new["units"]:
-        why = (
-            f"--unit-bytes {old.get('unit_bytes')} vs {new['unit_bytes']}"
-            if old.get("unit_bytes") != new["unit_bytes"]
-            else "tensor selection or layout"
-        )
+        fields = [sorted(u) for u in (*old.get("units", [])[:1], *new["units"][:1])]
+        if old.get("unit_bytes") != new["unit_bytes"]:
+            why = f"--unit-bytes {old.get('unit_bytes')} vs {new['unit_bytes']}"
+        elif len(fields) == 2 and fields[0] != fields[1]:
+            why = "unit records of another rlsparse version; finish the run with that version"
+        else:
+            why = "tensor selection or layout"
         out.append(f"unit plan ({why})")
     return out
 
