@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 
+from rlsparse_lib.diff.kernels import cpu
 from rlsparse_lib.diff.kernels.cpu import CpuKernel, tolerance_table
 from rlsparse_lib.diff.kernels.protocol import ChunkSpec
 from rlsparse_lib.diff.stats import ULP_BINS, ULP_LOG2_MIN
-from rlsparse_lib.io.dtypes import FLOAT_FORMATS
+from rlsparse_lib.io.dtypes import FLOAT_FORMATS, ulp_by_exponent_field
 from rlsparse_lib.rules import MaskRule
 
 TOLS = np.array([0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4])
@@ -308,3 +309,29 @@ def test_compiled_kernel_shares_the_histogram_layout() -> None:
         ULP_BINS,
         BINADE_BINS,
     )
+
+
+def test_ulps_by_exponent_field_where_the_tables_allow() -> None:
+    """bfloat16 ULPs depend on a word's exponent field alone in every stored format but float64
+    (whose zero has another ULP than the bfloat16 subnormals); never for float16 words."""
+    for stored in ("bfloat16", "float16", "float32", "float64"):
+        assert ulp_by_exponent_field("bfloat16", stored) == (stored != "float64")
+        assert not ulp_by_exponent_field("float16", stored)
+
+
+@pytest.mark.parametrize("rule", [None, MaskRule("abs", 1e-5), MaskRule("rel", ETA)])
+def test_bf16_words_decoded_from_their_bits_equal_the_tables(
+    monkeypatch: pytest.MonkeyPatch, rule: MaskRule | None
+) -> None:
+    """The kernel decodes changed bfloat16 words from their bits and reads their ULP by exponent
+    field: the stats (float sums included) and the mask are those of the table lookups, and
+    match the reference."""
+    a, b = make_words("bfloat16", 300_001, seed=7)
+    spec = ChunkSpec("bfloat16", "bfloat16", TOLS, ETA, rule or MaskRule("bitwise"))
+    masks = [np.zeros((a.size + 7) // 8, np.uint8) for _ in range(2)]
+    by_bits = CpuKernel().diff_chunk(a, b, spec, masks[0] if rule else None)
+    monkeypatch.setattr(cpu, "ulp_by_exponent_field", lambda compare, stored: False)
+    by_tables = CpuKernel().diff_chunk(a, b, spec, masks[1] if rule else None)
+    assert by_bits.to_dict() == by_tables.to_dict()
+    np.testing.assert_array_equal(masks[0], masks[1])
+    assert_stats_equal(by_bits, reference(a, b, "bfloat16", "bfloat16"))

@@ -208,6 +208,18 @@ def decode_tables(compare: str, stored: str) -> tuple[np.ndarray, np.ndarray, np
     return values, exp_field, ulp_log2_of(values, stored)
 
 
+@cache
+def ulp_by_exponent_field(compare: str, stored: str) -> bool:
+    """Whether ``compare`` is bfloat16 and :func:`decode_tables`' ULP table depends on a word's
+    exponent field alone (``ulp_log2[x] == ulp_log2[x & 0x7F80]`` for every word; true for every
+    stored format, since subnormals are raised to float32's smallest normal exponent): the CPU
+    kernel then decodes changed bfloat16 words from their bits."""
+    if compare != "bfloat16":
+        return False
+    ulp = decode_tables(compare, stored)[2]
+    return bool(np.array_equal(ulp, ulp[np.arange(1 << 16) & 0x7F80]))
+
+
 def ulp_log2_of(values: np.ndarray, stored: str) -> np.ndarray:
     """log2 of the ULP of each |value| (float32 values) in the ``stored`` format, as int32.
 

@@ -29,6 +29,7 @@ def diff16(
     values: np.ndarray,
     efield: np.ndarray,
     ulplog2: np.ndarray,
+    bf16: int,
     tols: np.ndarray,
     tol_table: np.ndarray,
     eta: float,

@@ -50,8 +50,8 @@ cdef extern from "diffcore.h" nogil:
         double *flt
 
     int rls_diff16(const uint16_t *a, const uint16_t *b, int64_t n, const float *values,
-                   const uint8_t *efield, const int32_t *ulplog2, const rls_spec *spec,
-                   rls_out *out)
+                   const uint8_t *efield, const int32_t *ulplog2, int32_t bf16,
+                   const rls_spec *spec, rls_out *out)
     int rls_diff32(const uint32_t *a, const uint32_t *b, int64_t n, int32_t st_mant,
                    int32_t st_emin, const rls_spec *spec, rls_out *out)
     int rls_max_threads()
@@ -146,12 +146,13 @@ def _check(int64_t n, int64_t m, uint8_t[::1] mask, int64_t nparts, int64_t per)
 
 
 def diff16(const uint16_t[::1] a, const uint16_t[::1] b, const float[::1] values,
-           const uint8_t[::1] efield, const int32_t[::1] ulplog2, const double[::1] tols,
+           const uint8_t[::1] efield, const int32_t[::1] ulplog2, int bf16, const double[::1] tols,
            const int8_t[::1] tol_table, double eta, int rule, double rule_tol,
            uint8_t[::1] mask, int64_t nparts, int64_t per, int threads, int64_t[::1] ints,
            int64_t[::1] tcount, int64_t[::1] ulp_hist, int64_t[::1] bchg, int64_t[::1] btot,
            double[:, ::1] flt):
-    """Diff two uint16[n] word arrays of a 16-bit format; tables are [65536] (see diffcore.h)."""
+    """Diff two uint16[n] word arrays of a 16-bit format; tables are [65536], ``bf16``: they are
+    bfloat16's with ULPs by exponent field (see diffcore.h)."""
     cdef int64_t n = a.shape[0]
     _check(n, b.shape[0], mask, nparts, per)
     if values.shape[0] != 65536 or efield.shape[0] != 65536 or ulplog2.shape[0] != 65536:
@@ -160,7 +161,7 @@ def diff16(const uint16_t[::1] a, const uint16_t[::1] b, const float[::1] values
     cdef rls_out o = _out(ints, tcount, ulp_hist, bchg, btot, flt, s.ntol, nparts)
     cdef int rc
     with nogil:
-        rc = rls_diff16(&a[0], &b[0], n, &values[0], &efield[0], &ulplog2[0], &s, &o)
+        rc = rls_diff16(&a[0], &b[0], n, &values[0], &efield[0], &ulplog2[0], bf16, &s, &o)
     if rc:
         raise MemoryError("diff kernel: out of memory")
 

@@ -24,7 +24,12 @@ import numpy as np
 from rlsparse_lib.diff.kernels.dequant import CodeSource
 from rlsparse_lib.diff.kernels.protocol import ChunkSpec
 from rlsparse_lib.diff.stats import BINADE_BINS, ULP_BINS, DiffStats
-from rlsparse_lib.io.dtypes import FLOAT_FORMATS, ULP_FORMATS, decode_tables
+from rlsparse_lib.io.dtypes import (
+    FLOAT_FORMATS,
+    ULP_FORMATS,
+    decode_tables,
+    ulp_by_exponent_field,
+)
 from rlsparse_lib.io.quant import e2m1_table, e8m0_table, fp8_table
 
 try:
@@ -91,7 +96,9 @@ class CpuKernel:
         fmt = FLOAT_FORMATS[spec.compare]
         run = _Run(n, tols, spec, mask_out, self.threads)
         if fmt.bits == 16:
-            _diffcore.diff16(a, b, *decode_tables(spec.compare, spec.ulp_dtype), *run.args)
+            tables = decode_tables(spec.compare, spec.ulp_dtype)
+            bf16 = ulp_by_exponent_field(spec.compare, spec.ulp_dtype)
+            _diffcore.diff16(a, b, *tables, int(bf16), *run.args)
         else:
             st_mant, st_emin = ULP_FORMATS[spec.ulp_dtype]
             _diffcore.diff32(a, b, st_mant, st_emin, *run.args)
