@@ -562,3 +562,27 @@ def test_standin_link_paces_all_connections_together(hub: HubStandin, local_repo
     assert _plain(report) == local_report
     assert fetched > 100_000
     assert elapsed >= fetched / rate
+
+
+def test_a_second_pass_over_a_file_streams_like_the_first(
+    big_hub: HubStandin, big_pair: tuple[Path, Path]
+) -> None:
+    """Reading a checkpoint's tensors again (another command on the same opened checkpoint) is a
+    new pass: read-ahead does not stop at the bytes the first pass read, so the second pass takes
+    about the first one's requests, not one per read."""
+    ck = open_checkpoint("org/big-base", stream=SMALL_WINDOW)
+    assert ck.remote is not None
+    reader = ck.remote.reader()
+    order = sorted(ck.tensors.values(), key=lambda info: (str(info.file), info.offset))
+    requests = []
+    for _ in range(2):
+        before = len(big_hub.requests("cdn"))
+        for info in order:
+            for start in range(0, info.numel, 4096):
+                stop = min(info.numel, start + 4096)
+                got = reader.words(info, start, stop).tobytes()
+                data = (big_pair[0] / info.file.name).read_bytes()[info.offset :]
+                assert got == data[start * info.itemsize : stop * info.itemsize]
+        requests.append(len(big_hub.requests("cdn")) - before)
+    reader.close()
+    assert requests[1] <= requests[0] * 1.2, requests

@@ -825,8 +825,8 @@ class RangeFiles:
         self._recent: list[Path] = []  # files with windows, read last at the end
         #: the windows a jump left (their fetched parts), resumed by a read inside them
         self._parked: tuple[Path, list[Fetch]] | None = None
-        #: per file, the byte ranges read so far by reads above side_bytes (merged, sorted):
-        #: read-ahead stops at them
+        #: per file, the byte ranges read in this pass by reads above side_bytes (merged,
+        #: sorted): read-ahead stops at them; a read of bytes read before starts a new pass
         self._read: dict[Path, list[tuple[int, int]]] = {}
 
     def _span(self, info: TensorInfo, start: int, stop: int) -> tuple[Path, int, int]:
@@ -836,6 +836,8 @@ class RangeFiles:
         """Elements ``[start, stop)`` of ``info`` as raw unsigned words (aligned)."""
         key, b0, b1 = self._span(info, start, stop)
         word = word_dtype(info.dtype)
+        if self._was_read(key, b0, b1):  # bytes read before: a new pass over the file
+            del self._read[key]
         pending = self._pending.pop((key, b0, b1), None)
         if pending is not None:
             raw = pending.result()
@@ -863,6 +865,12 @@ class RangeFiles:
             if self._parked is not None and self._parked[0] == old:
                 self._parked = None
             self._read.pop(old, None)
+
+    def _was_read(self, key: Path, b0: int, b1: int) -> bool:
+        """Whether any of bytes ``[b0, b1)`` of ``key`` was read before."""
+        spans = self._read.get(key, [])
+        i = bisect.bisect_right(spans, (b0, 1 << 62))
+        return (i > 0 and spans[i - 1][1] > b0) or (i < len(spans) and spans[i][0] < b1)
 
     def _mark(self, key: Path, b0: int, b1: int) -> None:
         """Record that bytes ``[b0, b1)`` of ``key`` are read (merged with the ranges they touch)."""
