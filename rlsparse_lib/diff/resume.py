@@ -122,10 +122,10 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
         )
         out.append(f"settings ({', '.join(keys) or 'config hash'})")
     if old.get("units") != new["units"]:
-        fields = [sorted(u) for u in (*old.get("units", [])[:1], *new["units"][:1])]
+        old_fields = {k for u in old.get("units", []) for k in u}
         if old.get("unit_bytes") != new["unit_bytes"]:
             why = f"--unit-bytes {old.get('unit_bytes')} vs {new['unit_bytes']}"
-        elif len(fields) == 2 and fields[0] != fields[1]:
+        elif old_fields and old_fields != {k for u in new["units"] for k in u}:
             why = "unit records of another rlsparse version; finish the run with that version"
         else:
             why = "tensor selection or layout"
