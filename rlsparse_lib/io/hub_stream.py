@@ -777,6 +777,41 @@ def open_repo(spec: str, settings: StreamSettings | None = None) -> HubRepo:
     return repo
 
 
+class _ReadSpans:
+    """The byte ranges of one file read in a pass: sorted, disjoint, merged where they touch."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[int, int]] = []
+
+    def _after(self, at: int) -> int:
+        """Index of the first span starting after byte ``at``."""
+        return bisect.bisect_right(self.spans, (at, 1 << 62))
+
+    def overlaps(self, b0: int, b1: int) -> bool:
+        """Whether any of bytes ``[b0, b1)`` was read."""
+        i = self._after(b0)
+        return (i > 0 and self.spans[i - 1][1] > b0) or (
+            i < len(self.spans) and self.spans[i][0] < b1
+        )
+
+    def next_start(self, at: int) -> int | None:
+        """Where the first span after byte ``at`` starts, or None."""
+        i = self._after(at)
+        return self.spans[i][0] if i < len(self.spans) else None
+
+    def add(self, b0: int, b1: int) -> None:
+        """Record bytes ``[b0, b1)`` (merged with the spans they touch)."""
+        i = bisect.bisect_left(self.spans, (b0, b0))
+        if i and self.spans[i - 1][1] >= b0:
+            i -= 1
+        j = i
+        while j < len(self.spans) and self.spans[j][0] <= b1:
+            j += 1
+        if i < j:
+            b0, b1 = min(b0, self.spans[i][0]), max(b1, self.spans[j - 1][1])
+        self.spans[i:j] = [(b0, b1)]
+
+
 class RangeFiles:
     """The reader of a :class:`HubRepo`, with the interface of
     :class:`~rlsparse_lib.io.safetensors_io.MappedFiles`: ``words``/``prefetch``/``release``.
@@ -827,7 +862,7 @@ class RangeFiles:
         self._parked: tuple[Path, list[Fetch]] | None = None
         #: per file, the byte ranges read in this pass by reads above side_bytes (merged,
         #: sorted): read-ahead stops at them; a read of bytes read before starts a new pass
-        self._read: dict[Path, list[tuple[int, int]]] = {}
+        self._read: dict[Path, _ReadSpans] = {}
 
     def _span(self, info: TensorInfo, start: int, stop: int) -> tuple[Path, int, int]:
         return info.file, info.offset + start * info.itemsize, info.offset + stop * info.itemsize
@@ -836,7 +871,7 @@ class RangeFiles:
         """Elements ``[start, stop)`` of ``info`` as raw unsigned words (aligned)."""
         key, b0, b1 = self._span(info, start, stop)
         word = word_dtype(info.dtype)
-        if self._was_read(key, b0, b1):  # bytes read before: a new pass over the file
+        if key in self._read and self._read[key].overlaps(b0, b1):  # read before: a new pass
             del self._read[key]
         pending = self._pending.pop((key, b0, b1), None)
         if pending is not None:
@@ -848,7 +883,7 @@ class RangeFiles:
             if raw.ctypes.data % word.itemsize:
                 raw = raw.copy()
         if b1 - b0 > self.side_bytes:  # a small read costs no more fetched again than a stall
-            self._mark(key, b0, b1)
+            self._read.setdefault(key, _ReadSpans()).add(b0, b1)
         return raw.view(word)
 
     def _touch(self, key: Path) -> None:
@@ -866,35 +901,16 @@ class RangeFiles:
                 self._parked = None
             self._read.pop(old, None)
 
-    def _was_read(self, key: Path, b0: int, b1: int) -> bool:
-        """Whether any of bytes ``[b0, b1)`` of ``key`` was read before."""
-        spans = self._read.get(key, [])
-        i = bisect.bisect_right(spans, (b0, 1 << 62))
-        return (i > 0 and spans[i - 1][1] > b0) or (i < len(spans) and spans[i][0] < b1)
-
-    def _mark(self, key: Path, b0: int, b1: int) -> None:
-        """Record that bytes ``[b0, b1)`` of ``key`` are read (merged with the ranges they touch)."""
-        spans = self._read.setdefault(key, [])
-        i = bisect.bisect_left(spans, (b0, b0))
-        if i and spans[i - 1][1] >= b0:
-            i -= 1
-        j = i
-        while j < len(spans) and spans[j][0] <= b1:
-            j += 1
-        if i < j:
-            b0, b1 = min(b0, spans[i][0]), max(b1, spans[j - 1][1])
-        spans[i:j] = [(b0, b1)]
-
     def _ahead(self, key: Path, start: int, stop: int) -> int:
         """The end of a speculative fetch from ``start`` of ``key`` that would end at ``stop``: cut
         where bytes already read begin (each tensor is read once) or a parked stream starts
         (reaching it resumes it); ``start`` when ``start`` itself was read."""
-        spans = self._read.get(key, [])
-        i = bisect.bisect_right(spans, (start, 1 << 62))
-        if i and spans[i - 1][1] > start:
-            return start
-        if i < len(spans):
-            stop = min(stop, spans[i][0])
+        spans = self._read.get(key)
+        if spans is not None:
+            if spans.overlaps(start, start + 1):
+                return start
+            nxt = spans.next_start(start)
+            stop = stop if nxt is None else min(stop, nxt)
         if self._parked is not None and self._parked[0] == key:
             first = self._parked[1][0].start
             if first > start:
