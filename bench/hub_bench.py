@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from standin_process import served
+from standin_process import ROOT, served
 
 #: bytes of one side of a public pair: bf16 8B and 70B, FP8 671B (DeepSeek-V3 as stored)
 MODELS = {"8B (bf16)": 16.1e9, "70B (bf16)": 141e9, "671B (fp8)": 689e9}
@@ -34,39 +34,35 @@ LINKS = {"1 Gbit/s": 1e9 / 8, "10 Gbit/s": 10e9 / 8}
 
 
 def _write_pair(folder: Path, mb: int, shards: tuple[int, int]) -> None:
-    import numpy as np
+    """The pair, written in a child process, so that the measuring children (forked from this
+    one) do not start with torch's and the pair's pages."""
+    cmd = [sys.executable, __file__, "--write", str(folder), str(mb), *map(str, shards)]
+    subprocess.run(cmd, check=True)
 
-    from rlsparse_lib.io.synthetic import base_values, to_bf16_words, write_pair
+
+def _write(folder: Path, mb: int, shards: tuple[int, int]) -> None:
+    """Both sides in HF layout: ``mb`` MB of bf16 each, 20 % of the words one ULP apart, each side
+    cut into its shards by tensor order and stored sorted by name (as ``save_pretrained`` does)."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from rlsparse_lib.io.synthetic import base_values, to_bf16_words
+    from tests.ckpt_factory import save_hf
 
     n_tensors = 16
     rows = max(1, mb * (1 << 20) // 2 // n_tensors // 4096)
-    tensors = [(f"model.layers.{i}.mlp.up_proj.weight", (rows, 4096)) for i in range(n_tensors)]
-
-    def make(name: str, shape: tuple[int, ...]):
-        rng = np.random.default_rng(int(name.split(".")[2]))
-        base = to_bf16_words(base_values(name, shape, rng)).ravel()
+    sides: dict[str, dict[str, torch.Tensor]] = {"base": {}, "tuned": {}}
+    for i in range(n_tensors):
+        name = f"model.layers.{i}.mlp.up_proj.weight"
+        rng = np.random.default_rng(i)
+        base = to_bf16_words(base_values(name, (rows, 4096), rng))
         tuned = base.copy()
-        hit = rng.random(base.size) < 0.2
-        tuned[hit] += np.uint16(1)
-        return base.reshape(shape), tuned.reshape(shape)
-
-    write_pair(folder / "base", folder / "tuned", tensors, make, shards=shards[0])
-    if shards[1] != shards[0]:
-        (folder / "tuned").rename(folder / "unused")
-        write_pair(folder / "unused", folder / "tuned", tensors, make, shards=shards[1])
-        for f in (folder / "unused").iterdir():
-            f.unlink()
-        (folder / "unused").rmdir()
-    # sorted by name within each file, as safetensors saves them; in a child process, so that the
-    # measuring children (forked from this one) do not start with torch's and a shard's pages
-    subprocess.run([sys.executable, __file__, "--sort", str(folder)], check=True)
-
-
-def _sort(folder: Path) -> None:
-    from safetensors.torch import load_file, save_file
-
-    for f in folder.glob("*/*.safetensors"):
-        save_file(load_file(f), f, metadata={"format": "pt"})
+        tuned[rng.random(base.shape) < 0.2] += np.uint16(1)
+        for side, words in (("base", base), ("tuned", tuned)):
+            sides[side][name] = torch.from_numpy(words.view(np.int16)).view(torch.bfloat16)
+    for (side, state), n in zip(sides.items(), shards, strict=True):
+        save_hf(folder / side, state, shards=n, contiguous=True)
 
 
 def _measure(base: str, tuned: str) -> None:
@@ -102,12 +98,13 @@ def main() -> None:
         help="shards per side (default: 2 2)",
     )
     p.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
-    p.add_argument("--sort", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--write", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:
         return _measure(*args.measure)
-    if args.sort:
-        return _sort(args.sort)
+    if args.write:
+        folder, mb, *shards = args.write
+        return _write(Path(folder), int(mb), (int(shards[0]), int(shards[1])))
     with tempfile.TemporaryDirectory(prefix="hub-bench-") as tmp:
         folder = Path(tmp)
         _write_pair(folder, args.mb, tuple(args.shards))
