@@ -5,7 +5,10 @@ For every change fraction in ``--fractions`` generates three pairs of ``--tensor
 ``--rows`` x ``--cols`` elements (default 64 x 4096 x 4096 = 1.07 B elements per side) under
 ``--out``/f<percent> (cached): DeepSeek-style FP8 codes with 128x128 ``*_scale_inv`` blocks,
 gpt-oss-style MXFP4 ``*_blocks``/``*_scales``, and bf16; the same elements' codes (words) differ
-by one step in all three (that fraction of them), and a few scales change. Warms the page cache,
+by one step in all three (that fraction of them), and a few scales change. ``--moved-scales S``
+also moves the tuned scale of that share of the FP8 blocks by a relative 2^-12 (an RL step that
+moved the block's amax a little: bf16 keeps most codes' words, a few round differently; what a
+dense update does to every block). Warms the page cache,
 then times ``rlsparse diff`` as a subprocess (median of ``--repeat`` runs; peak RSS from GNU time)
 and reports the measured fraction of changed codes (words), bytes read per second (both sides,
 codes plus scales), elements per second and bytes per CPU second (user + system: robust on a
@@ -26,11 +29,12 @@ that device's bf16 row; ``bench/device_issue12.sh`` runs it on a CUDA machine).
 ``--kernels`` instead times the kernels alone in memory (CPU seconds, best of ``--repeat``) on one
 4096 x 4096 matrix per format: the bf16 diff, the fused FP8 / MXFP4 diff and decode-then-diff, in
 ns per element at 0 % (the scan: compare and base histogram) and at each fraction, and the cost
-per changed element ((t(f) - t(0)) / f).
+per changed element ((t(f) - t(0)) / f); ``fp8_moved`` is the fused FP8 diff with every block's
+scale moved as above.
 
 usage: nice -n 10 python bench/quant_bench.py [--out bench/out/quant] [--repeat 3] [--threads N]
        [--fractions 0.05,0.2,0.3] [--source warm,cold,hub] [--link-mbit N] [--device cpu,cuda]
-       [--drop-pairs] [--quick] [--kernels]
+       [--moved-scales S] [--drop-pairs] [--quick] [--kernels]
 """
 
 from __future__ import annotations
@@ -56,12 +60,14 @@ from standin_process import served
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 SHARDS = 4
+MOVE = np.float32(1 + 2**-12)  # a moved scale: times 1 + 2^-12, below bf16's resolution
 
 
 def _tensors(
-    kind: str, rows: int, cols: int, index: int, side: str, fraction: float
+    kind: str, rows: int, cols: int, index: int, side: str, fraction: float, moved: float = 0.0
 ) -> dict[str, torch.Tensor]:
-    """One weight of a pair (``side`` ``base`` or ``tuned``), deterministic in ``index``."""
+    """One weight of a pair (``side`` ``base`` or ``tuned``), deterministic in ``index``;
+    ``moved``: the share of FP8 scale blocks whose tuned scale moves by ``MOVE``."""
     g = torch.Generator().manual_seed(index)
     name = f"model.layers.{index}.mlp.down_proj"
     changed = torch.rand(rows * cols, generator=g) < fraction
@@ -75,6 +81,8 @@ def _tensors(
         scale = torch.rand(-(-rows // 128), -(-cols // 128), generator=g) * 1e-3
         if side == "tuned":
             codes.reshape(-1)[changed] ^= 1
+            move = torch.rand(scale.shape, generator=g) < moved
+            scale[move] *= torch.tensor(MOVE)
             scale[0, :4] *= 1.5
         return {
             name + ".weight": codes.view(torch.float8_e4m3fn),
@@ -91,12 +99,13 @@ def _tensors(
 
 
 def ensure_pair(
-    root: Path, kind: str, n: int, rows: int, cols: int, fraction: float
+    root: Path, kind: str, n: int, rows: int, cols: int, fraction: float, moved: float = 0.0
 ) -> tuple[Path, Path]:
     folder = root / kind
-    spec = json.dumps(
-        {"kind": kind, "tensors": n, "rows": rows, "cols": cols, "fraction": fraction, "v": 1}
-    )
+    fields = {"kind": kind, "tensors": n, "rows": rows, "cols": cols, "fraction": fraction, "v": 1}
+    if kind == "fp8" and moved:
+        fields["moved"] = moved
+    spec = json.dumps(fields)
     marker = folder / "spec.json"
     if marker.exists() and marker.read_text() == spec:
         return folder / "base", folder / "tuned"
@@ -108,7 +117,7 @@ def ensure_pair(
         for s in range(SHARDS):
             part: dict[str, torch.Tensor] = {}
             for i in range(s, n, SHARDS):
-                part.update(_tensors(kind, rows, cols, i, side, fraction))
+                part.update(_tensors(kind, rows, cols, i, side, fraction, moved))
             fname = f"model-{s + 1:05d}-of-{SHARDS:05d}.safetensors"
             save_file(part, str(out / fname), metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(part, fname))
@@ -254,6 +263,7 @@ def kernels(fractions: list[float], threads: int, repeat: int) -> list[dict]:
         row = {"fraction": f, "bf16": _cpu_best(repeat, kernel.diff_chunk, w, wb, spec)}
         for kind, qt, a, b in (
             ("fp8", qf, {"w": codes, "s": scales}, {"w": cb, "s": scales}),
+            ("fp8_moved", qf, {"w": codes, "s": scales}, {"w": cb, "s": scales * MOVE}),
             ("mxfp4", qm, {"b": blocks, "s": esc}, {"b": bb, "s": esc}),
         ):
             fa, fb = CodeSource(_Memory(a), qt), CodeSource(_Memory(b), qt)  # type: ignore[arg-type]
@@ -263,7 +273,7 @@ def kernels(fractions: list[float], threads: int, repeat: int) -> list[dict]:
             db = DequantSource(_Memory(b), qt, CpuDecoder(threads))  # type: ignore[arg-type]
             row[kind + "_decode"] = _cpu_best(repeat, _decode_then_diff, kernel, da, db, n, spec)
         out.append({k: v if k == "fraction" else v / n * 1e9 for k, v in row.items()})
-    keys = ("bf16", "fp8", "fp8_decode", "mxfp4", "mxfp4_decode")
+    keys = ("bf16", "fp8", "fp8_decode", "fp8_moved", "fp8_moved_decode", "mxfp4", "mxfp4_decode")
     print("CPU ns per element (per changed element in brackets), threads", threads)
     print(f"{'changed':>8}" + "".join(f"{k:>20}" for k in keys))
     for r in out:
@@ -387,6 +397,12 @@ def main() -> None:
         "--device", default="cpu", help="comma-separated: cpu, cuda (default: %(default)s)"
     )
     ap.add_argument(
+        "--moved-scales",
+        type=float,
+        default=0.0,
+        help="share of FP8 scale blocks whose tuned scale moves by a relative 2^-12 (default 0)",
+    )
+    ap.add_argument(
         "--drop-pairs",
         action="store_true",
         help="delete each fraction's pairs once measured (7.6 GB each at the default size)",
@@ -410,7 +426,7 @@ def main() -> None:
     for fraction in fractions:
         root = args.out / f"f{round(fraction * 100):02d}"
         pairs = {
-            k: ensure_pair(root, k, args.tensors, args.rows, args.cols, fraction)
+            k: ensure_pair(root, k, args.tensors, args.rows, args.cols, fraction, args.moved_scales)
             for k in ("bf16", "fp8", "mxfp4")
         }
         for source, device in rows:
@@ -421,7 +437,8 @@ def main() -> None:
         name = f"quant_bench{'' if source == 'warm' else '_' + source}"
         name += f"_{args.link_mbit:g}mbit" if source == "hub" and args.link_mbit else ""
         name += f"{'' if device == 'cpu' else '_' + device}"
-        name += f"{'' if not args.threads else f'_t{args.threads}'}.json"
+        name += f"{'' if not args.threads else f'_t{args.threads}'}"
+        name += f"{'' if not args.moved_scales else f'_moved{args.moved_scales:g}'}.json"
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / name).write_text(json.dumps(found, indent=2))
         link = f" over {args.link_mbit:g} Mbit/s" if source == "hub" and args.link_mbit else ""

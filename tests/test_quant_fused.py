@@ -43,8 +43,8 @@ class _Reader:
 
 def _fp8_pair(scheme: str, seed: int, factor: float = 2.0) -> tuple[QuantTensor, dict, dict]:
     """A [3, 260, 400] FP8 pair (partial edge blocks; > 1 partition per chunk): 25 % of the codes
-    redrawn, special codes on both sides, some scales changed (a few by less than bf16 resolves,
-    so equal codes keep equal values), others doubled; one tensor scale times ``factor``."""
+    redrawn, special codes on both sides, some scales changed (some by less than bf16 resolves,
+    so most equal codes keep equal values), others doubled; one tensor scale times ``factor``."""
     rng = np.random.default_rng(seed)
     lead, r, c = 3, 260, 400
     block: tuple[int, int] | None
@@ -69,6 +69,7 @@ def _fp8_pair(scheme: str, seed: int, factor: float = 2.0) -> tuple[QuantTensor,
     if ts.size > 1:
         ts[1::7] *= np.float32(2.0)
         ts[3::11] = np.nextafter(ts[3::11], np.float32(1))  # one float32 ULP: values mostly equal
+        ts[5::13] *= np.float32(1 + 2**-12)  # below bf16's resolution: a few codes' values move
     else:
         ts[0] *= np.float32(factor)
     name, sname = "w", "w_scale" if scheme.startswith("ct") else "w_scale_inv"

@@ -556,6 +556,8 @@ typedef struct {
                               of the scale row `have`; MXFP4 [256][256] per (scale, code byte) */
     uint16_t *luta, *lutb; /* FP8 [scols][256]: the words of scale row `have`, base and tuned
                               (tuned only for the columns whose scale differs) */
+    uint8_t *moved;        /* FP8 [scols][256]: 1 where a code's word differs between the base and
+                              tuned scale (columns whose scale differs) */
     int64_t have;          /* FP8: the scale row the tables hold, -1 none */
     int64_t raw, scale_only;
 } qlocal_t;
@@ -632,6 +634,29 @@ static __attribute__((noinline)) int32_t scan8(const uint8_t *restrict a,
     return m;
 }
 
+/* scan8 for a block whose tuned scale differs: histograms the base codes into h and writes the
+ * offsets of the candidates (k < len <= SUB) to idx: codes that differ, and equal codes whose word
+ * the scale moves (moved[code]). Returns their number; adds the differing codes to *raw. A block
+ * whose scale changed by less than bf16 resolves has few moved codes, so most equal codes cost a
+ * lookup here instead of a decode and compare. */
+static __attribute__((noinline)) int32_t scan8_moved(const uint8_t *restrict a,
+                                                     const uint8_t *restrict b, int32_t len,
+                                                     uint32_t *restrict h,
+                                                     const uint8_t *restrict moved,
+                                                     int32_t *restrict idx, int64_t *raw) {
+    int32_t m = 0, r = 0;
+    for (int32_t k = 0; k < len; k++) {
+        const uint8_t x = a[k];
+        const int ne = x != b[k];
+        h[x]++;
+        idx[m] = k;
+        m += ne | moved[x];
+        r += ne;
+    }
+    *raw += r;
+    return m;
+}
+
 ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
                                   const float *values, const uint8_t *efield,
                                   const int32_t *ulplog2, const rls_spec *spec, local_t *l,
@@ -653,8 +678,10 @@ ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
                 for (int k = 0; k < 256; k++)
                     q->luta[b * 256 + k] = bf16_rne(qc->table[k] * sa[b]);
                 if (float_bits(sa[b]) != float_bits(sb[b]))
-                    for (int k = 0; k < 256; k++)
+                    for (int k = 0; k < 256; k++) {
                         q->lutb[b * 256 + k] = bf16_rne(qc->table[k] * sb[b]);
+                        q->moved[b * 256 + k] = q->lutb[b * 256 + k] != q->luta[b * 256 + k];
+                    }
             }
             q->have = sr;
         }
@@ -674,16 +701,20 @@ ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
                                       bchg, mode);
                     }
                 }
-            } else { /* the scale differs: every element is decoded */
+            } else { /* the scale differs: differing codes and moved codes are decoded */
                 const uint16_t *lb = q->lutb + b * 256;
-                for (int64_t j = i; j < end; j++) h[A[j]]++;
-                for (int64_t j = i; j < end; j++) {
-                    const int same = A[j] == B[j];
-                    const int d =
-                        qcand(la[A[j]], lb[B[j]], j, values, efield, ulplog2, &c, &acc, bchg, mode);
-                    raw += !same;
-                    nchg += d;
-                    scale_only += same & d;
+                const uint8_t *mv = q->moved + b * 256;
+                for (int64_t s = i; s < end; s += SUB) {
+                    const int64_t e = end < s + SUB ? end : s + SUB;
+                    const int32_t m = scan8_moved(A + s, B + s, (int32_t)(e - s), h, mv, l->idx,
+                                                  &raw);
+                    for (int32_t k = 0; k < m; k++) {
+                        const int64_t j = s + l->idx[k];
+                        const int d = qcand(la[A[j]], lb[B[j]], j, values, efield, ulplog2, &c,
+                                            &acc, bchg, mode);
+                        nchg += d;
+                        scale_only += (A[j] == B[j]) & d;
+                    }
                 }
             }
             i = end;
@@ -805,12 +836,13 @@ int rls_qdiff(const rls_qchunk *q, const float *values, const uint8_t *efield,
 #pragma omp parallel num_threads(threads_for(spec)) reduction(+ : raw, scale_only)
     {
         local_t *l = local_new(spec->ntol, 1);
-        qlocal_t ql = {calloc(rows, sizeof(uint32_t)), NULL, NULL, -1, 0, 0};
+        qlocal_t ql = {calloc(rows, sizeof(uint32_t)), NULL, NULL, NULL, -1, 0, 0};
         if (!q->nibbles) {
             ql.luta = malloc(rows * sizeof(uint16_t));
             ql.lutb = malloc(rows * sizeof(uint16_t));
+            ql.moved = malloc(rows);
         }
-        const int ok = l && ql.chist && (q->nibbles || (ql.luta && ql.lutb));
+        const int ok = l && ql.chist && (q->nibbles || (ql.luta && ql.lutb && ql.moved));
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
@@ -836,6 +868,7 @@ int rls_qdiff(const rls_qchunk *q, const float *values, const uint8_t *efield,
         free(ql.chist);
         free(ql.luta);
         free(ql.lutb);
+        free(ql.moved);
     }
     if (!failed) {
         base_stats16(counts, values, efield, out);

@@ -101,7 +101,10 @@ void rls_quant_counts(const uint8_t *ca, const uint8_t *cb, const uint16_t *da, 
  * changed elements in the same order, so the same counts and float sums bit for bit), plus the
  * raw-code views of rls_quant_counts. Where the scales of a block are equal and the codes equal,
  * the values are equal: such an element costs a byte compare and a code-histogram increment (its
- * base word is counted through a per-(scale, code) table); only the others are decoded. */
+ * base word is counted through a per-(scale, code) table). In an FP8 block whose scale differs,
+ * an equal code keeps its value unless the new scale moves its word (a 256-entry table per
+ * block), as it does for few codes when the scale moved by less than bf16 resolves. Only the
+ * elements whose code differs or whose word may have moved are decoded. */
 typedef struct {
     int32_t nibbles;        /* 0: FP8, a code per byte; 1: MXFP4, two per byte, low nibble first */
     const uint8_t *ca, *cb; /* codes of base and tuned */
