@@ -41,15 +41,18 @@ class _Reader:
         pass
 
 
-def _fp8_pair(scheme: str, seed: int, factor: float = 2.0) -> tuple[QuantTensor, dict, dict]:
+def _fp8_pair(
+    scheme: str, seed: int, factor: float = 2.0, width: int = 128
+) -> tuple[QuantTensor, dict, dict]:
     """A [3, 260, 400] FP8 pair (partial edge blocks; > 1 partition per chunk): 25 % of the codes
     redrawn, special codes on both sides, some scales changed (some by less than bf16 resolves,
-    so most equal codes keep equal values), others doubled; one tensor scale times ``factor``."""
+    so most equal codes keep equal values), others doubled; one tensor scale times ``factor``;
+    FP8 blocks ``width`` columns wide."""
     rng = np.random.default_rng(seed)
     lead, r, c = 3, 260, 400
     block: tuple[int, int] | None
     if scheme == "fp8_block":
-        block, sshape = (128, 128), (lead, 3, 4)
+        block, sshape = (128, width), (lead, 3, -(-c // width))
     elif scheme == "ct_fp8_channel":
         block, sshape = (1, c), (lead, r, 1)
     else:
@@ -113,12 +116,13 @@ def _same(x: DiffStats, y: DiffStats) -> None:
     "make",
     [
         lambda: _fp8_pair("fp8_block", 0),
+        lambda: _fp8_pair("fp8_block", 5, width=96),
         lambda: _fp8_pair("ct_fp8_channel", 1),
         lambda: _fp8_pair("ct_fp8_tensor", 2),
         lambda: _fp8_pair("ct_fp8_tensor", 2, factor=1.0),
         lambda: _mx_pair(3),
     ],
-    ids=["fp8_block", "ct_channel", "ct_tensor", "ct_tensor_same_scale", "mxfp4"],
+    ids=["fp8_block", "fp8_block_96", "ct_channel", "ct_tensor", "ct_tensor_same_scale", "mxfp4"],
 )
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_equals_decode_then_diff(make, threads: int) -> None:
