@@ -248,6 +248,8 @@ def _bad(base: dict, what: str) -> tuple[dict, dict]:
         state[Q + "_scale_inv"] = torch.ones(2, 2)
     elif what == "block size":
         cfg["quantization_config"]["weight_block_size"] = [128]
+    elif what == "integer scale":
+        state[Q + "_scale_inv"] = torch.ones(2, 3, dtype=torch.int32)
     elif what == "no config, not 128":
         state[Q + "_scale_inv"] = torch.ones(4, 5)
         cfg = {}
@@ -260,6 +262,7 @@ def _bad(base: dict, what: str) -> tuple[dict, dict]:
         ("missing scale", "without its scale"),
         ("scale shape", "has shape [2, 2], expected [2, 3]"),
         ("block size", "unknown block size"),
+        ("integer scale", "is int32, expected a float or F8_E8M0"),
         ("no config, not 128", "has shape [4, 5], expected [2, 3]"),
     ],
 )
@@ -294,3 +297,33 @@ def test_mask_out_marks_exactly_the_dequantized_changes(fp8_pair, tmp_path: Path
             got = mask.mask(name)
             assert got.shape == want.shape and (got == want).all(), name
     assert "scales changed" in format_summary(report)
+
+
+def test_e8m0_scales_decode_as_their_powers_of_two(tmp_path: Path) -> None:
+    """``*_scale_inv`` stored as F8_E8M0 (power-of-two scales, DeepGEMM ``ue8m0`` style) diffs as
+    its float32 values: the whole-tensor reference, and the report of the same scales stored as
+    float32; E8M0 255 is a NaN scale."""
+    base, tuned = _pair_states()
+    for state in (base, tuned):
+        for n in [k for k in state if k.endswith("_scale_inv")]:
+            state[n] = torch.exp2(torch.round(torch.log2(state[n])))
+    tuned[Q + "_scale_inv"][1, 2] *= 2  # the partial corner block: changes through the scale
+    tuned[Q + "_scale_inv"][0, 1] = float("nan")
+    reports = []
+    for dtype in (torch.float8_e8m0fnu, torch.float32):
+        sides = [
+            {k: v.to(dtype) if k.endswith("_scale_inv") else v for k, v in s.items()}
+            for s in (base, tuned)
+        ]
+        b, t = (
+            save_placed(tmp_path / f"{dtype}-{side}", s, _placement(s), FP8_CONFIG)
+            for side, s in zip(("base", "tuned"), sides, strict=True)
+        )
+        report = diff_checkpoints(b, t, DiffConfig(chunk_elems=1024, rel_eta=ETA), progress=False)
+        _check(report, base, tuned)
+        reports.append(report)
+    e8m0, f32 = (r.to_dict() for r in reports)
+    assert e8m0["tensors"] == f32["tensors"]
+    q = next(r for r in reports[0].tensors if r.name == Q)
+    assert q.quant is not None and q.quant["scales_changed"] == 2
+    assert q.float_stats().n_nan_tuned >= 128 * 128  # the NaN scale's block

@@ -3,7 +3,8 @@
 Three layouts are decoded (everything else stays refused by :mod:`rlsparse_lib.io.pairing`):
 
 * ``fp8_block`` (DeepSeek-V3/R1, Hugging Face ``quant_method: fp8``): ``<w>`` ``F8_E4M3`` codes
-  ``[..., R, C]`` and ``<w>_scale_inv`` float ``[..., ceil(R/b0), ceil(C/b1)]``; the block
+  ``[..., R, C]`` and ``<w>_scale_inv`` ``[..., ceil(R/b0), ceil(C/b1)]`` (a float, or E8M0
+  power-of-two scales ``F8_E8M0`` as DeepGEMM-style ``ue8m0`` checkpoints store them); the block
   ``[b0, b1]`` is ``quantization_config.weight_block_size``, or 128×128 when the checkpoint has no
   config and the scale's shape fits it. Value of element ``(r, c)``:
   ``bf16_rne(float32(code) * float32(scale_inv[r // b0, c // b1]))`` (edge blocks truncated).
@@ -215,7 +216,7 @@ def _fp8(
     if inv is not None:
         block = _fp8_block(where, qc, method)
         grid = (-(-r // block[0]), -(-c // block[1]))
-        _check_scale(where, inv, (*lead, *grid), f"block {list(block)}")
+        _check_scale(where, inv, (*lead, *grid), f"block {list(block)}", e8m0=True)
         return QuantTensor(name, "fp8_block", info, inv, info.shape, block)
     assert ct is not None
     if method != "compressed-tensors":
@@ -280,9 +281,13 @@ def _ct_strategies(qc: dict) -> dict[str, list[tuple[int, int]]]:
     return out
 
 
-def _check_scale(where: str, scale: TensorInfo, shape: tuple[int, ...], what: str) -> None:
-    if not is_float(scale.dtype):
-        raise CheckpointError(f"{where}: scale {scale.name} is {scale.dtype}, expected a float")
+def _check_scale(
+    where: str, scale: TensorInfo, shape: tuple[int, ...], what: str, e8m0: bool = False
+) -> None:
+    """A scale must be a float (or, with ``e8m0``, E8M0: exact in float32, 255 NaN) of ``shape``."""
+    if not (is_float(scale.dtype) or (e8m0 and scale.dtype == "float8_e8m0fnu")):
+        expected = "a float or F8_E8M0" if e8m0 else "a float"
+        raise CheckpointError(f"{where}: scale {scale.name} is {scale.dtype}, expected {expected}")
     if scale.shape != tuple(shape):
         raise CheckpointError(
             f"{where}: scale {scale.name} has shape {list(scale.shape)}, expected {list(shape)} "
