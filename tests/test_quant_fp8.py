@@ -327,3 +327,40 @@ def test_e8m0_scales_decode_as_their_powers_of_two(tmp_path: Path) -> None:
     q = next(r for r in reports[0].tensors if r.name == Q)
     assert q.quant is not None and q.quant["scales_changed"] == 2
     assert q.float_stats().n_nan_tuned >= 128 * 128  # the NaN scale's block
+
+
+def test_transformers_fp8_expert_stacks(tmp_path: Path, capsys) -> None:
+    """transformers' fine-grained FP8 experts: a stacked ``experts.gate_up_proj`` [E, 2I, H]
+    with ``experts.gate_up_proj_scales_inv`` [E, ceil(2I/128), ceil(H/128)] is one logical
+    tensor, diffed on its dequantized values (whole-tensor reference); both scale names for one
+    weight are refused by name."""
+    g = torch.Generator().manual_seed(3)
+    stem = "model.layers.0.mlp.experts."
+    sides: list[dict[str, torch.Tensor]] = [{}, {}]
+    for part, shape in (("gate_up_proj", (3, 260, 130)), ("down_proj", (3, 130, 130))):
+        codes, scale = fp8_block_quantize(0.02 * torch.randn(*shape, generator=g), BLOCK)
+        tc, ts = codes.clone(), scale.clone()
+        tc.view(torch.uint8).reshape(-1)[torch.randperm(codes.numel(), generator=g)[:99]] ^= 1
+        ts[1, 0, 1] *= 1.25
+        sides[0] |= {stem + part: codes, stem + part + "_scales_inv": scale}
+        sides[1] |= {stem + part: tc, stem + part + "_scales_inv": ts}
+    b, t = (save_hf(tmp_path / s, st, config=FP8_CONFIG) for s, st in zip("bt", sides, strict=True))
+    report = diff_checkpoints(b, t, DiffConfig(chunk_elems=1024, rel_eta=ETA), progress=False)
+    rows = {r.name: r for r in report.tensors}
+    assert set(rows) == {stem + "gate_up_proj", stem + "down_proj"}
+    for name, res in rows.items():
+        db = dequant_ref(sides[0][name], sides[0][name + "_scales_inv"])
+        dt = dequant_ref(sides[1][name], sides[1][name + "_scales_inv"])
+        assert res.n_changed == bf16_counts_ref(db, dt, TOLS, ETA)["n_changed"] > 99, name
+        assert res.quant is not None and res.quant["scales_changed"] == 1
+    assert report.coverage()["share"] == 1.0
+    both = dict(sides[0]) | {
+        stem + "down_proj_scale_inv": sides[0][stem + "down_proj_scales_inv"].clone()
+    }
+    bad = save_hf(tmp_path / "both", both, config=FP8_CONFIG)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["diff", str(bad), str(t), "--json", str(out / "r.json"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "down_proj: two block scales, " in err and "down_proj_scales_inv" in err, err
+    assert list(out.iterdir()) == []

@@ -53,8 +53,9 @@ _EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
 EXCLUDED_PREFIXES = ("excluded by --exclude", "not matched by --include")
 #: how :attr:`Skipped.reason` starts for tied duplicates (counted once, as the tensor they tie to)
 TIED_PREFIX = "tied to "
-#: scale siblings of low-precision weights (``<weight>_scale_inv``: DeepSeek-V3 block scales)
-_SCALE_SUFFIXES = ("_scale_inv", "_scale")
+#: scale siblings of low-precision weights (``<weight>_scale_inv``: DeepSeek-V3 block scales;
+#: ``<experts>_scales_inv``: transformers' FP8 expert stacks)
+_SCALE_SUFFIXES = ("_scale_inv", "_scales_inv", "_scale")
 _MXFP4_SUFFIXES = ("_blocks", "_scales")
 #: under a quantization_config: integer tensors with these names are packed weights ...
 _PACKED_INT = re.compile(
@@ -62,7 +63,9 @@ _PACKED_INT = re.compile(
     r"|SCB|weight_format)$|quant_state"
 )
 #: ... and float tensors with these names are quantization parameters
-_QUANT_PARAM = re.compile(r"(scales|_scale|_scale_inv|absmax|quant_map|SCB|zero_point|qzeros)$")
+_QUANT_PARAM = re.compile(
+    r"(scales|_scale|_scale_inv|_scales_inv|absmax|quant_map|SCB|zero_point|qzeros)$"
+)
 _MAX_NAMED = 3
 
 

@@ -4,7 +4,9 @@ Three layouts are decoded (everything else stays refused by :mod:`rlsparse_lib.i
 
 * ``fp8_block`` (DeepSeek-V3/R1, Hugging Face ``quant_method: fp8``): ``<w>`` ``F8_E4M3`` codes
   ``[..., R, C]`` and ``<w>_scale_inv`` ``[..., ceil(R/b0), ceil(C/b1)]`` (a float, or E8M0
-  power-of-two scales ``F8_E8M0`` as DeepGEMM-style ``ue8m0`` checkpoints store them); the block
+  power-of-two scales ``F8_E8M0`` as DeepGEMM-style ``ue8m0`` checkpoints store them), or
+  ``<w>_scales_inv`` (transformers' fine-grained FP8 stacks of experts, ``<w>`` without
+  ``.weight``); the block
   ``[b0, b1]`` is ``quantization_config.weight_block_size``, or 128×128 when the checkpoint has no
   config and the scale's shape fits it. Value of element ``(r, c)``:
   ``bf16_rne(float32(code) * float32(scale_inv[r // b0, c // b1]))`` (edge blocks truncated).
@@ -201,11 +203,16 @@ def _fp8(
 ) -> QuantTensor | None:
     """The FP8 logical tensor of codes ``name``, or None when no decodable scheme covers it."""
     where = f"{ckpt.source}: {name}"
-    inv, ct = ckpt.tensors.get(name + "_scale_inv"), ckpt.tensors.get(name + "_scale")
+    invs = [
+        ckpt.tensors[n] for n in (name + "_scale_inv", name + "_scales_inv") if n in ckpt.tensors
+    ]
+    if len(invs) > 1:
+        raise CheckpointError(f"{where}: two block scales, {name}_scale_inv and {name}_scales_inv")
+    inv, ct = (invs[0] if invs else None), ckpt.tensors.get(name + "_scale")
     if inv is None and ct is None:
         if method in ("fp8", "compressed-tensors"):
             raise CheckpointError(
-                f"{where}: F8_E4M3 weight without its scale ({name}_scale_inv or {name}_scale) "
+                f"{where}: F8_E4M3 weight without its scale ({name}_scale_inv, _scales_inv or _scale) "
                 f"although quantization_config declares quant_method={method}"
             )
         return None
