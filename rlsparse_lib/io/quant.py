@@ -14,6 +14,10 @@ Three layouts are decoded (everything else stays refused by :mod:`rlsparse_lib.i
   ``float-quantized``, declared by a ``config_groups`` entry with 8-bit float weights):
   ``<w>`` ``F8_E4M3`` codes and ``<w>_scale`` of shape ``[1]`` (tensor), ``[..., R, 1]``
   (channel) or the block grid (block, ``block_structure``); same value rule.
+* ``fp8_tensor`` / ``fp8_channel`` (vLLM / AutoFP8 ``quant_method: fp8`` without
+  ``weight_block_size``: one ``<w>_scale`` per tensor; FBGEMM ``quant_method: fbgemm_fp8``, as
+  Meta's Llama-3.1 FP8 checkpoints: one per output row, ``[..., R, 1]`` or ``[..., R]``): ``<w>``
+  ``F8_E4M3`` codes; same value rule.
 * ``mxfp4`` (gpt-oss): ``<p>_blocks`` uint8 ``[..., G, 16]`` (two E2M1 codes per byte, low
   nibble first) and ``<p>_scales`` uint8 E8M0 ``[..., G]``: the logical tensor ``<p>`` is
   ``[..., G * 32]`` with value ``bf16(e2m1(code) * 2^(scale - 127))`` (E8M0 255 is NaN).
@@ -63,7 +67,17 @@ MX_GROUP_BYTES = 16
 #: compressed-tensors activation / KV-cache scale names (compared as plain float tensors)
 _ACTIVATION_SCALES = (".input_scale", ".output_scale", ".k_scale", ".v_scale")
 #: the report's ``quant.scheme`` values
-SCHEMES = ("fp8_block", "mxfp4", "ct_fp8_tensor", "ct_fp8_channel", "ct_fp8_block")
+SCHEMES = (
+    "fp8_block",
+    "fp8_tensor",
+    "fp8_channel",
+    "mxfp4",
+    "ct_fp8_tensor",
+    "ct_fp8_channel",
+    "ct_fp8_block",
+)
+#: quantization methods whose float ``*.input_scale`` & co. are activation scales
+_ACTIVATION_METHODS = ("compressed-tensors", "fp8", "fbgemm_fp8")
 
 
 @dataclass(frozen=True)
@@ -178,11 +192,12 @@ def quant_layout(ckpt: Checkpoint) -> dict[str, QuantTensor]:
 
 
 def activation_scales(ckpt: Checkpoint) -> frozenset[str]:
-    """Float activation / KV-cache scales of a compressed-tensors checkpoint (``*.input_scale``,
+    """Float activation / KV-cache scales of a compressed-tensors, ``fp8`` or ``fbgemm_fp8``
+    checkpoint (``*.input_scale``,
     ``*.output_scale``, ``*.k_scale``, ``*.v_scale``): no weight codes' scales, so they are
     compared as the plain float tensors they are."""
     qc = quantization_config(ckpt)
-    if qc is None or qc.get("quant_method") != "compressed-tensors":
+    if qc is None or qc.get("quant_method") not in _ACTIVATION_METHODS:
         return frozenset()
     return frozenset(
         n for n, i in ckpt.tensors.items() if n.endswith(_ACTIVATION_SCALES) and is_float(i.dtype)
@@ -226,6 +241,8 @@ def _fp8(
         _check_scale(where, inv, (*lead, *grid), f"block {list(block)}", e8m0=True)
         return QuantTensor(name, "fp8_block", info, inv, info.shape, block)
     assert ct is not None
+    if method == "fbgemm_fp8" or (method == "fp8" and "weight_block_size" not in (qc or {})):
+        return _fp8_weight_scale(where, name, info, ct, method)
     if method != "compressed-tensors":
         return None  # a *_scale sibling without a declared scheme stays refused by name
     strategies = _ct_strategies(qc or {})
@@ -247,6 +264,27 @@ def _fp8(
         f"{where}_scale: shape {list(ct.shape)} does not fit weight {list(info.shape)}; "
         f"the compressed-tensors config declares {wanted}"
     )
+
+
+def _fp8_weight_scale(
+    where: str, name: str, info: TensorInfo, scale: TensorInfo, method: str
+) -> QuantTensor:
+    """``<w>_scale`` of ``quant_method`` ``fp8`` without a block size (vLLM / AutoFP8: one per
+    tensor) or ``fbgemm_fp8`` (one per output row)."""
+    *lead, r, c = info.shape
+    block: tuple[int, int] | None
+    if scale.numel == 1:
+        scheme, block = "fp8_tensor", None
+    elif tuple(scale.shape) in ((*lead, r, 1), (*lead, r)):
+        scheme, block = "fp8_channel", (1, c)
+    else:
+        raise CheckpointError(
+            f"{where}_scale: shape {list(scale.shape)} does not fit weight {list(info.shape)}; "
+            f"quant_method={method} takes one scale per tensor ([1]) or per row "
+            f"({[*lead, r, 1]})"
+        )
+    _check_scale(where, scale, tuple(scale.shape), scheme)
+    return QuantTensor(name, scheme, info, scale, info.shape, block)
 
 
 def _fp8_block(where: str, qc: dict | None, method: str | None) -> tuple[int, int]:
