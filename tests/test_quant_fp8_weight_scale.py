@@ -1,7 +1,8 @@
 """FP8 with one ``weight_scale`` per tensor (vLLM / AutoFP8 ``quant_method: fp8`` without a block
 size) or per output row (FBGEMM ``fbgemm_fp8``, Meta's Llama-3.1 FP8 layout, ``[R, 1]`` or
 ``[R]``): diffed on dequantized bf16 values against an independent whole-tensor torch reference;
-activation scales are plain float tensors; a scale of another shape exits 2 naming the tensor."""
+activation scales are plain float tensors; a missing scale or one of another shape exits 2 naming
+the tensor."""
 
 from __future__ import annotations
 
@@ -105,15 +106,27 @@ def test_weight_scale_fp8_matches_whole_tensor_reference(tmp_path: Path, layout:
     assert report.coverage()["share"] == 1.0 and set(report.quant_summary()) == {scheme}
 
 
-def test_a_scale_of_another_shape_exits_2_naming_the_tensor(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("what", "message"),
+    [
+        ("shape", "_scale: shape [70, 2] does not fit weight [70, 40]"),
+        ("missing", ": F8_E4M3 weight without its scale"),
+    ],
+)
+def test_a_bad_scale_exits_2_naming_the_tensor(
+    tmp_path: Path, capsys, what: str, message: str
+) -> None:
     qc, _ = LAYOUTS["fbgemm"]
     base, tuned = _states("column")
-    base[UP + "_scale"] = torch.ones(70, 2)
+    if what == "shape":
+        base[UP + "_scale"] = torch.ones(70, 2)
+    else:
+        del base[UP + "_scale"]
     b = save_hf(tmp_path / "b", base, config={"quantization_config": qc})
     t = save_hf(tmp_path / "t", tuned, config={"quantization_config": qc})
     out = tmp_path / "out"
     out.mkdir()
     assert main(["diff", str(b), str(t), "--json", str(out / "r.json"), "-q"]) == 2
     err = capsys.readouterr().err.strip()
-    assert UP + "_scale: shape [70, 2] does not fit weight [70, 40]" in err, err
-    assert "quant_method=fbgemm_fp8" in err and list(out.iterdir()) == []
+    assert UP + message in err and "quant_method=fbgemm_fp8" in err, err
+    assert list(out.iterdir()) == []

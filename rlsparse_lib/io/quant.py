@@ -1,6 +1,6 @@
 """Quantized weights read as one logical tensor: codes plus the scales that give them values.
 
-Three layouts are decoded (everything else stays refused by :mod:`rlsparse_lib.io.pairing`):
+These layouts are decoded (everything else stays refused by :mod:`rlsparse_lib.io.pairing`):
 
 * ``fp8_block`` (DeepSeek-V3/R1, Hugging Face ``quant_method: fp8``): ``<w>`` ``F8_E4M3`` codes
   ``[..., R, C]`` and ``<w>_scale_inv`` ``[..., ceil(R/b0), ceil(C/b1)]`` (a float, or E8M0
@@ -193,9 +193,8 @@ def quant_layout(ckpt: Checkpoint) -> dict[str, QuantTensor]:
 
 def activation_scales(ckpt: Checkpoint) -> frozenset[str]:
     """Float activation / KV-cache scales of a compressed-tensors, ``fp8`` or ``fbgemm_fp8``
-    checkpoint (``*.input_scale``,
-    ``*.output_scale``, ``*.k_scale``, ``*.v_scale``): no weight codes' scales, so they are
-    compared as the plain float tensors they are."""
+    checkpoint (``*.input_scale``, ``*.output_scale``, ``*.k_scale``, ``*.v_scale``): no weight
+    codes' scales, so they are compared as the plain float tensors they are."""
     qc = quantization_config(ckpt)
     if qc is None or qc.get("quant_method") not in _ACTIVATION_METHODS:
         return frozenset()
@@ -225,10 +224,10 @@ def _fp8(
         raise CheckpointError(f"{where}: two block scales, {name}_scale_inv and {name}_scales_inv")
     inv, ct = (invs[0] if invs else None), ckpt.tensors.get(name + "_scale")
     if inv is None and ct is None:
-        if method in ("fp8", "compressed-tensors"):
+        if method in ("fp8", "fbgemm_fp8", "compressed-tensors"):
             raise CheckpointError(
-                f"{where}: F8_E4M3 weight without its scale ({name}_scale_inv, _scales_inv or _scale) "
-                f"although quantization_config declares quant_method={method}"
+                f"{where}: F8_E4M3 weight without its scale ({name}_scale_inv, _scales_inv or "
+                f"_scale) although quantization_config declares quant_method={method}"
             )
         return None
     if len(info.shape) < 2:
