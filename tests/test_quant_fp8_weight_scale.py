@@ -130,3 +130,34 @@ def test_a_bad_scale_exits_2_naming_the_tensor(
     err = capsys.readouterr().err.strip()
     assert UP + message in err and "quant_method=fbgemm_fp8" in err, err
     assert list(out.iterdir()) == []
+
+
+def test_rank_reads_per_row_fp8_as_its_dequantized_values(tmp_path: Path) -> None:
+    """``rlsparse rank`` on an ``fbgemm_fp8`` pair equals rank on bf16 copies holding the
+    reference's dequantized values, bit for bit."""
+    from rlsparse_lib.analysis.rank import update_ranks
+
+    qc, per_row = LAYOUTS["fbgemm"]
+    base, tuned = _states(per_row)
+    paths = []
+    for side, state in (("b", base), ("t", tuned)):
+        paths.append(save_hf(tmp_path / side, state, config={"quantization_config": qc}))
+        copy = {k: v for k, v in state.items() if not k.endswith("weight_scale")}
+        for name in (OPROJ, UP):
+            copy[name] = _dequant(state[name], state[name + "_scale"])
+        paths.append(save_hf(tmp_path / (side + "_bf16"), copy))
+
+    def rank(a: Path, b: Path):
+        return update_ranks(a, b, device="cpu", workers=1, threads=1, progress=False)
+
+    got, want = rank(paths[0], paths[2]), rank(paths[1], paths[3])
+    rows = {m["name"]: m for m in want.matrices}
+    for g in got.matrices:
+        w = rows[g["name"]]
+        assert {k: v for k, v in g.items() if k not in ("quant", "note")} == {
+            k: v for k, v in w.items() if k not in ("quant", "note")
+        }, g["name"]
+        if g["name"] in (OPROJ, UP):
+            assert g["quant"] == {"base": "fp8_channel", "tuned": "fp8_channel"}
+    assert sorted(rows) == sorted(g["name"] for g in got.matrices) and {OPROJ, UP} <= set(rows)
+    assert got.summary() == want.summary() and all(rows[n]["rank"] > 0 for n in (OPROJ, UP))
