@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from rlsparse_lib.diff.report import TensorResult
 from rlsparse_lib.io.synthetic import LlamaShape
 
 TINY = LlamaShape(vocab=64, hidden=32, intermediate=48, layers=2, heads=4, kv_heads=2)
@@ -153,6 +154,21 @@ def bf16_counts_ref(a: torch.Tensor, b: torch.Tensor, tols, eta: float) -> dict:
         "n_nonfinite_delta": int((changed & ~torch.isfinite(d)).sum()),
         "n_nan_base": int(fa.isnan().sum()),
         "n_nan_tuned": int(fb.isnan().sum()),
+    }
+
+
+def headline_counts(res: TensorResult) -> dict:
+    """The counts of one tensor's diff result that :func:`bf16_counts_ref` computes."""
+    s = res.float_stats()
+    return {
+        "numel": res.numel,
+        "n_changed": res.n_changed,
+        "n_le_tol": [int(v) for v in s.n_le_tol],
+        "n_rel_unchanged": s.n_rel_unchanged,
+        "n_zero_delta": s.n_zero_delta,
+        "n_nonfinite_delta": s.n_nonfinite_delta,
+        "n_nan_base": s.n_nan_base,
+        "n_nan_tuned": s.n_nan_tuned,
     }
 
 

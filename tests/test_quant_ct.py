@@ -13,7 +13,13 @@ from rlsparse_lib.cli import main
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
 
-from .ckpt_factory import bf16_counts_ref, fp8_block_quantize, quant_views_ref, save_hf
+from .ckpt_factory import (
+    bf16_counts_ref,
+    fp8_block_quantize,
+    headline_counts,
+    quant_views_ref,
+    save_hf,
+)
 
 TOLS = (0.0, 1e-6, 1e-5)
 ETA = 1e-3
@@ -100,17 +106,7 @@ def test_ct_fp8_schemes_match_whole_tensor_reference(ct_pair) -> None:
         db = dequant_ref(base[name], base[name + "_scale"], name)
         dt = dequant_ref(tuned[name], tuned[name + "_scale"], name)
         res = rows[name]
-        s = res.float_stats()
-        got = {
-            "numel": res.numel,
-            "n_changed": res.n_changed,
-            "n_le_tol": [int(v) for v in s.n_le_tol],
-            "n_rel_unchanged": s.n_rel_unchanged,
-            "n_zero_delta": s.n_zero_delta,
-            "n_nonfinite_delta": s.n_nonfinite_delta,
-            "n_nan_base": s.n_nan_base,
-            "n_nan_tuned": s.n_nan_tuned,
-        }
+        got = headline_counts(res)
         assert got == bf16_counts_ref(db, dt, TOLS, ETA), name
         views = quant_views_ref(
             base[name].view(torch.uint8),

@@ -14,7 +14,14 @@ from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
 from rlsparse_lib.diff.report import DiffReport, format_summary
 
-from .ckpt_factory import bf16_counts_ref, fp8_block_quantize, quant_views_ref, save_hf, save_placed
+from .ckpt_factory import (
+    bf16_counts_ref,
+    fp8_block_quantize,
+    headline_counts,
+    quant_views_ref,
+    save_hf,
+    save_placed,
+)
 
 Q = "model.layers.0.self_attn.q_proj.weight"  # [200, 300]: partial block row and column
 EXPERTS = [f"model.layers.0.mlp.experts.{e}.{p}" for e in range(3) for p in ("gate", "down")]
@@ -127,16 +134,7 @@ def _check(report: DiffReport, base: dict, tuned: dict, tuned_dequantized: bool 
         want = bf16_counts_ref(db, dt, TOLS, ETA)
         res = rows[name]
         s = res.float_stats()
-        got = {
-            "numel": res.numel,
-            "n_changed": res.n_changed,
-            "n_le_tol": [int(v) for v in s.n_le_tol],
-            "n_rel_unchanged": s.n_rel_unchanged,
-            "n_zero_delta": s.n_zero_delta,
-            "n_nonfinite_delta": s.n_nonfinite_delta,
-            "n_nan_base": s.n_nan_base,
-            "n_nan_tuned": s.n_nan_tuned,
-        }
+        got = headline_counts(res)
         assert got == want, name
         # binade views of the dequantized base: elements (all / changed) per bf16 exponent field
         field = (db.view(torch.int16).reshape(-1).int() >> 7) & 0xFF

@@ -15,7 +15,7 @@ from rlsparse_lib.cli import main
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
 
-from .ckpt_factory import bf16_counts_ref, quant_views_ref, save_hf
+from .ckpt_factory import bf16_counts_ref, headline_counts, quant_views_ref, save_hf
 
 TOLS = (0.0, 1e-6, 1e-5)
 ETA = 1e-3
@@ -78,17 +78,8 @@ def test_weight_scale_fp8_matches_whole_tensor_reference(tmp_path: Path, layout:
             _dequant(base[name], base[name + "_scale"]),
             _dequant(tuned[name], tuned[name + "_scale"]),
         )
-        res, s = rows[name], rows[name].float_stats()
-        got = {
-            "numel": res.numel,
-            "n_changed": res.n_changed,
-            "n_le_tol": [int(v) for v in s.n_le_tol],
-            "n_rel_unchanged": s.n_rel_unchanged,
-            "n_zero_delta": s.n_zero_delta,
-            "n_nonfinite_delta": s.n_nonfinite_delta,
-            "n_nan_base": s.n_nan_base,
-            "n_nan_tuned": s.n_nan_tuned,
-        }
+        res = rows[name]
+        got = headline_counts(res)
         assert got == bf16_counts_ref(db, dt, TOLS, ETA), name
         views = quant_views_ref(
             base[name].view(torch.uint8),

@@ -14,7 +14,7 @@ from rlsparse_lib.cli import main
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
 
-from .ckpt_factory import bf16_counts_ref, quant_views_ref, save_placed
+from .ckpt_factory import bf16_counts_ref, headline_counts, quant_views_ref, save_placed
 
 P = "model.layers.0.mlp.experts.gate_up_proj"
 D = "model.layers.0.mlp.experts.down_proj"
@@ -80,18 +80,8 @@ def test_mxfp4_pair_matches_whole_tensor_reference(mx_pair) -> None:
         db = dequant_ref(base[name + "_blocks"], base[name + "_scales"])
         dt = dequant_ref(tuned[name + "_blocks"], tuned[name + "_scales"])
         res = rows[name]
-        s = res.float_stats()
         assert res.shape_compared == tuple(db.shape) and res.dtype_base == "float4_e2m1fn"
-        got = {
-            "numel": res.numel,
-            "n_changed": res.n_changed,
-            "n_le_tol": [int(v) for v in s.n_le_tol],
-            "n_rel_unchanged": s.n_rel_unchanged,
-            "n_zero_delta": s.n_zero_delta,
-            "n_nonfinite_delta": s.n_nonfinite_delta,
-            "n_nan_base": s.n_nan_base,
-            "n_nan_tuned": s.n_nan_tuned,
-        }
+        got = headline_counts(res)
         assert got == bf16_counts_ref(db, dt, TOLS, ETA), name
         views = quant_views_ref(
             _codes(base[name + "_blocks"]),
