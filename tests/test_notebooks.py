@@ -400,6 +400,33 @@ def _check_seeds_controls(r: dict) -> None:
     assert r["figures"] == ["12_seed_intervals"]
 
 
+def _check_quantized_storage(r: dict) -> None:
+    """Every pair in each storage over the same weights (the fp32 masters' copy for the runs that
+    keep them); bf16 sees itself whole; the overlap adds up; where no scale moved, a stored change
+    is a bf16 change, so the stored pair is at least as sparse."""
+    rows = r["storage"]
+    pairs = {"SFT", "GRPO", "RLOO", "DPO", "KTO", "SFT ×4", "GRPO ×4"}
+    assert {x["pair"] for x in rows} == pairs
+    for pair in pairs:
+        mine = {x["storage"]: x for x in rows if x["pair"] == pair}
+        ref = mine["bf16"]
+        masters = ["FP8 of fp32 masters"] if pair in ("SFT", "GRPO") else []
+        assert list(mine) == ["bf16", "FP8 (DeepSeek)", "MXFP4", *masters], pair
+        assert ref["visible"] == ref["inside"] == 1.0 and ref["codes_changed"] is None
+        for x in mine.values():
+            assert (x["n_params"], x["proj_numel"]) == (ref["n_params"], ref["proj_numel"])
+            assert x["proj_changed_bf16"] == ref["proj_changed"]
+            assert x["proj_n_both"] <= min(x["proj_changed"], x["proj_changed_bf16"])
+            assert x["proj_sparsity"] == 1 - x["proj_changed"] / x["proj_numel"]
+            if x is ref:
+                continue
+            assert _frac(x["codes_changed"]) and _frac(x["scales_changed"]), pair
+            if x["scales_changed"] == 0:
+                assert x["scale_only_changed"] == 0 and x["inside"] in (1.0, None), pair
+                assert x["proj_sparsity"] >= ref["proj_sparsity"], pair
+    assert r["figures"] == ["14_storage"]
+
+
 CHECKS = {
     "00_quickstart": _check_quickstart,
     "01_update_sparsity": _check_update_sparsity,
@@ -415,4 +442,5 @@ CHECKS = {
     "11_delta_sync": _check_delta_sync,
     "12_seeds_controls": _check_seeds_controls,
     "13_long_horizon": _check_long_horizon,
+    "14_quantized_storage": _check_quantized_storage,
 }

@@ -50,6 +50,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rlsparse_lib.cli.patch",
         "lossless sparse patches: create/apply, TRL/vLLM export/import, delta chains",
     ),
+    "quantize": (
+        "rlsparse_lib.cli.quantize",
+        "a quantized copy of a float checkpoint (FP8 block scales, MXFP4), to diff as stored",
+    ),
     "budget": (
         "rlsparse_lib.cli.budget",
         "weight-sync budget of a checkpoint series: payload per codec, cadence, granularity",

@@ -256,6 +256,13 @@ def _seed_intervals(exp):
     return plot_seed_intervals(exp.load_table("summary"))
 
 
+# ---- 14_quantized_storage ---------------------------------------------------------------------
+def _storage(exp):
+    from rlsparse_lib.plotting.quantized import plot_storage_sparsity
+
+    return plot_storage_sparsity(exp.load_table("storage"))
+
+
 FIGURES: dict[str, FigureSpec] = {
     "quickstart_layer_module": FigureSpec("00_quickstart", _quickstart_layer_module),
     "quickstart_binade": FigureSpec("00_quickstart", _quickstart_binade),
@@ -291,6 +298,7 @@ FIGURES: dict[str, FigureSpec] = {
     "13_parameter_fate": FigureSpec("13_long_horizon", _long_parameter_fate, local_only=True),
     "13_per_step_monitor": FigureSpec("13_long_horizon", _long_per_step_monitor, local_only=True),
     "13_k_step": FigureSpec("13_long_horizon", _long_k_step, local_only=True),
+    "14_storage": FigureSpec("14_quantized_storage", _storage, local_only=True),
 }
 
 

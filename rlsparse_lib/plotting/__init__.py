@@ -10,6 +10,7 @@ redrawn from stored CSV/JSON alone. One module per thing plotted:
 * :mod:`~rlsparse_lib.plotting.dynamics` — dynamics (Figs. 5–7), parameter fate (Fig. 2), monitor;
 * :mod:`~rlsparse_lib.plotting.precision` — ULP histogram, binade curve, precision modes, lr;
 * :mod:`~rlsparse_lib.plotting.training` — training curves (Fig. 4);
+* :mod:`~rlsparse_lib.plotting.quantized` — sparsity as FP8 / MXFP4 copies store a pair;
 * :mod:`~rlsparse_lib.plotting.style` — the shared look and :func:`save_figure`.
 
 ::

@@ -1,0 +1,45 @@
+"""A quantized copy of a float checkpoint, stored as frontier checkpoints store their weights.
+
+Asks what quantized storage would report for a pair: quantize both sides alike, then
+`rlsparse diff` the copies (compared on their dequantized values, with the raw-code views).
+The attention and MLP projections are quantized; embeddings, the output head, norms and biases
+stay as stored. Schemes:
+
+  fp8_block  DeepSeek-V3: F8_E4M3 codes + float32 *_scale_inv per 128x128 block (amax / 448)
+  mxfp4      gpt-oss layout: E2M1 codes in uint8 *_blocks + E8M0 *_scales per 32 elements
+             of a row (OCP MX v1.0 rounding)
+
+examples:
+  rlsparse quantize run/step_000000 -o q/base --scheme fp8_block
+  rlsparse quantize run/step_000020 -o q/tuned --scheme fp8_block
+  rlsparse diff q/base q/tuned
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from rlsparse_lib.io.quantize import QUANTIZE_SCHEMES
+
+    p.add_argument("src", metavar="SRC", help="float checkpoint: folder, file or hub id")
+    p.add_argument(
+        "-o", "--out", dest="out_root", metavar="OUT", required=True, help="new folder to write"
+    )
+    p.add_argument("--scheme", choices=QUANTIZE_SCHEMES, required=True)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlsparse_lib.io.quantize import quantize_checkpoint
+
+    s = quantize_checkpoint(args.src, args.out_root, args.scheme, progress=not args.quiet)
+    if not args.quiet:
+        share = s["quantized_elements"] / s["elements"] if s["elements"] else 0.0
+        print(
+            f"{s['out']}: {s['quantized']} of {s['tensors']} tensors as {s['scheme']} "
+            f"({s['quantized_elements']:,} of {s['elements']:,} elements, {100 * share:.1f} %); "
+            "the rest as stored"
+        )
+    return 0

@@ -1,0 +1,265 @@
+"""Quantized copies of float checkpoints, in the layouts frontier checkpoints ship.
+
+:func:`quantize_checkpoint` writes a Hugging Face folder holding a float checkpoint's linear
+weights quantized and every other tensor as stored, so any float pair can be asked what
+quantized storage would report for it (``rlsparse quantize``, notebook 14). The copies are read
+back by :mod:`rlsparse_lib.io.quant` like the real thing:
+
+* ``fp8_block`` (DeepSeek-V3/R1): ``<w>`` ``F8_E4M3`` codes ``[R, C]`` and ``<w>_scale_inv``
+  float32 ``[ceil(R/128), ceil(C/128)]``; a block's ``scale_inv`` is its float32 ``amax / 448``
+  (1 for an all-zero block), a code is ``float8_e4m3fn(float32(w) / scale_inv)`` (torch's cast:
+  round to nearest even). ``config.json`` declares ``quant_method: fp8`` with
+  ``weight_block_size: [128, 128]``.
+* ``mxfp4`` (gpt-oss's byte layout, OCP MX v1.0 rounding): ``<w>_blocks`` uint8 ``[R, C/32, 16]``
+  (two E2M1 codes per byte, low nibble first) and ``<w>_scales`` uint8 E8M0 ``[R, C/32]``; a
+  group of 32 has the shared exponent ``X = floor(log2(amax)) - 2`` (``-127`` for an all-zero
+  group, clamped to ``[-127, 127]``), an element the E2M1 value nearest ``w / 2^X`` (ties to the
+  even code, saturating at ±6). ``config.json`` declares ``quant_method: mxfp4``.
+
+Quantized are 2-D weights of attention and MLP projections (:func:`quantizable`); embeddings, the
+output head, norms and biases stay as stored, as in DeepSeek-V3 and gpt-oss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlsparse_lib.errors import CheckpointError, ConfigError, OutputError
+from rlsparse_lib.io.checkpoint import (
+    Checkpoint,
+    SafetensorsWriter,
+    TensorReader,
+    open_checkpoint,
+)
+from rlsparse_lib.io.dtypes import COMPARE_DTYPES, torch_dtype
+from rlsparse_lib.io.naming import parse_param_name
+from rlsparse_lib.io.pairing import quantized_tensors
+from rlsparse_lib.io.quant import DEEPSEEK_BLOCK, E2M1_VALUES, MX_GROUP, MX_GROUP_BYTES
+from rlsparse_lib.io.tensor_info import TensorInfo
+from rlsparse_lib.progress import byte_progress
+
+QUANTIZE_SCHEMES = ("fp8_block", "mxfp4")
+FP8_BLOCK = DEEPSEEK_BLOCK[0]
+FP8_MAX = 448.0
+#: ``config.json`` ``quantization_config`` written with each scheme
+QUANTIZATION_CONFIGS: dict[str, dict] = {
+    "fp8_block": {
+        "quant_method": "fp8",
+        "fmt": "e4m3",
+        "activation_scheme": "dynamic",
+        "weight_block_size": list(DEEPSEEK_BLOCK),
+    },
+    "mxfp4": {"quant_method": "mxfp4"},
+}
+#: elements per slab (whole 128-row block rows when quantized): bounds the memory per tensor
+_SLAB_ELEMS = 1 << 24
+#: E2M1 magnitudes' midpoints, and whether a tie there rounds up (to the even code)
+_E2M1_MIDS = [(a + b) / 2 for a, b in itertools.pairwise(E2M1_VALUES[:8])]
+_E2M1_TIE_UP = [i % 2 == 1 for i in range(7)]
+_WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def quantizable(name: str, info: TensorInfo) -> bool:
+    """Whether ``name`` is a 2-D float weight of an attention or MLP projection."""
+    p = parse_param_name(name)
+    return (
+        len(info.shape) == 2
+        and info.dtype in COMPARE_DTYPES
+        and p.param == "weight"
+        and p.group in ("attention", "mlp")
+    )
+
+
+def fp8_block_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V3 FP8 of ``w`` float ``[R, C]`` with R a multiple of 128 or the tensor's last
+    rows: codes ``float8_e4m3fn [R, C]`` and ``scale_inv`` float32 ``[ceil(R/128), ceil(C/128)]``."""
+    r, c = w.shape
+    sr, sc = -(-r // FP8_BLOCK), -(-c // FP8_BLOCK)
+    x = w.float()
+    padded = torch.zeros(sr * FP8_BLOCK, sc * FP8_BLOCK)
+    padded[:r, :c] = x.abs()
+    amax = padded.reshape(sr, FP8_BLOCK, sc, FP8_BLOCK).amax(dim=(1, 3))
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    full = scale.repeat_interleave(FP8_BLOCK, 0).repeat_interleave(FP8_BLOCK, 1)[:r, :c]
+    return (x / full).to(torch.float8_e4m3fn), scale
+
+
+def mxfp4_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """OCP MXFP4 of ``w`` float ``[R, C]`` (C a multiple of 32): blocks uint8 ``[R, C/32, 16]``
+    (low nibble first) and E8M0 scales uint8 ``[R, C/32]``."""
+    r, c = w.shape
+    x = w.float().reshape(r, c // MX_GROUP, MX_GROUP)
+    amax = x.abs().amax(dim=-1)
+    _, e = torch.frexp(amax)  # amax = m * 2^e, m in [0.5, 1): floor(log2(amax)) = e - 1
+    shared = torch.where(amax > 0, e - 3, torch.full_like(e, -127)).clamp(-127, 127)
+    v = torch.ldexp(x, -shared.unsqueeze(-1).float()).abs()
+    code = torch.zeros(v.shape, dtype=torch.uint8)
+    for mid, up in zip(_E2M1_MIDS, _E2M1_TIE_UP, strict=True):
+        code += ((v >= mid) if up else (v > mid)).to(torch.uint8)
+    code |= torch.signbit(x).to(torch.uint8) << 3
+    pairs = code.reshape(r, c // MX_GROUP, MX_GROUP_BYTES, 2)
+    blocks = pairs[..., 0] | (pairs[..., 1] << 4)
+    return blocks, (shared + 127).to(torch.uint8)
+
+
+def quantize_checkpoint(
+    src: str | Path | Checkpoint, out: str | Path, scheme: str, progress: bool = True
+) -> dict:
+    """Write ``out`` (a new folder): ``src`` with its :func:`quantizable` weights in ``scheme``.
+
+    One safetensors file per source file (an index when there are several), ``config.json`` with
+    the scheme's ``quantization_config``, and the source folder's other files (tokenizer, ...).
+    Written into a temporary folder renamed at the end: on any error nothing is left.
+
+    Returns:
+        ``{"out", "scheme", "tensors", "quantized", "elements", "quantized_elements"}``.
+
+    Raises:
+        ConfigError: an unknown scheme.
+        CheckpointError: ``src`` holds quantized weights already, a weight holds NaN/Inf, or
+            (``mxfp4``) a weight's columns are not a multiple of 32; the message names it.
+        OutputError: ``out`` exists and is not an empty folder.
+    """
+    if scheme not in QUANTIZE_SCHEMES:
+        raise ConfigError(
+            f"unknown quantization scheme {scheme!r} (have {', '.join(QUANTIZE_SCHEMES)})"
+        )
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputError(f"{out}: exists and is not an empty folder")
+    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+    chosen = _choose(ckpt, scheme)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        _write(ckpt, chosen, scheme, tmp, progress)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {
+        "out": str(out),
+        "scheme": scheme,
+        "tensors": len(ckpt.tensors),
+        "quantized": len(chosen),
+        "elements": ckpt.n_params,
+        "quantized_elements": sum(ckpt.tensors[n].numel for n in chosen),
+    }
+
+
+def _choose(ckpt: Checkpoint, scheme: str) -> set[str]:
+    """The names to quantize; refuses a checkpoint that holds quantized weights already."""
+    found = quantized_tensors(ckpt) | {n: e.scheme for n, e in ckpt.encodings.items()}
+    if found:
+        name, what = next(iter(found.items()))
+        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+        raise CheckpointError(
+            f"{ckpt.source}: already quantized ({name}: {what}{more}); quantize a float checkpoint"
+        )
+    chosen = set()
+    for name, info in ckpt.tensors.items():
+        if quantizable(name, info) and name not in ckpt.aliases:
+            if scheme == "mxfp4" and info.shape[1] % MX_GROUP:
+                raise CheckpointError(
+                    f"{ckpt.source}: {name} has {info.shape[1]} columns, not a multiple of "
+                    f"{MX_GROUP}: MXFP4 groups 32 elements of a row"
+                )
+            chosen.add(name)
+    return chosen
+
+
+def _specs(
+    infos: list[TensorInfo], chosen: set[str], scheme: str
+) -> Iterator[tuple[str, str, tuple[int, ...]]]:
+    """(name, dtype, shape) of what ``infos`` become in the copy."""
+    for info in infos:
+        name = info.name
+        if name not in chosen:
+            yield name, info.dtype, info.shape
+            continue
+        r, c = info.shape
+        if scheme == "fp8_block":
+            yield name, "float8_e4m3fn", (r, c)
+            yield name + "_scale_inv", "float32", (-(-r // FP8_BLOCK), -(-c // FP8_BLOCK))
+        else:
+            yield name + "_blocks", "uint8", (r, c // MX_GROUP, MX_GROUP_BYTES)
+            yield name + "_scales", "uint8", (r, c // MX_GROUP)
+
+
+def _write(ckpt: Checkpoint, chosen: set[str], scheme: str, folder: Path, progress: bool) -> None:
+    by_file: dict[Path, list[str]] = {}
+    for name, info in ckpt.tensors.items():
+        if name not in ckpt.aliases:
+            by_file.setdefault(info.file, []).append(name)
+    n = len(by_file)
+    files = [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    files = ["model.safetensors"] if n == 1 else files
+    weight_map: dict[str, str] = {}
+    total = sum(ckpt.tensors[name].nbytes for names in by_file.values() for name in names)
+    bar = byte_progress(total, f"quantize ({scheme})", progress)
+    with ckpt.reader() as reader, contextlib.closing(bar):
+        for fname, names in zip(files, by_file.values(), strict=True):
+            specs = list(_specs([ckpt.tensors[k] for k in names], chosen, scheme))
+            weight_map.update(dict.fromkeys((s[0] for s in specs), fname))
+            with SafetensorsWriter(folder / fname, specs, {"format": "pt"}) as writer:
+                for name in names:
+                    _write_tensor(reader, ckpt.tensors[name], name in chosen, scheme, writer)
+                    bar.update(ckpt.tensors[name].nbytes)
+    if n > 1:
+        size = sum(f.stat().st_size for f in folder.iterdir())
+        index = {"metadata": {"total_size": size}, "weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=1) + "\n")
+    if ckpt.path.is_dir() and ckpt.remote is None:
+        for f in sorted(ckpt.path.iterdir()):
+            if f.is_file() and not f.name.endswith((*_WEIGHT_FILES, ".index.json")):
+                shutil.copyfile(f, folder / f.name)
+    config = dict(ckpt.config)
+    config["quantization_config"] = QUANTIZATION_CONFIGS[scheme]
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _write_tensor(
+    reader: TensorReader,
+    info: TensorInfo,
+    quantize: bool,
+    scheme: str,
+    writer: SafetensorsWriter,
+) -> None:
+    """Append one tensor (as stored, or its codes then its scales) in slabs of whole blocks."""
+    name = info.name
+    if not quantize:
+        for start in range(0, info.numel, _SLAB_ELEMS):
+            writer.write(name, reader.words(name, start, min(start + _SLAB_ELEMS, info.numel)))
+        return
+    r, c = info.shape
+    rows = max(FP8_BLOCK, _SLAB_ELEMS // c // FP8_BLOCK * FP8_BLOCK)
+    scales = []
+    codes_name = name if scheme == "fp8_block" else name + "_blocks"
+    for r0 in range(0, r, rows):
+        r1 = min(r, r0 + rows)
+        words = reader.words(name, r0 * c, r1 * c)
+        w = torch.from_numpy(words.copy()).view(torch_dtype(info.dtype)).reshape(r1 - r0, c)
+        if not bool(torch.isfinite(w).all()):
+            raise CheckpointError(
+                f"{reader.ckpt.source}: {name} holds NaN or Inf: no {scheme} scale represents it"
+            )
+        if scheme == "fp8_block":
+            codes, scale = fp8_block_quantize(w)
+            writer.write(codes_name, codes.view(torch.uint8).numpy())
+        else:
+            codes, scale = mxfp4_quantize(w)
+            writer.write(codes_name, codes.numpy())
+        scales.append(scale.numpy())
+    scales_name = name + ("_scale_inv" if scheme == "fp8_block" else "_scales")
+    writer.write(scales_name, np.concatenate(scales))
