@@ -232,6 +232,20 @@ def test_rank_reads_hub_ids_too(hub: HubStandin, pair: tuple[Path, Path]) -> Non
     assert streamed.matrices == local.matrices and len(local.matrices) > 0
 
 
+def test_quantize_reads_hub_ids_too(hub: HubStandin, pair: tuple[Path, Path], tmp_path: Path):
+    """A quantized copy of a streamed checkpoint is byte for byte the copy of the local files."""
+    from rlsparse_lib.io.quantize import quantize_checkpoint
+
+    quantize_checkpoint(pair[0], tmp_path / "local", "fp8_block", progress=False)
+    streamed = open_checkpoint("org/base", stream=FAST)
+    quantize_checkpoint(streamed, tmp_path / "hub", "fp8_block", progress=False)
+    names = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "hub").iterdir())
+    assert "model-00002-of-00002.safetensors" in names
+    for name in names:
+        assert (tmp_path / "hub" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+
+
 def test_wrong_content_range_is_refused(hub: HubStandin) -> None:
     hub.wrong_range = True
     with pytest.raises(CheckpointError, match="wrong Content-Range"):

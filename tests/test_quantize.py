@@ -197,3 +197,22 @@ def test_a_sharded_source_gives_a_sharded_copy(tmp_path: Path, capsys) -> None:
     assert files == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
     stored = {n: f for f in files for n in load_file(tmp_path / "q" / f)}
     assert stored == index["weight_map"] and stored[Q + "_scale_inv"] == stored[Q]
+
+
+def test_include_and_exclude_narrow_what_is_quantized(tmp_path: Path, capsys) -> None:
+    """A weight MXFP4 cannot hold is left out by --exclude; --include keeps only the matches;
+    an invalid regex exits 2."""
+    odd = _state()
+    odd[UP] = odd[UP][:, :48].contiguous()
+    src = save_hf(tmp_path / "src", odd, config=CONFIG)
+    args = ["quantize", str(src), "--scheme", "mxfp4"]
+    assert main([*args, "-o", str(tmp_path / "a"), "--exclude", r"\.up_proj\."]) == 0
+    assert "1 of 4 tensors as mxfp4" in capsys.readouterr().out
+    out = load_file(tmp_path / "a" / "model.safetensors")
+    assert torch.equal(out[UP].view(torch.int16), odd[UP].view(torch.int16))
+    assert Q + "_blocks" in out and Q not in out
+    assert main([*args, "-o", str(tmp_path / "b"), "--include", "self_attn", "-q"]) == 0
+    assert set(load_file(tmp_path / "b" / "model.safetensors")) == set(out)
+    assert main([*args, "-o", str(tmp_path / "c"), "--include", "("]) == 2
+    assert "--include: invalid regular expression" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -2,8 +2,8 @@
 
 Asks what quantized storage would report for a pair: quantize both sides alike, then
 `rlsparse diff` the copies (compared on their dequantized values, with the raw-code views).
-The attention and MLP projections are quantized; embeddings, the output head, norms and biases
-stay as stored. Schemes:
+The attention and MLP projections are quantized (--include / --exclude narrow that set);
+embeddings, the output head, norms and biases stay as stored. Schemes:
 
   fp8_block  DeepSeek-V3: F8_E4M3 codes + float32 *_scale_inv per 128x128 block (amax / 448)
   mxfp4      gpt-oss layout: E2M1 codes in uint8 *_blocks + E8M0 *_scales per 32 elements
@@ -28,13 +28,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "-o", "--out", dest="out_root", metavar="OUT", required=True, help="new folder to write"
     )
     p.add_argument("--scheme", choices=QUANTIZE_SCHEMES, required=True)
+    p.add_argument(
+        "--include",
+        nargs="+",
+        default=[],
+        metavar="REGEX",
+        help="quantize only the projections whose names match (e.g. 'experts' as gpt-oss does)",
+    )
+    p.add_argument(
+        "--exclude", nargs="+", default=[], metavar="REGEX", help="keep matching weights as stored"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
 
 def run(args: argparse.Namespace) -> int:
     from rlsparse_lib.io.quantize import quantize_checkpoint
 
-    s = quantize_checkpoint(args.src, args.out_root, args.scheme, progress=not args.quiet)
+    s = quantize_checkpoint(
+        args.src,
+        args.out_root,
+        args.scheme,
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        progress=not args.quiet,
+    )
     if not args.quiet:
         share = s["quantized_elements"] / s["elements"] if s["elements"] else 0.0
         print(

@@ -285,8 +285,8 @@ def pair_checkpoints(
         raise ConfigError(
             f"--compare-dtype must be one of {', '.join(COMPARE_DTYPES)}, got {compare_dtype!r}"
         )
-    inc = _compile(include, "--include")
-    exc = _compile(exclude, "--exclude")
+    inc = compile_patterns(include, "--include")
+    exc = compile_patterns(exclude, "--exclude")
     plan = PairPlan(base, tuned)
     layouts = (quant_layout(base), quant_layout(tuned)) if dequantize else ({}, {})
     b_tensors, b_used = _logical(base, layouts[0])
@@ -406,7 +406,8 @@ def _logical(
     return out, frozenset(used)
 
 
-def _compile(patterns: tuple[str, ...], flag: str) -> list[re.Pattern]:
+def compile_patterns(patterns: tuple[str, ...], flag: str) -> list[re.Pattern]:
+    """``patterns`` compiled; an invalid one is a ConfigError naming ``flag``."""
     try:
         return [re.compile(p) for p in patterns]
     except re.error as err:
@@ -491,7 +492,7 @@ def check_include_matches(
     none of them matches any of ``names``: a typo must not pass for "nothing changed"."""
     if not include:
         return
-    compiled = _compile(tuple(include), "--include")
+    compiled = compile_patterns(tuple(include), "--include")
     if any(r.search(n) for n in names for r in compiled):
         return
     shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "") if names else "none"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -42,7 +43,7 @@ from rlsparse_lib.io.checkpoint import (
 )
 from rlsparse_lib.io.dtypes import COMPARE_DTYPES, torch_dtype
 from rlsparse_lib.io.naming import parse_param_name
-from rlsparse_lib.io.pairing import quantized_tensors
+from rlsparse_lib.io.pairing import compile_patterns, quantized_tensors
 from rlsparse_lib.io.quant import DEEPSEEK_BLOCK, E2M1_VALUES, MX_GROUP, MX_GROUP_BYTES
 from rlsparse_lib.io.tensor_info import TensorInfo
 from rlsparse_lib.progress import byte_progress
@@ -81,7 +82,7 @@ def quantizable(name: str, info: TensorInfo) -> bool:
 
 def fp8_block_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """DeepSeek-V3 FP8 of ``w`` float ``[R, C]`` with R a multiple of 128 or the tensor's last
-    rows: codes ``float8_e4m3fn [R, C]`` and ``scale_inv`` float32 ``[ceil(R/128), ceil(C/128)]``."""
+    rows: codes ``float8_e4m3fn [R, C]``, ``scale_inv`` float32 ``[ceil(R/128), ceil(C/128)]``."""
     r, c = w.shape
     sr, sc = -(-r // FP8_BLOCK), -(-c // FP8_BLOCK)
     x = w.float()
@@ -112,9 +113,15 @@ def mxfp4_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def quantize_checkpoint(
-    src: str | Path | Checkpoint, out: str | Path, scheme: str, progress: bool = True
+    src: str | Path | Checkpoint,
+    out: str | Path,
+    scheme: str,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    progress: bool = True,
 ) -> dict:
-    """Write ``out`` (a new folder): ``src`` with its :func:`quantizable` weights in ``scheme``.
+    """Write ``out`` (a new folder): ``src`` with its :func:`quantizable` weights in ``scheme``
+    (those matching an ``include`` regex when any is given, and no ``exclude`` regex).
 
     One safetensors file per source file (an index when there are several), ``config.json`` with
     the scheme's ``quantization_config``, and the source folder's other files (tokenizer, ...).
@@ -124,7 +131,7 @@ def quantize_checkpoint(
         ``{"out", "scheme", "tensors", "quantized", "elements", "quantized_elements"}``.
 
     Raises:
-        ConfigError: an unknown scheme.
+        ConfigError: an unknown scheme or an invalid regex.
         CheckpointError: ``src`` holds quantized weights already, a weight holds NaN/Inf, or
             (``mxfp4``) a weight's columns are not a multiple of 32; the message names it.
         OutputError: ``out`` exists and is not an empty folder.
@@ -136,8 +143,10 @@ def quantize_checkpoint(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(f"{out}: exists and is not an empty folder")
+    inc = compile_patterns(include, "--include")
+    exc = compile_patterns(exclude, "--exclude")
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
-    chosen = _choose(ckpt, scheme)
+    chosen = _choose(ckpt, scheme, inc, exc)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -158,7 +167,9 @@ def quantize_checkpoint(
     }
 
 
-def _choose(ckpt: Checkpoint, scheme: str) -> set[str]:
+def _choose(
+    ckpt: Checkpoint, scheme: str, inc: list[re.Pattern], exc: list[re.Pattern]
+) -> set[str]:
     """The names to quantize; refuses a checkpoint that holds quantized weights already."""
     found = quantized_tensors(ckpt) | {n: e.scheme for n, e in ckpt.encodings.items()}
     if found:
@@ -169,11 +180,14 @@ def _choose(ckpt: Checkpoint, scheme: str) -> set[str]:
         )
     chosen = set()
     for name, info in ckpt.tensors.items():
-        if quantizable(name, info) and name not in ckpt.aliases:
+        selected = (not inc or any(r.search(name) for r in inc)) and not any(
+            r.search(name) for r in exc
+        )
+        if selected and quantizable(name, info) and name not in ckpt.aliases:
             if scheme == "mxfp4" and info.shape[1] % MX_GROUP:
                 raise CheckpointError(
                     f"{ckpt.source}: {name} has {info.shape[1]} columns, not a multiple of "
-                    f"{MX_GROUP}: MXFP4 groups 32 elements of a row"
+                    f"{MX_GROUP}: MXFP4 groups 32 elements of a row (leave it out with --exclude)"
                 )
             chosen.add(name)
     return chosen
