@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from rlsparse_lib.cli import main
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
+from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.quantize import quantize_checkpoint
 
 from .ckpt_factory import bf16_counts_ref, fp8_block_quantize, headline_counts, save_hf
@@ -216,3 +217,23 @@ def test_include_and_exclude_narrow_what_is_quantized(tmp_path: Path, capsys) ->
     assert main([*args, "-o", str(tmp_path / "c"), "--include", "("]) == 2
     assert "--include: invalid regular expression" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_fp32_masters_with_the_rest_cast_to_bf16(tmp_path: Path) -> None:
+    """Quantized from float32 values; the tensors that are not quantized cast to bf16 by round
+    to nearest even (torch's cast); an unknown rest dtype is refused."""
+    g = torch.Generator().manual_seed(1)
+    state = {k: v.float() + 1e-4 * torch.randn(v.shape, generator=g) for k, v in _state().items()}
+    src = save_hf(tmp_path / "src", state, config=CONFIG)
+    args = ["quantize", str(src), "--scheme", "fp8_block", "-q"]
+    assert main([*args, "-o", str(tmp_path / "q"), "--rest-dtype", "bfloat16"]) == 0
+    out = load_file(tmp_path / "q" / "model.safetensors")
+    for name in (EMBED, NORM):
+        assert out[name].dtype == torch.bfloat16
+        assert torch.equal(out[name].view(torch.int16), state[name].bfloat16().view(torch.int16))
+    codes, scale = fp8_block_quantize(state[UP])
+    assert torch.equal(out[UP].view(torch.uint8), codes.view(torch.uint8))
+    assert torch.equal(out[UP + "_scale_inv"], scale)
+    with pytest.raises(ConfigError, match="unknown rest dtype 'int8'"):
+        quantize_checkpoint(src, tmp_path / "r", "fp8_block", rest_dtype="int8")
+    assert not (tmp_path / "r").exists()

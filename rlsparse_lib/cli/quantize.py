@@ -13,6 +13,7 @@ examples:
   rlsparse quantize run/step_000000 -o q/base --scheme fp8_block
   rlsparse quantize run/step_000020 -o q/tuned --scheme fp8_block
   rlsparse diff q/base q/tuned
+  rlsparse quantize run/step_000020/fp32 -o q/masters --scheme fp8_block --rest-dtype bfloat16
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from rlsparse_lib.io.dtypes import COMPARE_DTYPES
     from rlsparse_lib.io.quantize import QUANTIZE_SCHEMES
 
     p.add_argument("src", metavar="SRC", help="float checkpoint: folder, file or hub id")
@@ -38,6 +40,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--exclude", nargs="+", default=[], metavar="REGEX", help="keep matching weights as stored"
     )
+    p.add_argument(
+        "--rest-dtype",
+        choices=COMPARE_DTYPES,
+        default=None,
+        help="cast the float tensors that are not quantized to this dtype (default: as stored; "
+        "bfloat16 for a copy of fp32 master weights, as published FP8 checkpoints keep them)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -50,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         args.scheme,
         include=tuple(args.include),
         exclude=tuple(args.exclude),
+        rest_dtype=args.rest_dtype,
         progress=not args.quiet,
     )
     if not args.quiet:

@@ -66,6 +66,7 @@ def storage_rows(exp, runs: dict) -> list[dict]:
                             run.checkpoint(s, source),
                             tmp / f"{i}-{s}",
                             scheme,
+                            rest_dtype="bfloat16",
                             progress=False,
                         )["out"]
                         for s in (0, step)

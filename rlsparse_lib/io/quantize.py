@@ -41,7 +41,7 @@ from rlsparse_lib.io.checkpoint import (
     TensorReader,
     open_checkpoint,
 )
-from rlsparse_lib.io.dtypes import COMPARE_DTYPES, torch_dtype
+from rlsparse_lib.io.dtypes import COMPARE_DTYPES, cast_words, torch_dtype
 from rlsparse_lib.io.naming import parse_param_name
 from rlsparse_lib.io.pairing import compile_patterns, quantized_tensors
 from rlsparse_lib.io.quant import DEEPSEEK_BLOCK, E2M1_VALUES, MX_GROUP, MX_GROUP_BYTES
@@ -118,10 +118,13 @@ def quantize_checkpoint(
     scheme: str,
     include: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
+    rest_dtype: str | None = None,
     progress: bool = True,
 ) -> dict:
     """Write ``out`` (a new folder): ``src`` with its :func:`quantizable` weights in ``scheme``
-    (those matching an ``include`` regex when any is given, and no ``exclude`` regex).
+    (those matching an ``include`` regex when any is given, and no ``exclude`` regex), and its
+    other float tensors as stored or, with ``rest_dtype``, cast to it (round to nearest even: a
+    copy of fp32 master weights keeps the rest in bf16 as published FP8 checkpoints do).
 
     One safetensors file per source file (an index when there are several), ``config.json`` with
     the scheme's ``quantization_config``, and the source folder's other files (tokenizer, ...).
@@ -131,7 +134,7 @@ def quantize_checkpoint(
         ``{"out", "scheme", "tensors", "quantized", "elements", "quantized_elements"}``.
 
     Raises:
-        ConfigError: an unknown scheme or an invalid regex.
+        ConfigError: an unknown scheme or rest dtype, or an invalid regex.
         CheckpointError: ``src`` holds quantized weights already, a weight holds NaN/Inf, or
             (``mxfp4``) a weight's columns are not a multiple of 32; the message names it.
         OutputError: ``out`` exists and is not an empty folder.
@@ -140,6 +143,8 @@ def quantize_checkpoint(
         raise ConfigError(
             f"unknown quantization scheme {scheme!r} (have {', '.join(QUANTIZE_SCHEMES)})"
         )
+    if rest_dtype is not None and rest_dtype not in COMPARE_DTYPES:
+        raise ConfigError(f"unknown rest dtype {rest_dtype!r} (have {', '.join(COMPARE_DTYPES)})")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(f"{out}: exists and is not an empty folder")
@@ -150,7 +155,7 @@ def quantize_checkpoint(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        _write(ckpt, chosen, scheme, tmp, progress)
+        _write(ckpt, chosen, scheme, rest_dtype, tmp, progress)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -193,14 +198,19 @@ def _choose(
     return chosen
 
 
+def _kept_dtype(info: TensorInfo, rest_dtype: str | None) -> str:
+    """The dtype a tensor that is not quantized is written in."""
+    return rest_dtype if rest_dtype and info.dtype in COMPARE_DTYPES else info.dtype
+
+
 def _specs(
-    infos: list[TensorInfo], chosen: set[str], scheme: str
+    infos: list[TensorInfo], chosen: set[str], scheme: str, rest_dtype: str | None
 ) -> Iterator[tuple[str, str, tuple[int, ...]]]:
     """(name, dtype, shape) of what ``infos`` become in the copy."""
     for info in infos:
         name = info.name
         if name not in chosen:
-            yield name, info.dtype, info.shape
+            yield name, _kept_dtype(info, rest_dtype), info.shape
             continue
         r, c = info.shape
         if scheme == "fp8_block":
@@ -211,7 +221,14 @@ def _specs(
             yield name + "_scales", "uint8", (r, c // MX_GROUP)
 
 
-def _write(ckpt: Checkpoint, chosen: set[str], scheme: str, folder: Path, progress: bool) -> None:
+def _write(
+    ckpt: Checkpoint,
+    chosen: set[str],
+    scheme: str,
+    rest_dtype: str | None,
+    folder: Path,
+    progress: bool,
+) -> None:
     by_file: dict[Path, list[str]] = {}
     for name, info in ckpt.tensors.items():
         if name not in ckpt.aliases:
@@ -224,11 +241,15 @@ def _write(ckpt: Checkpoint, chosen: set[str], scheme: str, folder: Path, progre
     bar = byte_progress(total, f"quantize ({scheme})", progress)
     with ckpt.reader() as reader, contextlib.closing(bar):
         for fname, names in zip(files, by_file.values(), strict=True):
-            specs = list(_specs([ckpt.tensors[k] for k in names], chosen, scheme))
+            specs = list(_specs([ckpt.tensors[k] for k in names], chosen, scheme, rest_dtype))
             weight_map.update(dict.fromkeys((s[0] for s in specs), fname))
             with SafetensorsWriter(folder / fname, specs, {"format": "pt"}) as writer:
                 for name in names:
-                    _write_tensor(reader, ckpt.tensors[name], name in chosen, scheme, writer)
+                    info = ckpt.tensors[name]
+                    if name in chosen:
+                        _write_quantized(reader, info, scheme, writer)
+                    else:
+                        _write_kept(reader, info, _kept_dtype(info, rest_dtype), writer)
                     bar.update(ckpt.tensors[name].nbytes)
     if n > 1:
         size = sum(f.stat().st_size for f in folder.iterdir())
@@ -243,19 +264,20 @@ def _write(ckpt: Checkpoint, chosen: set[str], scheme: str, folder: Path, progre
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _write_tensor(
-    reader: TensorReader,
-    info: TensorInfo,
-    quantize: bool,
-    scheme: str,
-    writer: SafetensorsWriter,
+def _write_kept(
+    reader: TensorReader, info: TensorInfo, dtype: str, writer: SafetensorsWriter
 ) -> None:
-    """Append one tensor (as stored, or its codes then its scales) in slabs of whole blocks."""
+    """Append a tensor that is not quantized, as stored or cast to ``dtype``, in slabs."""
+    for start in range(0, info.numel, _SLAB_ELEMS):
+        words = reader.words(info.name, start, min(start + _SLAB_ELEMS, info.numel))
+        writer.write(info.name, cast_words(words, info.dtype, dtype))
+
+
+def _write_quantized(
+    reader: TensorReader, info: TensorInfo, scheme: str, writer: SafetensorsWriter
+) -> None:
+    """Append a quantized weight's codes, then its scales, in slabs of whole block rows."""
     name = info.name
-    if not quantize:
-        for start in range(0, info.numel, _SLAB_ELEMS):
-            writer.write(name, reader.words(name, start, min(start + _SLAB_ELEMS, info.numel)))
-        return
     r, c = info.shape
     rows = max(FP8_BLOCK, _SLAB_ELEMS // c // FP8_BLOCK * FP8_BLOCK)
     scales = []
