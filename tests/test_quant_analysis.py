@@ -35,7 +35,7 @@ Q = "model.layers.0.self_attn.q_proj.weight"  # [200, 300]: a partial block row 
 EXP = "model.layers.0.mlp.experts.down_proj.weight"  # [2, 48, 130]: an expert stack
 EMB = "model.embed_tokens.weight"  # stored bf16 in every checkpoint
 NORM = "model.layers.0.input_layernorm.weight"
-MX = "model.layers.0.mlp.experts.gate_up_proj"  # MXFP4 [2, 10, 2, 16] -> logical [2, 10, 64]
+MX = "model.layers.0.mlp.experts.gate_up_proj"  # MXFP4 [2, 10, 2, 16] -> logical [2, 64, 10]
 MX2 = "model.layers.0.mlp.router_proj"  # MXFP4 [40, 4, 16] -> logical [40, 128]
 BIAS = "model.layers.0.mlp.experts.gate_up_proj_bias"
 E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
@@ -97,7 +97,9 @@ def dequantized_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[name] = as_bf16(fp8_ref(t, state[name + "_scale_inv"]))
         elif name.endswith("_blocks"):
             stem = name.removesuffix("_blocks")
-            out[stem] = as_bf16(mx_ref(t, state[stem + "_scales"]))
+            w = mx_ref(t, state[stem + "_scales"])
+            # a stack of experts as transformers holds it: each matrix transposed
+            out[stem] = as_bf16(np.swapaxes(w, -1, -2) if w.ndim >= 3 else w)
         else:
             out[name] = t
     return out

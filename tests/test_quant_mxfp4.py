@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from rlsparse_lib.cli import main
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
+from rlsparse_lib.io.maskfile import MaskFile
 
 from .ckpt_factory import bf16_counts_ref, headline_counts, quant_views_ref, save_placed
 
@@ -80,7 +82,10 @@ def test_mxfp4_pair_matches_whole_tensor_reference(mx_pair) -> None:
         db = dequant_ref(base[name + "_blocks"], base[name + "_scales"])
         dt = dequant_ref(tuned[name + "_blocks"], tuned[name + "_scales"])
         res = rows[name]
-        assert res.shape_compared == tuple(db.shape) and res.dtype_base == "float4_e2m1fn"
+        # gpt-oss experts are read in transformers' layout: each matrix transposed (the counts
+        # do not depend on the order)
+        assert res.shape_compared == tuple(db.transpose(-1, -2).shape)
+        assert res.dtype_base == "float4_e2m1fn"
         got = headline_counts(res)
         assert got == bf16_counts_ref(db, dt, TOLS, ETA), name
         views = quant_views_ref(
@@ -135,3 +140,86 @@ def test_mxfp4_cli_and_bad_inputs(mx_pair, tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err.strip()
         assert rc == 2 and err.count("\n") == 0 and P in err and message in err, (what, err)
         assert list(folder.iterdir()) == []
+
+
+GATE = "model.layers.0.mlp.experts.gate_up_proj"
+DOWN = "model.layers.0.mlp.experts.down_proj"
+
+
+def _experts(seed: int) -> dict[str, torch.Tensor]:
+    """gpt-oss-shaped MXFP4 experts: gate_up [E, 2I, H/32, 16] and a square down_proj
+    [E, H, I/32, 16] with H == I (as gpt-oss's 2880 x 2880)."""
+    g = torch.Generator().manual_seed(seed)
+    e, h = 2, 64
+    out = {}
+    for name, rows, cols in ((GATE, 2 * h, h), (DOWN, h, h)):
+        out[name + "_blocks"] = torch.randint(
+            0, 256, (e, rows, cols // 32, 16), dtype=torch.uint8, generator=g
+        )
+        out[name + "_scales"] = torch.randint(
+            118, 128, (e, rows, cols // 32), dtype=torch.uint8, generator=g
+        )
+    return out
+
+
+def _transformers_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The bf16 parameters transformers loads (and a fine-tune saves): each expert transposed."""
+    return {
+        n: dequant_ref(state[n + "_blocks"], state[n + "_scales"]).transpose(-1, -2).contiguous()
+        for n in (GATE, DOWN)
+    }
+
+
+def test_gpt_oss_experts_pair_with_their_transformers_bf16_copies(tmp_path: Path) -> None:
+    """An MXFP4 gpt-oss checkpoint against its bf16 copy compares element for element (also the
+    square down_proj, which was compared untransposed: nearly every element "changed"), and
+    every pair of the four checkpoints gives the whole-tensor reference counts and the same mask
+    bits, in transformers' layout, whichever path (fused codes, decoded, cross) measures it."""
+    base = _experts(0)
+    tuned = {k: v.clone() for k, v in base.items()}
+    flat = tuned[DOWN + "_blocks"].view(-1)
+    flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(1))[:40]] ^= 0x11
+    tuned[GATE + "_scales"][1, 3, 0] += 1  # one group doubles
+    cfg = {"model_type": "gpt_oss", "quantization_config": {"quant_method": "mxfp4"}}
+    paths = {
+        "mx_base": save_placed(tmp_path / "mx_base", base, {}, cfg),
+        "mx_tuned": save_placed(tmp_path / "mx_tuned", tuned, {}, None),
+        "bf_base": save_placed(tmp_path / "bf_base", _transformers_copy(base), {}, None),
+        "bf_tuned": save_placed(
+            tmp_path / "bf_tuned", _transformers_copy(tuned), {}, {"model_type": "gpt_oss"}
+        ),
+    }
+    ref_b, ref_t = _transformers_copy(base), _transformers_copy(tuned)
+    same = diff_checkpoints(paths["mx_base"], paths["bf_base"], DiffConfig(), progress=False)
+    assert {t.name: t.n_changed for t in same.tensors} == {GATE: 0, DOWN: 0} and not same.skipped
+    cases = [
+        ("mx_base", "mx_tuned", "bfloat16"),  # fused: codes compared in stored order
+        ("mx_base", "mx_tuned", "float32"),  # decoded both sides, raw views beside
+        ("mx_base", "bf_tuned", "bfloat16"),  # cross
+        ("bf_base", "mx_tuned", "bfloat16"),  # cross, neither side with a config.json
+        ("bf_base", "bf_tuned", "bfloat16"),
+    ]
+    for b, t, cmp in cases:
+        mask = tmp_path / f"{b}-{t}-{cmp}.mask"
+        config = DiffConfig(tolerances=TOLS, rel_eta=ETA, compare_dtype=cmp, chunk_elems=64)
+        report = diff_checkpoints(paths[b], paths[t], config, mask_out=mask, progress=False)
+        rows = {r.name: r for r in report.tensors}
+        with MaskFile.open(mask) as m:
+            for name in (GATE, DOWN):
+                assert rows[name].shape_compared == tuple(ref_b[name].shape), (b, t, name)
+                if cmp == "bfloat16":
+                    want = bf16_counts_ref(ref_b[name], ref_t[name], TOLS, ETA)
+                    assert headline_counts(rows[name]) == want, (b, t, name)
+                changed = ref_b[name].view(torch.int16) != ref_t[name].view(torch.int16)
+                assert np.array_equal(m.mask(name), changed.numpy()), (b, t, cmp, name)
+        if b.startswith("mx") and t.startswith("mx"):
+            views = quant_views_ref(
+                _codes(base[DOWN + "_blocks"]),
+                _codes(tuned[DOWN + "_blocks"]),
+                base[DOWN + "_scales"],
+                tuned[DOWN + "_scales"],
+                dequant_ref(base[DOWN + "_blocks"], base[DOWN + "_scales"]),
+                dequant_ref(tuned[DOWN + "_blocks"], tuned[DOWN + "_scales"]),
+            )
+            assert rows[DOWN].quant == {"scheme": "mxfp4", "block": [1, 32], **views}, cmp
+            assert rows[GATE].quant is not None and rows[GATE].quant["scale_only_changed"] > 0

@@ -35,6 +35,7 @@ from rlsparse_lib.diff.kernels.dequant import (
     count_codes,
     count_scales,
     quant_step,
+    transpose_mask_bits,
 )
 from rlsparse_lib.diff.kernels.protocol import ChunkSpec, DiffKernel
 from rlsparse_lib.diff.kernels.selection import get_kernel
@@ -292,16 +293,18 @@ def _diff_quant(
     for chunk in chunks:
         packed = np.zeros(packed_size(chunk.numel), np.uint8) if mask is not None else None
         if fused:
-            assert isinstance(kernel, CpuKernel)
+            assert isinstance(kernel, CpuKernel) and qb is not None
             assert isinstance(sb, CodeSource) and isinstance(st, CodeSource)
             stats = kernel.diff_codes(sb, st, chunk.base, chunk.tuned, spec, packed, counts)
+            if packed is not None and qb.transposed:  # the codes are compared in stored order
+                packed = transpose_mask_bits(packed, chunk.numel, qb.matrix_rows(), qb.cols)
         else:
             stats = kernel.diff_chunk(chunk.base, chunk.tuned, spec, packed)
         result.stats = result.float_stats().merge(stats)
         result.n_changed += stats.n_changed
         if views and not fused:
             assert isinstance(sb, DequantSource) and isinstance(st, DequantSource)
-            count_codes(sb, st, chunk.raw[0], chunk.raw[1], counts)
+            count_codes(sb, st, counts)
         if mask is not None:
             assert packed is not None
             mask.write(pair.name, packed)

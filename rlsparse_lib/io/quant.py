@@ -20,7 +20,13 @@ These layouts are decoded (everything else stays refused by :mod:`rlsparse_lib.i
   ``F8_E4M3`` codes; same value rule.
 * ``mxfp4`` (gpt-oss): ``<p>_blocks`` uint8 ``[..., G, 16]`` (two E2M1 codes per byte, low
   nibble first) and ``<p>_scales`` uint8 E8M0 ``[..., G]``: the logical tensor ``<p>`` is
-  ``[..., G * 32]`` with value ``bf16(e2m1(code) * 2^(scale - 127))`` (E8M0 255 is NaN).
+  ``[..., G * 32]`` with value ``bf16(e2m1(code) * 2^(scale - 127))`` (E8M0 255 is NaN). A
+  stack of experts ``[E, R, G, 16]`` (gpt-oss's layout) holds each expert's rows of the linear
+  map (``R`` outputs, ``G * 32`` inputs), while transformers' parameter, and so every bf16 copy
+  of the model, is ``[E, G * 32, R]`` (its MXFP4 loader transposes): a stack is read in that
+  layout (``transposed``), so a bf16 copy pairs element for element, also where inputs and
+  outputs are equally many (gpt-oss's ``down_proj``, 2880 × 2880, where a shape check could not
+  tell). A 2-D MXFP4 weight (``rlsparse quantize``) is read as stored.
 
 The scales are consumed: they are no weights of their own, and every logical element counts once.
 A missing scale, a scale whose shape does not fit its weight, or an undeclared/unknown block size
@@ -90,8 +96,10 @@ class QuantTensor:
         scheme: one of :data:`SCHEMES`.
         codes: the stored codes (FP8 ``[..., R, C]``, or MXFP4 blocks uint8 ``[..., G, 16]``).
         scales: the stored scales (float for FP8, uint8 E8M0 for MXFP4).
-        shape: the logical shape (``[..., G * 32]`` for MXFP4).
+        shape: the stored rows' shape (``[..., R, G * 32]`` for MXFP4).
         block: ``(rows, cols)`` of elements sharing one scale, or None (one scale per tensor).
+        transposed: read as every matrix transposed (the last two dims swapped: an MXFP4 stack
+            of experts in transformers' layout); :attr:`info` has the shape read.
     """
 
     name: str
@@ -100,10 +108,11 @@ class QuantTensor:
     scales: TensorInfo
     shape: tuple[int, ...]
     block: tuple[int, int] | None
+    transposed: bool = False
 
     @property
     def cols(self) -> int:
-        """Elements per logical row (the last dimension)."""
+        """Elements per stored row (the last dimension of :attr:`shape`)."""
         return self.shape[-1]
 
     @property
@@ -117,8 +126,11 @@ class QuantTensor:
 
     @property
     def info(self) -> TensorInfo:
-        """The logical tensor as a :class:`TensorInfo` (codes' file and offset)."""
-        return TensorInfo(self.name, self.dtype, self.shape, self.codes.file, self.codes.offset)
+        """The logical tensor as read, as a :class:`TensorInfo` (codes' file and offset)."""
+        shape = (
+            (*self.shape[:-2], self.shape[-1], self.shape[-2]) if self.transposed else self.shape
+        )
+        return TensorInfo(self.name, self.dtype, shape, self.codes.file, self.codes.offset)
 
     @property
     def nbytes(self) -> int:
@@ -355,7 +367,8 @@ def _mxfp4(ckpt: Checkpoint, name: str, blocks: TensorInfo) -> QuantTensor:
             f"uint8 {list(blocks.shape[:-1])}"
         )
     shape = (*blocks.shape[:-2], blocks.shape[-2] * MX_GROUP)
-    return QuantTensor(prefix, "mxfp4", blocks, scales, shape, (1, MX_GROUP))
+    # a stack of experts is read as transformers' parameter: each matrix transposed
+    return QuantTensor(prefix, "mxfp4", blocks, scales, shape, (1, MX_GROUP), len(shape) >= 3)
 
 
 @cache

@@ -46,6 +46,7 @@ __all__ = [
     "count_codes",
     "count_scales",
     "quant_step",
+    "transpose_mask_bits",
     "value_chunks",
     "value_source",
 ]
@@ -135,7 +136,8 @@ def quant_step(chunk_elems: int, *layouts: QuantTensor | None) -> int:
     unit = 8
     for qt in layouts:
         if qt is not None:
-            unit = math.lcm(unit, qt.slab_rows() * qt.cols)
+            rows = qt.matrix_rows() if qt.transposed else qt.slab_rows()  # transposed: whole
+            unit = math.lcm(unit, rows * qt.cols)
     return max(unit, chunk_elems // unit * unit)
 
 
@@ -204,10 +206,11 @@ class CodeSource:
 class DequantSource:
     """Element-ranged bfloat16 words of a quantized logical tensor (a ``WordSource``).
 
-    ``words(name, start, stop)`` takes the ranges :class:`CodeSource` takes; the words are a
-    numpy array, or a device tensor for a device decoder. After each call :attr:`codes` holds
-    the range's raw codes (uint8; packed nibbles for MXFP4) and :attr:`code_bytes` their byte
-    count.
+    ``words(name, start, stop)`` takes the ranges :class:`CodeSource` takes (whole matrices for a
+    ``transposed`` layout, whose words come in its read order); the words are a numpy array, or a
+    device tensor for a device decoder. After each call :attr:`codes` holds the range's raw codes
+    (uint8; packed nibbles for MXFP4), :attr:`stored` their words in the same (stored) order and
+    :attr:`code_bytes` their byte count.
     """
 
     def __init__(self, reader: TensorReader, qt: QuantTensor, decoder: Decoder) -> None:
@@ -215,6 +218,7 @@ class DequantSource:
         self.decoder = decoder
         self.source = CodeSource(reader, qt)
         self.codes: Any = np.empty(0, np.uint8)
+        self.stored: Any = np.empty(0, np.uint16)
         self.code_bytes = 0
 
     def words(self, name: str, start: int, stop: int) -> Any:
@@ -228,8 +232,10 @@ class DequantSource:
             out = self.decoder.dequant_fp8(
                 codes, self.qt.cols, src.scales, src.srow, scols, src.col_block()
             )
-        self.codes = codes
+        self.codes, self.stored = codes, out
         self.code_bytes = codes.nbytes
+        if self.qt.transposed:
+            return transpose_matrices(out, self.qt.matrix_rows(), self.qt.cols)
         return out
 
     def prefetch(self, name: str, start: int, stop: int) -> None:
@@ -240,15 +246,28 @@ class DequantSource:
         self.source.release(name, start, stop)
 
 
-def count_codes(
-    a: DequantSource, b: DequantSource, words_a: Any, words_b: Any, counts: np.ndarray
-) -> None:
+def count_codes(a: DequantSource, b: DequantSource, counts: np.ndarray) -> None:
     """Add (codes that differ, elements changed through their scale only) of the current chunk
-    to ``counts`` int64[2]; ``words_a``/``words_b``: the chunk's dequantized bfloat16 words."""
+    to ``counts`` int64[2], from both sources' codes and dequantized words in stored order."""
     raw, scale_only = a.decoder.quant_counts(
-        a.codes, b.codes, words_a, words_b, a.qt.scheme == "mxfp4"
+        a.codes, b.codes, a.stored, b.stored, a.qt.scheme == "mxfp4"
     )
     counts += (raw, scale_only)
+
+
+def transpose_matrices(words: Any, rows: int, cols: int) -> Any:
+    """``words`` (numpy array or torch tensor) of whole ``rows`` x ``cols`` matrices, each
+    transposed: the flat words of ``[k, cols, rows]``."""
+    if isinstance(words, np.ndarray):
+        return np.ascontiguousarray(words.reshape(-1, rows, cols).transpose(0, 2, 1)).reshape(-1)
+    return words.view(-1, rows, cols).transpose(1, 2).contiguous().view(-1)
+
+
+def transpose_mask_bits(packed: np.ndarray, n: int, rows: int, cols: int) -> np.ndarray:
+    """A packed mask (little bit order) of ``n`` elements in whole ``rows`` x ``cols`` matrices,
+    each transposed."""
+    bits = np.unpackbits(packed, count=n, bitorder="little")
+    return np.packbits(transpose_matrices(bits, rows, cols), bitorder="little")
 
 
 def count_scales(
