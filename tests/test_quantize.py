@@ -176,7 +176,7 @@ def test_bad_input_exits_2_and_leaves_nothing(tmp_path: Path, capsys) -> None:
     before = _listing(tmp_path)
     cases = [
         (tmp_path / "nan", "fp8_block", f"{UP} holds NaN or Inf"),
-        (tmp_path / "odd", "mxfp4", f"{UP} has 48 columns, not a multiple of 32"),
+        (tmp_path / "odd", "mxfp4", f"{UP} has 48 inputs per row, not a multiple of 32"),
         (tmp_path / "done", "fp8_block", "already quantized"),
         (src, "fp8_block", "exists and is not an empty folder"),
     ]
@@ -237,3 +237,39 @@ def test_fp32_masters_with_the_rest_cast_to_bf16(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown rest dtype 'int8'"):
         quantize_checkpoint(src, tmp_path / "r", "fp8_block", rest_dtype="int8")
     assert not (tmp_path / "r").exists()
+
+
+def test_gpt_oss_experts_are_stored_as_gpt_oss_stores_them(tmp_path: Path, capsys) -> None:
+    """`--include experts`: transformers' expert stacks [E, in, out] become gpt-oss's
+    `_blocks` [E, out, in/32, 16] (each expert transposed, then the brute-force reference's codes),
+    read back in transformers' layout: the diff against the source equals the whole-tensor
+    reference; attention and biases stay bf16."""
+    g = torch.Generator().manual_seed(2)
+    gate, down = "model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.down_proj"
+    state = {
+        Q: (0.02 * torch.randn(64, 64, generator=g)).bfloat16(),
+        gate: (0.02 * torch.randn(2, 64, 96, generator=g)).bfloat16(),
+        gate + "_bias": torch.randn(2, 96, generator=g).bfloat16(),
+        down: (0.02 * torch.randn(2, 64, 64, generator=g)).bfloat16(),
+    }
+    src = save_hf(tmp_path / "src", state, config={"model_type": "gpt_oss"})
+    args = ["quantize", str(src), "-o", str(tmp_path / "q"), "--scheme", "mxfp4"]
+    assert main([*args, "--include", "experts"]) == 0
+    assert "2 of 4 tensors as mxfp4" in capsys.readouterr().out
+    out = load_file(tmp_path / "q" / "model.safetensors")
+    assert set(out) == {Q, gate + "_bias", gate + "_blocks", gate + "_scales"} | {
+        down + "_blocks",
+        down + "_scales",
+    }
+    report = diff_checkpoints(src, tmp_path / "q", DiffConfig(tolerances=TOLS), progress=False)
+    rows = {t.name: t for t in report.tensors}
+    for name, (e, c, r) in ((gate, (2, 64, 96)), (down, (2, 64, 64))):
+        assert out[name + "_blocks"].shape == (e, r, c // 32, 16)
+        for k in range(e):
+            blocks, scales = mxfp4_ref(state[name][k].t().contiguous())
+            assert np.array_equal(out[name + "_blocks"][k].numpy(), blocks), (name, k)
+            assert np.array_equal(out[name + "_scales"][k].numpy(), scales), (name, k)
+        deq = dequant_ref(out[name + "_blocks"], out[name + "_scales"]).transpose(-1, -2)
+        assert rows[name].shape_compared == (e, c, r)
+        assert headline_counts(rows[name]) == bf16_counts_ref(state[name], deq, TOLS, ETA), name
+    assert rows[Q].n_changed == 0 and rows[gate + "_bias"].n_changed == 0

@@ -7,13 +7,15 @@ embeddings, the output head, norms and biases stay as stored. Schemes:
 
   fp8_block  DeepSeek-V3: F8_E4M3 codes + float32 *_scale_inv per 128x128 block (amax / 448)
   mxfp4      gpt-oss layout: E2M1 codes in uint8 *_blocks + E8M0 *_scales per 32 elements
-             of a row (OCP MX v1.0 rounding)
+             of a row (OCP MX v1.0 rounding); also stacks of experts [E, in, out] as
+             transformers holds gpt-oss's, stored as gpt-oss stores them
 
 examples:
   rlsparse quantize run/step_000000 -o q/base --scheme fp8_block
   rlsparse quantize run/step_000020 -o q/tuned --scheme fp8_block
   rlsparse diff q/base q/tuned
   rlsparse quantize run/step_000020/fp32 -o q/masters --scheme fp8_block --rest-dtype bfloat16
+  rlsparse quantize gpt-oss-20b-bf16/ -o q/gpt-oss --scheme mxfp4 --include experts
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ back by :mod:`rlsparse_lib.io.quant` like the real thing:
   group, clamped to ``[-127, 127]``), an element the E2M1 value nearest ``w / 2^X`` (ties to the
   even code, saturating at ±6). ``config.json`` declares ``quant_method: mxfp4``.
 
-Quantized are 2-D weights of attention and MLP projections (:func:`quantizable`); embeddings, the
-output head, norms and biases stay as stored, as in DeepSeek-V3 and gpt-oss.
+Quantized are 2-D weights of attention and MLP projections and, in ``mxfp4``, stacks of experts
+``[E, in, out]`` as transformers holds gpt-oss's, stored as gpt-oss stores them
+(:func:`quantizable`); embeddings, the output head, norms and biases stay as stored.
 """
 
 from __future__ import annotations
@@ -69,15 +70,16 @@ _E2M1_TIE_UP = [i % 2 == 1 for i in range(7)]
 _WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
-def quantizable(name: str, info: TensorInfo) -> bool:
-    """Whether ``name`` is a 2-D float weight of an attention or MLP projection."""
+def quantizable(name: str, info: TensorInfo, scheme: str = "fp8_block") -> bool:
+    """Whether ``scheme`` quantizes ``name``: a 2-D float weight of an attention or MLP
+    projection, or (``mxfp4``) a stack of experts ``[E, in, out]`` as transformers holds
+    gpt-oss's (``...mlp.experts.gate_up_proj``)."""
     p = parse_param_name(name)
-    return (
-        len(info.shape) == 2
-        and info.dtype in COMPARE_DTYPES
-        and p.param == "weight"
-        and p.group in ("attention", "mlp")
-    )
+    if info.dtype not in COMPARE_DTYPES or p.group not in ("attention", "mlp"):
+        return False
+    if len(info.shape) == 2:
+        return p.param == "weight"
+    return scheme == "mxfp4" and len(info.shape) == 3 and "experts" in p.module and not p.param
 
 
 def fp8_block_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,10 +190,11 @@ def _choose(
         selected = (not inc or any(r.search(name) for r in inc)) and not any(
             r.search(name) for r in exc
         )
-        if selected and quantizable(name, info) and name not in ckpt.aliases:
-            if scheme == "mxfp4" and info.shape[1] % MX_GROUP:
+        if selected and quantizable(name, info, scheme) and name not in ckpt.aliases:
+            inputs = info.shape[-1] if len(info.shape) == 2 else info.shape[1]
+            if scheme == "mxfp4" and inputs % MX_GROUP:
                 raise CheckpointError(
-                    f"{ckpt.source}: {name} has {info.shape[1]} columns, not a multiple of "
+                    f"{ckpt.source}: {name} has {inputs} inputs per row, not a multiple of "
                     f"{MX_GROUP}: MXFP4 groups 32 elements of a row (leave it out with --exclude)"
                 )
             chosen.add(name)
@@ -211,6 +214,11 @@ def _specs(
         name = info.name
         if name not in chosen:
             yield name, _kept_dtype(info, rest_dtype), info.shape
+            continue
+        if len(info.shape) == 3:  # a stack of experts [E, in, out], stored as gpt-oss does
+            e, c, r = info.shape
+            yield name + "_blocks", "uint8", (e, r, c // MX_GROUP, MX_GROUP_BYTES)
+            yield name + "_scales", "uint8", (e, r, c // MX_GROUP)
             continue
         r, c = info.shape
         if scheme == "fp8_block":
@@ -276,8 +284,12 @@ def _write_kept(
 def _write_quantized(
     reader: TensorReader, info: TensorInfo, scheme: str, writer: SafetensorsWriter
 ) -> None:
-    """Append a quantized weight's codes, then its scales, in slabs of whole block rows."""
+    """Append a quantized weight's codes, then its scales, in slabs of whole block rows (a
+    stack of experts: one expert at a time, transposed to its rows of the linear map)."""
     name = info.name
+    if len(info.shape) == 3:
+        _write_expert_stack(reader, info, writer)
+        return
     r, c = info.shape
     rows = max(FP8_BLOCK, _SLAB_ELEMS // c // FP8_BLOCK * FP8_BLOCK)
     scales = []
@@ -299,3 +311,22 @@ def _write_quantized(
         scales.append(scale.numpy())
     scales_name = name + ("_scale_inv" if scheme == "fp8_block" else "_scales")
     writer.write(scales_name, np.concatenate(scales))
+
+
+def _write_expert_stack(reader: TensorReader, info: TensorInfo, writer: SafetensorsWriter) -> None:
+    """MXFP4 of a stack ``[E, in, out]``: gpt-oss's ``_blocks`` ``[E, out, in/32, 16]`` and
+    ``_scales`` ``[E, out, in/32]``, one expert in memory at a time."""
+    name = info.name
+    e, c, r = info.shape
+    scales = []
+    for k in range(e):
+        words = reader.words(name, k * c * r, (k + 1) * c * r)
+        w = torch.from_numpy(words.copy()).view(torch_dtype(info.dtype)).reshape(c, r)
+        if not bool(torch.isfinite(w).all()):
+            raise CheckpointError(
+                f"{reader.ckpt.source}: {name} holds NaN or Inf: no mxfp4 scale represents it"
+            )
+        blocks, scale = mxfp4_quantize(w.t().contiguous())
+        writer.write(name + "_blocks", blocks.numpy())
+        scales.append(scale.numpy())
+    writer.write(name + "_scales", np.concatenate(scales))
