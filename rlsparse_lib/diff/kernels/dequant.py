@@ -136,7 +136,8 @@ def quant_step(chunk_elems: int, *layouts: QuantTensor | None) -> int:
     unit = 8
     for qt in layouts:
         if qt is not None:
-            rows = qt.matrix_rows() if qt.transposed else qt.slab_rows()  # transposed: whole
+            # a transposed layout is read in whole matrices
+            rows = qt.matrix_rows() if qt.transposed else qt.slab_rows()
             unit = math.lcm(unit, rows * qt.cols)
     return max(unit, chunk_elems // unit * unit)
 
