@@ -411,8 +411,8 @@ def _check_quantized_storage(r: dict) -> None:
         mine = {x["storage"]: x for x in rows if x["pair"] == pair}
         ref = mine["bf16"]
         masters = ["FP8 of fp32 masters"] if pair in ("SFT", "GRPO") else []
-        assert list(mine) == ["bf16", "FP8 (DeepSeek)", "MXFP4", *masters], pair
-        assert ref["visible"] == ref["inside"] == 1.0 and ref["codes_changed"] is None
+        assert list(mine) == ["bf16", "FP8 (DeepSeek)", "MXFP4", "GGUF Q8_0", *masters], pair
+        assert ref["visible"] == ref["inside"] == 1.0 and ref["raw_changed"] is None
         for x in mine.values():
             assert (x["n_params"], x["proj_numel"]) == (ref["n_params"], ref["proj_numel"])
             assert x["proj_changed_bf16"] == ref["proj_changed"]
@@ -420,7 +420,9 @@ def _check_quantized_storage(r: dict) -> None:
             assert x["proj_sparsity"] == 1 - x["proj_changed"] / x["proj_numel"]
             if x is ref:
                 continue
-            assert _frac(x["codes_changed"]) and _frac(x["scales_changed"]), pair
+            assert _frac(x["raw_changed"]), pair
+            # GGUF keeps its scales inside the blocks: no scale view
+            assert (x["scales_changed"] is None) == (x["storage"] == "GGUF Q8_0"), pair
             if x["scales_changed"] == 0:
                 assert x["scale_only_changed"] == 0 and x["inside"] in (1.0, None), pair
                 assert x["proj_sparsity"] >= ref["proj_sparsity"], pair

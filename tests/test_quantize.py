@@ -177,6 +177,7 @@ def test_bad_input_exits_2_and_leaves_nothing(tmp_path: Path, capsys) -> None:
     cases = [
         (tmp_path / "nan", "fp8_block", f"{UP} holds NaN or Inf"),
         (tmp_path / "odd", "mxfp4", f"{UP} has 48 inputs per row, not a multiple of 32"),
+        (tmp_path / "odd", "gguf_q8_0", f"{UP} has 48 inputs per row, not a multiple of 32"),
         (tmp_path / "done", "fp8_block", "already quantized"),
         (src, "fp8_block", "exists and is not an empty folder"),
     ]
@@ -273,3 +274,55 @@ def test_gpt_oss_experts_are_stored_as_gpt_oss_stores_them(tmp_path: Path, capsy
         assert rows[name].shape_compared == (e, c, r)
         assert headline_counts(rows[name]) == bf16_counts_ref(state[name], deq, TOLS, ETA), name
     assert rows[Q].n_changed == 0 and rows[gate + "_bias"].n_changed == 0
+
+
+def _q8_0_ref(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(float16 scale d per block, float32 values d * code) of every Q8_0 tensor of a GGUF file,
+    decoded by hand from the raw blocks the `gguf` package's own reader returns (34 bytes: d,
+    then 32 int8 codes)."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    out = {}
+    for t in GGUFReader(path).tensors:
+        if t.tensor_type == GGMLQuantizationType.Q8_0:
+            raw = np.asarray(t.data, np.uint8).reshape(-1, 34)
+            d = raw[:, :2].copy().view(np.float16)[:, 0]
+            q = raw[:, 2:].copy().view(np.int8).astype(np.float32)
+            out[t.name] = (d, (d.astype(np.float32)[:, None] * q).reshape(-1))
+    return out
+
+
+def test_gguf_q8_0_copy_decodes_and_diffs_as_the_reference(tmp_path: Path) -> None:
+    """llama.cpp Q8_0 (the `gguf` package's quantizer) of the projections, the rest as BF16:
+    each block's scale is float16(amax / 127), every value within about half a step of the
+    source, the kept tensors bit for bit; the diff of two copies counts what a hand decode counts."""
+    from gguf import GGUFReader
+
+    state = _state()
+    tuned = {k: v.clone() for k, v in state.items()}
+    tuned[Q] = (tuned[Q].float() * (1 + 2.0**-6)).bfloat16()
+    for name, s in (("a", state), ("b", tuned)):
+        quantize_checkpoint(save_hf(tmp_path / f"src_{name}", s), tmp_path / name, "gguf_q8_0")
+    path = tmp_path / "a" / "model-Q8_0.gguf"
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["config.json", path.name]
+    ref_a, ref_b = _q8_0_ref(path), _q8_0_ref(tmp_path / "b" / "model-Q8_0.gguf")
+    assert set(ref_a) == {Q, UP}
+    for name in (Q, UP):
+        w = state[name].float().numpy().reshape(-1, 32)
+        d, values = ref_a[name]
+        assert np.array_equal(d, (np.abs(w).max(axis=1) / 127).astype(np.float16)), name
+        step = d.astype(np.float32)[:, None]
+        assert (np.abs(values.reshape(-1, 32) - w) <= 0.6 * step).all(), name
+    plain = {t.name: np.asarray(t.data) for t in GGUFReader(path).tensors}
+    for name in (EMBED, NORM):
+        words = state[name].view(torch.int16).numpy().view(np.uint16).reshape(-1)
+        assert np.array_equal(plain[name].view(np.uint16).reshape(-1), words), name
+    report = diff_checkpoints(tmp_path / "a", tmp_path / "b", DiffConfig(), progress=False)
+    rows = {t.name: t for t in report.tensors}
+    for name in (Q, UP):
+        va, vb = ref_a[name][1], ref_b[name][1]
+        assert rows[name].n_changed == int(
+            np.count_nonzero(va.view(np.uint32) != vb.view(np.uint32))
+        )
+        assert rows[name].dtype_base == "float32", name
+    assert rows[Q].n_changed > 0 and rows[UP].n_changed == 0

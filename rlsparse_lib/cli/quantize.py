@@ -9,6 +9,8 @@ embeddings, the output head, norms and biases stay as stored. Schemes:
   mxfp4      gpt-oss layout: E2M1 codes in uint8 *_blocks + E8M0 *_scales per 32 elements
              of a row (OCP MX v1.0 rounding); also stacks of experts [E, in, out] as
              transformers holds gpt-oss's, stored as gpt-oss stores them
+  gguf_q8_0  llama.cpp Q8_0 in one .gguf file (the gguf package's quantizer): int8 codes + a
+             float16 scale (amax / 127) per 32 elements of a row; the rest BF16/F16/F32
 
 examples:
   rlsparse quantize run/step_000000 -o q/base --scheme fp8_block

@@ -1,9 +1,10 @@
 """14: what a pair's update sparsity becomes when both checkpoints are stored quantized.
 
 Each training run's θ0 and final checkpoint are quantized as DeepSeek-V3 (FP8, 128×128 block
-scales) and gpt-oss (MXFP4) store weights (:mod:`rlsparse_lib.io.quantize`), diffed like any
-quantized pair (on the dequantized bf16 values), and the changed mask of each copy is overlapped
-with the bf16 pair's: which of the weights that changed in bf16 the quantized copy still shows.
+scales), gpt-oss (MXFP4) and llama.cpp (GGUF ``Q8_0``) store weights
+(:mod:`rlsparse_lib.io.quantize`), diffed like any quantized pair (on the dequantized values),
+and the changed mask of each copy is overlapped with the bf16 pair's: which of the weights that
+changed in bf16 the quantized copy still shows.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ STORAGES: dict[str, tuple[str | None, str]] = {
     "bf16": (None, "bf16"),
     "FP8 (DeepSeek)": ("fp8_block", "bf16"),
     "MXFP4": ("mxfp4", "bf16"),
+    "GGUF Q8_0": ("gguf_q8_0", "bf16"),
     "FP8 of fp32 masters": ("fp8_block", "fp32"),
 }
+#: the report's ``quant_summary`` key of each scheme
+_SUMMARY_KEYS = {"gguf_q8_0": "gguf:Q8_0"}
 
 
 def storage_runs(exp, long_steps: int) -> dict:
@@ -44,8 +48,7 @@ def storage_rows(exp, runs: dict) -> list[dict]:
     sparsity of all weights, then over the quantized projections (``proj_*``) the bf16 and the
     stored view's changed counts, how many weights changed in both (``proj_n_both``), the share
     of bf16's changes the stored view shows (``visible``) and of its changes that bf16 also shows
-    (``inside``), and the raw-code view (codes and scales changed, elements changed through
-    their scale only)."""
+    (``inside``), and the raw view (:func:`_raw_view`)."""
     rows = []
     for label, run in runs.items():
         step = final_step(run)
@@ -107,9 +110,13 @@ def _projection_counts(proj) -> dict:
 
 
 def _raw_view(report, scheme: str | None) -> dict:
-    q = report.quant_summary().get(scheme or "", {})
+    """Shares of raw units (codes; GGUF: blocks of 32) and of stored scales (None where the
+    scales live inside the blocks) whose bytes differ, and elements changed through their scale
+    alone."""
+    key = _SUMMARY_KEYS.get(scheme or "", scheme or "")
+    q = report.quant_summary().get(key, {})
     return {
-        "codes_changed": q["raw_changed"] / q["raw_n"] if q else None,
-        "scales_changed": q["scales_changed"] / q["scales_n"] if q else None,
+        "raw_changed": q["raw_changed"] / q["raw_n"] if q else None,
+        "scales_changed": q["scales_changed"] / q["scales_n"] if q.get("scales_n") else None,
         "scale_only_changed": q.get("scale_only_changed"),
     }

@@ -15,6 +15,8 @@ back by :mod:`rlsparse_lib.io.quant` like the real thing:
   group of 32 has the shared exponent ``X = floor(log2(amax)) - 2`` (``-127`` for an all-zero
   group, clamped to ``[-127, 127]``), an element the E2M1 value nearest ``w / 2^X`` (ties to the
   even code, saturating at ±6). ``config.json`` declares ``quant_method: mxfp4``.
+* ``gguf_q8_0`` (llama.cpp): one GGUF file, ``Q8_0`` blocks of 32 elements of a row
+  (:mod:`rlsparse_lib.io.quantize_gguf`).
 
 Quantized are 2-D weights of attention and MLP projections and, in ``mxfp4``, stacks of experts
 ``[E, in, out]`` as transformers holds gpt-oss's, stored as gpt-oss stores them
@@ -24,12 +26,13 @@ Quantized are 2-D weights of attention and MLP projections and, in ``mxfp4``, st
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +49,13 @@ from rlsparse_lib.io.dtypes import COMPARE_DTYPES, cast_words, torch_dtype
 from rlsparse_lib.io.naming import parse_param_name
 from rlsparse_lib.io.pairing import compile_patterns, quantized_tensors
 from rlsparse_lib.io.quant import DEEPSEEK_BLOCK, E2M1_VALUES, MX_GROUP, MX_GROUP_BYTES
+from rlsparse_lib.io.quantize_gguf import GGUF_FILE, Q8_0_BLOCK, write_gguf_q8_0
 from rlsparse_lib.io.tensor_info import TensorInfo
 from rlsparse_lib.progress import byte_progress
 
-QUANTIZE_SCHEMES = ("fp8_block", "mxfp4")
+QUANTIZE_SCHEMES = ("fp8_block", "mxfp4", "gguf_q8_0")
+#: schemes that group 32 consecutive elements of a row
+_GROUPED = {"mxfp4": MX_GROUP, "gguf_q8_0": Q8_0_BLOCK}
 FP8_BLOCK = DEEPSEEK_BLOCK[0]
 FP8_MAX = 448.0
 #: ``config.json`` ``quantization_config`` written with each scheme
@@ -128,8 +134,9 @@ def quantize_checkpoint(
     other float tensors as stored or, with ``rest_dtype``, cast to it (round to nearest even: a
     copy of fp32 master weights keeps the rest in bf16 as published FP8 checkpoints do).
 
-    One safetensors file per source file (an index when there are several), ``config.json`` with
-    the scheme's ``quantization_config``, and the source folder's other files (tokenizer, ...).
+    One safetensors file per source file (an index when there are several; ``gguf_q8_0``: one
+    GGUF file), ``config.json`` (with the scheme's ``quantization_config`` for safetensors), and
+    the source folder's other files (tokenizer, ...).
     Written into a temporary folder renamed at the end: on any error nothing is left.
 
     Returns:
@@ -138,7 +145,8 @@ def quantize_checkpoint(
     Raises:
         ConfigError: an unknown scheme or rest dtype, or an invalid regex.
         CheckpointError: ``src`` holds quantized weights already, a weight holds NaN/Inf, or
-            (``mxfp4``) a weight's columns are not a multiple of 32; the message names it.
+            (``mxfp4``, ``gguf_q8_0``) a weight's rows are not a multiple of 32 long; the message
+            names it.
         OutputError: ``out`` exists and is not an empty folder.
     """
     if scheme not in QUANTIZE_SCHEMES:
@@ -192,10 +200,12 @@ def _choose(
         )
         if selected and quantizable(name, info, scheme) and name not in ckpt.aliases:
             inputs = info.shape[-1] if len(info.shape) == 2 else info.shape[1]
-            if scheme == "mxfp4" and inputs % MX_GROUP:
+            group = _GROUPED.get(scheme)
+            if group and inputs % group:
                 raise CheckpointError(
                     f"{ckpt.source}: {name} has {inputs} inputs per row, not a multiple of "
-                    f"{MX_GROUP}: MXFP4 groups 32 elements of a row (leave it out with --exclude)"
+                    f"{group}: {scheme} groups {group} elements of a row (leave it out with "
+                    "--exclude)"
                 )
             chosen.add(name)
     return chosen
@@ -237,6 +247,33 @@ def _write(
     folder: Path,
     progress: bool,
 ) -> None:
+    total = sum(i.nbytes for n, i in ckpt.tensors.items() if n not in ckpt.aliases)
+    bar = byte_progress(total, f"quantize ({scheme})", progress)
+    with contextlib.closing(bar):
+        if scheme == "gguf_q8_0":
+            kept = functools.partial(_kept_dtype, rest_dtype=rest_dtype)
+            write_gguf_q8_0(ckpt, chosen, kept, folder / GGUF_FILE, bar.update)
+        else:
+            _write_safetensors(ckpt, chosen, scheme, rest_dtype, folder, bar.update)
+    if ckpt.path.is_dir() and ckpt.remote is None:
+        for f in sorted(ckpt.path.iterdir()):
+            if f.is_file() and not f.name.endswith((*_WEIGHT_FILES, ".index.json")):
+                shutil.copyfile(f, folder / f.name)
+    config = dict(ckpt.config)
+    if scheme in QUANTIZATION_CONFIGS:
+        config["quantization_config"] = QUANTIZATION_CONFIGS[scheme]
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _write_safetensors(
+    ckpt: Checkpoint,
+    chosen: set[str],
+    scheme: str,
+    rest_dtype: str | None,
+    folder: Path,
+    on_bytes: Callable[[int], object],
+) -> None:
+    """One safetensors file per source file (an index when there are several)."""
     by_file: dict[Path, list[str]] = {}
     for name, info in ckpt.tensors.items():
         if name not in ckpt.aliases:
@@ -245,9 +282,7 @@ def _write(
     files = [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
     files = ["model.safetensors"] if n == 1 else files
     weight_map: dict[str, str] = {}
-    total = sum(ckpt.tensors[name].nbytes for names in by_file.values() for name in names)
-    bar = byte_progress(total, f"quantize ({scheme})", progress)
-    with ckpt.reader() as reader, contextlib.closing(bar):
+    with ckpt.reader() as reader:
         for fname, names in zip(files, by_file.values(), strict=True):
             specs = list(_specs([ckpt.tensors[k] for k in names], chosen, scheme, rest_dtype))
             weight_map.update(dict.fromkeys((s[0] for s in specs), fname))
@@ -258,18 +293,11 @@ def _write(
                         _write_quantized(reader, info, scheme, writer)
                     else:
                         _write_kept(reader, info, _kept_dtype(info, rest_dtype), writer)
-                    bar.update(ckpt.tensors[name].nbytes)
+                    on_bytes(info.nbytes)
     if n > 1:
         size = sum(f.stat().st_size for f in folder.iterdir())
         index = {"metadata": {"total_size": size}, "weight_map": weight_map}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=1) + "\n")
-    if ckpt.path.is_dir() and ckpt.remote is None:
-        for f in sorted(ckpt.path.iterdir()):
-            if f.is_file() and not f.name.endswith((*_WEIGHT_FILES, ".index.json")):
-                shutil.copyfile(f, folder / f.name)
-    config = dict(ckpt.config)
-    config["quantization_config"] = QUANTIZATION_CONFIGS[scheme]
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _write_kept(

@@ -44,6 +44,6 @@ def plot_storage_sparsity(table):
         for ax in (a, b):
             ax.set_xticks(x, pairs, fontsize="x-small", rotation=30, ha="right")
             ax.grid(axis="y", alpha=0.3)
-        fig.legend(ncols=len(storages), fontsize="x-small", loc="outside upper center")
+        fig.legend(ncols=min(len(storages), 3), fontsize="x-small", loc="outside upper center")
     attach_provenance(fig, figure="14_storage", pairs=pairs, storages=storages)
     return fig
