@@ -26,19 +26,18 @@ Quantized are 2-D weights of attention and MLP projections and, in ``mxfp4``, st
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import json
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rlsparse_lib.errors import CheckpointError, ConfigError, OutputError
+from rlsparse_lib.atomic import atomic_folder
+from rlsparse_lib.errors import CheckpointError, ConfigError
 from rlsparse_lib.io.checkpoint import (
     Checkpoint,
     SafetensorsWriter,
@@ -49,11 +48,14 @@ from rlsparse_lib.io.dtypes import COMPARE_DTYPES, cast_words, torch_dtype
 from rlsparse_lib.io.naming import parse_param_name
 from rlsparse_lib.io.pairing import compile_patterns, quantized_tensors
 from rlsparse_lib.io.quant import DEEPSEEK_BLOCK, E2M1_VALUES, MX_GROUP, MX_GROUP_BYTES
-from rlsparse_lib.io.quantize_gguf import GGUF_FILE, Q8_0_BLOCK, write_gguf_q8_0
+from rlsparse_lib.io.quantize_gguf import GGUF_TYPES, write_gguf
 from rlsparse_lib.io.tensor_info import TensorInfo
 from rlsparse_lib.progress import byte_progress
 
 QUANTIZE_SCHEMES = ("fp8_block", "mxfp4", "gguf_q8_0")
+#: the file of a ``gguf_q8_0`` copy, and the elements of a row one ``Q8_0`` block holds
+GGUF_FILE = "model-Q8_0.gguf"
+Q8_0_BLOCK = 32
 #: schemes that group 32 consecutive elements of a row
 _GROUPED = {"mxfp4": MX_GROUP, "gguf_q8_0": Q8_0_BLOCK}
 FP8_BLOCK = DEEPSEEK_BLOCK[0]
@@ -155,23 +157,12 @@ def quantize_checkpoint(
         )
     if rest_dtype is not None and rest_dtype not in COMPARE_DTYPES:
         raise ConfigError(f"unknown rest dtype {rest_dtype!r} (have {', '.join(COMPARE_DTYPES)})")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputError(f"{out}: exists and is not an empty folder")
     inc = compile_patterns(include, "--include")
     exc = compile_patterns(exclude, "--exclude")
-    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
-    chosen = _choose(ckpt, scheme, inc, exc)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
+        ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+        chosen = _choose(ckpt, scheme, inc, exc)
         _write(ckpt, chosen, scheme, rest_dtype, tmp, progress)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {
         "out": str(out),
         "scheme": scheme,
@@ -251,8 +242,7 @@ def _write(
     bar = byte_progress(total, f"quantize ({scheme})", progress)
     with contextlib.closing(bar):
         if scheme == "gguf_q8_0":
-            kept = functools.partial(_kept_dtype, rest_dtype=rest_dtype)
-            write_gguf_q8_0(ckpt, chosen, kept, folder / GGUF_FILE, bar.update)
+            _write_gguf(ckpt, chosen, rest_dtype, folder / GGUF_FILE, bar.update)
         else:
             _write_safetensors(ckpt, chosen, scheme, rest_dtype, folder, bar.update)
     if ckpt.path.is_dir() and ckpt.remote is None:
@@ -324,12 +314,7 @@ def _write_quantized(
     codes_name = name if scheme == "fp8_block" else name + "_blocks"
     for r0 in range(0, r, rows):
         r1 = min(r, r0 + rows)
-        words = reader.words(name, r0 * c, r1 * c)
-        w = torch.from_numpy(words.copy()).view(torch_dtype(info.dtype)).reshape(r1 - r0, c)
-        if not bool(torch.isfinite(w).all()):
-            raise CheckpointError(
-                f"{reader.ckpt.source}: {name} holds NaN or Inf: no {scheme} scale represents it"
-            )
+        w = _values(reader, info, r0 * c, r1 * c, scheme).reshape(r1 - r0, c)
         if scheme == "fp8_block":
             codes, scale = fp8_block_quantize(w)
             writer.write(codes_name, codes.view(torch.uint8).numpy())
@@ -348,13 +333,64 @@ def _write_expert_stack(reader: TensorReader, info: TensorInfo, writer: Safetens
     e, c, r = info.shape
     scales = []
     for k in range(e):
-        words = reader.words(name, k * c * r, (k + 1) * c * r)
-        w = torch.from_numpy(words.copy()).view(torch_dtype(info.dtype)).reshape(c, r)
-        if not bool(torch.isfinite(w).all()):
-            raise CheckpointError(
-                f"{reader.ckpt.source}: {name} holds NaN or Inf: no mxfp4 scale represents it"
-            )
+        w = _values(reader, info, k * c * r, (k + 1) * c * r, "mxfp4").reshape(c, r)
         blocks, scale = mxfp4_quantize(w.t().contiguous())
         writer.write(name + "_blocks", blocks.numpy())
         scales.append(scale.numpy())
     writer.write(name + "_scales", np.concatenate(scales))
+
+
+def _write_gguf(
+    ckpt: Checkpoint,
+    chosen: set[str],
+    rest_dtype: str | None,
+    path: Path,
+    on_bytes: Callable[[int], object],
+) -> None:
+    """One GGUF file: the chosen weights in ``Q8_0`` (the ``gguf`` package's quantizer, llama.cpp's
+    reference in numpy), the others as stored or in ``rest_dtype``.
+
+    Raises:
+        CheckpointError: a tensor of a dtype GGUF does not store.
+    """
+    import gguf
+
+    infos = [i for n, i in ckpt.tensors.items() if n not in ckpt.aliases]
+    specs = []
+    for info in infos:
+        dtype = _kept_dtype(info, rest_dtype)
+        if info.name not in chosen and dtype not in GGUF_TYPES:
+            raise CheckpointError(
+                f"{ckpt.source}: {info.name} is {dtype}, which GGUF does not store"
+            )
+        specs.append((info.name, info.shape, "Q8_0" if info.name in chosen else GGUF_TYPES[dtype]))
+
+    def data() -> Iterator[np.ndarray]:
+        with ckpt.reader() as reader:
+            for info in infos:
+                if info.name in chosen:
+                    w = _values(reader, info, 0, info.numel, "gguf_q8_0").reshape(info.shape)
+                    yield gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q8_0)
+                else:
+                    words = reader.words(info.name, 0, info.numel)
+                    yield cast_words(words, info.dtype, _kept_dtype(info, rest_dtype))
+                on_bytes(info.nbytes)
+
+    write_gguf(path, str(ckpt.config.get("model_type") or "rlsparse"), specs, data())
+
+
+def _values(
+    reader: TensorReader, info: TensorInfo, start: int, stop: int, scheme: str
+) -> torch.Tensor:
+    """float32 elements ``[start, stop)`` of a float tensor (flat).
+
+    Raises:
+        CheckpointError: a value is NaN or Inf (no ``scheme`` scale represents it).
+    """
+    words = reader.words(info.name, start, stop)
+    w = torch.from_numpy(words.copy()).view(torch_dtype(info.dtype)).float()
+    if not bool(torch.isfinite(w).all()):
+        raise CheckpointError(
+            f"{reader.ckpt.source}: {info.name} holds NaN or Inf: no {scheme} scale represents it"
+        )
+    return w

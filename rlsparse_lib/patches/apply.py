@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
 from pathlib import Path
 
 import zstandard as zstd
 
-from rlsparse_lib.errors import OutputError
+from rlsparse_lib.atomic import atomic_folder
 from rlsparse_lib.io.checkpoint import Checkpoint, SafetensorsWriter, open_checkpoint
 from rlsparse_lib.patches.format import Patch, PatchError, read_patch
 from rlsparse_lib.patches.walk import check_base, walk
@@ -28,24 +27,13 @@ def apply_patch(base: str | Path | Checkpoint, patch_path: str | Path, out: str 
         PatchError: naming the tensor whose base fingerprint, block data or result mismatches.
         OutputError: ``out`` exists and is not an empty folder.
     """
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputError(f"{out}: exists and is not an empty folder")
-    patch = read_patch(patch_path)
-    ckpt = open_checkpoint(base)
-    check_base(ckpt, patch)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp_dir:
+        patch = read_patch(patch_path)
+        ckpt = open_checkpoint(base)
+        check_base(ckpt, patch)
         _write(ckpt, patch, tmp_dir)
-        if out.exists():
-            out.rmdir()
-        tmp_dir.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     m = patch.manifest
-    return {"out": str(out), "tensors": len(m["tensors"]), "files": len(m["files"])}
+    return {"out": str(Path(out)), "tensors": len(m["tensors"]), "files": len(m["files"])}
 
 
 def _write(ckpt: Checkpoint, patch: Patch, folder: Path) -> None:

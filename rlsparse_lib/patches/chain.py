@@ -19,11 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from rlsparse_lib.errors import ConfigError, OutputError
+from rlsparse_lib.atomic import atomic_folder
+from rlsparse_lib.errors import ConfigError
 from rlsparse_lib.io.checkpoint import Checkpoint, open_checkpoint
 from rlsparse_lib.patches.apply import apply_patch
 from rlsparse_lib.patches.create import LEVEL, create_patch
@@ -46,19 +46,6 @@ def file_sha256(path: Path) -> str:
         while block := fh.read(1 << 24):
             h.update(block)
     return h.hexdigest()
-
-
-def _fresh_folder(out: Path) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputError(f"{out}: exists and is not an empty folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
 
 
 def build_chain(
@@ -84,47 +71,45 @@ def build_chain(
         raise ConfigError(f"--every must be >= 1, got {every}")
     series = checkpoint_series(checkpoints, steps)
     out = Path(out)
-    tmp = _fresh_folder(out)
     links: list[dict[str, Any]] = []
     full = 0
-    bar = progress_bar(total=len(series), desc="chain", unit="ckpt", disable=not progress or None)
-    try:
-        prev: Checkpoint | None = None
-        for i, (step, path) in enumerate(series):
-            ckpt = open_checkpoint(path)
-            full += ckpt.nbytes
-            kind = "anchor" if i % every == 0 else "patch"
-            name = LINK.format(step)
-            base = empty_checkpoint() if kind == "anchor" else prev
-            assert base is not None
-            s = create_patch(base, ckpt, tmp / name, xform=xform, level=level)
-            links.append(
-                {
-                    "step": step,
-                    "kind": kind,
-                    "file": name,
-                    "sha256": file_sha256(tmp / name),
-                    "bytes": s["bytes"],
-                    "elements_changed": s["elements_changed"],
-                    "source": str(path),
-                }
-            )
-            prev = ckpt
-            bar.update(1)
-        manifest = {
-            "format": "rlsparse-chain",
-            "every": every,
-            "links": links,
-            "bytes": sum(link["bytes"] for link in links),
-            "checkpoint_bytes": full,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        _commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
+    with atomic_folder(out) as tmp:
+        bar = progress_bar(
+            total=len(series), desc="chain", unit="ckpt", disable=not progress or None
+        )
+        try:
+            prev: Checkpoint | None = None
+            for i, (step, path) in enumerate(series):
+                ckpt = open_checkpoint(path)
+                full += ckpt.nbytes
+                kind = "anchor" if i % every == 0 else "patch"
+                name = LINK.format(step)
+                base = empty_checkpoint() if kind == "anchor" else prev
+                assert base is not None
+                s = create_patch(base, ckpt, tmp / name, xform=xform, level=level)
+                links.append(
+                    {
+                        "step": step,
+                        "kind": kind,
+                        "file": name,
+                        "sha256": file_sha256(tmp / name),
+                        "bytes": s["bytes"],
+                        "elements_changed": s["elements_changed"],
+                        "source": str(path),
+                    }
+                )
+                prev = ckpt
+                bar.update(1)
+            manifest = {
+                "format": "rlsparse-chain",
+                "every": every,
+                "links": links,
+                "bytes": sum(link["bytes"] for link in links),
+                "checkpoint_bytes": full,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        finally:
+            bar.close()
     return manifest
 
 
@@ -192,31 +177,27 @@ def rebuild(
         have = ", ".join(str(link["step"]) for link in links)
         raise PatchError(f"{folder}: no step {step} in the chain (steps: {have})")
     first = max(i for i in range(at + 1) if links[i]["kind"] == "anchor")
-    tmp = _fresh_folder(out)
-    bar = progress_bar(
-        total=at + 1 - first, desc="rebuild", unit="link", disable=not progress or None
-    )
-    try:
-        cur: Checkpoint | Path = empty_checkpoint()
-        for i in range(first, at + 1):
-            link = links[i]
-            dst = tmp / f"link{i}"
-            try:
-                apply_patch(cur, _checked_link(folder, link), dst)
-            except PatchError as exc:
-                raise _link_error(folder, link, str(exc)) from exc
-            if isinstance(cur, Path):
-                shutil.rmtree(cur)
-            cur = dst
-            bar.update(1)
-        assert isinstance(cur, Path)
-        for f in cur.iterdir():
-            f.rename(tmp / f.name)
-        cur.rmdir()
-        _commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
+    with atomic_folder(out) as tmp:
+        bar = progress_bar(
+            total=at + 1 - first, desc="rebuild", unit="link", disable=not progress or None
+        )
+        try:
+            cur: Checkpoint | Path = empty_checkpoint()
+            for i in range(first, at + 1):
+                link = links[i]
+                dst = tmp / f"link{i}"
+                try:
+                    apply_patch(cur, _checked_link(folder, link), dst)
+                except PatchError as exc:
+                    raise _link_error(folder, link, str(exc)) from exc
+                if isinstance(cur, Path):
+                    shutil.rmtree(cur)
+                cur = dst
+                bar.update(1)
+            assert isinstance(cur, Path)
+            for f in cur.iterdir():
+                f.rename(tmp / f.name)
+            cur.rmdir()
+        finally:
+            bar.close()
     return {"out": str(out), "step": step, "links_applied": at + 1 - first}
