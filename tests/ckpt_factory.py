@@ -192,3 +192,22 @@ def quant_views_ref(
         "scales_changed": int((scales_b.view(word) != scales_t.view(word)).sum()),
         "scale_only_changed": int((same_code & deq_changed).sum()),
     }
+
+
+def fp8_views_ref(
+    base: dict[str, torch.Tensor],
+    tuned: dict[str, torch.Tensor],
+    name: str,
+    scale_suffix: str,
+    deq_b: torch.Tensor,
+    deq_t: torch.Tensor,
+) -> dict:
+    """:func:`quant_views_ref` of FP8 weight ``name`` of two states, scales ``name + scale_suffix``."""
+    return quant_views_ref(
+        base[name].view(torch.uint8),
+        tuned[name].view(torch.uint8),
+        base[name + scale_suffix],
+        tuned[name + scale_suffix],
+        deq_b,
+        deq_t,
+    )

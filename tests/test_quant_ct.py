@@ -16,8 +16,8 @@ from rlsparse_lib.diff.engine import diff_checkpoints
 from .ckpt_factory import (
     bf16_counts_ref,
     fp8_block_quantize,
+    fp8_views_ref,
     headline_counts,
-    quant_views_ref,
     save_hf,
 )
 
@@ -108,14 +108,7 @@ def test_ct_fp8_schemes_match_whole_tensor_reference(ct_pair) -> None:
         res = rows[name]
         got = headline_counts(res)
         assert got == bf16_counts_ref(db, dt, TOLS, ETA), name
-        views = quant_views_ref(
-            base[name].view(torch.uint8),
-            tuned[name].view(torch.uint8),
-            base[name + "_scale"],
-            tuned[name + "_scale"],
-            db,
-            dt,
-        )
+        views = fp8_views_ref(base, tuned, name, "_scale", db, dt)
         assert res.quant == {"scheme": scheme, "block": blocks[name], **views}, name
         assert views["scales_changed"] == 1 and views["scale_only_changed"] > 0
     # the activation scale is a plain float tensor; the scales are consumed

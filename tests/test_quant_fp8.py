@@ -17,8 +17,8 @@ from rlsparse_lib.diff.report import DiffReport, format_summary
 from .ckpt_factory import (
     bf16_counts_ref,
     fp8_block_quantize,
+    fp8_views_ref,
     headline_counts,
-    quant_views_ref,
     save_hf,
     save_placed,
 )
@@ -147,14 +147,7 @@ def _check(report: DiffReport, base: dict, tuned: dict, tuned_dequantized: bool 
         if tuned_dequantized:
             assert res.quant is None
         else:
-            q = quant_views_ref(
-                base[name].view(torch.uint8),
-                tuned[name].view(torch.uint8),
-                base[name + "_scale_inv"],
-                tuned[name + "_scale_inv"],
-                db,
-                dt,
-            )
+            q = fp8_views_ref(base, tuned, name, "_scale_inv", db, dt)
             assert res.quant == {"scheme": "fp8_block", "block": [128, 128], **q}, name
         total += want["n_changed"]
     assert sum(rows[n].n_changed for n in fp8) == total

@@ -15,7 +15,7 @@ from rlsparse_lib.cli import main
 from rlsparse_lib.diff.config import DiffConfig
 from rlsparse_lib.diff.engine import diff_checkpoints
 
-from .ckpt_factory import bf16_counts_ref, headline_counts, quant_views_ref, save_hf
+from .ckpt_factory import bf16_counts_ref, fp8_views_ref, headline_counts, save_hf
 
 TOLS = (0.0, 1e-6, 1e-5)
 ETA = 1e-3
@@ -81,14 +81,7 @@ def test_weight_scale_fp8_matches_whole_tensor_reference(tmp_path: Path, layout:
         res = rows[name]
         got = headline_counts(res)
         assert got == bf16_counts_ref(db, dt, TOLS, ETA), name
-        views = quant_views_ref(
-            base[name].view(torch.uint8),
-            tuned[name].view(torch.uint8),
-            base[name + "_scale"],
-            tuned[name + "_scale"],
-            db,
-            dt,
-        )
+        views = fp8_views_ref(base, tuned, name, "_scale", db, dt)
         block = None if per_row is None else [1, base[name].shape[1]]
         assert res.quant == {"scheme": scheme, "block": block, **views}, name
         assert views["scales_changed"] == 1 and views["scale_only_changed"] > 0
