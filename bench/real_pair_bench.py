@@ -5,10 +5,10 @@ The synthetic pairs of ``quant_bench.py`` change a set share of codes; a real RL
 quantized changes few (notebook 14: 1.5 % of FP8 codes, 0.1 % of MXFP4 codes after 20 GRPO steps),
 and has many tensors of every size, so per-call costs count. Makes the copies of ``--base`` and
 ``--tuned`` under ``--work`` (and, where the run kept them, FP8 copies of the fp32 master weights
-with the rest cast to bf16), warms the page cache, then times ``diff_checkpoints`` in this
-process of its own per pair (what ``rlsparse diff`` reports as "took": no interpreter start-up;
-one process per pair, as one ``rlsparse diff`` per pair is), ``--repeat`` times, the median, and reports bytes read per second (both sides' weight
-files), elements per second and their ratio to the bf16 pair's.
+with the rest cast to bf16), warms the page cache, then times ``diff_checkpoints`` in a process
+of its own per pair, as one ``rlsparse diff`` per pair is (what it reports as "took": no
+interpreter start-up), ``--repeat`` times, and reports the median's bytes read per second (both
+sides' weight files), elements per second and their ratio to the bf16 pair's.
 
 usage: nice -n 10 python bench/real_pair_bench.py [--base DIR] [--tuned DIR] [--repeat 9]
        [--threads N] [--work DIR] [--out bench/out/quant]
@@ -34,13 +34,6 @@ RUN = HERE.parent / "data" / "runs" / "cpu-grpo"
 
 def _bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-
-
-def _warm(folder: Path) -> None:
-    for f in folder.glob("*.safetensors"):
-        with f.open("rb") as fh:
-            while fh.read(1 << 24):
-                pass
 
 
 def pairs(base: Path, tuned: Path, work: Path) -> dict[str, tuple[Path, Path]]:
@@ -98,9 +91,9 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         found = pairs(args.base, args.tuned, work)
-        for b, t in found.values():
-            _warm(b)
-            _warm(t)
+        from quant_bench import warm  # torch: kept out of the timed processes
+
+        warm([f for side in found.values() for d in side for f in sorted(d.glob("*.safetensors"))])
         rows = []
         for label, (b, t) in found.items():
             cmd = [sys.executable, __file__, "--one", str(b), str(t), "--repeat", str(args.repeat)]

@@ -202,7 +202,8 @@ def fp8_views_ref(
     deq_b: torch.Tensor,
     deq_t: torch.Tensor,
 ) -> dict:
-    """:func:`quant_views_ref` of FP8 weight ``name`` of two states, scales ``name + scale_suffix``."""
+    """:func:`quant_views_ref` of the FP8 weight ``name`` of two states, its scales
+    ``name + scale_suffix``."""
     return quant_views_ref(
         base[name].view(torch.uint8),
         tuned[name].view(torch.uint8),

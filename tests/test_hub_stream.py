@@ -564,7 +564,8 @@ def test_tuned_side_sharded_otherwise_is_fetched_once(
 
 def test_standin_link_paces_all_connections_together(hub: HubStandin, local_report: dict) -> None:
     """The benches' link (``link_bytes_per_s``): the bodies of all parallel Range requests share
-    it, so a streamed diff takes at least its fetched bytes over the rate; the report is unchanged."""
+    it, so a streamed diff takes at least its fetched bytes over the rate; the report is
+    unchanged."""
     rate = 250_000.0  # the pair fetches ~0.17 MB: >= 0.7 s paced, ~0.25 s unpaced
     hub.link_bytes_per_s = rate
     t0 = time.perf_counter()

@@ -2,10 +2,11 @@
 
 Memory is bounded by one chunk per side (plus mapped pages, released after each chunk); no model,
 state dict or concatenated delta is ever materialised. Work is organised in byte-bounded work
-units of consecutive tensors of one base shard (:func:`rlsparse_lib.diff.units.plan_units`); :func:`diff_pairs` turns a unit into per-tensor
-partial results and :func:`rlsparse_lib.diff.units.merge_units` merges them in unit order (whatever
-order they completed in), so distributed or resumable executors reuse the math unchanged and give
-the same report bit for bit.
+units of consecutive tensors of one base shard (:func:`rlsparse_lib.diff.units.plan_units`);
+:func:`diff_pairs` turns a unit into per-tensor partial results and
+:func:`rlsparse_lib.diff.units.merge_units` merges them in unit order (whatever order they
+completed in), so distributed or resumable executors reuse the math unchanged and give the same
+report bit for bit.
 """
 
 from __future__ import annotations

@@ -116,7 +116,8 @@ def stream_pairs(
     mask=None,
     on_bytes: Callable[[int], object] | None = None,
 ) -> dict:
-    """Compare a unit of work (consecutive tensors of one base shard) on ``kernel``'s device, streaming.
+    """Compare a unit of work (consecutive tensors of one base shard) on ``kernel``'s device,
+    streaming.
 
     Same contract as :func:`rlsparse_lib.diff.engine.diff_pairs` (``base``/``tuned`` are
     :class:`~rlsparse_lib.io.checkpoint.TensorReader`, ``config`` a ``DiffConfig``, ``mask`` a

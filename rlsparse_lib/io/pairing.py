@@ -351,8 +351,9 @@ class TensorValues:
         quant: its quantized layout, decoded to bfloat16 words
             (:func:`rlsparse_lib.diff.kernels.dequant.value_source`), or None for a stored float tensor.
         scheme: where the values come from when they are no stored floats: the layout's
-            scheme (``fp8_block``, ``fp8_tensor``, ``fp8_channel``, ``mxfp4``, ``ct_fp8_*``) or a GGUF block type (``gguf:Q4_1``,
-            read as float32 dequantized values); None for a plain tensor.
+            scheme (``fp8_block``, ``fp8_tensor``, ``fp8_channel``, ``mxfp4``, ``ct_fp8_*``) or
+            a GGUF block type (``gguf:Q4_1``, read as float32 dequantized values); None for a
+            plain tensor.
     """
 
     info: TensorInfo
