@@ -156,6 +156,9 @@ def test_fused_equals_decode_then_diff(make, threads: int) -> None:
             fa, fb, ca, cb, ChunkSpec("bfloat16", "bfloat16", TOLS, 1e-3), None, tot_fused
         )
         _same(no_mask, ref)
+        for ulp in ("float16", "float32"):  # the ULP unit of another stored dtype
+            spec = ChunkSpec("bfloat16", ulp, TOLS, 1e-3)
+            _same(kernel.diff_codes(fa, fb, ca, cb, spec), kernel.diff_chunk(wa, wb, spec))
         tot_ref += counts
         n_changed += ref.n_changed
         n_scale_only += int(counts[1])

@@ -121,6 +121,8 @@ class CpuKernel:
         through their scale only) to ``counts`` int64[2]."""
         if spec.compare != "bfloat16":
             raise ValueError(f"the fused quantized diff compares bfloat16, not {spec.compare}")
+        if not ulp_by_exponent_field("bfloat16", spec.ulp_dtype):  # what the kernel assumes
+            raise ValueError(f"the fused quantized diff cannot take {spec.ulp_dtype} ULPs")
         qt = a.qt
         n = ca.size * 2 if qt.scheme == "mxfp4" else ca.size
         tols = np.sort(np.asarray(spec.tolerances, np.float64))

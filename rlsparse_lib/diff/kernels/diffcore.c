@@ -61,7 +61,7 @@ typedef struct {
  * next call faulted them in again: read before written, a fresh page maps the shared zero page
  * and is copied on the first write, with a TLB shootdown on every core of the process. A 2-thread
  * MXFP4 diff of SmolLM2's 210 matrices took 0.40 s instead of 0.11 s. Freed at thread exit. */
-enum { SCRATCH_HIST, SCRATCH_COUNTS, SCRATCH_CHIST, SCRATCH_N };
+enum { SCRATCH_HIST, SCRATCH_COUNTS, SCRATCH_CHIST, SCRATCH_QHIST, SCRATCH_QCOUNTS, SCRATCH_N };
 typedef struct {
     void *p[SCRATCH_N];
     size_t cap[SCRATCH_N];
@@ -77,8 +77,9 @@ static void scratch_free(void *v) {
 
 static void scratch_init(void) { (void)pthread_key_create(&scratch_key, scratch_free); }
 
-/* This thread's buffer `slot`, `bytes` long and zeroed; NULL when memory runs out. */
-static void *scratch_zeroed(int slot, size_t bytes) {
+/* This thread's buffer `slot`, at least `bytes` long; zeroed when (re)allocated, otherwise as the
+ * last call left it. NULL when memory runs out. */
+static void *scratch_get(int slot, size_t bytes) {
     (void)pthread_once(&scratch_once, scratch_init);
     scratch_t *s = pthread_getspecific(scratch_key);
     if (!s) {
@@ -90,11 +91,16 @@ static void *scratch_zeroed(int slot, size_t bytes) {
     }
     if (s->cap[slot] < bytes) {
         free(s->p[slot]);
-        s->p[slot] = malloc(bytes);
+        s->p[slot] = calloc(1, bytes);
         s->cap[slot] = s->p[slot] ? bytes : 0;
-        if (!s->p[slot]) return NULL;
     }
-    return memset(s->p[slot], 0, bytes);
+    return s->p[slot];
+}
+
+/* This thread's buffer `slot`, `bytes` long and zeroed; NULL when memory runs out. */
+static void *scratch_zeroed(int slot, size_t bytes) {
+    void *p = scratch_get(slot, bytes);
+    return p ? memset(p, 0, bytes) : NULL;
 }
 
 static local_t *local_new(int64_t ntol, int with_hist) {
@@ -450,22 +456,25 @@ static int run_parts(const job_t *job, const rls_spec *spec, rls_out *out, int64
     return failed ? -1 : 0;
 }
 
+/* Adds `c` base elements of word `v` to the base statistics; Σθ0² goes to *sqb. */
+ALWAYS_INLINE void base_word(int v, int64_t c, const float *values, const uint8_t *efield,
+                             rls_out *out, double *sqb) {
+    out->btot[efield[v]] += c;
+    const double val = values[v];
+    if (isnan(val))
+        out->ints[RLS_I_NAN_BASE] += c;
+    else if (isinf(val))
+        out->ints[RLS_I_INF_BASE] += c;
+    else
+        *sqb += (double)c * val * val;
+}
+
 /* Base statistics of 16-bit words from their exact histogram `counts` [65536], in word order. */
 static void base_stats16(const int64_t *counts, const float *values, const uint8_t *efield,
                          rls_out *out) {
     double sqb = 0.0;
-    for (int v = 0; v < 65536; v++) {
-        const int64_t c = counts[v];
-        if (!c) continue;
-        out->btot[efield[v]] += c;
-        const double val = values[v];
-        if (isnan(val))
-            out->ints[RLS_I_NAN_BASE] += c;
-        else if (isinf(val))
-            out->ints[RLS_I_INF_BASE] += c;
-        else
-            sqb += (double)c * val * val;
-    }
+    for (int v = 0; v < 65536; v++)
+        if (counts[v]) base_word(v, counts[v], values, efield, out, &sqb);
     out->flt[RLS_F_SQB] = sqb;
 }
 
@@ -589,15 +598,47 @@ void rls_quant_counts(const uint8_t *ca, const uint8_t *cb, const uint16_t *da, 
 
 /* ---- fused diff of quantized codes (see diffcore.h) ---- */
 
+/* Base words counted by the fused pass: `n` [65536] is zero between calls, and `seen` flags its
+ * nonzero entries, so a call costs its distinct words (few: a tensor's codes through its few
+ * scales), not a pass over all 65536 of them and a zeroing of 256 KB. */
+typedef struct {
+    uint32_t *n;
+    uint64_t seen[1024];
+} words_t;
+
+static inline void words_add(words_t *w, uint16_t v, uint32_t c) {
+    w->n[v] += c;
+    w->seen[v >> 6] |= 1ull << (v & 63);
+}
+
+/* Calls f(v) for every flagged word v of seen [1024], in ascending order. */
+#define FOR_SEEN(seen, v, f)                                                                       \
+    for (int j_ = 0; j_ < 1024; j_++)                                                              \
+        for (uint64_t m_ = (seen)[j_]; m_; m_ &= m_ - 1) {                                         \
+            const int v = j_ * 64 + __builtin_ctzll(m_);                                           \
+            f;                                                                                     \
+        }
+
+/* Moves a thread's counts into `counts` [65536] int64 (flagged in `seen`) and zeroes them. */
+static void words_merge(words_t *w, int64_t *counts, uint64_t *seen) {
+    FOR_SEEN(w->seen, v, (counts[v] += w->n[v], w->n[v] = 0));
+    for (int j = 0; j < 1024; j++) seen[j] |= w->seen[j];
+}
+
+#define FP8_TABLES 4 /* FP8: histogram tables per scale column (see scan8) */
+
 /* Per-thread scratch of the fused pass. */
 typedef struct {
-    uint32_t *chist;       /* base codes counted per table row: FP8 [scols][256] per scale column
-                              of the scale row `have`; MXFP4 [256][256] per (scale, code byte) */
+    words_t words;         /* the base words of the codes counted so far */
+    uint32_t *chist;       /* base codes counted per table row, zero between calls: FP8
+                              [scols][FP8_TABLES][256] per scale column of the scale row `have`;
+                              MXFP4 [256][256] per (scale, code byte) */
     uint16_t *luta, *lutb; /* FP8 [scols][256]: the words of scale row `have`, base and tuned
                               (tuned only for the columns whose scale differs) */
     uint8_t *moved;        /* FP8 [scols][256]: 1 where a code's word differs between the base and
                               tuned scale (columns whose scale differs) */
     int64_t have;          /* FP8: the scale row the tables hold, -1 none */
+    int slo, shi;          /* MXFP4: the smallest and largest base scale byte counted */
     int64_t raw, scale_only;
 } qlocal_t;
 
@@ -609,44 +650,54 @@ static inline uint32_t float_bits(float f) {
 
 /* One element whose code or scale differs, with bfloat16 words x (base) and y (tuned): if the
  * words differ, what rls_diff16 does for a changed element; returns whether they differ. */
-ALWAYS_INLINE int qcand(uint16_t x, uint16_t y, int64_t i, const float *values,
-                        const uint8_t *efield, const int32_t *ulplog2, const ctx_t *c, acc_t *acc,
-                        int64_t *bchg, const int mode) {
+ALWAYS_INLINE int qcand(uint16_t x, uint16_t y, int64_t i, const dec16_t *d, const ctx_t *c,
+                        acc_t *acc, int64_t *bchg, const int mode) {
     if (x == y) return 0;
-    bchg[efield[x]]++;
-    changed_one(values[x], values[y], ulplog2[x], i, c, acc, mode);
+    bchg[dec_field(d, x, 1)]++;
+    changed_one(dec_value(d, x, 1), dec_value(d, y, 1), dec_ulp(d, x, 1), i, c, acc, mode);
     return 1;
 }
 
-/* Adds the pending FP8 code counts to the word histogram through the base words of scale row
- * `have`, and clears them. */
-static void fp8_fold(qlocal_t *q, int64_t scols, uint32_t *hist) {
+/* Adds the pending FP8 code counts to the base words through the words of scale row `have`,
+ * and zeroes them. */
+static void fp8_fold(qlocal_t *q, int64_t scols) {
     if (q->have < 0) return;
-    for (int64_t k = 0; k < scols * 256; k++) {
-        const uint32_t c = q->chist[k];
-        if (!c) continue;
-        hist[q->luta[k]] += c;
-        q->chist[k] = 0;
-    }
-}
-
-static void mx_fold(qlocal_t *q, const uint16_t *mxw, uint32_t *hist) {
-    for (int s = 0; s < 256; s++)
-        for (int v = 0; v < 256; v++) {
-            const uint32_t c = q->chist[s * 256 + v];
-            if (!c) continue;
-            hist[mxw[s * 16 + (v & 15)]] += c;
-            hist[mxw[s * 16 + (v >> 4)]] += c;
+    for (int64_t b = 0; b < scols; b++)
+        for (int k = 0; k < 256; k++) {
+            uint32_t c = 0, *h = q->chist + b * FP8_TABLES * 256 + k;
+            for (int t = 0; t < FP8_TABLES; t++) {
+                c += h[t * 256];
+                h[t * 256] = 0;
+            }
+            if (c) words_add(&q->words, q->luta[b * 256 + k], c);
         }
 }
 
-/* scan16 for FP8 codes: histograms the base codes into h [256], writes the offsets of the
- * differing codes (k < len <= SUB) to idx (room for 16 more) and returns their number. */
+/* MXFP4: adds the (scale, code byte) counts to the base words and zeroes them. */
+static void mx_fold(qlocal_t *q, const uint16_t *mxw) {
+    for (int s = q->slo; s <= q->shi; s++)
+        for (int v = 0; v < 256; v++) {
+            const uint32_t c = q->chist[s * 256 + v];
+            if (!c) continue;
+            words_add(&q->words, mxw[s * 16 + (v & 15)], c);
+            words_add(&q->words, mxw[s * 16 + (v >> 4)], c);
+            q->chist[s * 256 + v] = 0;
+        }
+}
+
+/* scan16 for FP8 codes: histograms the base codes into h [FP8_TABLES][256], writes the offsets
+ * of the differing codes (k < len <= SUB) to idx (room for 16 more) and returns their number.
+ * Neighbouring weights often share a code; with one table every repeat waits for the last
+ * increment's store, with four, consecutive codes go to different tables. */
 static __attribute__((noinline)) int32_t scan8(const uint8_t *restrict a,
                                                const uint8_t *restrict b, int32_t len,
                                                uint32_t *restrict h, int32_t *restrict idx) {
-    for (int32_t k = 0; k < len; k++) h[a[k]]++;
-    int32_t m = 0, k = 0;
+    int32_t k = 0;
+    for (; k + FP8_TABLES <= len; k += FP8_TABLES)
+        for (int t = 0; t < FP8_TABLES; t++) h[t * 256 + a[k + t]]++;
+    for (; k < len; k++) h[a[k]]++;
+    int32_t m = 0;
+    k = 0;
 #ifdef __SSE2__ /* compare 16 codes at once, left-pack the offsets of each half */
     const __m128i zero = _mm_setzero_si128();
     for (; k + 16 <= len; k += 16) {
@@ -697,10 +748,10 @@ static __attribute__((noinline)) int32_t scan8_moved(const uint8_t *restrict a,
 }
 
 ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
-                                  const float *values, const uint8_t *efield,
-                                  const int32_t *ulplog2, const rls_spec *spec, local_t *l,
+                                  const dec16_t *dec, const rls_spec *spec, local_t *l,
                                   qlocal_t *q, double *flt, const int mode) {
     const ctx_t c = ctx_of(spec, l);
+    const dec16_t d = *dec;
     acc_t acc = {0};
     int64_t nchg = 0, raw = 0, scale_only = 0, *bchg = l->bchg;
     const int64_t ncols = qc->ncols, scols = qc->scols, cblk = qc->col_block;
@@ -712,7 +763,7 @@ ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
         const int64_t sr = qc->srow[r];
         const float *sa = qc->sa + sr * scols, *sb = qc->sb + sr * scols;
         if (sr != q->have) { /* a new scale row: fold the counts of the last one, new tables */
-            fp8_fold(q, scols, l->hist);
+            fp8_fold(q, scols);
             for (int64_t b = 0; b < scols; b++) {
                 for (int k = 0; k < 256; k++)
                     q->luta[b * 256 + k] = bf16_rne(qc->table[k] * sa[b]);
@@ -728,7 +779,7 @@ ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
             const int64_t b = (i - row0) / cblk;
             const int64_t end = row0 + (b + 1) * cblk < rowend ? row0 + (b + 1) * cblk : rowend;
             const uint16_t *la = q->luta + b * 256;
-            uint32_t *restrict h = q->chist + b * 256;
+            uint32_t *restrict h = q->chist + b * FP8_TABLES * 256;
             if (float_bits(sa[b]) == float_bits(sb[b])) { /* equal codes, equal values */
                 for (int64_t s = i; s < end; s += SUB) {
                     const int64_t e = end < s + SUB ? end : s + SUB;
@@ -736,8 +787,7 @@ ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
                     raw += m;
                     for (int32_t k = 0; k < m; k++) {
                         const int64_t j = s + l->idx[k];
-                        nchg += qcand(la[A[j]], la[B[j]], j, values, efield, ulplog2, &c, &acc,
-                                      bchg, mode);
+                        nchg += qcand(la[A[j]], la[B[j]], j, &d, &c, &acc, bchg, mode);
                     }
                 }
             } else { /* the scale differs: differing codes and moved codes are decoded */
@@ -749,10 +799,10 @@ ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
                                                   &raw);
                     for (int32_t k = 0; k < m; k++) {
                         const int64_t j = s + l->idx[k];
-                        const int d = qcand(la[A[j]], lb[B[j]], j, values, efield, ulplog2, &c,
-                                            &acc, bchg, mode);
-                        nchg += d;
-                        scale_only += (A[j] == B[j]) & d;
+                        const int chg =
+                            qcand(la[A[j]], lb[B[j]], j, &d, &c, &acc, bchg, mode);
+                        nchg += chg;
+                        scale_only += (A[j] == B[j]) & chg;
                     }
                 }
             }
@@ -774,17 +824,20 @@ static inline uint32_t spread16(uint32_t v) {
 }
 
 ALWAYS_INLINE void qpart_mx_mode(const rls_qchunk *qc, int64_t s0, int64_t e0, const uint16_t *mxw,
-                                 const float *values, const uint8_t *efield,
-                                 const int32_t *ulplog2, const rls_spec *spec, local_t *l,
+                                 const dec16_t *dec, const rls_spec *spec, local_t *l,
                                  qlocal_t *q, double *flt, const int mode) {
     const ctx_t c = ctx_of(spec, l);
+    const dec16_t d = *dec;
     acc_t acc = {0};
     int64_t nchg = 0, raw = 0, scale_only = 0, *bchg = l->bchg;
     const uint8_t *restrict A = qc->ca, *restrict B = qc->cb;
     uint32_t *restrict chist = q->chist;
+    int slo = q->slo, shi = q->shi;
     for (int64_t g = s0 / 32; g < e0 / 32; g++) { /* a group: 16 bytes, 32 codes, one scale */
         const uint8_t *x = A + g * 16, *y = B + g * 16;
-        const unsigned esa = qc->ea[g], esb = qc->eb[g];
+        const int esa = qc->ea[g], esb = qc->eb[g];
+        slo = esa < slo ? esa : slo;
+        shi = esa > shi ? esa : shi;
         uint32_t *h = chist + esa * 256;
         for (int k = 0; k < 16; k++) h[x[k]]++;
         const uint16_t *la = mxw + esa * 16, *lb = mxw + esb * 16;
@@ -792,15 +845,15 @@ ALWAYS_INLINE void qpart_mx_mode(const rls_qchunk *qc, int64_t s0, int64_t e0, c
         if (esa == esb) { /* equal codes, equal values: only differing nibbles are decoded */
             uint32_t m = 0;
 #ifdef __SSE2__
-            const __m128i d = _mm_xor_si128(_mm_loadu_si128((const __m128i *)x),
+            const __m128i dx = _mm_xor_si128(_mm_loadu_si128((const __m128i *)x),
                                             _mm_loadu_si128((const __m128i *)y));
             const __m128i z = _mm_setzero_si128();
             const uint32_t lo = ~(uint32_t)_mm_movemask_epi8(
-                                    _mm_cmpeq_epi8(_mm_and_si128(d, _mm_set1_epi8(0x0F)), z)) &
+                                    _mm_cmpeq_epi8(_mm_and_si128(dx, _mm_set1_epi8(0x0F)), z)) &
                                 0xFFFFu;
             const uint32_t hi =
                 ~(uint32_t)_mm_movemask_epi8(
-                    _mm_cmpeq_epi8(_mm_and_si128(d, _mm_set1_epi8((char)0xF0)), z)) &
+                    _mm_cmpeq_epi8(_mm_and_si128(dx, _mm_set1_epi8((char)0xF0)), z)) &
                 0xFFFFu;
             m = spread16(lo) | spread16(hi) << 1;
 #else
@@ -809,26 +862,25 @@ ALWAYS_INLINE void qpart_mx_mode(const rls_qchunk *qc, int64_t s0, int64_t e0, c
                 m |= (uint32_t)((dk & 15) != 0) << (2 * k) | (uint32_t)((dk >> 4) != 0) << (2 * k + 1);
             }
 #endif
-            raw += __builtin_popcount(m);
-            while (m) {
+            for (; m; m &= m - 1, raw++) { /* (no popcount: not in the baseline x86-64 set) */
                 const int t = __builtin_ctz(m);
-                m &= m - 1;
                 const int sh = (t & 1) * 4;
                 nchg += qcand(la[(x[t >> 1] >> sh) & 15], la[(y[t >> 1] >> sh) & 15], i0 + t,
-                              values, efield, ulplog2, &c, &acc, bchg, mode);
+                              &d, &c, &acc, bchg, mode);
             }
         } else { /* the scale differs: every element is decoded */
             for (int t = 0; t < 32; t++) {
                 const int sh = (t & 1) * 4;
                 const unsigned u = (x[t >> 1] >> sh) & 15, v = (y[t >> 1] >> sh) & 15;
-                const int d = qcand(la[u], lb[v], i0 + t, values, efield, ulplog2, &c, &acc, bchg,
-                                    mode);
+                const int chg = qcand(la[u], lb[v], i0 + t, &d, &c, &acc, bchg, mode);
                 raw += u != v;
-                nchg += d;
-                scale_only += (u == v) & d;
+                nchg += chg;
+                scale_only += (u == v) & chg;
             }
         }
     }
+    q->slo = slo;
+    q->shi = shi;
     l->ints[RLS_I_CHANGED] += nchg;
     q->raw += raw;
     q->scale_only += scale_only;
@@ -836,14 +888,13 @@ ALWAYS_INLINE void qpart_mx_mode(const rls_qchunk *qc, int64_t s0, int64_t e0, c
 }
 
 static void qpart(const rls_qchunk *qc, int64_t s0, int64_t e0, const uint16_t *mxw,
-                  const float *values, const uint8_t *efield, const int32_t *ulplog2,
-                  const rls_spec *spec, local_t *l, qlocal_t *q, double *flt) {
+                  const dec16_t *dec, const rls_spec *spec, local_t *l, qlocal_t *q, double *flt) {
 #define QPART(MODE)                                                                               \
     do {                                                                                          \
         if (qc->nibbles)                                                                          \
-            qpart_mx_mode(qc, s0, e0, mxw, values, efield, ulplog2, spec, l, q, flt, MODE);      \
+            qpart_mx_mode(qc, s0, e0, mxw, dec, spec, l, q, flt, MODE);                           \
         else                                                                                      \
-            qpart_fp8_mode(qc, s0, e0, values, efield, ulplog2, spec, l, q, flt, MODE);          \
+            qpart_fp8_mode(qc, s0, e0, dec, spec, l, q, flt, MODE);                               \
     } while (0)
     switch (mode_of(spec)) {
     case MODE_NONE:
@@ -863,26 +914,33 @@ static void qpart(const rls_qchunk *qc, int64_t s0, int64_t e0, const uint16_t *
 
 int rls_qdiff(const rls_qchunk *q, const float *values, const uint8_t *efield,
               const int32_t *ulplog2, const rls_spec *spec, rls_out *out, int64_t *qcounts) {
-    int64_t *counts = scratch_zeroed(SCRATCH_COUNTS, 65536 * sizeof(int64_t));
+    const dec16_t dec = {values, efield, ulplog2};
+    /* zero between calls, like every count buffer of this pass (each user zeroes what it wrote) */
+    int64_t *counts = scratch_get(SCRATCH_QCOUNTS, 65536 * sizeof(int64_t));
     if (!counts) return -1;
+    uint64_t seen[1024] = {0}; /* the words counted */
     uint16_t mxw[4096]; /* MXFP4: the word of every (scale byte, code) */
     if (q->nibbles)
         for (int s = 0; s < 256; s++)
             for (int k = 0; k < 16; k++) mxw[s * 16 + k] = bf16_rne(q->e2m1[k] * q->e8m0[s]);
     const size_t rows = (q->nibbles ? 256 : (size_t)q->scols) * 256;
+    const size_t crows = q->nibbles ? rows : rows * FP8_TABLES;
     int failed = 0;
     int64_t raw = 0, scale_only = 0;
 #pragma omp parallel num_threads(threads_for(spec)) reduction(+ : raw, scale_only)
     {
-        local_t *l = local_new(spec->ntol, 1);
-        qlocal_t ql = {scratch_zeroed(SCRATCH_CHIST, rows * sizeof(uint32_t)), NULL, NULL, NULL,
-                       -1, 0, 0};
+        local_t *l = local_new(spec->ntol, 0);
+        qlocal_t ql = {.words = {scratch_get(SCRATCH_QHIST, 65536 * sizeof(uint32_t)), {0}},
+                       .chist = scratch_get(SCRATCH_CHIST, crows * sizeof(uint32_t)),
+                       .have = -1,
+                       .slo = 256,
+                       .shi = -1};
         if (!q->nibbles) {
             ql.luta = malloc(rows * sizeof(uint16_t));
             ql.lutb = malloc(rows * sizeof(uint16_t));
             ql.moved = malloc(rows);
         }
-        const int ok = l && ql.chist && (q->nibbles || (ql.luta && ql.lutb && ql.moved));
+        const int ok = l && ql.words.n && ql.chist && (q->nibbles || (ql.luta && ql.lutb && ql.moved));
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
@@ -892,27 +950,31 @@ int rls_qdiff(const rls_qchunk *q, const float *values, const uint8_t *efield,
             if (!ok) continue;
             const int64_t s0 = p * spec->per;
             const int64_t e0 = q->n < s0 + spec->per ? q->n : s0 + spec->per;
-            qpart(q, s0, e0, mxw, values, efield, ulplog2, spec, l, &ql, out->flt + p * RLS_NF);
+            qpart(q, s0, e0, mxw, &dec, spec, l, &ql, out->flt + p * RLS_NF);
         }
         if (ok) {
             if (q->nibbles)
-                mx_fold(&ql, mxw, l->hist);
+                mx_fold(&ql, mxw);
             else
-                fp8_fold(&ql, q->scols, l->hist);
+                fp8_fold(&ql, q->scols);
             raw += ql.raw;
             scale_only += ql.scale_only;
 #pragma omp critical(rls_merge)
-            local_merge(l, spec->ntol, out, counts);
+            {
+                local_merge(l, spec->ntol, out, NULL);
+                words_merge(&ql.words, counts, seen);
+            }
         }
         if (l) local_free(l);
         free(ql.luta);
         free(ql.lutb);
         free(ql.moved);
     }
-    if (!failed) {
-        base_stats16(counts, values, efield, out);
-        qcounts[0] += raw;
-        qcounts[1] += scale_only;
-    }
-    return failed ? -1 : 0;
+    double sqb = 0.0; /* in word order, as base_stats16 sums */
+    FOR_SEEN(seen, v, (base_word(v, counts[v], values, efield, out, &sqb), counts[v] = 0));
+    if (failed) return -1;
+    out->flt[RLS_F_SQB] = sqb;
+    qcounts[0] += raw;
+    qcounts[1] += scale_only;
+    return 0;
 }

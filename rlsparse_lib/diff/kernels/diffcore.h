@@ -120,8 +120,10 @@ typedef struct {
     const float *e2m1, *e8m0;
 } rls_qchunk;
 
-/* `qcounts[0]` += elements whose code differs, `qcounts[1]` += elements whose code is equal but
- * whose value differs (through the scale). Returns 0, or -1 when memory runs out. */
+/* The tables are rls_diff16's for bfloat16 words with `bf16` true: changed words are decoded
+ * from their bits. `qcounts[0]` += elements whose code differs, `qcounts[1]` += elements whose
+ * code is equal but whose value differs (through the scale). Returns 0, or -1 when memory runs
+ * out. */
 int rls_qdiff(const rls_qchunk *q, const float *values, const uint8_t *efield,
               const int32_t *ulplog2, const rls_spec *spec, rls_out *out, int64_t *qcounts);
 
