@@ -33,8 +33,8 @@ from rlsparse_lib.diff.kernels.dequant import (
     CpuDecoder,
     Decoder,
     DequantSource,
+    ScaleCounter,
     count_codes,
-    count_scales,
     quant_step,
     transpose_mask_bits,
 )
@@ -282,6 +282,7 @@ def _diff_quant(
     )
     result = TensorResult.empty(pair, len(spec.tolerances))
     counts = np.zeros(2, np.int64)
+    scales = ScaleCounter()
     chunks: ChunkStream = stream_chunks(
         pair.name,
         pair.numel,
@@ -297,6 +298,7 @@ def _diff_quant(
             assert isinstance(kernel, CpuKernel) and qb is not None
             assert isinstance(sb, CodeSource) and isinstance(st, CodeSource)
             stats = kernel.diff_codes(sb, st, chunk.base, chunk.tuned, spec, packed, counts)
+            scales.add(sb, st)
             if packed is not None and qb.transposed:  # the codes are compared in stored order
                 packed = transpose_mask_bits(packed, chunk.numel, qb.matrix_rows(), qb.cols)
         else:
@@ -306,6 +308,7 @@ def _diff_quant(
         if views and not fused:
             assert isinstance(sb, DequantSource) and isinstance(st, DequantSource)
             count_codes(sb, st, counts)
+            scales.add(sb.source, st.source)
         if mask is not None:
             assert packed is not None
             mask.write(pair.name, packed)
@@ -327,7 +330,7 @@ def _diff_quant(
             "raw_n": pair.numel,
             "raw_changed": int(counts[0]),
             "scales_n": qb.scales.numel,
-            "scales_changed": count_scales(base, tuned, qb, qt, config.chunk_elems),
+            "scales_changed": scales.changed,
             "scale_only_changed": int(counts[1]),
         }
     return result

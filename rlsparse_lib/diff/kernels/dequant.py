@@ -43,8 +43,8 @@ __all__ = [
     "CpuDecoder",
     "Decoder",
     "DequantSource",
+    "ScaleCounter",
     "count_codes",
-    "count_scales",
     "quant_step",
     "transpose_mask_bits",
     "value_chunks",
@@ -149,8 +149,10 @@ class CodeSource:
     ``words(name, start, stop)`` needs ``start`` on a row boundary (FP8) or a 32-element group
     boundary (MXFP4) and ``stop`` likewise or at the end; it returns the range's codes (uint8;
     packed nibbles for MXFP4) and sets :attr:`scales` (FP8: float32, flat ``[-1, scols]``;
-    MXFP4: the E8M0 bytes of the range's groups) and :attr:`srow` (FP8: int64, each row's scale
-    row in :attr:`scales`), valid until :meth:`release`.
+    MXFP4: the E8M0 bytes of the range's groups), :attr:`scale_words` (the same entries as
+    stored, raw words), :attr:`scale_range` (their flat ``[start, stop)`` in the scale tensor) and
+    :attr:`srow` (FP8: int64, each row's scale row in :attr:`scales`), valid until
+    :meth:`release`.
     """
 
     def __init__(self, reader: TensorReader, qt: QuantTensor) -> None:
@@ -158,7 +160,8 @@ class CodeSource:
         self.qt = qt
         self.scales: np.ndarray = np.empty(0, np.float32)
         self.srow: np.ndarray = np.empty(0, np.int64)
-        self._scale_range = (0, 0)
+        self.scale_words: np.ndarray = np.empty(0, np.uint8)
+        self.scale_range = (0, 0)
 
     def _code_range(self, start: int, stop: int) -> tuple[int, int]:
         if self.qt.scheme == "mxfp4":
@@ -178,16 +181,17 @@ class CodeSource:
         codes = self.reader.words(qt.codes.name, *self._code_range(start, stop))
         if qt.scheme == "mxfp4":
             s0, s1 = start // MX_GROUP, stop // MX_GROUP
-            self.scales = self.reader.words(qt.scales.name, s0, s1)
+            self.scales = self.scale_words = self.reader.words(qt.scales.name, s0, s1)
         else:
             srow = qt.scale_rows(start // qt.cols, stop // qt.cols)
             _, scols = qt.scale_grid()
             r0, r1 = (int(srow[0]), int(srow[-1]) + 1) if srow.size else (0, 0)
             s0, s1 = r0 * scols, r1 * scols
-            raw = self.reader.words(qt.scales.name, s0, s1)
+            self.scale_words = self.reader.words(qt.scales.name, s0, s1)
+            raw = self.scale_words
             self.scales = cast_words(raw, qt.scales.dtype, "float32").view(np.float32)
             self.srow = srow - r0
-        self._scale_range = (s0, s1)
+        self.scale_range = (s0, s1)
         return codes
 
     def prefetch(self, name: str, start: int, stop: int) -> None:
@@ -195,7 +199,8 @@ class CodeSource:
 
     def release(self, name: str, start: int, stop: int) -> None:
         self.scales = np.empty(0, self.scales.dtype)
-        self.reader.release(self.qt.scales.name, *self._scale_range)
+        self.scale_words = np.empty(0, self.scale_words.dtype)
+        self.reader.release(self.qt.scales.name, *self.scale_range)
         self.reader.release(self.qt.codes.name, *self._code_range(start, stop))
 
     def col_block(self) -> int:
@@ -271,26 +276,22 @@ def transpose_mask_bits(packed: np.ndarray, n: int, rows: int, cols: int) -> np.
     return np.packbits(transpose_matrices(bits, rows, cols), bitorder="little")
 
 
-def count_scales(
-    base: TensorReader,
-    tuned: TensorReader,
-    qb: QuantTensor,
-    qt: QuantTensor,
-    chunk_elems: int,
-) -> int:
-    """Scale entries whose stored bits differ between two same-shaped scale tensors (read in
-    chunks of ``chunk_elems``, pages released)."""
-    n = qb.scales.numel
-    changed = 0
-    for start in range(0, n, chunk_elems):
-        stop = min(n, start + chunk_elems)
-        wa = base.words(qb.scales.name, start, stop)
-        wb = tuned.words(qt.scales.name, start, stop)
-        changed += int(np.count_nonzero(wa != wb))
-        del wa, wb
-        base.release(qb.scales.name, start, stop)
-        tuned.release(qt.scales.name, start, stop)
-    return changed
+class ScaleCounter:
+    """Scale entries whose stored bits differ between two quantized tensors laid out alike,
+    counted from the scales of each chunk while it is held (no pass of its own), each entry once:
+    consecutive chunks may share scales, as all chunks of a per-tensor scale do."""
+
+    def __init__(self) -> None:
+        self.changed = 0
+        self._counted = 0  # scale entries [0, _counted) are counted
+
+    def add(self, a: CodeSource, b: CodeSource) -> None:
+        """Counts the current chunk's scales of ``a`` (base) and ``b`` (tuned) not yet counted."""
+        s0, s1 = a.scale_range
+        skip = max(0, self._counted - s0)
+        if s1 > s0 + skip:
+            self.changed += int(np.count_nonzero(a.scale_words[skip:] != b.scale_words[skip:]))
+            self._counted = s1
 
 
 def value_source(
