@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from rlsparse_lib.errors import CheckpointError
+from rlsparse_lib.io import safetensors_io
 from rlsparse_lib.io.checkpoint import open_checkpoint
+from rlsparse_lib.io.safetensors_io import MappedFiles, read_header
 
 from .ckpt_factory import TINY, random_state, save_hf
 
@@ -188,3 +193,63 @@ def test_hub_repo_without_safetensors(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr("huggingface_hub.snapshot_download", lambda *a, **k: str(tmp_path))
     with pytest.raises(CheckpointError, match=r"has no \.safetensors weights"):
         open_checkpoint("org/pickles-only", download=True)
+
+
+class _RecordingFiles(MappedFiles):
+    """MappedFiles that records its madvise calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, int, int]] = []
+
+    def _madvise(self, mm, advice: int, lo: int, hi: int) -> None:  # type: ignore[override]
+        self.calls.append((advice, lo, hi))
+        super()._madvise(mm, advice, lo, hi)
+
+
+def _rss_kib(path: Path) -> int:
+    """Resident KiB of this process's maps of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line
+            inside = line.endswith(str(path))
+        elif inside and head[0] == "Rss:":
+            total += int(head[1])
+    return total
+
+
+def test_released_ranges_are_gathered_and_their_pages_dropped(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(safetensors_io, "RELEASE_BATCH", 64 << 10)
+    state = {  # in file order: small, small, small, larger than the batch
+        "a": torch.zeros(100, dtype=torch.uint8),
+        "b": torch.ones(20_000, dtype=torch.uint8),
+        "c": torch.full((300,), 2, dtype=torch.uint8),
+        "d": torch.full((200_000,), 3, dtype=torch.uint8),
+    }
+    save_file(state, tmp_path / "m.safetensors")
+    save_file({"e": torch.ones(5000, dtype=torch.uint8)}, tmp_path / "n.safetensors")
+    infos, _ = read_header(tmp_path / "m.safetensors")
+    files = _RecordingFiles()
+    for name, t in state.items():  # every page mapped
+        assert np.array_equal(files.words(infos[name], 0, t.numel()), t.numpy())
+    assert _rss_kib(tmp_path / "m.safetensors") >= 200
+    for name in "abc":
+        files.release(infos[name], 0, state[name].numel())
+    assert files.calls == []  # near each other: pending
+    files.release(infos["d"], 0, state["d"].numel())
+    dontneed = mmap.MADV_DONTNEED
+    page = mmap.PAGESIZE
+    lo_a = infos["a"].offset // page * page
+    hi_c = infos["c"].offset + 300
+    lo_d, hi_d = infos["d"].offset // page * page, infos["d"].offset + 200_000
+    # the pending span in one call, then the range as large as the batch at once
+    assert files.calls == [(dontneed, lo_a, hi_c), (dontneed, lo_d, hi_d)]
+    assert _rss_kib(tmp_path / "m.safetensors") == 0
+    # a release in another file drops the pending span first; close drops the rest
+    files.release(infos["c"], 0, 300)
+    e = read_header(tmp_path / "n.safetensors")[0]["e"]
+    files.release(e, 0, 5000)
+    assert files.calls[2:] == [(dontneed, infos["c"].offset // page * page, hi_c)]
+    files.close()
+    assert files.calls[3:] == [(dontneed, e.offset // page * page, e.offset + 5000)]

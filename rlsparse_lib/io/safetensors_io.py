@@ -25,6 +25,10 @@ from rlsparse_lib.io.tensor_info import TensorInfo
 
 _MAX_HEADER = 100 * 1024 * 1024
 _PAGE = mmap.PAGESIZE
+# Released ranges near each other are gathered into one MADV_DONTNEED of at most this many bytes:
+# a call costs a TLB flush on every core the process runs on, and a quantized model has two
+# small tensors (codes, scales) per weight. Bounds the pages kept past their release.
+RELEASE_BATCH = 8 << 20
 _DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 
@@ -129,10 +133,12 @@ class MappedFiles:
 
     Reads are zero-copy views into the page cache; :meth:`release` drops a range from this
     process's resident set (``MADV_DONTNEED``) so a streaming pass over a model keeps RSS bounded.
+    Releases are gathered: one pending span of at most :data:`RELEASE_BATCH` bytes in one file.
     """
 
     def __init__(self) -> None:
         self._maps: dict[Path, mmap.mmap] = {}
+        self._pending: tuple[mmap.mmap, int, int] | None = None  # (map, lo, hi) to release
 
     def _map(self, path: Path) -> mmap.mmap:
         mm = self._maps.get(path)
@@ -162,17 +168,47 @@ class MappedFiles:
         self._advise(info, start, stop, mmap.MADV_WILLNEED)
 
     def release(self, info: TensorInfo, start: int, stop: int) -> None:
-        """Drop a range's pages from this process's RSS (they stay in the page cache)."""
-        self._advise(info, start, stop, mmap.MADV_DONTNEED)
+        """Drop a range's pages from this process's RSS (they stay in the page cache): at once,
+        or with the ranges released next when they lie within :data:`RELEASE_BATCH` of it (pages
+        between them are dropped too; a read maps them again)."""
+        mm, lo, hi = self._span(info, start, stop)
+        if hi <= lo:
+            return
+        p = self._pending
+        if p is not None and p[0] is mm and max(hi, p[2]) - min(lo, p[1]) <= RELEASE_BATCH:
+            self._pending = (mm, min(lo, p[1]), max(hi, p[2]))
+            return
+        self.flush()
+        if hi - lo >= RELEASE_BATCH:
+            self._madvise(mm, mmap.MADV_DONTNEED, lo, hi)
+        else:
+            self._pending = (mm, lo, hi)
+
+    def flush(self) -> None:
+        """Drop the pending released span now."""
+        if self._pending is not None:
+            mm, lo, hi = self._pending
+            self._pending = None
+            if not mm.closed:
+                self._madvise(mm, mmap.MADV_DONTNEED, lo, hi)
 
     def _advise(self, info: TensorInfo, start: int, stop: int, advice: int) -> None:
+        mm, lo, hi = self._span(info, start, stop)
+        if hi > lo:
+            self._madvise(mm, advice, lo, hi)
+
+    def _span(self, info: TensorInfo, start: int, stop: int) -> tuple[mmap.mmap, int, int]:
+        """The map of a range of ``info`` and its bytes ``[lo, hi)``, ``lo`` page-aligned."""
         mm = self._map(info.file)
         lo = (info.offset + start * info.itemsize) // _PAGE * _PAGE
-        hi = min(len(mm), info.offset + stop * info.itemsize)
-        if hi > lo:
-            mm.madvise(advice, lo, hi - lo)
+        return mm, lo, min(len(mm), info.offset + stop * info.itemsize)
+
+    @staticmethod
+    def _madvise(mm: mmap.mmap, advice: int, lo: int, hi: int) -> None:
+        mm.madvise(advice, lo, hi - lo)
 
     def close(self) -> None:
+        self.flush()
         for mm in self._maps.values():
             # a numpy view may still be alive: then the map closes when the view dies
             with contextlib.suppress(BufferError):
