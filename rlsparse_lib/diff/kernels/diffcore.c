@@ -15,6 +15,9 @@
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
+#ifdef __SSSE3__
+#include <tmmintrin.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -625,7 +628,7 @@ static void words_merge(words_t *w, int64_t *counts, uint64_t *seen) {
     for (int j = 0; j < 1024; j++) seen[j] |= w->seen[j];
 }
 
-#define FP8_TABLES 4 /* FP8: histogram tables per scale column (see scan8) */
+#define FP8_TABLES 4 /* FP8: histogram tables per scale column (see hist8) */
 
 /* Per-thread scratch of the fused pass. */
 typedef struct {
@@ -637,7 +640,10 @@ typedef struct {
                               (tuned only for the columns whose scale differs) */
     uint8_t *moved;        /* FP8 [scols][256]: 1 where a code's word differs between the base and
                               tuned scale (columns whose scale differs) */
+    uint8_t *moved_bits;   /* FP8 [scols][2][16]: the same set, bit (code >> 4) & 7 of byte
+                              [code >> 7][code & 15] (scan8_moved's lookups) */
     int64_t have;          /* FP8: the scale row the tables hold, -1 none */
+    int row_moved;         /* FP8: whether a scale of row `have` differs between the sides */
     int slo, shi;          /* MXFP4: the smallest and largest base scale byte counted */
     int64_t raw, scale_only;
 } qlocal_t;
@@ -685,19 +691,21 @@ static void mx_fold(qlocal_t *q, const uint16_t *mxw) {
         }
 }
 
-/* scan16 for FP8 codes: histograms the base codes into h [FP8_TABLES][256], writes the offsets
- * of the differing codes (k < len <= SUB) to idx (room for 16 more) and returns their number.
- * Neighbouring weights often share a code; with one table every repeat waits for the last
- * increment's store, with four, consecutive codes go to different tables. */
-static __attribute__((noinline)) int32_t scan8(const uint8_t *restrict a,
-                                               const uint8_t *restrict b, int32_t len,
-                                               uint32_t *restrict h, int32_t *restrict idx) {
+/* Counts the codes a[0..len) into h [FP8_TABLES][256]. Neighbouring weights often share a code;
+ * with one table every repeat waits for the last increment's store, with four, consecutive codes
+ * go to different tables. */
+static __attribute__((noinline)) void hist8(const uint8_t *restrict a, int32_t len, uint32_t *restrict h) {
     int32_t k = 0;
     for (; k + FP8_TABLES <= len; k += FP8_TABLES)
         for (int t = 0; t < FP8_TABLES; t++) h[t * 256 + a[k + t]]++;
     for (; k < len; k++) h[a[k]]++;
-    int32_t m = 0;
-    k = 0;
+}
+
+/* scan16's compare for FP8 codes: writes the offsets of the differing codes (k < len <= SUB) to
+ * idx (room for 16 more) and returns their number. */
+static __attribute__((noinline)) int32_t cmp8(const uint8_t *restrict a, const uint8_t *restrict b,
+                                              int32_t len, int32_t *restrict idx) {
+    int32_t m = 0, k = 0;
 #ifdef __SSE2__ /* compare 16 codes at once, left-pack the offsets of each half */
     const __m128i zero = _mm_setzero_si128();
     for (; k + 16 <= len; k += 16) {
@@ -724,21 +732,53 @@ static __attribute__((noinline)) int32_t scan8(const uint8_t *restrict a,
     return m;
 }
 
-/* scan8 for a block whose tuned scale differs: histograms the base codes into h and writes the
- * offsets of the candidates (k < len <= SUB) to idx: codes that differ, and equal codes whose word
- * the scale moves (moved[code]). Returns their number; adds the differing codes to *raw. A block
- * whose scale changed by less than bf16 resolves has few moved codes, so most equal codes cost a
- * lookup here instead of a decode and compare. */
+/* cmp8 for a block whose tuned scale differs: histograms the base codes into h (hist8) and writes
+ * the offsets of the candidates (k < len <= SUB) to idx: codes that differ, and equal codes whose
+ * word the scale moves (moved[code], or bit (code >> 4) & 7 of moved_bits[code >> 7][code & 15]).
+ * Returns their number; adds the differing codes to *raw. A block whose scale changed by less
+ * than bf16 resolves has few moved codes, so most equal codes cost a lookup here instead of a
+ * decode and compare. */
 static __attribute__((noinline)) int32_t scan8_moved(const uint8_t *restrict a,
                                                      const uint8_t *restrict b, int32_t len,
                                                      uint32_t *restrict h,
                                                      const uint8_t *restrict moved,
+                                                     const uint8_t *restrict moved_bits,
                                                      int32_t *restrict idx, int64_t *raw) {
-    int32_t m = 0, r = 0;
-    for (int32_t k = 0; k < len; k++) {
+    int32_t m = 0, r = 0, k = 0;
+    hist8(a, len, h);
+#ifdef __SSSE3__ /* 16 codes at once: differ, or a member of the moved set (two pshufb lookups) */
+    const __m128i nib = _mm_set1_epi8(0x0F), zero = _mm_setzero_si128();
+    const __m128i lo_set = _mm_loadu_si128((const __m128i *)moved_bits);
+    const __m128i hi_set = _mm_loadu_si128((const __m128i *)(moved_bits + 16));
+    const __m128i bit = _mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
+    for (; k + 16 <= len; k += 16) {
+        const __m128i x = _mm_loadu_si128((const __m128i *)(a + k));
+        const __m128i y = _mm_loadu_si128((const __m128i *)(b + k));
+        const __m128i lo = _mm_and_si128(x, nib);
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(x, 4), nib);
+        const __m128i up = _mm_cmplt_epi8(x, zero); /* code >= 128: the upper table */
+        const __m128i row = _mm_or_si128(_mm_andnot_si128(up, _mm_shuffle_epi8(lo_set, lo)),
+                                         _mm_and_si128(up, _mm_shuffle_epi8(hi_set, lo)));
+        const __m128i in = _mm_and_si128(row, _mm_shuffle_epi8(bit, hi));
+        const int ne = ~_mm_movemask_epi8(_mm_cmpeq_epi8(x, y)) & 0xFFFF;
+        const int bits = ne | (~_mm_movemask_epi8(_mm_cmpeq_epi8(in, zero)) & 0xFFFF);
+        r += pack_count[ne & 0xFF] + pack_count[ne >> 8];
+        for (int half = 0; half < 2; half++) {
+            const int hb = (bits >> (8 * half)) & 0xFF;
+            const __m128i off =
+                _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)pack_offsets[hb]), zero);
+            const __m128i base = _mm_set1_epi32(k + 8 * half);
+            _mm_storeu_si128((__m128i *)(idx + m),
+                             _mm_add_epi32(_mm_unpacklo_epi16(off, zero), base));
+            _mm_storeu_si128((__m128i *)(idx + m + 4),
+                             _mm_add_epi32(_mm_unpackhi_epi16(off, zero), base));
+            m += pack_count[hb];
+        }
+    }
+#endif
+    for (; k < len; k++) {
         const uint8_t x = a[k];
         const int ne = x != b[k];
-        h[x]++;
         idx[m] = k;
         m += ne | moved[x];
         r += ne;
@@ -755,6 +795,8 @@ ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
     acc_t acc = {0};
     int64_t nchg = 0, raw = 0, scale_only = 0, *bchg = l->bchg;
     const int64_t ncols = qc->ncols, scols = qc->scols, cblk = qc->col_block;
+    /* a column's block by a shift where the block is a power of two (a division costs ns) */
+    const int cshift = cblk & (cblk - 1) ? -1 : __builtin_ctzll((uint64_t)cblk);
     const uint8_t *restrict A = qc->ca, *restrict B = qc->cb;
     int64_t i = s0;
     while (i < e0) {
@@ -764,16 +806,41 @@ ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
         const float *sa = qc->sa + sr * scols, *sb = qc->sb + sr * scols;
         if (sr != q->have) { /* a new scale row: fold the counts of the last one, new tables */
             fp8_fold(q, scols);
+            q->row_moved = 0;
             for (int64_t b = 0; b < scols; b++) {
                 for (int k = 0; k < 256; k++)
                     q->luta[b * 256 + k] = bf16_rne(qc->table[k] * sa[b]);
-                if (float_bits(sa[b]) != float_bits(sb[b]))
-                    for (int k = 0; k < 256; k++) {
-                        q->lutb[b * 256 + k] = bf16_rne(qc->table[k] * sb[b]);
-                        q->moved[b * 256 + k] = q->lutb[b * 256 + k] != q->luta[b * 256 + k];
-                    }
+                if (float_bits(sa[b]) == float_bits(sb[b])) continue;
+                q->row_moved = 1;
+                uint8_t *mv = q->moved + b * 256, *bits = q->moved_bits + b * 32;
+                memset(bits, 0, 32);
+                for (int k = 0; k < 256; k++) {
+                    q->lutb[b * 256 + k] = bf16_rne(qc->table[k] * sb[b]);
+                    mv[k] = q->lutb[b * 256 + k] != q->luta[b * 256 + k];
+                    bits[(k >> 7) * 16 + (k & 15)] |= (uint8_t)(mv[k] << ((k >> 4) & 7));
+                }
             }
             q->have = sr;
+        }
+        if (!q->row_moved) { /* every scale of the row equal: equal codes, equal values */
+            for (int64_t s = i, b = (i - row0) / cblk; s < rowend; b++) { /* the base codes */
+                const int64_t end = row0 + (b + 1) * cblk < rowend ? row0 + (b + 1) * cblk : rowend;
+                hist8(A + s, (int32_t)(end - s), q->chist + b * FP8_TABLES * 256);
+                s = end;
+            }
+            for (int64_t s = i; s < rowend; s += SUB) { /* then the differing codes, row-wide */
+                const int64_t e = rowend < s + SUB ? rowend : s + SUB;
+                const int32_t m = cmp8(A + s, B + s, (int32_t)(e - s), l->idx);
+                raw += m;
+                for (int32_t k = 0; k < m; k++) {
+                    const int64_t j = s + l->idx[k];
+                    const int64_t col = j - row0;
+                    const uint16_t *la = q->luta + (cshift >= 0 ? col >> cshift : col / cblk) * 256;
+                    nchg += qcand(la[A[j]], la[B[j]], j, &d, &c, &acc, bchg, mode);
+                }
+            }
+            i = rowend;
+            continue;
         }
         while (i < rowend) { /* one row's run of one scale block */
             const int64_t b = (i - row0) / cblk;
@@ -783,7 +850,8 @@ ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
             if (float_bits(sa[b]) == float_bits(sb[b])) { /* equal codes, equal values */
                 for (int64_t s = i; s < end; s += SUB) {
                     const int64_t e = end < s + SUB ? end : s + SUB;
-                    const int32_t m = scan8(A + s, B + s, (int32_t)(e - s), h, l->idx);
+                    hist8(A + s, (int32_t)(e - s), h);
+                    const int32_t m = cmp8(A + s, B + s, (int32_t)(e - s), l->idx);
                     raw += m;
                     for (int32_t k = 0; k < m; k++) {
                         const int64_t j = s + l->idx[k];
@@ -792,11 +860,11 @@ ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
                 }
             } else { /* the scale differs: differing codes and moved codes are decoded */
                 const uint16_t *lb = q->lutb + b * 256;
-                const uint8_t *mv = q->moved + b * 256;
+                const uint8_t *mv = q->moved + b * 256, *bits = q->moved_bits + b * 32;
                 for (int64_t s = i; s < end; s += SUB) {
                     const int64_t e = end < s + SUB ? end : s + SUB;
-                    const int32_t m = scan8_moved(A + s, B + s, (int32_t)(e - s), h, mv, l->idx,
-                                                  &raw);
+                    const int32_t m =
+                        scan8_moved(A + s, B + s, (int32_t)(e - s), h, mv, bits, l->idx, &raw);
                     for (int32_t k = 0; k < m; k++) {
                         const int64_t j = s + l->idx[k];
                         const int chg =
@@ -823,6 +891,32 @@ static inline uint32_t spread16(uint32_t v) {
     return (v | (v << 1)) & 0x55555555u;
 }
 
+/* The changed-nibble mask of a 16-byte MXFP4 group pair: bit 2k (low) and 2k+1 (high nibble) of
+ * byte k set where the codes differ. */
+static inline uint32_t mx_diff(const uint8_t *x, const uint8_t *y) {
+#ifdef __SSE2__
+    const __m128i dx = _mm_xor_si128(_mm_loadu_si128((const __m128i *)x),
+                                     _mm_loadu_si128((const __m128i *)y));
+    const __m128i z = _mm_setzero_si128();
+    const uint32_t lo =
+        ~(uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_and_si128(dx, _mm_set1_epi8(0x0F)), z)) &
+        0xFFFFu;
+    const uint32_t hi = ~(uint32_t)_mm_movemask_epi8(
+                            _mm_cmpeq_epi8(_mm_and_si128(dx, _mm_set1_epi8((char)0xF0)), z)) &
+                        0xFFFFu;
+    return spread16(lo) | spread16(hi) << 1;
+#else
+    uint32_t m = 0;
+    for (int k = 0; k < 16; k++) {
+        const unsigned dk = x[k] ^ y[k];
+        m |= (uint32_t)((dk & 15) != 0) << (2 * k) | (uint32_t)((dk >> 4) != 0) << (2 * k + 1);
+    }
+    return m;
+#endif
+}
+
+#define MX_BATCH 128 /* MXFP4 groups scanned before their candidates are decoded */
+
 ALWAYS_INLINE void qpart_mx_mode(const rls_qchunk *qc, int64_t s0, int64_t e0, const uint16_t *mxw,
                                  const dec16_t *dec, const rls_spec *spec, local_t *l,
                                  qlocal_t *q, double *flt, const int mode) {
@@ -833,43 +927,41 @@ ALWAYS_INLINE void qpart_mx_mode(const rls_qchunk *qc, int64_t s0, int64_t e0, c
     const uint8_t *restrict A = qc->ca, *restrict B = qc->cb;
     uint32_t *restrict chist = q->chist;
     int slo = q->slo, shi = q->shi;
-    for (int64_t g = s0 / 32; g < e0 / 32; g++) { /* a group: 16 bytes, 32 codes, one scale */
-        const uint8_t *x = A + g * 16, *y = B + g * 16;
-        const int esa = qc->ea[g], esb = qc->eb[g];
-        slo = esa < slo ? esa : slo;
-        shi = esa > shi ? esa : shi;
-        uint32_t *h = chist + esa * 256;
-        for (int k = 0; k < 16; k++) h[x[k]]++;
-        const uint16_t *la = mxw + esa * 16, *lb = mxw + esb * 16;
-        const int64_t i0 = g * 32;
-        if (esa == esb) { /* equal codes, equal values: only differing nibbles are decoded */
-            uint32_t m = 0;
-#ifdef __SSE2__
-            const __m128i dx = _mm_xor_si128(_mm_loadu_si128((const __m128i *)x),
-                                            _mm_loadu_si128((const __m128i *)y));
-            const __m128i z = _mm_setzero_si128();
-            const uint32_t lo = ~(uint32_t)_mm_movemask_epi8(
-                                    _mm_cmpeq_epi8(_mm_and_si128(dx, _mm_set1_epi8(0x0F)), z)) &
-                                0xFFFFu;
-            const uint32_t hi =
-                ~(uint32_t)_mm_movemask_epi8(
-                    _mm_cmpeq_epi8(_mm_and_si128(dx, _mm_set1_epi8((char)0xF0)), z)) &
-                0xFFFFu;
-            m = spread16(lo) | spread16(hi) << 1;
-#else
-            for (int k = 0; k < 16; k++) {
-                const unsigned dk = x[k] ^ y[k];
-                m |= (uint32_t)((dk & 15) != 0) << (2 * k) | (uint32_t)((dk >> 4) != 0) << (2 * k + 1);
+    /* a batch's groups with candidates, in order: offset, and their changed-nibble mask (equal
+     * scales) or MX_ALL (the scale differs: every element is decoded); appended without a branch
+     * so that few changed groups cost no mispredicted branch each */
+    int32_t cand[MX_BATCH];
+    uint64_t cmask[MX_BATCH];
+    const uint64_t MX_ALL = 1ull << 32;
+    for (int64_t g0 = s0 / 32; g0 < e0 / 32; g0 += MX_BATCH) {
+        const int64_t g1 = e0 / 32 < g0 + MX_BATCH ? e0 / 32 : g0 + MX_BATCH;
+        int32_t n = 0;
+        for (int64_t g = g0; g < g1; g++) { /* a group: 16 bytes, 32 codes, one scale */
+            const uint8_t *x = A + g * 16;
+            const int esa = qc->ea[g], esb = qc->eb[g];
+            slo = esa < slo ? esa : slo;
+            shi = esa > shi ? esa : shi;
+            uint32_t *h = chist + esa * 256;
+            for (int k = 0; k < 16; k++) h[x[k]]++;
+            const uint64_t m = esa == esb ? mx_diff(x, B + g * 16) : MX_ALL;
+            cand[n] = (int32_t)(g - g0);
+            cmask[n] = m;
+            n += m != 0;
+        }
+        for (int32_t k = 0; k < n; k++) {
+            const int64_t g = g0 + cand[k], i0 = g * 32;
+            const uint8_t *x = A + g * 16, *y = B + g * 16;
+            const uint16_t *la = mxw + qc->ea[g] * 16, *lb = mxw + qc->eb[g] * 16;
+            if (cmask[k] != MX_ALL) { /* equal scales: only differing nibbles are decoded */
+                for (uint32_t m = (uint32_t)cmask[k]; m; m &= m - 1, raw++) {
+                    const int t = __builtin_ctz(m);
+                    const int sh = (t & 1) * 4;
+                    nchg += qcand(la[(x[t >> 1] >> sh) & 15], la[(y[t >> 1] >> sh) & 15], i0 + t,
+                                  &d, &c, &acc, bchg, mode);
+                }
+                continue;
             }
-#endif
-            for (; m; m &= m - 1, raw++) { /* (no popcount: not in the baseline x86-64 set) */
-                const int t = __builtin_ctz(m);
-                const int sh = (t & 1) * 4;
-                nchg += qcand(la[(x[t >> 1] >> sh) & 15], la[(y[t >> 1] >> sh) & 15], i0 + t,
-                              &d, &c, &acc, bchg, mode);
-            }
-        } else { /* the scale differs: every element is decoded */
-            for (int t = 0; t < 32; t++) {
+            for (int t = 0; t < 32; t++) { /* the scale differs: every element is decoded */
                 const int sh = (t & 1) * 4;
                 const unsigned u = (x[t >> 1] >> sh) & 15, v = (y[t >> 1] >> sh) & 15;
                 const int chg = qcand(la[u], lb[v], i0 + t, &d, &c, &acc, bchg, mode);
@@ -939,8 +1031,10 @@ int rls_qdiff(const rls_qchunk *q, const float *values, const uint8_t *efield,
             ql.luta = malloc(rows * sizeof(uint16_t));
             ql.lutb = malloc(rows * sizeof(uint16_t));
             ql.moved = malloc(rows);
+            ql.moved_bits = malloc(rows / 8);
         }
-        const int ok = l && ql.words.n && ql.chist && (q->nibbles || (ql.luta && ql.lutb && ql.moved));
+        const int tables = q->nibbles || (ql.luta && ql.lutb && ql.moved && ql.moved_bits);
+        const int ok = l && ql.words.n && ql.chist && tables;
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
@@ -969,6 +1063,7 @@ int rls_qdiff(const rls_qchunk *q, const float *values, const uint8_t *efield,
         free(ql.luta);
         free(ql.lutb);
         free(ql.moved);
+        free(ql.moved_bits);
     }
     double sqb = 0.0; /* in word order, as base_stats16 sums */
     FOR_SEEN(seen, v, (base_word(v, counts[v], values, efield, out, &sqb), counts[v] = 0));
