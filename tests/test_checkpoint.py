@@ -230,26 +230,31 @@ def test_released_ranges_are_gathered_and_their_pages_dropped(tmp_path: Path, mo
     save_file(state, tmp_path / "m.safetensors")
     save_file({"e": torch.ones(5000, dtype=torch.uint8)}, tmp_path / "n.safetensors")
     infos, _ = read_header(tmp_path / "m.safetensors")
+    e = read_header(tmp_path / "n.safetensors")[0]["e"]
     files = _RecordingFiles()
     for name, t in state.items():  # every page mapped
         assert np.array_equal(files.words(infos[name], 0, t.numel()), t.numpy())
     assert _rss_kib(tmp_path / "m.safetensors") >= 200
     for name in "abc":
         files.release(infos[name], 0, state[name].numel())
-    assert files.calls == []  # near each other: pending
-    files.release(infos["d"], 0, state["d"].numel())
-    dontneed = mmap.MADV_DONTNEED
-    page = mmap.PAGESIZE
-    lo_a = infos["a"].offset // page * page
-    hi_c = infos["c"].offset + 300
-    lo_d, hi_d = infos["d"].offset // page * page, infos["d"].offset + 200_000
-    # the pending span in one call, then the range as large as the batch at once
-    assert files.calls == [(dontneed, lo_a, hi_c), (dontneed, lo_d, hi_d)]
+    assert files.calls == []  # near each other: one pending span
+    files.release(infos["d"], 0, state["d"].numel())  # as large as the batch: at once
+
+    def span(info, start: int, stop: int) -> tuple[int, int, int]:
+        page = mmap.PAGESIZE
+        return (mmap.MADV_DONTNEED, (info.offset + start) // page * page, info.offset + stop)
+
+    a_to_c = (mmap.MADV_DONTNEED, span(infos["a"], 0, 1)[1], span(infos["c"], 0, 300)[2])
+    assert files.calls == [span(infos["d"], 0, 200_000)]
+    assert _rss_kib(tmp_path / "m.safetensors") > 0  # a to c: pending
+    files.flush()
+    assert files.calls[1:] == [a_to_c]
     assert _rss_kib(tmp_path / "m.safetensors") == 0
-    # a release in another file drops the pending span first; close drops the rest
+    # two spans pend (another file's, or a far range of this one); a third drops the oldest
     files.release(infos["c"], 0, 300)
-    e = read_header(tmp_path / "n.safetensors")[0]["e"]
     files.release(e, 0, 5000)
-    assert files.calls[2:] == [(dontneed, infos["c"].offset // page * page, hi_c)]
+    assert len(files.calls) == 2
+    files.release(infos["d"], 190_000, 200_000)
+    assert files.calls[2:] == [span(infos["c"], 0, 300)]
     files.close()
-    assert files.calls[3:] == [(dontneed, e.offset // page * page, e.offset + 5000)]
+    assert files.calls[3:] == [span(e, 0, 5000), span(infos["d"], 190_000, 200_000)]

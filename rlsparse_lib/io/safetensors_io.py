@@ -27,8 +27,11 @@ _MAX_HEADER = 100 * 1024 * 1024
 _PAGE = mmap.PAGESIZE
 # Released ranges near each other are gathered into one MADV_DONTNEED of at most this many bytes:
 # a call costs a TLB flush on every core the process runs on, and a quantized model has two
-# small tensors (codes, scales) per weight. Bounds the pages kept past their release.
+# small tensors (codes, scales) per weight. Two spans are gathered at a time, as a DeepSeek shard
+# stores its scales apart from the codes (safetensors groups tensors by dtype). Bounds the pages
+# kept past their release: 2 x 8 MiB.
 RELEASE_BATCH = 8 << 20
+_RELEASE_SPANS = 2
 _DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 
@@ -133,12 +136,12 @@ class MappedFiles:
 
     Reads are zero-copy views into the page cache; :meth:`release` drops a range from this
     process's resident set (``MADV_DONTNEED``) so a streaming pass over a model keeps RSS bounded.
-    Releases are gathered: one pending span of at most :data:`RELEASE_BATCH` bytes in one file.
+    Releases are gathered: at most two pending spans of at most :data:`RELEASE_BATCH` bytes.
     """
 
     def __init__(self) -> None:
         self._maps: dict[Path, mmap.mmap] = {}
-        self._pending: tuple[mmap.mmap, int, int] | None = None  # (map, lo, hi) to release
+        self._pending: list[tuple[mmap.mmap, int, int]] = []  # (map, lo, hi), oldest first
 
     def _map(self, path: Path) -> mmap.mmap:
         mm = self._maps.get(path)
@@ -168,29 +171,32 @@ class MappedFiles:
         self._advise(info, start, stop, mmap.MADV_WILLNEED)
 
     def release(self, info: TensorInfo, start: int, stop: int) -> None:
-        """Drop a range's pages from this process's RSS (they stay in the page cache): at once,
-        or with the ranges released next when they lie within :data:`RELEASE_BATCH` of it (pages
-        between them are dropped too; a read maps them again)."""
+        """Drop a range's pages from this process's RSS (they stay in the page cache): at once
+        when it spans :data:`RELEASE_BATCH`, otherwise with a pending span it lies near (pages
+        between them are dropped too; a read maps them again) or as a new one, which drops the
+        oldest of two."""
         mm, lo, hi = self._span(info, start, stop)
         if hi <= lo:
             return
-        p = self._pending
-        if p is not None and p[0] is mm and max(hi, p[2]) - min(lo, p[1]) <= RELEASE_BATCH:
-            self._pending = (mm, min(lo, p[1]), max(hi, p[2]))
-            return
-        self.flush()
         if hi - lo >= RELEASE_BATCH:
             self._madvise(mm, mmap.MADV_DONTNEED, lo, hi)
-        else:
-            self._pending = (mm, lo, hi)
+            return
+        for k, (pm, plo, phi) in enumerate(self._pending):
+            if pm is mm and max(hi, phi) - min(lo, plo) <= RELEASE_BATCH:
+                self._pending[k] = (mm, min(lo, plo), max(hi, phi))
+                return
+        if len(self._pending) == _RELEASE_SPANS:
+            self._drop(*self._pending.pop(0))
+        self._pending.append((mm, lo, hi))
 
     def flush(self) -> None:
-        """Drop the pending released span now."""
-        if self._pending is not None:
-            mm, lo, hi = self._pending
-            self._pending = None
-            if not mm.closed:
-                self._madvise(mm, mmap.MADV_DONTNEED, lo, hi)
+        """Drop the pending released spans now."""
+        while self._pending:
+            self._drop(*self._pending.pop(0))
+
+    def _drop(self, mm: mmap.mmap, lo: int, hi: int) -> None:
+        if not mm.closed:
+            self._madvise(mm, mmap.MADV_DONTNEED, lo, hi)
 
     def _advise(self, info: TensorInfo, start: int, stop: int, advice: int) -> None:
         mm, lo, hi = self._span(info, start, stop)
