@@ -694,7 +694,8 @@ static void mx_fold(qlocal_t *q, const uint16_t *mxw) {
 /* Counts the codes a[0..len) into h [FP8_TABLES][256]. Neighbouring weights often share a code;
  * with one table every repeat waits for the last increment's store, with four, consecutive codes
  * go to different tables. */
-static __attribute__((noinline)) void hist8(const uint8_t *restrict a, int32_t len, uint32_t *restrict h) {
+static __attribute__((noinline)) void hist8(const uint8_t *restrict a, int32_t len,
+                                            uint32_t *restrict h) {
     int32_t k = 0;
     for (; k + FP8_TABLES <= len; k += FP8_TABLES)
         for (int t = 0; t < FP8_TABLES; t++) h[t * 256 + a[k + t]]++;
@@ -867,8 +868,7 @@ ALWAYS_INLINE void qpart_fp8_mode(const rls_qchunk *qc, int64_t s0, int64_t e0,
                         scan8_moved(A + s, B + s, (int32_t)(e - s), h, mv, bits, l->idx, &raw);
                     for (int32_t k = 0; k < m; k++) {
                         const int64_t j = s + l->idx[k];
-                        const int chg =
-                            qcand(la[A[j]], lb[B[j]], j, &d, &c, &acc, bchg, mode);
+                        const int chg = qcand(la[A[j]], lb[B[j]], j, &d, &c, &acc, bchg, mode);
                         nchg += chg;
                         scale_only += (A[j] == B[j]) & chg;
                     }
