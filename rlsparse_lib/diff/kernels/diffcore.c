@@ -702,28 +702,36 @@ static __attribute__((noinline)) void hist8(const uint8_t *restrict a, int32_t l
     for (; k < len; k++) h[a[k]]++;
 }
 
+#ifdef __SSE2__
+/* Appends k + j to idx[m..] for every set bit j of the 16-bit `bits` (idx has room for 16 more),
+ * left-packed a byte of flags at a time; returns the new count. */
+static inline int32_t pack16(int bits, int32_t k, int32_t *restrict idx, int32_t m) {
+    const __m128i zero = _mm_setzero_si128();
+    for (int half = 0; half < 2; half++) {
+        const int hb = (bits >> (8 * half)) & 0xFF;
+        const __m128i off =
+            _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)pack_offsets[hb]), zero);
+        const __m128i base = _mm_set1_epi32(k + 8 * half);
+        _mm_storeu_si128((__m128i *)(idx + m), _mm_add_epi32(_mm_unpacklo_epi16(off, zero), base));
+        _mm_storeu_si128((__m128i *)(idx + m + 4),
+                         _mm_add_epi32(_mm_unpackhi_epi16(off, zero), base));
+        m += pack_count[hb];
+    }
+    return m;
+}
+#endif
+
 /* scan16's compare for FP8 codes: writes the offsets of the differing codes (k < len <= SUB) to
  * idx (room for 16 more) and returns their number. */
 static __attribute__((noinline)) int32_t cmp8(const uint8_t *restrict a, const uint8_t *restrict b,
                                               int32_t len, int32_t *restrict idx) {
     int32_t m = 0, k = 0;
 #ifdef __SSE2__ /* compare 16 codes at once, left-pack the offsets of each half */
-    const __m128i zero = _mm_setzero_si128();
     for (; k + 16 <= len; k += 16) {
         const __m128i x = _mm_loadu_si128((const __m128i *)(a + k));
         const __m128i y = _mm_loadu_si128((const __m128i *)(b + k));
         const int bits = ~_mm_movemask_epi8(_mm_cmpeq_epi8(x, y)) & 0xFFFF;
-        for (int half = 0; half < 2; half++) {
-            const int hb = (bits >> (8 * half)) & 0xFF;
-            const __m128i off =
-                _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)pack_offsets[hb]), zero);
-            const __m128i base = _mm_set1_epi32(k + 8 * half);
-            _mm_storeu_si128((__m128i *)(idx + m),
-                             _mm_add_epi32(_mm_unpacklo_epi16(off, zero), base));
-            _mm_storeu_si128((__m128i *)(idx + m + 4),
-                             _mm_add_epi32(_mm_unpackhi_epi16(off, zero), base));
-            m += pack_count[hb];
-        }
+        m = pack16(bits, k, idx, m);
     }
 #endif
     for (; k < len; k++) {
@@ -764,17 +772,7 @@ static __attribute__((noinline)) int32_t scan8_moved(const uint8_t *restrict a,
         const int ne = ~_mm_movemask_epi8(_mm_cmpeq_epi8(x, y)) & 0xFFFF;
         const int bits = ne | (~_mm_movemask_epi8(_mm_cmpeq_epi8(in, zero)) & 0xFFFF);
         r += pack_count[ne & 0xFF] + pack_count[ne >> 8];
-        for (int half = 0; half < 2; half++) {
-            const int hb = (bits >> (8 * half)) & 0xFF;
-            const __m128i off =
-                _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)pack_offsets[hb]), zero);
-            const __m128i base = _mm_set1_epi32(k + 8 * half);
-            _mm_storeu_si128((__m128i *)(idx + m),
-                             _mm_add_epi32(_mm_unpacklo_epi16(off, zero), base));
-            _mm_storeu_si128((__m128i *)(idx + m + 4),
-                             _mm_add_epi32(_mm_unpackhi_epi16(off, zero), base));
-            m += pack_count[hb];
-        }
+        m = pack16(bits, k, idx, m);
     }
 #endif
     for (; k < len; k++) {
